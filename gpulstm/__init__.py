@@ -1,0 +1,11 @@
+"""gpulstm: LSTM, GRU and RNN forward and BPTT on the GPU (CUDA kernels through CuPy) and on
+the CPU (NumPy), PyTorch-shaped.
+
+    >>> import gpulstm as gl
+    >>> m = gl.LSTM(8, 16, backend="numpy")
+"""
+from .backends import BackendUnavailable, available_backends, get_backend
+from .modules import GRU, LSTM, RNN
+
+__version__ = "0.1.0"
+__all__ = ["LSTM", "GRU", "RNN", "get_backend", "available_backends", "BackendUnavailable"]

@@ -1,0 +1,61 @@
+"""Backend registry: name -> execution (array module, GEMMs, pointwise ops).
+
+=========== ======= ================ =============================================
+backend     arrays  GEMMs            pointwise step
+=========== ======= ================ =============================================
+numpy       NumPy   NumPy (BLAS)     :mod:`.numpy_pointwise` (the reference)
+cupy        CuPy    cuBLAS via CuPy  ``kernels/`` through RawModule / NVRTC
+emulated    NumPy   NumPy            ``kernels/`` compiled for the CPU (g++)
+=========== ======= ================ =============================================
+
+Imports are deferred: nothing imports CuPy unless ``cupy`` (or ``auto``) is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "numpy": "gpulstm.backends.numpy",
+    "cupy": "gpulstm.backends.cupy",
+    "emulated": "gpulstm.backends.emulated",
+}
+BACKENDS = tuple(_MODULES)
+_cache = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that exists but cannot run on this machine; the message says why."""
+
+
+def get_backend(name="auto"):
+    """Return the execution for ``name`` ("auto", "numpy", "cupy", "emulated").
+
+    "auto" picks cupy when a usable GPU is present and its kernels compile, else numpy.
+    Raises ValueError for an unknown name and BackendUnavailable (with the reason) for a
+    backend that cannot run here.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, one of {('auto',) + BACKENDS}; got {type(name).__name__}")
+    if name == "auto":
+        try:
+            return get_backend("cupy")
+        except BackendUnavailable:
+            return get_backend("numpy")
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {('auto',) + BACKENDS}")
+    if name not in _cache:
+        mod = importlib.import_module(_MODULES[name])
+        _cache[name] = mod.create()  # raises BackendUnavailable with the reason
+    return _cache[name]
+
+
+def available_backends():
+    """{name: None if usable else the reason it is not} for every backend."""
+    out = {}
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+            out[name] = None
+        except BackendUnavailable as e:
+            out[name] = str(e)
+    return out

@@ -1,0 +1,42 @@
+"""The NumPy execution: NumPy arrays, BLAS GEMMs, the reference pointwise steps."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import numpy_pointwise
+
+
+class HostExecution:
+    """An execution on NumPy arrays; ``pw`` supplies the pointwise steps."""
+
+    xp = np
+
+    def __init__(self, name, pw):
+        self.name = name
+        self.pw = pw
+
+    def asarray(self, a, dtype):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def from_user(self, a):
+        """Any array-like the user passes -> a NumPy array (no copy, no dtype change)."""
+        return np.asarray(a)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def matmul(self, a, b, out):
+        np.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out):
+        out += a @ b
+
+    def synchronize(self):
+        pass
+
+    def __repr__(self):
+        return f"<gpulstm execution {self.name!r}>"
+
+
+def create():
+    return HostExecution("numpy", numpy_pointwise)

@@ -1,0 +1,191 @@
+"""The sequence engine: forward and BPTT loops, written once for every execution.
+
+Per layer and direction (DESIGN.md, "One math, three executions"):
+
+1. the input projection of all time steps: one GEMM ``(T*B, I) x (I, G*H)`` plus bias;
+2. for each time step: one recurrent GEMM ``(B, Hs) x (Hs, G*H)`` and ONE pointwise step
+   (plus, for an LSTM with ``proj_size``, the projection GEMM and a masking step);
+3. backward runs the steps in reverse: one pointwise backward step, then the recurrent GEMM
+   accumulated into dL/dh; weight gradients are whole-sequence GEMMs after the loop
+   (deterministic: no atomics).
+
+Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``ex.xp`` the
+array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)`` and
+``ex.matmul_acc(a, b, out)`` (``out += a @ b``). Buffers are allocated once per call; the
+loop allocates nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _slots(T, reverse):
+    """(t, prev, nxt) for the steps in processing order."""
+    if reverse:
+        return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
+    return [(t, t, t + 1) for t in range(T)]
+
+
+def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
+    """One direction of one layer. x [T,B,I]; h0 [B,Hs]; c0 [B,H] (LSTM) or None;
+    lengths int32 [B] (the backend's array). Returns (y [T,B,Hs], saved dict)."""
+    xp = ex.xp
+    T, B, I = x.shape
+    GH = w["w_ih"].shape[0]
+    H = GH // cell.gates
+    Hs = w["w_hh"].shape[1]
+    dt = x.dtype
+    s = {"x": x, "L": lengths, "reverse": reverse}
+    gx = xp.empty((T, B, GH), dt)
+    ex.matmul(x.reshape(T * B, I), w["w_ih"].T, out=gx.reshape(T * B, GH))
+    bias = cell.fold_bias(xp, w)
+    if bias is not None:
+        gx += bias
+    s["gx"] = gx
+    s["gh"] = xp.empty((B, GH), dt)
+    s["S"] = xp.empty((T + 1, B, Hs), dt)
+    s["S"][T if reverse else 0] = h0
+    if cell.has_cell_state:
+        s["C"] = xp.empty((T + 1, B, H), dt)
+        s["C"][T if reverse else 0] = c0
+        s["peep"] = w["peep"] if w.get("peep") is not None else xp.zeros((3, H), dt)
+        if w.get("w_hr") is not None:
+            s["M"] = xp.empty((T, B, H), dt)
+    if cell.name == "gru":
+        s["b_hn"] = w["b_hh"][2 * H:] if w["b_hh"] is not None else xp.zeros(H, dt)
+    width = cell.saved_width(H)
+    s["gates"] = xp.empty((T, B, width), dt) if width else None
+    s["Y"] = xp.empty((T, B, Hs), dt)
+    flags = cell.flags(w)
+    for t, prev, nxt in _slots(T, reverse):
+        cell.step_forward(ex, w, s, t, prev, nxt, flags)
+    del s["gx"], s["gh"]
+    return s["Y"], s
+
+
+def final_states(cell, s):
+    i = 0 if s["reverse"] else s["S"].shape[0] - 1
+    return s["S"][i], (s["C"][i] if cell.has_cell_state else None)
+
+
+def direction_backward(ex, cell, w, s, dy, dh_n, dc_n):
+    """BPTT for one direction. dy [T,B,Hs]; dh_n [B,Hs] or None; dc_n [B,H] or None.
+    Returns (dx [T,B,I], dh0, dc0, grads dict with the keys of ``w``)."""
+    xp = ex.xp
+    x, S, reverse = s["x"], s["S"], s["reverse"]
+    T, B, I = x.shape
+    GH = w["w_ih"].shape[0]
+    H = GH // cell.gates
+    Hs = S.shape[2]
+    dt = x.dtype
+    g = {"dY": dy}
+    g["dh"] = xp.zeros((B, Hs), dt) if dh_n is None else dh_n.copy()
+    g["dGx"] = xp.empty((T, B, GH), dt)
+    g["dGh"] = xp.empty((T, B, GH), dt) if cell.name == "gru" else g["dGx"]
+    proj = w.get("w_hr") is not None
+    if cell.has_cell_state:
+        g["dc"] = xp.zeros((B, H), dt) if dc_n is None else dc_n.copy()
+        if proj:
+            g["DHR"] = xp.empty((T, B, Hs), dt)
+            g["dm"] = xp.empty((B, H), dt)
+    flags = cell.flags(w)
+    for t, prev, nxt in reversed(_slots(T, reverse)):
+        cell.step_backward(ex, w, s, g, t, prev, nxt, flags)
+
+    # whole-sequence weight gradients
+    TB = T * B
+    dGx = g["dGx"].reshape(TB, GH)
+    dGh = g["dGh"].reshape(TB, GH)
+    s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
+    grads = {
+        "w_ih": dGx.T @ x.reshape(TB, I),
+        "w_hh": dGh.T @ s_prev.reshape(TB, Hs),
+        "b_ih": dGx.sum(axis=0) if w["b_ih"] is not None else None,
+        "b_hh": dGh.sum(axis=0) if w["b_hh"] is not None else None,
+    }
+    if proj:
+        grads["w_hr"] = g["DHR"].reshape(TB, Hs).T @ s["M"].reshape(TB, H)
+    if w.get("peep") is not None:
+        C = s["C"]
+        c_prev, c_new = (C[1:], C[:-1]) if reverse else (C[:-1], C[1:])
+        d = g["dGx"]
+        grads["peep"] = xp.stack([
+            (d[..., :H] * c_prev).sum(axis=(0, 1)),
+            (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
+            (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
+        ])
+    dx = (dGx @ w["w_ih"]).reshape(T, B, I)
+    return dx, g["dh"], g.get("dc"), grads
+
+
+@dataclass
+class Context:
+    """What a stacked forward saves for its backward."""
+    cell: object
+    params: list  # [layer][direction] -> weight dict
+    saved: list = field(default_factory=list)  # [layer][direction] -> saved dict
+    masks: list = field(default_factory=list)  # dropout mask after each layer but the last
+
+
+def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None):
+    """Stacked (multi-layer, optionally bidirectional) forward.
+
+    params [L][D] weight dicts; x [T,B,I]; h0 [L*D,B,Hs]; c0 [L*D,B,H] or None;
+    lengths int32 [B]; dropout applied to the output of every layer but the last with masks
+    drawn from the NumPy Generator ``rng`` (the same numbers on every backend).
+    Returns (y [T,B,D*Hs], h_n, c_n, ctx).
+    """
+    xp = ex.xp
+    D = len(params[0])
+    ctx = Context(cell, params)
+    h_n, c_n = [], []
+    inp = x
+    for layer, dirs in enumerate(params):
+        ys, saved = [], []
+        for d, w in enumerate(dirs):
+            k = layer * D + d
+            y, s = direction_forward(ex, cell, w, inp, h0[k], None if c0 is None else c0[k],
+                                     lengths, reverse=d == 1)
+            hn, cn = final_states(cell, s)
+            h_n.append(hn)
+            c_n.append(cn)
+            ys.append(y)
+            saved.append(s)
+        ctx.saved.append(saved)
+        out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
+        if dropout > 0 and layer < len(params) - 1:
+            keep = rng.random(out.shape) >= dropout
+            mask = ex.asarray(keep / (1.0 - dropout), out.dtype)
+            ctx.masks.append(mask)
+            out = out * mask
+        inp = out
+    h_n = xp.stack(h_n)
+    c_n = xp.stack(c_n) if cell.has_cell_state else None
+    return inp, h_n, c_n, ctx
+
+
+def backward(ex, ctx, dy, dh_n=None, dc_n=None):
+    """BPTT through a stacked forward. dy [T,B,D*Hs]; dh_n [L*D,B,Hs] or None; dc_n likewise.
+    Returns (dx [T,B,I], dh0 [L*D,B,Hs], dc0 or None, grads [L][D] dicts)."""
+    xp = ex.xp
+    cell, params = ctx.cell, ctx.params
+    D = len(params[0])
+    L = len(params)
+    dh0 = [None] * (L * D)
+    dc0 = [None] * (L * D)
+    grads = [[None] * D for _ in range(L)]
+    for layer in range(L - 1, -1, -1):
+        Hs = ctx.saved[layer][0]["S"].shape[2]
+        dx = None
+        for d in range(D):
+            k = layer * D + d
+            dy_d = xp.ascontiguousarray(dy[..., d * Hs:(d + 1) * Hs])
+            dxd, dh0[k], dc0[k], grads[layer][d] = direction_backward(
+                ex, cell, params[layer][d], ctx.saved[layer][d], dy_d,
+                None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
+            dx = dxd if dx is None else dx + dxd
+        if layer > 0 and ctx.masks:
+            dx = dx * ctx.masks[layer - 1]
+        dy = dx
+    dc0 = xp.stack(dc0) if cell.has_cell_state else None
+    return dy, xp.stack(dh0), dc0, grads
