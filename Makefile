@@ -5,9 +5,9 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(EXTRAS)
 EXTRAS ?= test
 
-.PHONY: all demo test test-slow venv clean
+.PHONY: all run demo test test-slow venv clean
 
-all: demo
+all: run
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 venv: $(STAMP)
 
-## The main job: LSTM forward + backward on the best backend here, shapes and timing.
-demo: $(STAMP)
+## The main job (the README's first command).
+run: $(STAMP)
 	$(PY) -m gpulstm.demo
 
 ## The test suite (CPU; GPU tests skip with their reason).
@@ -32,3 +32,7 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+
+## LSTM forward + backward on the best backend here: shapes and timing.
+demo: $(STAMP)
+	$(PY) -m gpulstm.demo

@@ -59,14 +59,14 @@ class LSTMCell(Cell):
 
     def step_forward(self, ex, w, s, t, prev, nxt, flags):
         pw, S, C = ex.pw, s["S"], s["C"]
-        ex.matmul(S[prev], w["w_hh"].T, out=s["gh"])
+        ex.matmul(S[prev], s["w_hh_T"], out=s["gh"])
         proj = flags & LSTM_PROJ
         # with LSTM_PROJ the kernel writes m = o*tanh(c) into M[t]; h_prev and y are unused
         h_out = s["M"][t] if proj else S[nxt]
         pw.lstm_forward(s["gx"][t], s["gh"], C[prev], S[prev], s["L"], t, s["peep"],
                         s["gates"][t], C[nxt], h_out, s["Y"][t] if not proj else h_out, flags)
         if proj:
-            ex.matmul(s["M"][t], w["w_hr"].T, out=S[nxt])
+            ex.matmul(s["M"][t], s["w_hr_T"], out=S[nxt])
             pw.lstm_proj_forward(S[nxt], S[prev], s["L"], t, s["Y"][t])
 
     def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
@@ -100,7 +100,7 @@ class GRUCell(Cell):
 
     def step_forward(self, ex, w, s, t, prev, nxt, flags):
         S = s["S"]
-        ex.matmul(S[prev], w["w_hh"].T, out=s["gh"])
+        ex.matmul(S[prev], s["w_hh_T"], out=s["gh"])
         ex.pw.gru_forward(s["gx"][t], s["gh"], s["b_hn"], S[prev], s["L"], t, s["gates"][t],
                           S[nxt], s["Y"][t])
 
@@ -126,7 +126,7 @@ class RNNCell(Cell):
 
     def step_forward(self, ex, w, s, t, prev, nxt, flags):
         S = s["S"]
-        ex.matmul(S[prev], w["w_hh"].T, out=s["gh"])
+        ex.matmul(S[prev], s["w_hh_T"], out=s["gh"])
         ex.pw.rnn_forward(s["gx"][t], s["gh"], S[prev], s["L"], t, S[nxt], s["Y"][t], flags)
 
     def step_backward(self, ex, w, s, g, t, prev, nxt, flags):

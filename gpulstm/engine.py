@@ -36,8 +36,13 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
     Hs = w["w_hh"].shape[1]
     dt = x.dtype
     s = {"x": x, "L": lengths, "reverse": reverse}
+    # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
+    # makes NumPy fall back to a slow loop); one copy per call, outside the time loop
+    s["w_hh_T"] = xp.ascontiguousarray(w["w_hh"].T)
+    if w.get("w_hr") is not None:
+        s["w_hr_T"] = xp.ascontiguousarray(w["w_hr"].T)
     gx = xp.empty((T, B, GH), dt)
-    ex.matmul(x.reshape(T * B, I), w["w_ih"].T, out=gx.reshape(T * B, GH))
+    ex.matmul(x.reshape(T * B, I), xp.ascontiguousarray(w["w_ih"].T), out=gx.reshape(T * B, GH))
     bias = cell.fold_bias(xp, w)
     if bias is not None:
         gx += bias
@@ -59,7 +64,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
     flags = cell.flags(w)
     for t, prev, nxt in _slots(T, reverse):
         cell.step_forward(ex, w, s, t, prev, nxt, flags)
-    del s["gx"], s["gh"]
+    del s["gx"], s["gh"], s["w_hh_T"]
     return s["Y"], s
 
 
@@ -68,9 +73,13 @@ def final_states(cell, s):
     return s["S"][i], (s["C"][i] if cell.has_cell_state else None)
 
 
-def direction_backward(ex, cell, w, s, dy, dh_n, dc_n):
+def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     """BPTT for one direction. dy [T,B,Hs]; dh_n [B,Hs] or None; dc_n [B,H] or None.
-    Returns (dx [T,B,I], dh0, dc0, grads dict with the keys of ``w``)."""
+    Returns (dx [T,B,I], dh0, dc0, grads dict with the keys of ``w``).
+
+    With a dict ``record``, also stores the total gradient w.r.t. the state written at each
+    time step: ``record["dh"]`` [T,B,Hs] = dL/dh_t and (LSTM) ``record["dc"]`` [T,B,H] = dL/dc_t
+    (for the gradient-flow probe; costs one copy per step)."""
     xp = ex.xp
     x, S, reverse = s["x"], s["S"], s["reverse"]
     T, B, I = x.shape
@@ -89,7 +98,15 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n):
             g["DHR"] = xp.empty((T, B, Hs), dt)
             g["dm"] = xp.empty((B, H), dt)
     flags = cell.flags(w)
+    if record is not None:
+        record["dh"] = xp.empty((T, B, Hs), dt)
+        if cell.has_cell_state:
+            record["dc"] = xp.empty((T, B, H), dt)
     for t, prev, nxt in reversed(_slots(T, reverse)):
+        if record is not None:
+            xp.add(g["dh"], dy[t], out=record["dh"][t])
+            if cell.has_cell_state:
+                record["dc"][t] = g["dc"]
         cell.step_backward(ex, w, s, g, t, prev, nxt, flags)
 
     # whole-sequence weight gradients
@@ -125,6 +142,7 @@ class Context:
     params: list  # [layer][direction] -> weight dict
     saved: list = field(default_factory=list)  # [layer][direction] -> saved dict
     masks: list = field(default_factory=list)  # dropout mask after each layer but the last
+    state_grads: list = None  # [layer][direction] per-step dL/dh_t, dL/dc_t (when recorded)
 
 
 def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None):
@@ -164,9 +182,11 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None):
     return inp, h_n, c_n, ctx
 
 
-def backward(ex, ctx, dy, dh_n=None, dc_n=None):
+def backward(ex, ctx, dy, dh_n=None, dc_n=None, record_state_grads=False):
     """BPTT through a stacked forward. dy [T,B,D*Hs]; dh_n [L*D,B,Hs] or None; dc_n likewise.
-    Returns (dx [T,B,I], dh0 [L*D,B,Hs], dc0 or None, grads [L][D] dicts)."""
+    Returns (dx [T,B,I], dh0 [L*D,B,Hs], dc0 or None, grads [L][D] dicts). With
+    ``record_state_grads`` the per-step state gradients land in ``ctx.state_grads[L][D]``
+    (see :func:`direction_backward`)."""
     xp = ex.xp
     cell, params = ctx.cell, ctx.params
     D = len(params[0])
@@ -174,6 +194,7 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None):
     dh0 = [None] * (L * D)
     dc0 = [None] * (L * D)
     grads = [[None] * D for _ in range(L)]
+    ctx.state_grads = [[{} if record_state_grads else None for _ in range(D)] for _ in range(L)]
     for layer in range(L - 1, -1, -1):
         Hs = ctx.saved[layer][0]["S"].shape[2]
         dx = None
@@ -182,7 +203,8 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None):
             dy_d = xp.ascontiguousarray(dy[..., d * Hs:(d + 1) * Hs])
             dxd, dh0[k], dc0[k], grads[layer][d] = direction_backward(
                 ex, cell, params[layer][d], ctx.saved[layer][d], dy_d,
-                None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
+                None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
+                ctx.state_grads[layer][d])
             dx = dxd if dx is None else dx + dxd
         if layer > 0 and ctx.masks:
             dx = dx * ctx.masks[layer - 1]

@@ -46,6 +46,8 @@ class _RNNBase:
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(drop_seq)
         self._ctx = None
+        self.record_state_grads = False  # set True to keep per-step dL/dh_t (state_grads)
+        self.state_grads = None
         self.grads = None
         self.grad_hx = None
         self._params = {k: self.ex.asarray(v, self.dtype)
@@ -172,7 +174,8 @@ class _RNNBase:
         g = ex.asarray(g, self.dtype)
         dh_n = None if grad_h_n is None else self._check_state("grad_h_n", grad_h_n, B, self._state_size)
         dc_n = None if grad_c_n is None else self._check_state("grad_c_n", grad_c_n, B, self.hidden_size)
-        dx, dh0, dc0, grads = engine.backward(ex, self._ctx, g, dh_n, dc_n)
+        dx, dh0, dc0, grads = engine.backward(ex, self._ctx, g, dh_n, dc_n, self.record_state_grads)
+        self.state_grads = self._ctx.state_grads if self.record_state_grads else None
         self.grads = {key: grads[layer][d][short] for layer, d, short, key, _ in self._keys()}
         self.grad_hx = (dh0, dc0) if isinstance(self, LSTM) else dh0
         if self.batch_first:

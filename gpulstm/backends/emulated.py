@@ -1,0 +1,36 @@
+"""The emulated execution: NumPy arrays and GEMMs, pointwise steps from the CUDA kernels in
+``kernels/`` compiled for the CPU by the host C++ compiler (:mod:`gpulstm.emulator`) and
+launched with the same grid, block and arguments as on the GPU.
+
+It exists so that every CI run checks the exact kernel source against the NumPy reference.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from . import BackendUnavailable
+from .kernel_pointwise import KernelPointwise
+from .numpy import HostExecution
+
+
+def create():
+    try:
+        from ..emulator import EmulatedModule
+    except ImportError as e:
+        raise BackendUnavailable(f"backend 'emulated' needs gpulstm.emulator, which failed to import: {e}") from e
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        raise BackendUnavailable("backend 'emulated' needs a host C++ compiler (g++), none found on PATH")
+    from ..kernel_source import kernel_source
+
+    try:
+        src = kernel_source()
+        module = EmulatedModule(code=src.code, name_expressions=list(src.name_expressions))
+        for ne in src.name_expressions:  # fail here, with the log, rather than at the first step
+            module.get_function(ne)
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # compiler missing or failing: the message carries the log
+        raise BackendUnavailable(f"backend 'emulated': the kernels failed to compile for the CPU: {e}") from e
+    return HostExecution("emulated", KernelPointwise(module.get_function, np))

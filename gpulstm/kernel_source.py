@@ -1,0 +1,131 @@
+"""The CUDA sources in ``kernels/`` as one self-contained string plus its name expressions.
+
+One loader serves every consumer of the kernels: the ``cupy`` backend (``cupy.RawModule``),
+the ``emulated`` backend (the same text compiled for the CPU) and the NVRTC compile test.
+
+* The folder is found both in a wheel (``gpulstm/kernels``, put there by hatchling's
+  ``force-include``) and in a checkout (``<repo>/kernels``); the environment variable
+  ``GPULSTM_KERNEL_DIR`` overrides both.
+* Local ``#include "..."`` lines of our own headers are inlined (each header once), so the
+  returned text is everything the compiler sees and CuPy's on-disk cache keys on all of it.
+  ``#include <...>`` (system or CUDA headers) is refused: NVRTC runs without the toolkit's
+  headers and the CPU emulation has none.
+* Every kernel is a ``template <typename T> __global__`` function instantiated for float and
+  double through name expressions ``"<kernel><float>"`` / ``"<kernel><double>"``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+#: kernel source files, in the order they are concatenated
+KERNEL_FILES = (
+    "lstm_forward.cu",
+    "lstm_backward.cu",
+    "lstm_projection.cu",
+    "gru_forward.cu",
+    "gru_backward.cu",
+    "rnn_forward.cu",
+    "rnn_backward.cu",
+)
+#: every kernel (each named like its reference in gpulstm.backends.numpy_pointwise)
+KERNELS = (
+    "lstm_forward",
+    "lstm_backward",
+    "lstm_proj_forward",
+    "lstm_proj_backward",
+    "gru_forward",
+    "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+)
+#: NumPy dtype name -> C++ template argument
+CTYPES = {"float32": "float", "float64": "double"}
+#: NVRTC options of every compile (CuPy adds the architecture and ``-ftz=true`` itself).
+#: No fast-math: results must match the NumPy reference to rounding.
+NVRTC_OPTIONS = ("--std=c++17",)
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"]+)[>"].*$', re.M)
+
+
+class KernelSource(NamedTuple):
+    code: str  # the whole translation unit, our headers inlined
+    name_expressions: tuple  # ("lstm_forward<float>", "lstm_forward<double>", ...)
+
+
+def name_expression(kernel, dtype):
+    """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    try:
+        ctype = CTYPES[str(dtype)]
+    except KeyError:
+        raise TypeError(f"kernels exist for dtypes {tuple(CTYPES)}; got {dtype!s}") from None
+    return f"{kernel}<{ctype}>"
+
+
+def name_expressions():
+    return tuple(name_expression(k, d) for k in KERNELS for d in CTYPES)
+
+
+def _candidates():
+    env = os.environ.get("GPULSTM_KERNEL_DIR")
+    if env:
+        return [Path(env)]
+    here = Path(__file__).resolve().parent
+    return [here / "kernels", here.parent / "kernels"]  # wheel, then checkout
+
+
+def kernel_dir():
+    """The folder holding the ``.cu``/``.cuh`` sources (wheel or checkout)."""
+    tried = _candidates()
+    for d in tried:
+        if (d / KERNEL_FILES[0]).is_file():
+            return d
+    raise FileNotFoundError(
+        "gpulstm kernel sources not found; looked for " + KERNEL_FILES[0] + " in "
+        + ", ".join(str(d) for d in tried))
+
+
+def _inline(path, directory, seen):
+    """Text of ``path`` with its local includes replaced by their (inlined) text."""
+    text = path.read_text(encoding="utf-8")
+    out = [f'#line 1 "{path.name}"\n']
+    pos = 0
+    line = 1
+    for m in _INCLUDE.finditer(text):
+        out.append(text[pos:m.start()])
+        line += text.count("\n", pos, m.start())
+        kind, name = m.group(1), m.group(2)
+        if kind == "<":
+            raise ValueError(f"{path.name}:{line}: system include <{name}> is not allowed in "
+                             "kernels/ (NVRTC runs without CUDA headers; so does the emulation)")
+        inc = directory / name
+        if not inc.is_file():
+            raise FileNotFoundError(f"{path.name}:{line}: #include \"{name}\" not found in {directory}")
+        if inc.name not in seen:
+            seen.add(inc.name)
+            out.append(_inline(inc, directory, seen))
+            out.append(f'#line {line + 1} "{path.name}"')
+        else:
+            out.append(f"// (already included: {name})")
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out) + ("" if text.endswith("\n") else "\n")
+
+
+@functools.lru_cache(maxsize=None)
+def _assemble(directory):
+    seen = set()
+    parts = ["// gpulstm kernels: generated from kernels/ by gpulstm/kernel_source.py\n"]
+    for name in KERNEL_FILES:
+        parts.append(_inline(directory / name, directory, seen))
+    return "".join(parts)
+
+
+def kernel_source():
+    """The assembled source and every name expression (each kernel for float and double)."""
+    return KernelSource(_assemble(kernel_dir()), name_expressions())

@@ -1,0 +1,20 @@
+"""asv results as tidy pandas DataFrames, comparison tables, plots and a Markdown report.
+
+    from gpulstm.report import load_results, compare, memory_table, markdown_report
+    df = load_results("results")
+    compare(df, baseline={"backend": "torch-cpu"}, by=["machine", "benchmark", "cell", "T", "B", "H"])
+    markdown_report(df, "out/report")
+"""
+
+from .literature import published_outcomes
+from .markdown import markdown_report, to_markdown
+from .plots import plot_gradient_flow, plot_task_metric, plot_time_vs_T
+from .results import load_results, machine_columns, param_columns
+from .tables import compare, latest, memory_table, task_baseline
+
+__all__ = [
+    "load_results", "param_columns", "machine_columns",
+    "compare", "latest", "memory_table", "task_baseline", "published_outcomes",
+    "plot_time_vs_T", "plot_gradient_flow", "plot_task_metric",
+    "markdown_report", "to_markdown",
+]

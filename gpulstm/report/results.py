@@ -1,0 +1,328 @@
+"""Read an asv 0.6 results directory into one tidy DataFrame (one row per measured point).
+
+Layout read (what ``asv run`` writes, api_version 2 result files)::
+
+    results/benchmarks.json                      name -> {param_names, params, type, unit, ...}
+    results/<machine>/machine.json               machine, os, arch, cpu, ... (+ gpu, driver, cuda, cupy)
+    results/<machine>/<commit[:8]>-<env>.json    {commit_hash, env_name, date, params,
+                                                  result_columns, results: {name: [row]}}
+
+Each ``results[name]`` row holds one value per name in ``result_columns`` (asv drops trailing
+``None`` entries). ``result`` and the ``stats_*`` / ``samples`` columns are lists over the points
+of ``itertools.product(*params)``; parameter values are stored as ``repr`` strings. A result of
+``null`` is a failure, ``NaN`` a skip (``NotImplementedError`` in ``setup``).
+
+This module is the one results parser of the project: everything else reads the DataFrame.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import math
+import os
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["load_results", "param_columns", "machine_columns", "FIXED_COLUMNS"]
+
+RESULTS_API_VERSION = 2  # asv.results.Results.api_version in asv 0.6
+
+# Benchmark kinds by method-name prefix (asv's own prefixes), and by benchmarks.json "type".
+_KIND_BY_PREFIX = (("time_", "time"), ("peakmem_", "peakmem"), ("track_", "track"), ("mem_", "mem"))
+_KIND_BY_TYPE = {"time": "time", "peakmem": "peakmem", "track": "track", "memory": "mem"}
+_UNIT_BY_KIND = {"time": "seconds", "peakmem": "bytes", "mem": "bytes", "track": "unit"}
+
+# Columns every frame has, in order; parameters and machine fields are inserted around them.
+_HEAD = ["machine"]
+_MIDDLE = ["commit", "date", "env", "python", "benchmark", "kind", "unit"]
+_TAIL = ["value", "status"]
+# Per-benchmark columns from result_columns other than result/params/stats_*/samples/profile.
+_PER_BENCHMARK = {"started_at", "duration", "version"}
+FIXED_COLUMNS = frozenset(_HEAD + _MIDDLE + _TAIL) | _PER_BENCHMARK
+
+
+def load_results(path: str | os.PathLike = "results") -> pd.DataFrame:
+    """Load every asv result file under ``path`` into a tidy DataFrame.
+
+    One row per measured point (benchmark x parameter combination x result file). Columns:
+
+    - ``machine`` and every key of that machine's ``machine.json`` (``os``, ``cpu``, ``gpu``,
+      ``driver``, ``cuda``, ``cupy``, ...; a key clashing with another column gets a
+      ``machine_`` prefix)
+    - ``commit`` (full hash), ``date`` (commit date, UTC datetime), ``env``, ``python``
+    - ``benchmark`` (full name), ``kind`` (``time``/``peakmem``/``track``/``mem``), ``unit``
+    - one typed column per parameter (names from ``benchmarks.json``; values decoded from
+      asv's repr strings with ``ast.literal_eval``: whole-int columns are ``Int64``; a
+      parameter clashing with another column gets a ``param_`` prefix)
+    - ``value``, ``status`` (``ok``; ``skipped`` where asv stored NaN; ``failed`` where null)
+    - the statistics present in the files: ``ci_99_a``, ``ci_99_b``, ``q_25``, ``q_75``,
+      ``number``, ``repeat``; ``samples`` (how many samples were recorded, when recorded);
+      ``started_at`` (UTC datetime), ``duration`` (s, whole benchmark), ``version``
+
+    Statistics are kept as asv wrote them: a quick run (one repeat) has infinite
+    ``ci_99_a``/``ci_99_b``. ``df.attrs["param_columns"]`` and ``df.attrs["machine_columns"]``
+    name the parameter and machine columns.
+
+    Raises ``FileNotFoundError`` when ``path`` is not a directory and ``ValueError`` naming
+    the file for a missing or unreadable ``machine.json``/``benchmarks.json``, invalid JSON,
+    an unsupported format version, or a result row whose length does not match the product
+    of its parameter lists; ``ValueError`` too when no result file is found.
+    """
+    root = os.fspath(path)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"asv results directory {root!r} does not exist")
+
+    machine_dirs = []
+    for entry in sorted(os.listdir(root)):
+        mdir = os.path.join(root, entry)
+        if not os.path.isdir(mdir):
+            continue
+        files = sorted(f for f in os.listdir(mdir) if f.endswith(".json") and f != "machine.json")
+        if files:
+            machine_dirs.append((mdir, files))
+    if not machine_dirs:
+        raise ValueError(
+            f"no asv result files under {root!r}: expected {root}/<machine>/<commit>-<env>.json "
+            "(run `asv run` first, or pass the results directory)"
+        )
+
+    benchmarks = _load_benchmarks(os.path.join(root, "benchmarks.json"))
+    records: list[dict[str, Any]] = []
+    machine_keys: list[str] = []
+    param_names_seen: list[str] = []
+    for mdir, files in machine_dirs:
+        machine = _load_machine(os.path.join(mdir, "machine.json"))
+        machine_keys += [k for k in machine if k not in machine_keys]
+        for fname in files:
+            fpath = os.path.join(mdir, fname)
+            for rec, pnames in _read_result_file(fpath, machine, benchmarks):
+                records.append(rec)
+                param_names_seen += [p for p in pnames if p not in param_names_seen]
+
+    return _to_frame(records, machine_keys, param_names_seen)
+
+
+def param_columns(df: pd.DataFrame) -> list[str]:
+    """The benchmark-parameter columns of a frame from :func:`load_results`."""
+    cols = df.attrs.get("param_columns")
+    if cols is None:  # attrs lost (e.g. a hand-built frame): everything not fixed or machine
+        machine = set(machine_columns(df))
+        cols = [c for c in df.columns if c not in FIXED_COLUMNS and c not in machine
+                and c not in _STAT_NAMES]
+    return [c for c in cols if c in df.columns]
+
+
+def machine_columns(df: pd.DataFrame) -> list[str]:
+    """The ``machine.json`` columns of a frame from :func:`load_results` (without ``machine``)."""
+    cols = df.attrs.get("machine_columns")
+    if cols is None:
+        cols = [c for c in _KNOWN_MACHINE_KEYS if c != "machine"]
+    return [c for c in cols if c in df.columns]
+
+
+_STAT_NAMES = {"ci_99_a", "ci_99_b", "q_25", "q_75", "number", "repeat", "samples"}
+_KNOWN_MACHINE_KEYS = ["machine", "os", "arch", "cpu", "num_cpu", "ram",
+                       "gpu", "driver", "cuda", "cupy"]
+
+
+def _load_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fd:
+            return json.load(fd)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path!r} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{what} {path!r} is not valid JSON: {exc}") from None
+
+
+def _load_benchmarks(path: str) -> dict[str, dict]:
+    data = _load_json(path, "asv benchmarks file")
+    if not isinstance(data, dict):
+        raise ValueError(f"asv benchmarks file {path!r}: expected a JSON object, got "
+                         f"{type(data).__name__}")
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def _load_machine(path: str) -> dict[str, Any]:
+    data = _load_json(path, "asv machine file")
+    if not isinstance(data, dict) or not isinstance(data.get("machine"), str):
+        raise ValueError(f"asv machine file {path!r}: expected an object with a 'machine' name")
+    # "version" is the file-format version, not a property of the machine.
+    return {k: v for k, v in data.items() if k != "version"}
+
+
+def _decode_param(text: Any) -> Any:
+    """asv stores parameter values as repr strings: "64" -> 64, "'lstm'" -> 'lstm'."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text  # a repr that is not a literal (e.g. "<function f>") stays as written
+
+
+def _kind(name: str, info: dict | None) -> str:
+    method = name.rsplit(".", 1)[-1]
+    for prefix, kind in _KIND_BY_PREFIX:
+        if method.startswith(prefix):
+            return kind
+    if info and info.get("type") in _KIND_BY_TYPE:
+        return _KIND_BY_TYPE[info["type"]]
+    return str(info.get("type")) if info and info.get("type") else "unknown"
+
+
+def _js_time(ms: Any) -> pd.Timestamp | None:
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+        return None
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC")
+
+
+def _read_result_file(path: str, machine: dict, benchmarks: dict):
+    """Yield (record, param_names) for every point in one asv result file."""
+    d = _load_json(path, "asv result file")
+    if not isinstance(d, dict):
+        raise ValueError(f"asv result file {path!r}: expected a JSON object")
+    if d.get("version") != RESULTS_API_VERSION:
+        raise ValueError(
+            f"asv result file {path!r} has format version {d.get('version')!r}, expected "
+            f"{RESULTS_API_VERSION} (asv 0.6; older files are upgraded by `asv update`)")
+    missing = [k for k in ("commit_hash", "env_name", "date", "result_columns", "results")
+               if k not in d]
+    if missing:
+        raise ValueError(f"asv result file {path!r} lacks the keys {missing}")
+    columns = d["result_columns"]
+    if not isinstance(columns, list) or "result" not in columns or "params" not in columns:
+        raise ValueError(f"asv result file {path!r}: result_columns {columns!r} lacks "
+                         "'result' or 'params'")
+    env_params = d.get("params") or {}
+    if env_params.get("machine", machine["machine"]) != machine["machine"]:
+        raise ValueError(f"asv result file {path!r} is for machine {env_params['machine']!r}, "
+                         f"but its directory's machine.json names {machine['machine']!r}")
+    common = {
+        "commit": d["commit_hash"],
+        "date": _js_time(d["date"]),
+        "env": d["env_name"],
+        "python": d.get("python"),
+    }
+
+    for name, row in d["results"].items():
+        if not isinstance(row, list) or len(row) > len(columns):
+            raise ValueError(f"asv result file {path!r}: benchmark {name!r} has a row of "
+                             f"{len(row) if isinstance(row, list) else type(row).__name__} "
+                             f"entries for {len(columns)} result_columns")
+        entry = dict(zip(columns, row))  # asv drops trailing None entries
+        params = entry.get("params") or []
+        if not isinstance(params, list) or not all(isinstance(p, list) for p in params):
+            raise ValueError(f"asv result file {path!r}: benchmark {name!r} has params "
+                             f"{params!r}, expected a list of lists")
+        points = list(itertools.product(*params))
+        results = entry.get("result")
+        if results is None:
+            results = [None] * len(points)  # whole benchmark failed (or build failure)
+        if not isinstance(results, list) or len(results) != len(points):
+            raise ValueError(
+                f"asv result file {path!r}: benchmark {name!r} has "
+                f"{len(results) if isinstance(results, list) else 'no list of'} results for "
+                f"{len(points)} parameter combinations {[len(p) for p in params]}")
+
+        info = benchmarks.get(name)
+        names = list(info.get("param_names") or []) if info else []
+        if len(names) != len(params):  # stale benchmarks.json: asv's default names
+            names = [f"param{i + 1}" for i in range(len(params))]
+        kind = _kind(name, info)
+        unit = (info or {}).get("unit") or _UNIT_BY_KIND.get(kind)
+
+        per_point: dict[str, list] = {}
+        per_bench: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key in ("result", "params", "profile"):
+                continue
+            out = key[len("stats_"):] if key.startswith("stats_") else key
+            if key.startswith("stats_") or key == "samples":
+                if value is None:
+                    continue
+                if not isinstance(value, list) or len(value) != len(points):
+                    raise ValueError(f"asv result file {path!r}: benchmark {name!r} column "
+                                     f"{key!r} does not have one entry per parameter point")
+                if key == "samples":
+                    value = [len(s) if isinstance(s, list) else None for s in value]
+                per_point[out] = value
+            elif key == "started_at":
+                per_bench[out] = _js_time(value)
+            else:
+                per_bench[out] = value
+
+        for j, (point, value) in enumerate(zip(points, results)):
+            if value is None:
+                status = "failed"
+            elif isinstance(value, float) and math.isnan(value):
+                status = "skipped"
+            else:
+                status = "ok"
+            rec = {"machine": machine["machine"], "_machine": machine, **common,
+                   "benchmark": name, "kind": kind, "unit": unit,
+                   "_params": dict(zip(names, (_decode_param(p) for p in point))),
+                   "value": float("nan") if value is None else value, "status": status}
+            for key, values in per_point.items():
+                rec[key] = values[j]
+            rec.update(per_bench)
+            yield rec, names
+
+
+def _to_frame(records: list[dict], machine_keys: list[str], param_names: list[str]) -> pd.DataFrame:
+    stat_keys: list[str] = []
+    for rec in records:
+        stat_keys += [k for k in rec if k not in stat_keys and not k.startswith("_")
+                      and k not in _HEAD + _MIDDLE + _TAIL]
+    base = set(_HEAD + _MIDDLE + _TAIL) | _PER_BENCHMARK | set(stat_keys)
+
+    mcols = {k: (f"machine_{k}" if k in base else k) for k in machine_keys if k != "machine"}
+    taken = base | set(mcols.values())
+    pcols = {p: (f"param_{p}" if p in taken else p) for p in param_names}
+
+    rows = []
+    for rec in records:
+        row = {k: v for k, v in rec.items() if not k.startswith("_")}
+        for k, col in mcols.items():
+            row[col] = rec["_machine"].get(k)
+        for p, col in pcols.items():
+            row[col] = rec["_params"].get(p)
+        rows.append(row)
+
+    order = (_HEAD + list(mcols.values()) + _MIDDLE + list(pcols.values()) + _TAIL
+             + [k for k in stat_keys if k not in _PER_BENCHMARK]
+             + [k for k in ("started_at", "duration", "version") if k in stat_keys])
+    typed = set(pcols.values()) | {"number", "repeat", "samples"}
+    data = {}
+    for col in order:
+        values = [row.get(col) for row in rows]
+        data[col] = _typed(values) if col in typed else pd.Series(values, dtype=object)
+    df = pd.DataFrame(data, columns=order)
+    for col in ("date", "started_at"):
+        if col in df:
+            df[col] = pd.to_datetime(df[col], utc=True)
+    df["value"] = df["value"].astype(float)
+    for col in order:  # remaining object columns: let pandas infer (str, float)
+        if df[col].dtype == object and col not in typed:
+            df[col] = df[col].infer_objects()
+    df.attrs["param_columns"] = list(pcols.values())
+    df.attrs["machine_columns"] = list(mcols.values())
+    return df
+
+
+def _typed(values: list) -> pd.Series:
+    """One dtype per column where the values allow it: Int64 for ints, float, boolean, str."""
+    col = pd.Series(values, dtype=object)
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if vals and all(isinstance(v, bool) for v in vals):
+        return col.astype("boolean")
+    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return col.astype("Int64")
+    if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return col.astype(float)
+    if vals and all(isinstance(v, str) for v in vals):
+        return col.astype("str")
+    return col.astype(object)

@@ -1,0 +1,321 @@
+"""Training a recurrent layer on the long-lag tasks of :mod:`gpulstm.tasks`, on any backend.
+
+Everything beyond the recurrent layer (linear read-out, losses, gradient clipping, Adam and
+RMSProp) is written once against the array module ``xp`` of the model's backend, so the same
+run on ``numpy``, ``emulated`` and ``cupy`` gives the same numbers up to rounding. Data are
+drawn on the host from seeded NumPy Generators and moved to the backend.
+
+Cell variants (:func:`make_cell`, all through the public :mod:`gpulstm` API)::
+
+    lstm_fb0    LSTM, forget-gate bias initialised to 0
+    lstm_fb1    LSTM, forget-gate bias 1 (Jozefowicz et al. 2015); alias "lstm"
+    lstm_nofg   LSTM without forget gate (f = 1, the 1997 cell)
+    lstm_peep   LSTM with diagonal peepholes, forget bias 1
+    gru         GRU (PyTorch's formulation)
+    rnn_tanh    Elman RNN, tanh
+    irnn        Elman RNN, relu, W_hh = I and zero biases (Le et al. 2015)
+
+Weights use PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)) except where stated.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._checks import check_int
+from .modules import GRU, LSTM, RNN
+from .tasks import Task, make_task
+
+__all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
+           "clip_grad_norm", "Adam", "RMSProp", "TrainResult", "train", "evaluate"]
+
+_CELL_ARGS = {
+    "lstm_fb0": (LSTM, {"forget_bias": 0.0}),
+    "lstm_fb1": (LSTM, {"forget_bias": 1.0}),
+    "lstm_nofg": (LSTM, {"forget_gate": False}),
+    "lstm_peep": (LSTM, {"forget_bias": 1.0, "peephole": True}),
+    "gru": (GRU, {}),
+    "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
+    "irnn": (RNN, {"nonlinearity": "relu", "init": "identity"}),
+}
+CELLS = tuple(_CELL_ARGS)
+_ALIASES = {"lstm": "lstm_fb1"}
+
+
+def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", seed=0):
+    """One recurrent layer of the variant ``name`` (one of :data:`CELLS`, or ``"lstm"``)."""
+    cls, kwargs = _CELL_ARGS.get(_ALIASES.get(name, name), (None, None))
+    if cls is None:
+        raise ValueError(f"unknown cell {name!r}; expected one of {CELLS + tuple(_ALIASES)}")
+    return cls(input_size, hidden_size, backend=backend, dtype=dtype, seed=seed, **kwargs)
+
+
+class Readout:
+    """Linear read-out z = h W^T + b. h [N, F] -> z [N, K]; W [K, F] ~ U(-1/sqrt(F), 1/sqrt(F)),
+    b = 0. ``backward(dz)`` returns dL/dh and fills ``grads`` (keys of ``params``)."""
+
+    def __init__(self, in_features, out_features, ex, dtype, seed=0):
+        k = 1.0 / math.sqrt(in_features)
+        w = np.random.default_rng(seed).uniform(-k, k, (out_features, in_features))
+        self.ex = ex
+        self.params = {"weight": ex.asarray(w, dtype),
+                       "bias": ex.asarray(np.zeros(out_features), dtype)}
+        self.grads = None
+        self._h = None
+
+    def forward(self, h):
+        self._h = h
+        return h @ self.params["weight"].T + self.params["bias"]
+
+    def backward(self, dz):
+        self.grads = {"weight": dz.T @ self._h, "bias": dz.sum(axis=0)}
+        return dz @ self.params["weight"]
+
+
+def mse_loss(xp, pred, target):
+    """Mean squared error over all elements and its gradient: (loss (0-d array), dL/dpred)."""
+    diff = pred - target
+    return (diff * diff).mean(), diff * (2.0 / diff.size)
+
+
+def softmax_xent(xp, logits, labels):
+    """Mean softmax cross-entropy (nats) of logits [N, K] against int labels [N], and its
+    gradient (softmax - onehot) / N: (loss (0-d array), dL/dlogits)."""
+    n = logits.shape[0]
+    z = logits - logits.max(axis=1, keepdims=True)
+    logsum = xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    logp = z - logsum
+    rows = xp.arange(n)
+    loss = -logp[rows, labels].mean()
+    grad = xp.exp(logp)
+    grad[rows, labels] -= 1.0
+    return loss, grad / n
+
+
+def accuracy(xp, logits, labels):
+    """Fraction of rows whose arg-max equals the label (0-d array)."""
+    return (logits.argmax(axis=1) == labels).mean()
+
+
+def clip_grad_norm(xp, grads, max_norm):
+    """Scale the gradient arrays (in place) so that their joint L2 norm is at most ``max_norm``
+    (Pascanu et al. 2013): g <- g * min(1, max_norm / ||g||). Returns the norm before clipping
+    (0-d array; no host synchronisation). ``max_norm=None`` only measures."""
+    total = xp.sqrt(sum((g * g).sum() for g in grads))
+    if max_norm is not None:
+        scale = xp.minimum(1.0, max_norm / xp.maximum(total, 1e-30)).astype(grads[0].dtype)
+        for g in grads:
+            g *= scale
+    return total
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) on a dict of live parameter arrays, updated in place::
+
+        m <- b1 m + (1 - b1) g        v <- b2 v + (1 - b2) g^2
+        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    def __init__(self, params, xp, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.xp, self.lr, self.betas, self.eps = params, xp, lr, betas, eps
+        self.m = {k: xp.zeros_like(p) for k, p in params.items()}
+        self.v = {k: xp.zeros_like(p) for k, p in params.items()}
+        self.t = 0
+
+    def step(self, grads):
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        for k, p in self.params.items():
+            g = grads[k]
+            m, v = self.m[k], self.v[k]
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= self.lr * (m / c1) / (self.xp.sqrt(v / c2) + self.eps)
+
+
+class RMSProp:
+    """RMSProp (Tieleman & Hinton 2012; PyTorch's form) on a dict of live parameter arrays::
+
+        v <- a v + (1 - a) g^2        p <- p - lr * g / (sqrt(v) + eps)
+    """
+
+    def __init__(self, params, xp, lr=1e-3, alpha=0.99, eps=1e-8):
+        self.params, self.xp, self.lr, self.alpha, self.eps = params, xp, lr, alpha, eps
+        self.v = {k: xp.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads):
+        a = self.alpha
+        for k, p in self.params.items():
+            g = grads[k]
+            v = self.v[k]
+            v *= a
+            v += (1.0 - a) * (g * g)
+            p -= self.lr * g / (self.xp.sqrt(v) + self.eps)
+
+
+_OPTIMIZERS = {"adam": Adam, "rmsprop": RMSProp}
+
+
+def _forward_loss(model, readout, task, x, target, backward):
+    """Loss (0-d array), logits/predictions and, with ``backward``, all gradients filled."""
+    ex = model.ex
+    xp = ex.xp
+    y, _ = model(x)
+    L, B, H = y.shape
+    h = y[-1] if task.readout == "last" else y.reshape(L * B, H)
+    z = readout.forward(h)
+    if task.loss == "mse":
+        loss, dz = mse_loss(xp, z, target)
+    else:
+        loss, dz = softmax_xent(xp, z, target.reshape(-1))
+    if backward:
+        dh = readout.backward(dz)
+        if task.readout == "last":
+            dy = xp.zeros_like(y)
+            dy[-1] = dh
+        else:
+            dy = dh.reshape(L, B, H)
+        model.backward(dy)
+    return loss, z
+
+
+def _to_backend(ex, model, task, x, target):
+    x = ex.asarray(x, model.dtype)
+    target = ex.asarray(target, model.dtype if task.loss == "mse" else np.int64)
+    return x, target
+
+
+def evaluate(model, readout, task, rng, n, chunk=500):
+    """Task metric and loss on ``n`` fresh sequences from ``rng`` (in chunks of ``chunk``).
+    Returns (metric, loss) as floats: metric is MSE (adding), cross-entropy (copy) or accuracy
+    (temporal order)."""
+    ex, xp = model.ex, model.ex.xp
+    total_loss = total_metric = 0.0
+    done = 0
+    while done < n:
+        b = min(chunk, n - done)
+        x, target = _to_backend(ex, model, task, *task.sample(rng, b))
+        loss, z = _forward_loss(model, readout, task, x, target, backward=False)
+        metric = accuracy(xp, z, target.reshape(-1)) if task.metric == "accuracy" else loss
+        total_loss += float(loss) * b
+        total_metric += float(metric) * b
+        done += b
+    model._ctx = None  # drop the saved activations of the evaluation forward
+    return total_metric / n, total_loss / n
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` measured. ``curve_loss[k]`` is the training loss of update k+1
+    (``curve_sequences[k] = (k+1) * batch`` sequences seen). ``evals`` lists
+    (update, sequences seen, validation metric) every ``eval_every`` updates on fresh sequences.
+    ``sequences_to_pass`` is the first ``sequences seen`` at which the validation metric met the
+    task's criterion (None: not within the budget). ``test_metric`` / ``test_loss``: on
+    ``test_size`` fresh test sequences after the last update; ``passed``: the criterion on
+    ``test_metric``."""
+    task: str
+    cell: str
+    T: int
+    seed: int
+    backend: str
+    steps: int
+    batch: int
+    hidden: int
+    lr: float
+    optimizer: str
+    clip: float | None
+    baseline: float
+    criterion: str
+    curve_loss: np.ndarray
+    curve_grad_norm: np.ndarray
+    evals: list
+    test_metric: float
+    test_loss: float
+    passed: bool
+    sequences_to_pass: int | None
+    wall_s: float
+    model: object = field(repr=False, default=None)
+    readout: object = field(repr=False, default=None)
+
+    @property
+    def budget_sequences(self):
+        return self.steps * self.batch
+
+    @property
+    def curve_sequences(self):
+        return np.arange(1, self.steps + 1) * self.batch
+
+
+def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="numpy",
+          clip=1.0, optimizer="adam", dtype="float32", test_size=1000, eval_every=50,
+          eval_size=256, progress=False):
+    """Train ``cell`` (see :func:`make_cell`) plus a linear read-out on ``task`` at lag ``T``.
+
+    ``steps`` updates of ``batch`` fresh sequences each (budget: steps * batch sequences);
+    optimizer ``"adam"`` or ``"rmsprop"`` with learning rate ``lr``; gradients of the recurrent
+    layer and the read-out clipped to joint norm ``clip`` (None: no clipping). The recurrent
+    layer is initialised exactly as ``make_cell(cell, ..., seed=seed)`` (so the gradient-flow
+    probe at initialisation sees the same weights). Training, validation and test sequences
+    come from independent streams spawned from ``seed``. ``progress=True`` shows a tqdm bar.
+    Returns a :class:`TrainResult`.
+    """
+    task = make_task(task, T) if not isinstance(task, Task) else task
+    steps = check_int("steps", steps, 1)
+    batch = check_int("batch", batch, 1)
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(_OPTIMIZERS)}; got {optimizer!r}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be > 0 or None; got {clip!r}")
+    model = make_cell(cell, task.input_size, hidden, backend=backend, dtype=dtype, seed=seed)
+    ex, xp = model.ex, model.ex.xp
+    ss_readout, ss_train, ss_eval, ss_test = np.random.SeedSequence([seed, 0x6c73746d]).spawn(4)
+    readout = Readout(hidden, task.output_size, ex, model.dtype, seed=ss_readout)
+    rng_train, rng_eval, rng_test = (np.random.default_rng(s) for s in (ss_train, ss_eval, ss_test))
+
+    params = {("rnn", k): p for k, p in model.parameters().items()}
+    params.update({("readout", k): p for k, p in readout.params.items()})
+    opt = _OPTIMIZERS[optimizer](params, xp, lr=lr)
+
+    losses, norms, evals = [], [], []
+    to_pass = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"{task.name} {cell} T={T}", unit="step")
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        x, target = _to_backend(ex, model, task, *task.sample(rng_train, batch))
+        loss, _ = _forward_loss(model, readout, task, x, target, backward=True)
+        grads = {("rnn", k): g for k, g in model.grads.items()}
+        grads.update({("readout", k): g for k, g in readout.grads.items()})
+        norms.append(clip_grad_norm(xp, list(grads.values()), clip))
+        opt.step(grads)
+        losses.append(loss)
+        if eval_every and (step % eval_every == 0 or step == steps):
+            metric, _ = evaluate(model, readout, task, rng_eval, eval_size)
+            evals.append((step, step * batch, metric))
+            if to_pass is None and task.passed(metric):
+                to_pass = step * batch
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4g}")
+    if bar is not None:
+        bar.close()
+    test_metric, test_loss = evaluate(model, readout, task, rng_test, test_size)
+    wall = time.perf_counter() - t0
+    return TrainResult(
+        task=task.name, cell=cell, T=task.T, seed=seed, backend=model.backend, steps=steps,
+        batch=batch, hidden=hidden, lr=lr, optimizer=optimizer, clip=clip,
+        baseline=task.baseline, criterion=task.criterion,
+        curve_loss=ex.to_numpy(xp.stack(losses)).astype(np.float64),
+        curve_grad_norm=ex.to_numpy(xp.stack(norms)).astype(np.float64),
+        evals=evals, test_metric=test_metric, test_loss=test_loss,
+        passed=task.passed(test_metric), sequences_to_pass=to_pass, wall_s=wall,
+        model=model, readout=readout)

@@ -1,0 +1,53 @@
+// gpulstm_common.cuh: device helpers shared by every pointwise kernel in kernels/.
+//
+// The math of each kernel is specified by the NumPy function of the same name in
+// gpulstm/backends/numpy_pointwise.py; the helpers here use the same formulas so that results
+// agree to rounding. No system or CUDA headers are included: the sources compile with NVRTC
+// without the CUDA toolkit's headers and with the host compiler through the CPU emulation
+// (gpulstm/emulator). The loader (gpulstm/kernel_source.py) inlines this file into one source.
+//
+// Kernel conventions (all kernels in this folder):
+//   * one thread per element (b, j) of the [B, W] state (W = H, or P for the projection
+//     kernels), 1-D grid of 1-D blocks, k = blockIdx.x * blockDim.x + threadIdx.x,
+//     b = k / W, j = k % W; threads with k >= B * W return at once;
+//   * arguments: the NumPy function's arguments in its order (arrays as pointers to
+//     C-contiguous rows, `t` as int), then `int B, int H`, then `int flags` where the NumPy
+//     function takes flags; indices are int, so callers keep 4 * B * H < 2^31;
+//   * every output element is written exactly once, inactive rows too; in/out arrays are read
+//     and written by the same thread only, so no barriers or atomics are needed;
+//   * pointers carry no __restrict__: the engine passes aliased arrays in some modes
+//     (y == h_next for lstm_forward with LSTM_PROJ, dh_in == dh_next for lstm_backward without);
+//   * plain IEEE arithmetic, no fast-math intrinsics.
+#ifndef GPULSTM_COMMON_CUH
+#define GPULSTM_COMMON_CUH
+
+// Flag bits (same values as numpy_pointwise.*); an enum, so they stay compile-time constants
+// and are not emitted as device globals.
+enum GpulstmFlags : int {
+  LSTM_NO_FORGET = 1,  // LSTM: f == 1, the 1997 cell without a forget gate
+  LSTM_PEEPHOLE = 2,   // LSTM: diagonal peepholes, i and f see c_{t-1}, o sees c_t
+  LSTM_PROJ = 4,       // LSTM: proj_size > 0, h_next gets m = o * tanh(c), y untouched
+  RNN_RELU = 1,        // RNN: relu instead of tanh
+};
+
+// exp and tanh for each dtype, spelled out so that no overload resolution is left to the
+// math headers of either compiler (float -> expf/tanhf, double -> exp/tanh).
+__device__ __forceinline__ float gl_exp(float x) { return expf(x); }
+__device__ __forceinline__ double gl_exp(double x) { return exp(x); }
+__device__ __forceinline__ float gl_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double gl_tanh(double x) { return tanh(x); }
+
+// Logistic function, overflow-free for large |x|:
+//   e = exp(-|x|);  sigma(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise.
+template <typename T>
+__device__ __forceinline__ T gl_sigmoid(T x) {
+  const T e = gl_exp(x >= T(0) ? -x : x);
+  return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
+// Row b is active at time t while its sequence runs: t < lengths[b].
+__device__ __forceinline__ bool active(const int* lengths, int b, int t) {
+  return t < lengths[b];
+}
+
+#endif  // GPULSTM_COMMON_CUH

@@ -1,0 +1,66 @@
+// lstm_backward.cu: BPTT through one LSTM step (pointwise part), gate order i, f, g, o.
+// Reference: gpulstm/backends/numpy_pointwise.py, lstm_backward.
+//
+//   dh   = dh_next + dy                 (dh_in, i.e. dL/dm, with LSTM_PROJ)
+//   da_o = dh tanh(c) o (1 - o)
+//   dc   = dc_next + dh o (1 - tanh(c)^2)  [+ da_o p_o with LSTM_PEEPHOLE]
+//   da_i = dc g i (1 - i)    da_f = dc c_{t-1} f (1 - f) (0 with LSTM_NO_FORGET)
+//   da_g = dc i (1 - g^2)    dc_{t-1} = dc f  [+ da_i p_i + da_f p_f with LSTM_PEEPHOLE]
+// Active rows: dgates = (da_i, da_f, da_g, da_o), dc_next <- dc_{t-1}, dh_next <- 0 (the engine
+// then adds dgates @ W_hh). Inactive rows: dgates = 0, dc_next and dh_next pass through.
+// With LSTM_PROJ, dh_next and dy (both [B,P]) are not touched.
+#include "gpulstm_common.cuh"
+
+template <typename T>
+__global__ void lstm_backward(
+    const T* gates,      // [B,4H] activated i, f, g, o saved by lstm_forward
+    const T* c,          // [B,H] cell state c_t written by the forward step
+    const T* c_prev,     // [B,H] cell state c_{t-1}
+    const T* dh_in,      // [B,H] dL/dm from the projection (read only with LSTM_PROJ)
+    T* dh_next,          // [B,H] in/out: dL/dh_t in; 0 for active rows out (not touched with LSTM_PROJ)
+    const T* dy,         // [B,H] dL/dy_t (not read with LSTM_PROJ)
+    T* dc_next,          // [B,H] in/out: dL/dc_t in, dL/dc_{t-1} out
+    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
+    const int t,         // time index of this step
+    const T* peep,       // [3,H] peephole weights p_i, p_f, p_o (read only with LSTM_PEEPHOLE)
+    T* dgates,           // [B,4H] out: dL/d(a_i, a_f, a_g, a_o), 0 for inactive rows
+    const int B,         // batch rows
+    const int H,         // hidden size
+    const int flags) {   // LSTM_NO_FORGET | LSTM_PEEPHOLE | LSTM_PROJ
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= B * H) return;
+  const int b = k / H;
+  const int j = k - b * H;
+  const int g4 = b * 4 * H + j;
+
+  if (!active(lengths, b, t)) {
+    dgates[g4] = T(0);
+    dgates[g4 + H] = T(0);
+    dgates[g4 + 2 * H] = T(0);
+    dgates[g4 + 3 * H] = T(0);
+    return;  // dc_next and dh_next pass through unchanged
+  }
+  const T i = gates[g4];
+  const T f = gates[g4 + H];
+  const T g = gates[g4 + 2 * H];
+  const T o = gates[g4 + 3 * H];
+  const T tc = gl_tanh(c[k]);
+  const bool proj = flags & LSTM_PROJ;
+  const T dh = proj ? dh_in[k] : dh_next[k] + dy[k];
+  const T dao = dh * tc * o * (T(1) - o);
+  T dc = dc_next[k] + dh * o * (T(1) - tc * tc);
+  if (flags & LSTM_PEEPHOLE) dc = dc + dao * peep[2 * H + j];
+  const T cp = c_prev[k];
+  const T dai = dc * g * i * (T(1) - i);
+  const T daf = (flags & LSTM_NO_FORGET) ? T(0) : dc * cp * f * (T(1) - f);
+  const T dag = dc * i * (T(1) - g * g);
+  T dcp = dc * f;
+  if (flags & LSTM_PEEPHOLE) dcp = dcp + dai * peep[j] + daf * peep[H + j];
+
+  dgates[g4] = dai;
+  dgates[g4 + H] = daf;
+  dgates[g4 + 2 * H] = dag;
+  dgates[g4 + 3 * H] = dao;
+  dc_next[k] = dcp;
+  if (!proj) dh_next[k] = T(0);
+}

@@ -1,0 +1,169 @@
+"""The assembled kernel source compiles with NVRTC (no GPU needed) for sm_80 and sm_90, with
+the options the cupy backend uses, every name expression, and an empty log (a warning fails).
+
+Prints the NVRTC log and a per-kernel resource report (registers, stack frame) read from the
+cubin's ``.nv.info`` section; also ``cuobjdump --dump-resource-usage`` when that tool exists.
+"""
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpulstm.backends import numpy_pointwise
+from gpulstm.kernel_source import KERNELS, NVRTC_OPTIONS, kernel_dir, kernel_source
+
+nvrtc = pytest.importorskip(
+    "cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install 'gpulstm[nvrtc]')")
+
+#: options CuPy's RawModule adds to ours (cupy/cuda/compiler.py): flush denormals, real arch
+CUPY_ADDED = ("-ftz=true",)
+ARCHS = ("sm_80", "sm_90")
+
+
+def _check(result):
+    err, *rest = result
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"NVRTC call failed: {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def compile_nvrtc(code, name_expressions, options):
+    """-> (ok, log, {name expression: lowered name}, cubin bytes or None)."""
+    prog = _check(nvrtc.nvrtcCreateProgram(code.encode(), b"gpulstm_kernels.cu", 0, [], []))
+    try:
+        for ne in name_expressions:
+            _check(nvrtc.nvrtcAddNameExpression(prog, ne.encode()))
+        opts = [o.encode() for o in options]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        size = _check(nvrtc.nvrtcGetProgramLogSize(prog))
+        log = b" " * size
+        _check(nvrtc.nvrtcGetProgramLog(prog, log))
+        log = log.rstrip(b"\0").decode(errors="replace").strip()
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            return False, log, {}, None
+        lowered = {ne: _check(nvrtc.nvrtcGetLoweredName(prog, ne.encode())).decode()
+                   for ne in name_expressions}
+        size = _check(nvrtc.nvrtcGetCUBINSize(prog))
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin))
+        return True, log, lowered, cubin
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def resource_usage(cubin):
+    """{mangled kernel: (registers, stack frame bytes)} from the cubin's global ``.nv.info``
+    (EIATTR_REGCOUNT 0x2f, EIATTR_FRAME_SIZE 0x11). ELF64 little-endian."""
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+
+    def cstr(base, off):
+        return cubin[base + off:cubin.index(b"\0", base + off)].decode()
+
+    names = [cstr(secs[shstrndx][4], s[0]) for s in secs]
+    symtab = secs[names.index(".symtab")]
+    strbase = secs[symtab[6]][4]
+    syms = [cstr(strbase, struct.unpack_from("<I", cubin, symtab[4] + i * 24)[0])
+            for i in range(symtab[5] // 24)]
+    info = secs[names.index(".nv.info")]
+    d = cubin[info[4]:info[4] + info[5]]
+    out, i = {}, 0
+    while i + 4 <= len(d):
+        fmt, attr = d[i], d[i + 1]
+        if fmt == 4:  # EIFMT_SVAL: u16 size, payload
+            size, = struct.unpack_from("<H", d, i + 2)
+            if attr in (0x2F, 0x11) and size >= 8:
+                sym, val = struct.unpack_from("<II", d, i + 4)
+                regs, frame = out.get(syms[sym], (None, None))
+                out[syms[sym]] = (val, frame) if attr == 0x2F else (regs, val)
+            i += 4 + size
+        else:
+            i += 4
+    return out
+
+
+@pytest.fixture(scope="module")
+def source():
+    return kernel_source()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_compiles_without_warnings(source, arch, tmp_path):
+    options = NVRTC_OPTIONS + CUPY_ADDED + (f"--gpu-architecture={arch}",)
+    ok, log, lowered, cubin = compile_nvrtc(source.code, source.name_expressions, options)
+    print(f"NVRTC {'.'.join(map(str, _check(nvrtc.nvrtcVersion())))} {' '.join(options)}: "
+          f"log {'empty' if not log else 'below'}")
+    if log:
+        print(log)
+    assert ok, f"NVRTC failed for {arch}:\n{log}"
+    assert not log, f"NVRTC log for {arch} is not empty (warnings fail the build):\n{log}"
+    assert set(lowered) == set(source.name_expressions)
+    for ne, mangled in lowered.items():
+        assert ne.split("<")[0] in mangled, (ne, mangled)
+
+    try:
+        usage = resource_usage(cubin)
+    except Exception as e:  # the report is informative only
+        print(f"resource report unavailable: {type(e).__name__}: {e}")
+        usage = {}
+    if usage:
+        print(f"{arch} resource usage (registers, stack frame bytes):")
+        for ne, mangled in sorted(lowered.items()):
+            regs, frame = usage.get(mangled, (None, None))
+            print(f"  {ne:28s} {regs!s:>4} regs  {frame!s:>4} B frame")
+        frames = {ne: usage[m][1] for ne, m in lowered.items() if m in usage and usage[m][1]}
+        assert not frames, f"stack frames (local memory: spills or local arrays) in {frames}"
+    tool = shutil.which("cuobjdump") or next(
+        (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/cuobjdump"))), None)
+    if tool:
+        path = tmp_path / f"kernels_{arch}.cubin"
+        path.write_bytes(cubin)
+        r = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True, text=True)
+        print(r.stdout or r.stderr)
+    else:
+        print("cuobjdump not found: no cuobjdump report")
+
+
+def test_source_is_self_contained(source):
+    assert not re.search(r"^\s*#\s*include", source.code, re.M), "includes left in the source"
+    assert source.code.count("#ifndef GPULSTM_COMMON_CUH") == 1
+    for k in KERNELS:
+        assert re.search(rf"__global__\s+void\s+{k}\s*\(", source.code), k
+    assert len(source.name_expressions) == 2 * len(KERNELS)
+
+
+def test_flag_values_match_numpy_reference():
+    text = (kernel_dir() / "gpulstm_common.cuh").read_text()
+    found = dict(re.findall(r"^\s*(LSTM_\w+|RNN_\w+)\s*=\s*(\d+)", text, re.M))
+    names = ("LSTM_NO_FORGET", "LSTM_PEEPHOLE", "LSTM_PROJ", "RNN_RELU")
+    assert {k: int(v) for k, v in found.items()} == {k: getattr(numpy_pointwise, k) for k in names}
+
+
+def test_kernel_signatures_follow_numpy_reference(source):
+    """Each kernel's parameters are the NumPy function's (same names, same order; flags last),
+    with B and H inserted before flags."""
+    import inspect
+    for k in KERNELS:
+        m = re.search(rf"__global__\s+void\s+{k}\s*\((.*?)\)\s*\{{", source.code, re.S)
+        params = [re.sub(r"//[^\n]*", "", p).split()[-1].lstrip("*")
+                  for p in re.sub(r"//[^\n]*", "", m.group(1)).split(",")]
+        want = list(inspect.signature(getattr(numpy_pointwise, k)).parameters)
+        if want[-1] == "flags":
+            want = want[:-1] + ["B", "H", "flags"]
+        else:
+            want = want + ["B", "H"]
+        assert params == want, f"{k}: {params} vs {want}"
+
+
+def test_kernel_dir_override(tmp_path, monkeypatch):
+    """GPULSTM_KERNEL_DIR points the loader elsewhere (used to test modified kernels)."""
+    from gpulstm import kernel_source as ks
+    for f in kernel_dir().iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("GPULSTM_KERNEL_DIR", str(tmp_path))
+    assert ks.kernel_dir() == tmp_path
+    assert ks.kernel_source().code == kernel_source().code

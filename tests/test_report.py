@@ -1,0 +1,373 @@
+"""gpulstm.report: asv results -> DataFrame, comparisons, memory table, plots, Markdown.
+
+The result files are real: asv itself runs the tiny suite in tests/report_fixtures/ (existing
+environment, --quick) in a throwaway git repository, on two named machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("asv")
+pytest.importorskip("matplotlib")
+
+from gpulstm.report import (  # noqa: E402
+    compare, latest, load_results, markdown_report, memory_table, plot_gradient_flow,
+    plot_task_metric, plot_time_vs_T, published_outcomes,
+)
+
+FIXTURES = Path(__file__).parent / "report_fixtures"
+COMMIT_DATE = "2024-05-01T12:00:00+00:00"
+GPU_INFO = {"gpu": "NVIDIA H100 80GB HBM3", "driver": "550.54.15", "cuda": "12.4",
+            "cupy": "13.3.0"}
+
+
+def _run(cmd, cwd, env, ok=(0,)):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in ok, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def asv_results(tmp_path_factory) -> Path:
+    """Run the fixture suite with asv on machines 'box-gpu' (all) and 'box-cpu' (one class)."""
+    work = tmp_path_factory.mktemp("asv")
+    shutil.copytree(FIXTURES, work, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "results", "html", ".asv"))
+    home = work / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": COMMIT_DATE, "GIT_COMMITTER_DATE": COMMIT_DATE,
+           "GIT_CONFIG_NOSYSTEM": "1"}
+    _run(["git", "init", "-q", "."], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "fixture"], work, env)
+    commit = _run(["git", "rev-parse", "HEAD"], work, env).stdout.strip()
+
+    asv = [sys.executable, "-m", "asv"]
+    for machine in ("box-gpu", "box-cpu"):
+        _run(asv + ["machine", "--yes", "--machine", machine, "--os", "Linux",
+                    "--arch", "x86_64", "--cpu", "test cpu", "--num_cpu", "4", "--ram", "1000"],
+             work, env)
+    # The project's wrapper records GPU facts in asv's machine file; asv copies every key
+    # of it into results/<machine>/machine.json.
+    machine_file = home / ".asv-machine.json"
+    conf = json.loads(machine_file.read_text())
+    conf["box-gpu"].update(GPU_INFO)
+    machine_file.write_text(json.dumps(conf))
+
+    run = asv + ["run", "--quick", "--environment", "existing:same",
+                 f"--set-commit-hash={commit}"]
+    if os.name == "posix":  # one forked process per point instead of a fresh interpreter
+        run.append("--launch-method=forkserver")
+    _run(run + ["--machine", "box-gpu"], work, env, ok=(0, 2))  # 2: a benchmark failed
+    _run(run + ["--machine", "box-cpu", "--bench", "TrackGradientFlow"], work, env)
+    return work / "results"
+
+
+@pytest.fixture(scope="module")
+def df(asv_results) -> pd.DataFrame:
+    return load_results(asv_results)
+
+
+# -- load_results ------------------------------------------------------------------------------
+
+def test_load_results_rows_and_columns(df):
+    gpu = df[df["machine"] == "box-gpu"]
+    # 3 backends x 2 T x 1 cell + 1 + 1 + 2 metrics x (2 x 2 x 2) + 2 x 3 gradient points
+    assert len(gpu) == 6 + 1 + 1 + 16 + 6
+    assert len(df[df["machine"] == "box-cpu"]) == 6
+    for col in ("machine", "gpu", "driver", "cuda", "cupy", "cpu", "commit", "date", "env",
+                "benchmark", "kind", "unit", "backend", "T", "cell", "seed", "distance",
+                "value", "status", "q_25", "q_75", "ci_99_a", "ci_99_b", "number", "repeat"):
+        assert col in df.columns, col
+    assert set(gpu["gpu"]) == {GPU_INFO["gpu"]}
+    assert gpu["cuda"].iloc[0] == "12.4"
+    assert df.loc[df["machine"] == "box-cpu", "gpu"].isna().all()
+    assert df["date"].dt.tz is not None
+    assert (df["date"] == pd.Timestamp(COMMIT_DATE)).all()
+    assert df["commit"].str.len().eq(40).all()
+    assert set(df.attrs["param_columns"]) == {"backend", "T", "cell", "seed", "distance"}
+
+
+def test_load_results_kinds_units_and_types(df):
+    t = df[df["benchmark"] == "speed.TimeLSTM.time_forward"]
+    assert set(t["kind"]) == {"time"} and set(t["unit"]) == {"seconds"}
+    mse = df[df["benchmark"] == "memory.TrackAdding.track_test_mse"]
+    assert set(mse["kind"]) == {"track"} and set(mse["unit"]) == {"mse"}
+    rate = df[df["benchmark"] == "memory.TrackAdding.track_success_rate"]
+    assert set(rate["unit"]) == {"fraction"}
+    # Parameters decoded from asv's repr strings: ints are ints, strings strings.
+    assert str(df["T"].dtype) == "Int64" and str(df["seed"].dtype) == "Int64"
+    assert sorted(t["T"].unique()) == [4, 16]
+    assert all(type(v) is int for v in t["T"].tolist())
+    assert set(t["backend"]) == {"numpy", "torch-cpu", "cupy"}
+    assert all(isinstance(b, str) for b in t["backend"])
+    # Points are itertools.product order: values follow their parameters.
+    lstm = mse[(mse["cell"] == "lstm")].set_index(["T", "seed"])["value"]
+    assert lstm[(100, 1)] == pytest.approx(0.011)
+    assert lstm[(10, 0)] == pytest.approx(0.001)
+    assert mse.loc[(mse["cell"] == "rnn") & (mse["T"] == 100), "value"].tolist() == [0.17, 0.17]
+    assert str(df["number"].dtype) == "Int64"
+
+
+def test_load_results_statuses(df):
+    gpu = df[df["machine"] == "box-gpu"]
+    status = gpu.set_index("benchmark")["status"]
+    assert status["speed.TimeMissingBackend.time_forward"] == "skipped"
+    assert status["speed.TimeBroken.time_forward"] == "failed"
+    t = gpu[gpu["benchmark"] == "speed.TimeLSTM.time_forward"]
+    assert (t.loc[t["backend"] == "cupy", "status"] == "skipped").all()
+    ok = t[t["backend"] != "cupy"]
+    assert (ok["status"] == "ok").all() and (ok["value"] > 0).all()
+    assert ok["q_25"].notna().all() and (ok["repeat"] == 1).all()
+    assert gpu.loc[gpu["status"] != "ok", "value"].isna().all()
+    assert (gpu.loc[gpu["kind"] == "track", "status"] == "ok").all()
+
+
+def _copy(results: Path, tmp_path: Path) -> tuple[Path, Path]:
+    dst = tmp_path / "results"
+    shutil.copytree(results, dst)
+    result_file = next((dst / "box-gpu").glob("*-existing-*.json"))
+    return dst, result_file
+
+
+def test_corrupted_file_raises_naming_it(asv_results, tmp_path):
+    dst, result_file = _copy(asv_results, tmp_path)
+    result_file.write_text(result_file.read_text()[:-40])
+    with pytest.raises(ValueError, match=result_file.name):
+        load_results(dst)
+
+
+def test_result_shape_mismatch_raises_naming_file(asv_results, tmp_path):
+    dst, result_file = _copy(asv_results, tmp_path)
+    data = json.loads(result_file.read_text())
+    data["results"]["memory.TrackAdding.track_test_mse"][0].pop()  # 7 results for 8 points
+    result_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{result_file.name}.*TrackAdding"):
+        load_results(dst)
+
+
+def test_missing_machine_json_raises(asv_results, tmp_path):
+    dst, _ = _copy(asv_results, tmp_path)
+    (dst / "box-cpu" / "machine.json").unlink()
+    with pytest.raises(ValueError, match="machine.json"):
+        load_results(dst)
+
+
+def test_stale_benchmarks_json_falls_back_to_asv_param_names(asv_results, tmp_path):
+    dst, _ = _copy(asv_results, tmp_path)
+    bench = json.loads((dst / "benchmarks.json").read_text())
+    del bench["memory.TrackGradientFlow.track_grad_ratio"]  # renamed since the run
+    (dst / "benchmarks.json").write_text(json.dumps(bench))
+    grad = load_results(dst).query("benchmark == 'memory.TrackGradientFlow.track_grad_ratio'")
+    assert sorted(set(grad["param1"])) == ["lstm", "rnn"]
+    assert sorted(set(grad["param2"])) == [1, 10, 100]
+    assert set(grad["kind"]) == {"track"} and "distance" not in grad.columns
+
+
+def test_latest_keeps_newest_commit_per_machine():
+    df = pd.DataFrame({"machine": ["a", "a", "b"], "commit": ["old", "new", "only"],
+                       "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-01"],
+                                              utc=True),
+                       "value": [1.0, 2.0, 3.0]})
+    assert sorted(latest(df)["commit"]) == ["new", "only"]
+
+
+def test_no_results_raises(tmp_path):
+    with pytest.raises(ValueError, match="no asv result files"):
+        load_results(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_results(tmp_path / "absent")
+
+
+# -- compare -----------------------------------------------------------------------------------
+
+def _speed_frame() -> pd.DataFrame:
+    rows = []
+    for machine, scale in (("m1", 1.0), ("m2", 10.0)):
+        for T in (10, 100):
+            for backend, t in (("torch-cpu", 2.0), ("numpy", 4.0), ("cupy", 0.5)):
+                rows.append({"machine": machine, "benchmark": "speed.TimeLSTM.time_forward",
+                             "kind": "time", "backend": backend, "T": T,
+                             "value": scale * t * T, "status": "ok"})
+    rows.append({"machine": "m1", "benchmark": "speed.TimeLSTM.time_forward", "kind": "time",
+                 "backend": "emulated", "T": 10, "value": float("nan"), "status": "skipped"})
+    rows.append({"machine": "m2", "benchmark": "speed.TimeLSTM.time_forward", "kind": "time",
+                 "backend": "emulated", "T": 10, "value": 80.0, "status": "ok"})
+    return pd.DataFrame(rows)
+
+
+def test_compare_exact_ratios():
+    out = compare(_speed_frame(), baseline={"backend": "torch-cpu"},
+                  by=["machine", "benchmark", "T"])
+    assert list(out.columns) == ["machine", "benchmark", "T", "backend", "value",
+                                 "baseline_value", "ratio", "speedup"]
+    assert "torch-cpu" not in set(out["backend"])
+    assert len(out) == 2 * 2 * 2 + 1  # skipped emulated on m1 does not take part
+    got = out.set_index(["machine", "T", "backend"])
+    # numpy 4 vs torch 2 -> ratio 2 (slower), speedup 0.5; cupy 0.5 vs 2 -> 0.25, 4.
+    assert got.loc[("m1", 10, "numpy"), "ratio"] == 2.0
+    assert got.loc[("m1", 10, "numpy"), "speedup"] == 0.5
+    assert got.loc[("m2", 100, "cupy"), "ratio"] == 0.25
+    assert got.loc[("m2", 100, "cupy"), "speedup"] == 4.0
+    assert got.loc[("m2", 100, "cupy"), "baseline_value"] == 2000.0
+    assert got.loc[("m2", 10, "emulated"), "ratio"] == 80.0 / 200.0
+
+
+def test_compare_errors():
+    df = _speed_frame()
+    with pytest.raises(ValueError, match="'dtype'|dtype"):
+        compare(df, baseline={"dtype": "float32"}, by=["machine"])
+    with pytest.raises(ValueError, match="no ok rows"):
+        compare(df, baseline={"backend": "torch-cudnn"}, by=["machine", "benchmark", "T"])
+    with pytest.raises(ValueError, match="share the same"):  # T left out of `by`
+        compare(df, baseline={"backend": "torch-cpu"}, by=["machine", "benchmark"])
+    with pytest.raises(ValueError, match="both"):
+        compare(df, baseline={"backend": "torch-cpu"}, by=["machine", "backend"])
+
+
+def test_compare_on_loaded_results(df):
+    out = compare(df, baseline={"backend": "torch-cpu"}, by=["machine", "benchmark", "T", "cell"])
+    assert set(out["backend"]) == {"numpy"}  # cupy skipped, torch-cpu is the baseline
+    assert len(out) == 2
+    assert ((out["ratio"] * out["speedup"]).round(12) == 1.0).all()
+
+
+# -- memory_table ------------------------------------------------------------------------------
+
+def _memory_frame() -> pd.DataFrame:
+    rows = []
+
+    def add(bench, cell, T, seed, value):
+        rows.append({"machine": "m1", "benchmark": f"memory.{bench}", "kind": "track",
+                     "cell": cell, "T": T, "seed": seed, "value": value, "status": "ok"})
+
+    for seed in (0, 1):
+        for T, ok_lstm, ok_rnn in ((50, 1, 1), (100, 1, seed), (200, 1, 0), (400, seed, 0)):
+            add("TrackAdding.track_success_rate", "lstm_nofg", T, seed, float(ok_lstm))
+            add("TrackAdding.track_success_rate", "rnn_tanh", T, seed, float(ok_rnn))
+            add("TrackAdding.track_test_mse", "lstm_nofg", T, seed, 0.001 * T / 50 + 0.001 * seed)
+            add("TrackAdding.track_test_mse", "rnn_tanh", T, seed, 0.01 * T / 50)
+    # No success metric: gpulstm.tasks' criterion, copy xent < 0.1 x 10 ln 8 / (T + 20).
+    for T, xent in ((10, 0.05), (80, 0.5)):
+        add("TrackCopy.track_test_xent", "gru", T, 0, xent)
+    add("TrackCopy.track_test_xent", "gru", 10, 1, float("nan"))  # skipped: ignored
+    rows[-1]["status"] = "skipped"
+    # Temporal order with an accuracy only: passes at >= 0.99 (Pascanu et al.: under 1% wrong).
+    for T, acc in ((50, 1.0), (100, 0.98), (200, 0.995)):
+        add("TrackTemporalOrder.track_test_accuracy", "lstm_fb1", T, 0, acc)
+    add("TrackGradientFlow.track_grad_ratio", "lstm", 10, 0, 0.5)  # not a task
+    return pd.DataFrame(rows)
+
+
+def test_memory_table_exact():
+    out = memory_table(_memory_frame())
+    meas = out[out["machine"] == "m1"].set_index(["task", "cell"])
+    assert set(meas.index) == {("adding", "lstm_nofg"), ("adding", "rnn_tanh"), ("copy", "gru"),
+                               ("temporal_order", "lstm_fb1")}
+    lstm = meas.loc[("adding", "lstm_nofg")]
+    # Mean success per T over seeds 0, 1: 1, 1, 1, 0.5 -> all pass at >= 0.5; longest 400.
+    assert lstm["longest_T_passed"] == 400 and pd.isna(lstm["first_T_failed"])
+    assert lstm["max_T_tested"] == 400 and lstm["at_T"] == 400 and lstm["seeds"] == 2
+    assert lstm["success_rate"] == 0.5
+    assert lstm["metric"] == "test_mse"
+    assert lstm["metric_value"] == pytest.approx((0.008 + 0.009) / 2)
+    assert lstm["baseline"] == pytest.approx(1 / 6)
+    assert lstm["pass_rule"] == "success_rate >= 0.5"
+    rnn = meas.loc[("adding", "rnn_tanh")]
+    # rnn success: T=50 -> 1, T=100 -> (0 + 1) / 2 = 0.5 (pass), T=200 -> 0, T=400 -> 0.
+    assert rnn["longest_T_passed"] == 100 and rnn["first_T_failed"] == 200
+    assert rnn["success_rate"] == 0.5 and rnn["metric_value"] == pytest.approx(0.02)
+    copy = meas.loc[("copy", "gru")]
+    # baselines 10 ln 8 / 30 = 0.693 (0.05 < 0.0693 passes), 10 ln 8 / 100 = 0.208 (0.5 fails).
+    assert copy["longest_T_passed"] == 10 and copy["first_T_failed"] == 80
+    assert copy["seeds"] == 1 and math.isnan(copy["success_rate"])
+    assert copy["baseline"] == pytest.approx(10 * math.log(8) / 30)
+    assert copy["pass_rule"] == "test cross-entropy < 0.1 x baseline"
+    order = meas.loc[("temporal_order", "lstm_fb1")]
+    # Longest passing T is 200 even though 100 failed: first_T_failed shows the gap.
+    assert order["longest_T_passed"] == 200 and order["first_T_failed"] == 100
+    assert order["metric_value"] == 0.995 and order["baseline"] == 0.25
+    assert order["pass_rule"] == "test accuracy >= 0.99"
+    # Published outcomes beside the measurement, with how far each was verified.
+    assert lstm["published_longest_T"] == 1000
+    assert "853,000" in lstm["published_outcome"]
+    assert lstm["verified"] == "verified (transcription of the published paper)"
+    assert pd.isna(rnn["published_outcome"])
+    # Published-only cells of measured tasks are listed too (measured columns empty).
+    extra = out[out["machine"].isna()]
+    assert {"irnn", "urnn"} <= set(extra["cell"]) and extra["longest_T_passed"].isna().all()
+    pascanu = extra[(extra["task"] == "temporal_order") & (extra["cell"] == "rnn_tanh")]
+    assert pascanu["verified"].tolist() == ["verified (transcription of the published paper)"]
+    assert "long_lag_2a" not in set(out["task"])  # only tasks that were measured
+
+
+def test_memory_table_with_own_published_and_loaded(df):
+    pub = pd.DataFrame({"source": ["S"], "task": ["adding"], "cell": ["rnn"],
+                        "T": pd.array([10], dtype="Int64"),
+                        "passed": pd.array([True], dtype="boolean"),
+                        "outcome": ["passes"], "verified": ["abstract only"]})
+    out = memory_table(df, published=pub).set_index(["machine", "task", "cell"])
+    # Fixture suite: lstm succeeds at T=10 and 100, rnn only at T=10.
+    assert out.loc[("box-gpu", "adding", "lstm"), "longest_T_passed"] == 100
+    rnn = out.loc[("box-gpu", "adding", "rnn")]
+    assert rnn["longest_T_passed"] == 10 and rnn["first_T_failed"] == 100
+    assert rnn["metric_value"] == pytest.approx(0.01)
+    assert rnn["published_longest_T"] == 10 and rnn["verified"] == "abstract only"
+
+
+def test_published_outcomes_labels():
+    pub = published_outcomes()
+    assert set(pub["verified"]) <= {
+        "verified (transcription of the published paper)", "abstract only",
+        "partly verified (third-party file quoting the PDF)",
+        "as reported, not verified (secondary source)"}
+    hs = pub[(pub["task"] == "adding") & (pub["cell"] == "lstm_nofg")]
+    assert hs["T"].tolist() == [100, 500, 1000] and hs["passed"].all()
+    # Le et al. / Arjovsky et al.: which model passes at which T is not verified -> no pass/fail.
+    assert pub.loc[pub["cell"].isin(["irnn", "urnn"]), "passed"].isna().all()
+
+
+# -- plots and report --------------------------------------------------------------------------
+
+def _png_ok(path: Path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_write_pngs(df, tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = plot_time_vs_T(df, tmp_path / "t.png")
+    assert isinstance(fig, Figure) and _png_ok(tmp_path / "t.png")
+    assert "box-gpu" in fig._suptitle.get_text()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert {t.get_text() for t in fig.axes[1].get_legend().get_texts()} == {"numpy", "torch-cpu"}
+    fig = plot_gradient_flow(df, tmp_path / "g.png")
+    assert _png_ok(tmp_path / "g.png") and "distance" in fig.axes[0].get_xlabel()
+    fig = plot_task_metric(df, tmp_path / "m.png")
+    assert _png_ok(tmp_path / "m.png")
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert "trivial baseline" in labels
+    with pytest.raises(ValueError):
+        plot_time_vs_T(df[df["kind"] == "track"], tmp_path / "none.png")
+
+
+def test_markdown_report(df, tmp_path):
+    md = markdown_report(df, tmp_path / "report")
+    assert (tmp_path / "report" / "report.md").read_text() == md
+    assert "| machine | benchmark |" in md and "torch-cpu" in md
+    assert "853,000" in md and "verified" in md
+    for name in ("time_vs_T.png", "task_metric_vs_T.png", "gradient_flow.png"):
+        assert f"]({name})" in md and _png_ok(tmp_path / "report" / name)

@@ -1,0 +1,158 @@
+"""Read-out, losses, clipping, optimizers and the training loop (gpulstm.train)."""
+import math
+
+import numpy as np
+import pytest
+
+import gpulstm as gl
+from gpulstm.backends import get_backend
+from gpulstm.train import (CELLS, Adam, Readout, RMSProp, accuracy, clip_grad_norm, make_cell,
+                           mse_loss, softmax_xent, train)
+
+EX = get_backend("numpy")
+
+
+def _numeric_grad(f, a, eps=1e-6):
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + eps
+        fp = f()
+        a[idx] = old - eps
+        fm = f()
+        a[idx] = old
+        g[idx] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_readout_and_loss_gradients_match_finite_differences(loss, rng):
+    N, F, K = 6, 5, 4
+    h = rng.standard_normal((N, F))
+    ro = Readout(F, K, EX, np.float64, seed=1)
+    ro.params["bias"][...] = rng.standard_normal(K)
+    target = rng.standard_normal((N, K)) if loss == "mse" else rng.integers(0, K, N)
+    fn = mse_loss if loss == "mse" else softmax_xent
+
+    def value():
+        return float(fn(np, ro.forward(h), target)[0])
+
+    _, dz = fn(np, ro.forward(h), target)
+    dh = ro.backward(dz)
+    np.testing.assert_allclose(dh, _numeric_grad(value, h), rtol=1e-6, atol=1e-9)
+    for k, p in ro.params.items():
+        np.testing.assert_allclose(ro.grads[k], _numeric_grad(value, p), rtol=1e-6, atol=1e-9)
+
+
+def test_softmax_xent_value_and_accuracy():
+    logits = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 5.0]])
+    labels = np.array([0, 0, 0])
+    loss, _ = softmax_xent(np, logits, labels)
+    expect = np.mean([math.log(2), math.log(1 + math.exp(-2)), math.log(1 + math.exp(5))])
+    assert float(loss) == pytest.approx(expect)
+    assert float(accuracy(np, logits, labels)) == pytest.approx(2 / 3)  # ties -> first class
+
+
+def test_adam_step_by_hand():
+    p = {"w": np.array([1.0, -2.0])}
+    opt = Adam(p, np, lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    g1, g2 = np.array([0.5, -1.0]), np.array([0.1, 0.2])
+    opt.step({"w": g1})
+    # first step: m_hat = g, v_hat = g^2 -> p -= lr * g / (|g| + eps)
+    np.testing.assert_allclose(p["w"], [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 + 0.1 * 1 / (1 + 1e-8)])
+    before = p["w"].copy()
+    opt.step({"w": g2})
+    m = 0.9 * 0.1 * g1 + 0.1 * g2
+    v = 0.999 * 0.001 * g1 ** 2 + 0.001 * g2 ** 2
+    step = 0.1 * (m / (1 - 0.9 ** 2)) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+    np.testing.assert_allclose(p["w"], before - step, rtol=1e-12)
+
+
+def test_rmsprop_step_by_hand():
+    p = {"w": np.array([1.0])}
+    opt = RMSProp(p, np, lr=0.01, alpha=0.9, eps=1e-8)
+    opt.step({"w": np.array([2.0])})
+    np.testing.assert_allclose(p["w"], [1.0 - 0.01 * 2.0 / (math.sqrt(0.1 * 4.0) + 1e-8)])
+
+
+def test_clip_grad_norm():
+    a, b = np.array([3.0, 0.0]), np.array([[4.0]])
+    total = clip_grad_norm(np, [a, b], 1.0)
+    assert float(total) == pytest.approx(5.0)
+    np.testing.assert_allclose(np.concatenate([a, b.ravel()]), [0.6, 0.0, 0.8])
+    c = np.array([0.3, 0.4])
+    clip_grad_norm(np, [c], 1.0)  # below the threshold: untouched
+    np.testing.assert_array_equal(c, [0.3, 0.4])
+
+
+@pytest.mark.parametrize("name", CELLS + ("lstm",))
+def test_make_cell_variants(name):
+    m = make_cell(name, 3, 4, seed=0)
+    sd = m.state_dict()
+    if name.startswith("lstm"):
+        assert isinstance(m, gl.LSTM)
+        fb = sd["bias_ih_l0"][4:8] + sd["bias_hh_l0"][4:8]
+        if name == "lstm_fb0":
+            np.testing.assert_array_equal(fb, 0)
+        elif name in ("lstm", "lstm_fb1", "lstm_peep"):
+            np.testing.assert_array_equal(fb, 1)
+        assert m.forget_gate == (name != "lstm_nofg")
+        assert m.peephole == (name == "lstm_peep")
+    elif name == "gru":
+        assert isinstance(m, gl.GRU)
+    else:
+        assert isinstance(m, gl.RNN)
+        if name == "irnn":
+            assert m.nonlinearity == "relu"
+            np.testing.assert_array_equal(sd["weight_hh_l0"], np.eye(4))
+            np.testing.assert_array_equal(sd["bias_hh_l0"], 0)
+    with pytest.raises(ValueError):
+        make_cell("lstm2", 3, 4)
+
+
+@pytest.mark.parametrize("task", ["adding", "copy", "temporal_order"])
+def test_training_reduces_the_loss(task):
+    r = train(task, "lstm_fb1", 10, steps=60, batch=16, hidden=16, lr=1e-2, seed=0,
+              eval_every=30, test_size=64)
+    assert len(r.curve_loss) == 60 and np.all(np.isfinite(r.curve_loss))
+    assert r.curve_loss[-10:].mean() < r.curve_loss[:5].mean()
+    assert [e[0] for e in r.evals] == [30, 60]
+    assert r.budget_sequences == 960 and r.curve_sequences[-1] == 960
+    assert np.all(r.curve_grad_norm > 0)
+
+
+def test_training_is_deterministic_under_a_seed():
+    a = train("adding", "gru", 8, steps=10, batch=8, hidden=8, seed=4, test_size=32)
+    b = train("adding", "gru", 8, steps=10, batch=8, hidden=8, seed=4, test_size=32)
+    np.testing.assert_array_equal(a.curve_loss, b.curve_loss)
+    assert a.test_metric == b.test_metric
+
+
+def _emulated_or_skip():
+    try:
+        return get_backend("emulated")
+    except (gl.BackendUnavailable, ImportError) as e:
+        pytest.skip(f"emulated backend not available: {e}")
+
+
+@pytest.mark.parametrize("cell", ["lstm_fb1", "gru", "rnn_tanh"])
+def test_same_training_on_numpy_and_emulated_agrees(cell):
+    _emulated_or_skip()
+    kw = dict(steps=15, batch=8, hidden=8, lr=1e-2, seed=2, test_size=64, eval_every=5,
+              dtype="float64")
+    a = train("adding", cell, 12, backend="numpy", **kw)
+    b = train("adding", cell, 12, backend="emulated", **kw)
+    assert b.backend == "emulated"
+    np.testing.assert_allclose(a.curve_loss, b.curve_loss, rtol=1e-9)
+    assert a.test_metric == pytest.approx(b.test_metric, rel=1e-9)
+    for k, p in a.model.parameters().items():
+        np.testing.assert_allclose(p, b.model.parameters()[k], rtol=1e-8, atol=1e-10)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        train("adding", "lstm", 10, steps=1, optimizer="sgd")
+    with pytest.raises(ValueError):
+        train("adding", "lstm", 10, steps=1, clip=0)
+    with pytest.raises(ValueError):
+        train("adding", "nope", 10, steps=1)
