@@ -1,5 +1,6 @@
 """The gradient-flow probe (gpulstm.memory) against torch autograd on every cell variant."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from gpulstm.memory import first_distance_below, gradient_flow, state_grads, suffix_state_grads
@@ -85,8 +86,12 @@ def test_suffix_state_grads_restores_the_model(rng):
     dx = m.backward(gy)
     grads = {k: v.copy() for k, v in m.grads.items()}
     dh, dc = suffix_state_grads(m, gy)
-    # with gradients at every step the chain must include grad_out[t] at each t
-    assert dh.shape == (6, 2, 4) and dc.shape == (6, 2, 4)
+    # with gradients at every step (not only the last) the chain agrees with the engine hook
+    rh, rc = state_grads(m, x, gy, engine=True)
+    np.testing.assert_allclose(dh, rh, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(dc, rc, rtol=1e-12, atol=1e-15)
+    m(x)
+    m.backward(gy)
     for k in grads:
         np.testing.assert_array_equal(m.grads[k], grads[k])
     np.testing.assert_array_equal(m.backward(gy), dx)  # the saved context still works
@@ -112,3 +117,45 @@ def test_tanh_rnn_gradient_vanishes_orders_of_magnitude_faster_than_lstm():
     assert np.log10(lstm["ratio"][T]) - np.log10(rnn["ratio"][T]) > 5
     assert rnn["distance_1e3"] < lstm["distance_1e3"]
     assert rnn["distance_1e6"] < lstm["distance_1e6"]
+
+
+def _results_frame():
+    """A frame shaped like gpulstm.report.load_results output for the memory suite."""
+    rows = []
+
+    def add(cls, method, cell, T, seed, value):
+        rows.append({"machine": "box", "commit": "abcdef0123", "date": 1, "env": "existing",
+                     "benchmark": f"memory.{cls}.{method}", "kind": "track", "unit": "x",
+                     "cell": cell, "T": T, "seed": seed, "value": value, "status": "ok"})
+
+    for seed in (0, 1, 2):
+        add("TrackGradFlow", "track_distance_1e3", "rnn_tanh", 100, seed, 11)
+        add("TrackGradFlow", "track_distance_1e6", "rnn_tanh", 100, seed, 22)
+        add("TrackGradFlow", "track_log10_ratio_end", "rnn_tanh", 100, seed, -25.0)
+        add("TrackGradFlow", "track_distance_1e3", "lstm_nofg", 100, seed, 101)
+        add("TrackGradFlow", "track_distance_1e6", "lstm_nofg", 100, seed, 101)
+        add("TrackGradFlow", "track_log10_ratio_end", "lstm_nofg", 100, seed, -0.1)
+    for T in (10, 20, 50):
+        for seed in (0, 1):
+            ok = T == 10
+            add("TrackAdding", "track_test_mse", "lstm_fb1", T, seed, 0.001 if ok else 0.16)
+            add("TrackAdding", "track_solved", "lstm_fb1", T, seed, float(ok))
+            add("TrackAdding", "track_train_sequences", "lstm_fb1", T, seed,
+                9600 if ok else 12801)
+            add("TrackAdding", "track_trained_grad_distance_1e3", "lstm_fb1", T, seed, T + 1)
+            add("TrackAdding", "track_trained_grad_log10_ratio_end", "lstm_fb1", T, seed, -1.0)
+    return pd.DataFrame(rows)
+
+
+def test_memory_doc_renders_tables_and_labels():
+    from gpulstm.memory_doc import render
+    text = render(_results_frame())
+    assert "profile `quick`" in text and "12,800 training sequences" in text
+    assert "| rnn_tanh | 100 | 3 | 11 | 22 | -25 |" in text
+    assert "| lstm_nofg | 100 | 3 | > T | > T | -0.1 |" in text
+    assert "| lstm_fb1 | 10 | 2 | 0.001 | 0.167 | 0.006 | 2/2 | 9,600 | > T | -1 |" in text
+    assert "| lstm_fb1 | 50 | 2 | 0.16 | 0.167 | 0.96 | 0/2 | > budget | > T | -1 |" in text
+    assert "Hochreiter & Schmidhuber 1997, Exp. 4 (Table 7)" in text
+    assert "verified (paper text)" in text and "as reported, not verified" in text
+    with pytest.raises(ValueError):
+        render(_results_frame().assign(benchmark="speed.TimeLSTM.time_forward"))

@@ -14,7 +14,8 @@ type-puns through ``reinterpret_cast``). No ``-ffast-math``: NaN and infinities 
 Cache: ``$GPULSTM_CACHE_DIR`` or ``~/.cache/gpulstm/emulated``; the file name is a hash of
 (header text, rewritten source, launch table, options, compiler flags, compiler identity).
 Writes go to a temporary file and are published by ``os.replace``, so concurrent processes
-never load a half-written library. ``$GPULSTM_CXX`` names the compiler (default ``g++``).
+never load a half-written library. ``$GPULSTM_CXX`` names the compiler (default ``g++``,
+else ``c++``).
 """
 from __future__ import annotations
 
@@ -133,8 +134,7 @@ def rewrite_dynamic_shared(code: str) -> str:
 
 def translate_options(options) -> list[str]:
     """NVRTC options -> g++ flags: -D/-U/-I pass through, CPU-meaningless ones are ignored."""
-    if isinstance(options, str):
-        options = (options,)
+    options = (options,) if isinstance(options, str) else tuple(options)
     flags = []
     for opt in options:
         if not isinstance(opt, str):
@@ -192,7 +192,8 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str:
-    return os.environ.get("GPULSTM_CXX", "g++")
+    """``$GPULSTM_CXX``, else ``g++``, else ``c++``."""
+    return os.environ.get("GPULSTM_CXX") or ("g++" if shutil.which("g++") else "c++")
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,8 +239,13 @@ def load(code: str, names: list[str], options) -> Library:
 
 def _compile(cxx: str, text: str, flags: list[str], dest: Path) -> None:
     global compile_count
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-")
+    except OSError as e:
+        raise EmulatorError(f"cannot write the emulator's compile cache {dest.parent} ({e}); "
+                            "set GPULSTM_CACHE_DIR to a writable directory") from e
+    with tmpdir as tmp:
         src = Path(tmp) / (dest.stem + ".cpp")
         src.write_text(text)
         out = Path(tmp) / dest.name

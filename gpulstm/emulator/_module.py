@@ -92,8 +92,8 @@ class EmulatedKernel:
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
         """Run the kernel to completion. ``grid``/``block``: tuples of 1-3 positive ints;
-        ``args``: tuple of NumPy arrays (passed by data pointer) and NumPy scalars of the
-        exact C parameter type; ``shared_mem``: bytes of dynamic shared memory; ``stream``
+        ``args``: tuple of NumPy arrays (passed by data pointer, strides unchecked, as in
+        CuPy) and NumPy scalars of the exact C parameter type; ``shared_mem``: bytes of dynamic shared memory; ``stream``
         is accepted for CuPy compatibility and ignored (launches are synchronous)."""
         g = _dims(grid, "grid", (2**31 - 1, 65535, 65535))
         b = _dims(block, "block", (1024, 1024, 64))
@@ -193,7 +193,7 @@ class EmulatedModule:
         names = [_build.check_name_expression(n) for n in (name_expressions or ())]
         names += [n for n in _build.extern_c_kernels(code) if n not in names]
         self.name_expressions = list(dict.fromkeys(names))
-        self._lib = _build.load(code, self.name_expressions, tuple(options))
+        self._lib = _build.load(code, self.name_expressions, options)
         # whether launches run threads as fibers (else: each thread to completion)
         self.fibers = self._lib.fibers if schedule == "auto" else schedule == "fibers"
         self._kernels: dict[str, EmulatedKernel] = {}

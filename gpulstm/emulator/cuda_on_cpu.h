@@ -36,12 +36,15 @@
 //     a pointer into one buffer of up to GPULSTM_EMU_MAX_DYNAMIC_SHARED bytes; the first
 //     shared_mem bytes are poisoned (0xFF: NaN) at the start of every block.
 //   * Out-of-bounds accesses are not checked (they crash the process or corrupt memory).
+//   * Each fiber has GPULSTM_EMU_STACK_BYTES of stack (128 KiB, for its frames and local
+//     arrays); overflowing it hits a guard page (SIGSEGV), never another fiber's stack.
 //
 // Not supported (compile error or runtime error, never silently wrong): half/bfloat16,
 // cooperative groups, grid-wide sync, __match_*/__reduce_* warp intrinsics, textures,
 // inline PTX, more than GPULSTM_EMU_MAX_WARP_MASKS distinct masks used by one warp in
 // one block. __CUDA_ARCH__ is not defined; GPULSTM_EMULATED is defined to 1.
-#pragma once
+#ifndef GPULSTM_CUDA_ON_CPU_H
+#define GPULSTM_CUDA_ON_CPU_H
 
 #include <math.h>     // the C++ wrapper: float overloads of exp, tanh, ... in the global namespace
 #include <stdarg.h>
@@ -196,7 +199,7 @@ gpulstm_emu_switch:
 // A worker: one stack hosting one started, unfinished CUDA thread at a time.
 struct Fiber {
   Context ctx;
-  Fiber* next;  // ring of the block's workers, in order of creation
+  Fiber* next;  // ring of the workers whose thread is unfinished
   Fiber* prev;
   uint3 tid;    // the hosted thread
   unsigned warp, lane;
@@ -229,6 +232,7 @@ GPULSTM_EMU_HIDDEN Fiber* g_cur;          // running worker
 GPULSTM_EMU_HIDDEN Context g_main;        // the launcher's context
 GPULSTM_EMU_HIDDEN unsigned g_nthreads;   // threads of the block
 GPULSTM_EMU_HIDDEN unsigned g_started;    // threads started so far (in linear order)
+GPULSTM_EMU_HIDDEN uint3 g_next_tid;      // threadIdx of thread number g_started
 GPULSTM_EMU_HIDDEN unsigned g_nworkers;   // workers created for this block
 GPULSTM_EMU_HIDDEN unsigned g_live;       // threads of the block not exited (started or not)
 GPULSTM_EMU_HIDDEN unsigned g_spin;       // wake-ups without progress since the last progress
@@ -267,11 +271,7 @@ inline void require_fibers(const char* what) {
          "the module must be scheduled with fibers (schedule='fibers')", what);
 }
 
-inline unsigned linear_tid(uint3 t) { return t.x + g_blockDim.x * (t.y + g_blockDim.y * t.z); }
-
 inline void init_context(Fiber& f, unsigned slot);
-
-GPULSTM_EMU_HIDDEN uint3 g_next_tid;  // threadIdx of thread number g_started
 
 // Gives worker f the next unstarted thread (linear order, x fastest).
 inline void host_next_thread(Fiber* f) {
@@ -849,3 +849,5 @@ inline typename std::common_type<A, B>::type max(A a, B b) {
   if constexpr (std::is_floating_point<C>::value) return fmax(C(a), C(b));
   else return C(a) < C(b) ? C(b) : C(a);
 }
+
+#endif  // GPULSTM_CUDA_ON_CPU_H
