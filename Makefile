@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(EXTRAS)
 EXTRAS ?= test
 
-.PHONY: all run demo test test-slow venv clean
+.PHONY: all run demo test test-slow venv clean gpu-check wheels
 
 all: run
 
@@ -36,3 +36,13 @@ clean:
 ## LSTM forward + backward on the best backend here: shapes and timing.
 demo: $(STAMP)
 	$(PY) -m gpulstm.demo
+
+## On a GPU machine without network: GPU tests, compute-sanitizer, speed table and asv GPU
+## benchmarks; logs and numbers go to OUT (default results/gpu-check/<UTC time>).
+## Uses whatever Python has CuPy/torch/pytest, installing what is missing from wheels/.
+gpu-check:
+	bash tools/gpu_check.sh $(OUT)
+
+## Download the wheels gpu-check installs offline (GPULSTM_WHEEL_PY, GPULSTM_CUDA_MAJOR).
+wheels:
+	bash tools/download_wheels.sh

@@ -135,6 +135,16 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     return dx, g["dh"], g.get("dc"), grads
 
 
+def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize):
+    """Device bytes a stacked forward keeps for its backward (plus its largest transient, the
+    input projection of one direction): what an out-of-memory message reports."""
+    per_dir = (T + 1) * B * Hs + T * B * Hs + T * B * cell.saved_width(H)  # S, Y, gates
+    if cell.has_cell_state:
+        per_dir += (T + 1) * B * H + (T * B * H if Hs != H else 0)  # C, M (proj)
+    per_layer = D * per_dir + T * B * D * Hs  # + concatenated/dropped-out layer output
+    return itemsize * (num_layers * per_layer + T * B * cell.gates * H)
+
+
 @dataclass
 class Context:
     """What a stacked forward saves for its backward."""

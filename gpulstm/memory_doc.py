@@ -8,7 +8,8 @@ results parser), keeps the newest run per machine and the ``memory.*`` benchmark
 over seeds) and one table per task (rows cell x T: test metric, baseline, success rate over
 seeds, sequences to the criterion, and for the adding problem the gradient flow after
 training). The published outcomes come from :func:`gpulstm.report.literature.published_outcomes`
-with the verification label ``LITERATURE.md`` allows; nothing here is presented as a paper's
+(cell names as in :func:`gpulstm.train.make_cell`; the 1997 LSTM is ``lstm_nofg``) with the
+verification label ``LITERATURE.md`` allows; nothing here is presented as a paper's
 number unless that table says it was verified.
 """
 from __future__ import annotations
@@ -35,12 +36,6 @@ _TASKS = [  # (task, benchmark class, metric method, metric label)
 ]
 _TITLES = {"adding": "Adding problem", "temporal_order": "Temporal order",
            "copy": "Copy memory"}
-# published cell names -> the closest cell measured here
-_CLOSEST = {"lstm": "lstm_nofg (the 1997 cell has no forget gate)",
-            "lstm-no-forget-gate": "lstm_nofg", "lstm-forget-bias-1": "lstm_fb1",
-            "rnn": "rnn_tanh", "rnn-bptt": "rnn_tanh", "irnn": "irnn", "lstm+lr-decay": "-",
-            "lstm-no-forget-gate+reset": "-", "urnn": "- (not implemented)",
-            "rnn-rtrl": "- (RTRL)", "chunker": "-"}
 _LABELS = {"verified (transcription of the published paper)": "verified (paper text)",
            "abstract only": "verified against the abstract only",
            "partly verified (third-party file quoting the PDF)":
@@ -108,10 +103,10 @@ def _published(task):
     pub = pub[pub["task"] == task]
     rows = []
     for r in pub.itertuples():
-        rows.append([r.source, _CLOSEST.get(r.cell, r.cell) + f" ({r.cell})",
+        rows.append([r.source, r.cell,
                      "-" if pd.isna(r.T) else int(r.T), r.outcome,
                      _LABELS.get(r.verified, r.verified)])
-    return _table(["source", "closest cell here (paper's)", "T", "published outcome",
+    return _table(["source", "cell", "T", "published outcome",
                    "verification"], rows) if rows else "No published outcome listed."
 
 

@@ -154,8 +154,12 @@ class _RNNBase:
                 if c0 is None else self._check_state("c0", c0, B, H)
         lens = np.full(B, T, np.int32) if lengths is None else check_lengths(lengths, T, B)
         lens = ex.asarray(lens, np.int32)
-        y, h_n, c_n, ctx = engine.forward(ex, self._make_cell(), self._weights(), x, h0, c0, lens,
-                                          self.dropout if self.training else 0.0, self._dropout_rng)
+        cell = self._make_cell()
+        need = engine.saved_bytes(cell, T, B, self.input_size, H, Hs, self.num_layers,
+                                  self.num_directions, self.dtype.itemsize)
+        with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
+            y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(), x, h0, c0, lens,
+                                              self.dropout if self.training else 0.0, self._dropout_rng)
         self._ctx = ctx
         self._out_shape = (T, B, self.num_directions * Hs)
         if self.batch_first:

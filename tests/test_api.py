@@ -274,3 +274,17 @@ def test_state_grads_recording(rng):
     for t in range(1, 6):
         back = (dh[t] * (1 - S[t + 1] ** 2)) @ W + gy[t - 1]
         np.testing.assert_allclose(dh[t - 1], back, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True, proj_size=3)])
+def test_saved_bytes_covers_what_forward_keeps(kw, rng):
+    """The out-of-memory message's byte count is at least what the forward really saves."""
+    from gpulstm import engine
+    m = gl.LSTM(4, 6, backend="numpy", **kw)
+    T, B = 7, 3
+    m(x_of(rng, T=T, B=B))
+    kept = sum(a.nbytes for saved in m._ctx.saved for s in saved
+               for k, a in s.items() if k in ("S", "Y", "gates", "C", "M"))
+    need = engine.saved_bytes(m._make_cell(), T, B, 4, 6, m.proj_size or 6, m.num_layers,
+                              m.num_directions, 4)
+    assert kept <= need <= 2 * kept

@@ -1,6 +1,8 @@
 """The NumPy execution: NumPy arrays, BLAS GEMMs, the reference pointwise steps."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import numpy_pointwise
@@ -33,6 +35,10 @@ class HostExecution:
 
     def synchronize(self):
         pass
+
+    def memory_guard(self, nbytes, what="the forward pass"):
+        """Host memory errors already say enough; the CuPy execution adds the byte count."""
+        return contextlib.nullcontext()
 
     def __repr__(self):
         return f"<gpulstm execution {self.name!r}>"

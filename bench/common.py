@@ -1,0 +1,273 @@
+"""Shared helpers of the benchmark suite: backends, grid profiles, FLOP counts, timing.
+
+The SciPy ``benchmarks/common.py`` pattern: every speed benchmark takes a ``backend``
+parameter and builds its work through :func:`make_workload`, which raises
+``NotImplementedError`` (asv's skip) with the reason when the backend cannot run here; the
+returned callables synchronize the device before they return, so a timed call includes the
+GPU work it launched. Optional imports are guarded here and nowhere else.
+
+Backends (``backend`` parameter values):
+
+================== ===========================================================================
+numpy              gpulstm on NumPy (BLAS GEMMs, the reference pointwise steps)
+cupy               gpulstm on CuPy (cuBLAS GEMMs, the CUDA kernels in ``kernels/``)
+emulated           gpulstm's CUDA kernels emulated on the CPU: correctness only, not in the
+                   default grids (GPULSTM_BENCH_BACKENDS=emulated,... to time it anyway)
+torch-cpu          ``torch.nn.LSTM/GRU/RNN`` on the CPU (oneDNN): numpy's reference
+torch-cudnn        ``torch.nn.*`` on CUDA through cuDNN, TF32 off (IEEE FP32): cupy's reference
+torch-cudnn-tf32   the same with TF32 allowed in cuDNN RNNs and GEMMs (full profile only)
+================== ===========================================================================
+
+Grid profiles (environment variable ``GPULSTM_BENCH_PROFILE``, read at import because asv
+computes parameter lists at import):
+
+- ``quick`` (default; 2 CPU cores, about 10 minutes with asv's overhead): sequence-length sweep
+  T in {10, 50, 100, 500} at B=16, H=I=256 for rnn_tanh, lstm, gru; batch x hidden sweep at
+  T=50: B in {1, 32} x H in {128, 512}, lstm only; one asv round, 3-10 samples.
+- ``full`` (GPU machines): T in {10, 50, 100, 500, 1000, 2000} at B=16, H=I=256; B in
+  {1, 16, 64, 256} x H in {128, 256, 512, 1024} at T=100, all three cells; torch-cudnn-tf32
+  rows added; two asv rounds, 5-20 samples.
+
+FLOPs per layer and direction (DESIGN.md "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
+gates (LSTM 4 -> 8TBH(I+H), GRU 3, RNN 1); a training step (forward + backward) about 3x that.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+
+import gpulstm as gl
+
+# PyTorch is imported here, at import: asv's forkserver imports the suite once and forks one
+# process per benchmark, so no process pays the import again. Importing torch does not touch
+# CUDA. CuPy is imported only by gpulstm.get_backend("cupy"), when a cupy benchmark asks.
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is optional
+    torch = None
+
+CELLS = ("rnn_tanh", "lstm", "gru")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+GPULSTM_BACKENDS = ("numpy", "cupy", "emulated")
+TORCH_BACKENDS = ("torch-cpu", "torch-cudnn", "torch-cudnn-tf32")
+# The PyTorch reference of each backend, timed in the same process for the speed ratios.
+REFERENCE = {"numpy": "torch-cpu", "emulated": "torch-cpu", "cupy": "torch-cudnn",
+             "torch-cudnn-tf32": "torch-cudnn"}
+
+PROFILES = {
+    "quick": {
+        "T": (10, 50, 100, 500), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
+        "bh_T": 50, "bh_B": (1, 32), "bh_H": (128, 512), "bh_cells": ("lstm",),
+        "backends": ("numpy", "cupy", "torch-cpu", "torch-cudnn"),
+        "rounds": 1, "repeat": (3, 10, 1.0), "track_repeat": 3,
+    },
+    "full": {
+        "T": (10, 50, 100, 500, 1000, 2000), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
+        "bh_T": 100, "bh_B": (1, 16, 64, 256), "bh_H": (128, 256, 512, 1024), "bh_cells": CELLS,
+        "backends": ("numpy", "cupy", "torch-cpu", "torch-cudnn", "torch-cudnn-tf32"),
+        "rounds": 2, "repeat": (5, 20, 4.0), "track_repeat": 5,
+    },
+}
+
+
+def _profile():
+    name = os.environ.get("GPULSTM_BENCH_PROFILE", "quick")
+    if name not in PROFILES:
+        raise ValueError(f"GPULSTM_BENCH_PROFILE must be one of {tuple(PROFILES)}; got {name!r}")
+    grid = dict(PROFILES[name])
+    override = os.environ.get("GPULSTM_BENCH_BACKENDS")
+    if override:
+        names = tuple(b.strip() for b in override.split(",") if b.strip())
+        unknown = [b for b in names if b not in GPULSTM_BACKENDS + TORCH_BACKENDS]
+        if unknown:
+            raise ValueError(f"GPULSTM_BENCH_BACKENDS names unknown backends {unknown}; "
+                             f"expected some of {GPULSTM_BACKENDS + TORCH_BACKENDS}")
+        grid["backends"] = names
+    return name, grid
+
+
+PROFILE_NAME, GRID = _profile()
+
+
+def flops(cell, T, B, I, H, training=False):
+    """FLOPs of one layer, one direction: forward 2*G*T*B*H*(I+H); training 3x forward."""
+    return 2 * GATES[cell] * T * B * H * (I + H) * (3 if training else 1)
+
+
+class Workload:
+    """One cell on one backend with its inputs in place, ready to time.
+
+    ``forward()`` runs inference over x [T,B,I]; ``forward_backward()`` runs a training step's
+    forward and BPTT (dL/dx and the weight gradients, from a fixed dL/dy). Both synchronize the
+    device before they return. ``synchronize`` is the backend's own barrier.
+    """
+
+    def __init__(self, backend, cell, T, B, I, H, forward, forward_backward, synchronize):
+        self.backend, self.cell, self.T, self.B, self.I, self.H = backend, cell, T, B, I, H
+        self.forward = forward
+        self.forward_backward = forward_backward
+        self.synchronize = synchronize
+
+    def run(self, mode):
+        """mode "forward" or "training"."""
+        return self.forward() if mode == "forward" else self.forward_backward()
+
+    def __repr__(self):
+        return (f"<Workload {self.backend} {self.cell} T={self.T} B={self.B} I={self.I} "
+                f"H={self.H}>")
+
+
+def make_workload(backend, cell, T, B, H, I=None, seed=0, warmup=True):
+    """Build (and by default warm up: compile, allocate, one call of each) a :class:`Workload`.
+
+    Raises NotImplementedError with the reason when ``backend`` cannot run on this machine,
+    ValueError for an unknown backend or cell.
+    """
+    I = H if I is None else I
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {tuple(GATES)}")
+    if backend in GPULSTM_BACKENDS:
+        w = _gpulstm_workload(backend, cell, T, B, I, H, seed)
+    elif backend in TORCH_BACKENDS:
+        w = _torch_workload(backend, cell, T, B, I, H, seed)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected one of "
+                         f"{GPULSTM_BACKENDS + TORCH_BACKENDS}")
+    if warmup:
+        w.forward()
+        w.forward_backward()
+    return w
+
+
+@functools.lru_cache(maxsize=4)
+def cached_workload(backend, cell, T, B, H, I=None, seed=0):
+    """:func:`make_workload`, memoized per process: asv re-runs ``setup`` before every timing
+    sample, and the workload is read-only for the timed calls, so it is built and warmed once."""
+    return make_workload(backend, cell, T, B, H, I, seed)
+
+
+def _gpulstm_workload(backend, cell, T, B, I, H, seed):
+    try:
+        ex = gl.get_backend(backend)
+    except gl.BackendUnavailable as e:
+        raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
+    except ImportError as e:  # the backend's module or its library is not installed
+        raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
+    if cell == "lstm":
+        m = gl.LSTM(I, H, backend=backend, dtype="float32", seed=seed)
+    elif cell == "gru":
+        m = gl.GRU(I, H, backend=backend, dtype="float32", seed=seed)
+    else:
+        m = gl.RNN(I, H, nonlinearity=cell.split("_")[1], backend=backend, dtype="float32",
+                   seed=seed)
+    rng = np.random.default_rng(seed)
+    x = ex.asarray(rng.standard_normal((T, B, I)), np.float32)
+    g = ex.asarray(rng.standard_normal((T, B, H)), np.float32)
+    sync = ex.synchronize
+
+    def forward():
+        m.eval()
+        m(x)
+        sync()
+
+    def forward_backward():
+        m.train()
+        m(x)
+        m.backward(g)
+        sync()
+
+    return Workload(backend, cell, T, B, I, H, forward, forward_backward, sync)
+
+
+def _set_tf32(on):
+    """TF32 in cuDNN RNNs and CUDA GEMMs on or off (PyTorch's fp32_precision API when it has
+    it; the legacy allow_tf32 flags otherwise; the two must not be mixed)."""
+    precision = "tf32" if on else "ieee"
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        rnn.fp32_precision = precision
+        torch.backends.cuda.matmul.fp32_precision = precision
+    else:  # pragma: no cover - older PyTorch
+        torch.backends.cudnn.allow_tf32 = on
+        torch.backends.cuda.matmul.allow_tf32 = on
+
+
+def _torch_workload(backend, cell, T, B, I, H, seed):
+    if torch is None:
+        raise NotImplementedError(f"backend {backend!r} unavailable: torch is not installed")
+    if backend == "torch-cpu":
+        device = torch.device("cpu")
+
+        def sync():
+            pass
+
+        def precision():
+            pass
+    else:
+        if not torch.cuda.is_available():
+            raise NotImplementedError(f"backend {backend!r} unavailable: PyTorch sees no CUDA "
+                                      f"device (torch {torch.__version__})")
+        if not torch.backends.cudnn.is_available():
+            raise NotImplementedError(f"backend {backend!r} unavailable: PyTorch has no cuDNN")
+        torch.backends.cudnn.enabled = True
+        device = torch.device("cuda")
+        sync = torch.cuda.synchronize
+        tf32 = backend == "torch-cudnn-tf32"
+
+        def precision():  # process-global flags: set before every call (they are cheap)
+            _set_tf32(tf32)
+    precision()
+    torch.manual_seed(seed)
+    if cell == "lstm":
+        mod = torch.nn.LSTM(I, H)
+    elif cell == "gru":
+        mod = torch.nn.GRU(I, H)
+    else:
+        mod = torch.nn.RNN(I, H, nonlinearity=cell.split("_")[1])
+    mod = mod.to(device)
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    g = torch.randn(T, B, H, device=device)
+
+    def forward():
+        precision()
+        with torch.inference_mode():
+            mod(x)
+        sync()
+
+    def forward_backward():
+        precision()
+        mod.zero_grad(set_to_none=True)
+        x.grad = None
+        y, _ = mod(x)
+        y.backward(g)
+        sync()
+
+    return Workload(backend, cell, T, B, I, H, forward, forward_backward, sync)
+
+
+def best_seconds(fns, repeat=3, min_sample=0.02):
+    """timeit-style minimum seconds per call of each callable in ``fns`` ({name: fn}).
+
+    Each callable is called once to calibrate ``number`` (calls per sample, so that a sample
+    lasts at least ``min_sample`` s); then ``repeat`` rounds take one sample of every callable
+    in turn (interleaved, so a slow spell of a shared machine hits all of them alike).
+    Returns {name: min over samples of sample time / number}.
+    """
+    numbers = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        numbers[name] = max(1, int(np.ceil(min_sample / dt))) if dt > 0 else 100
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            n = numbers[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
+    return best
