@@ -15,9 +15,10 @@ irnn. Parameters: cell, T (the lag), seed.
 Budgets (gpulstm.train.PROFILES; environment variable GPULSTM_BENCH_PROFILE):
 
 - ``quick`` (default): 400 Adam updates (lr 1e-2, clipping at 1) of 32 fresh sequences
-  (12,800 sequences), 32 hidden units, seeds 0 and 1; adding T in {10, 20, 50}, temporal order
-  T in {20, 50}, copy T = 10; gradient flow T in {10, 20, 50, 100, 200}, seeds 0-2. About
-  10 minutes on 2 CPU cores with the numpy backend (two training processes in parallel).
+  (12,800 sequences), 32 hidden units, seeds 0 and 1; adding T in {10, 20, 50, 100},
+  temporal order T in {20, 50}, copy T = 10; gradient flow T in {10, 20, 50, 100, 200},
+  seeds 0-2. About 10 minutes on 2 CPU cores with the numpy backend (two training processes
+  in parallel).
 - ``full``: 3000 updates (96,000 sequences), seeds 0-2; adding T up to 200, temporal order
   up to 200, copy up to 100; gradient flow up to T = 400, seeds 0-4. Meant for a GPU.
 

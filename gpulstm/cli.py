@@ -87,9 +87,27 @@ def cmd_report(args):
 
 
 def cmd_memory(args):
-    from .memory_cli import run_memory
-    return run_memory(task=args.task, cells=args.cell.split(","), Ts=[int(t) for t in args.T.split(",")],
-                      seeds=args.seeds, steps=args.steps, backend=args.backend)
+    """Train each cell at each T on the task (quick-profile budget unless --steps) and print
+    the test metric beside the task's trivial baseline and pass criterion."""
+    import gpulstm as gl
+    from . import train as tr
+    prof = tr.PROFILES["quick"]
+    steps = args.steps or prof["steps"]
+    backend = gl.get_backend(args.backend).name
+    rows = []
+    for cell in args.cell.split(","):
+        for T in (int(t) for t in args.T.split(",")):
+            for seed in range(args.seeds):
+                r = tr.train(args.task, cell, T, steps, batch=prof["batch"], hidden=prof["hidden"],
+                             lr=prof["lr"], seed=seed, backend=backend, clip=prof["clip"],
+                             optimizer=prof["optimizer"], progress=True)
+                rows.append((cell, T, seed, r.test_metric, r.baseline, r.passed, r.sequences_to_pass))
+    print(f"\n{args.task}: {steps} updates x {prof['batch']} sequences, hidden {prof['hidden']}, "
+          f"backend {backend}; criterion: {r.criterion}")
+    print(f"{'cell':10s} {'T':>5s} {'seed':>4s} {'test':>10s} {'baseline':>10s} {'passed':>6s} {'seqs to pass':>12s}")
+    for cell, T, seed, metric, base, ok, seqs in rows:
+        print(f"{cell:10s} {T:5d} {seed:4d} {metric:10.4g} {base:10.4g} {str(ok):>6s} {str(seqs or '-'):>12s}")
+    return 0
 
 
 def cmd_main(args):

@@ -23,7 +23,7 @@ import pandas as pd
 
 from .report import load_results
 from .report.literature import published_outcomes
-from .report.tables import latest
+from .report.tables import latest, memory_table
 from .tasks import make_task
 from .train import PROFILES
 
@@ -79,15 +79,15 @@ def _values(df, cls, method):
 
 
 def _beyond(values, limit, label):
-    """Median over seeds; values above ``limit`` are the "not reached" encoding."""
+    """Median over the seeds whose value is within ``limit`` (values above it encode "not
+    reached"), with "(k/n seeds)" when only some are; "> label" when none is."""
     if not values:
         return "-"
-    med = float(pd.Series(values).median())
-    n_over = sum(v > limit for v in values)
-    if n_over == len(values):
+    within = [v for v in values if v <= limit]
+    if not within:
         return f"> {label}"
-    text = _fmt(med)
-    return text if not n_over else f"{text} ({n_over}/{len(values)} > {label})"
+    text = _fmt(float(pd.Series(within).median()))
+    return text if len(within) == len(values) else f"{text} ({len(within)}/{len(values)} seeds)"
 
 
 def _profile_of(df):
@@ -133,11 +133,15 @@ def _machine_section(df, machine, budget):
                   "Loss at the last step only (L = u . h_T, u a fixed random unit vector), "
                   "float64, 16 adding-problem sequences, 32 hidden units, PyTorch's default "
                   "initialisation. Distance = T - t at which ||dL/dh_t|| / ||dL/dh_T|| first "
-                  "falls below the threshold (\"> T\": never within the sequence); "
-                  "log10 ratio at the initial state (distance T). Median over seeds.", "",
+                  "falls below the threshold (\"> T\": never within the sequence; \"(k/n seeds)\": "
+                  "median of the k seeds where it did); log10 ratio at the initial state "
+                  "(distance T). Median over seeds.", "",
                   _table(["cell", "T", "seeds", "distance < 1e-3", "distance < 1e-6",
                           "log10 ratio at distance T"], rows), ""]
 
+    summary = _summary(df)
+    if summary:
+        lines += summary
     for task, cls, method, label in _TASKS:
         metric = _values(df, cls, method)
         if not metric:
@@ -164,9 +168,29 @@ def _machine_section(df, machine, budget):
                         _fmt(float(pd.Series(gend.get((cell, T), [math.nan])).median()))]
             rows.append(row)
         lines += [f"### {_TITLES[task]}", "",
-                  f"Criterion: {make_task(task, 50).criterion}. Metric: mean over seeds.", "",
+                  f"Criterion: {make_task(task, 50).criterion}. Metric: mean over seeds. "
+                  "Sequences to criterion: median over the seeds that reached it (\"(k/n "
+                  "seeds)\" when only some did).", "",
                   _table(header, rows), ""]
     return lines
+
+
+def _summary(df):
+    """Longest lag solved per task and cell (:func:`gpulstm.report.memory_table`, a lag counts
+    when at least half of the seeds met the criterion)."""
+    try:
+        t = memory_table(df, min_success=0.5)
+    except ValueError:
+        return []
+    t = t[t["metric"].notna()]
+    if t.empty:
+        return []
+    rows = [[r.task, r.cell, _fmt(r.longest_T_passed) if pd.notna(r.longest_T_passed) else
+             "none", _fmt(r.first_T_failed) if pd.notna(r.first_T_failed) else "-",
+             _fmt(r.max_T_tested)] for r in t.itertuples()]
+    return ["### Longest lag solved (at least half of the seeds)", "",
+            _table(["task", "cell", "longest T solved", "first T failed", "longest T tested"],
+                   rows), ""]
 
 
 def render(df):
@@ -187,6 +211,9 @@ def render(df):
                   "on 1000 fresh sequences; criterion checked every 50 updates on 256 fresh "
                   "sequences for \"sequences to criterion\". These are small-budget runs: a "
                   "failure means \"not within this budget\", not \"cannot learn\".", ""]
+    else:
+        lines += ["Budget: no profile of `gpulstm.train.PROFILES` matches the lags measured; "
+                  "sequences to criterion are shown as stored (budget + 1 = not reached).", ""]
     for machine in sorted(mem["machine"].unique()):
         lines += _machine_section(mem[mem["machine"] == machine], machine,
                                   p["steps"] * p["batch"] if p else None)

@@ -8,13 +8,13 @@ per step never sees a sequence twice; a seeded ``Generator`` makes a run reprodu
 :class:`Task` bundles a generator with its sizes, loss, trivial baseline and pass criterion,
 so the training loop in :mod:`gpulstm.train` is written once for all three.
 
-=============== ======= ===================== ======= ==================== ===========================
-task            L       inputs I              read-out loss                 trivial baseline
-=============== ======= ===================== ======= ==================== ===========================
-adding          T       2 (value, marker)     last    MSE                  0.167 (always predict 1)
-copy            T + 20  10 one-hot            every   cross-entropy (9 cl.) 10 ln 8 / (T + 20)
-temporal_order  T       6 one-hot             last    cross-entropy (4 cl.) accuracy 0.25 (chance)
-=============== ======= ===================== ======= ==================== ===========================
+==============  ======  ==========  ==========  ====================  =====================
+task            L       inputs I    read-out    loss                  trivial baseline
+==============  ======  ==========  ==========  ====================  =====================
+adding          T       2           last step   MSE                   MSE 0.167 (predict 1)
+copy            T + 20  10 one-hot  every step  cross-entropy, 9 cl.  10 ln 8 / (T + 20)
+temporal_order  T       6 one-hot   last step   cross-entropy, 4 cl.  accuracy 0.25
+==============  ======  ==========  ==========  ====================  =====================
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ _ALIASES = {"lstm": "lstm_fb1"}
 PROFILES = {
     "quick": {"cells": CELLS, "seeds": (0, 1), "hidden": 32, "batch": 32, "steps": 400,
               "lr": 1e-2, "clip": 1.0, "optimizer": "adam",
-              "tasks": {"adding": (10, 20, 50), "temporal_order": (20, 50), "copy": (10,)},
+              "tasks": {"adding": (10, 20, 50, 100), "temporal_order": (20, 50), "copy": (10,)},
               "flow_T": (10, 20, 50, 100, 200), "flow_seeds": (0, 1, 2), "flow_batch": 16},
     "full": {"cells": CELLS, "seeds": (0, 1, 2), "hidden": 32, "batch": 32, "steps": 3000,
              "lr": 1e-2, "clip": 1.0, "optimizer": "adam",

@@ -135,7 +135,7 @@ def _results_frame():
         add("TrackGradFlow", "track_distance_1e3", "lstm_nofg", 100, seed, 101)
         add("TrackGradFlow", "track_distance_1e6", "lstm_nofg", 100, seed, 101)
         add("TrackGradFlow", "track_log10_ratio_end", "lstm_nofg", 100, seed, -0.1)
-    for T in (10, 20, 50):
+    for T in (10, 20, 50, 100):  # the quick profile's lags
         for seed in (0, 1):
             ok = T == 10
             add("TrackAdding", "track_test_mse", "lstm_fb1", T, seed, 0.001 if ok else 0.16)
@@ -155,6 +155,7 @@ def test_memory_doc_renders_tables_and_labels():
     assert "| lstm_nofg | 100 | 3 | > T | > T | -0.1 |" in text
     assert "| lstm_fb1 | 10 | 2 | 0.001 | 0.167 | 0.006 | 2/2 | 9,600 | > T | -1 |" in text
     assert "| lstm_fb1 | 50 | 2 | 0.16 | 0.167 | 0.96 | 0/2 | > budget | > T | -1 |" in text
+    assert "| adding | lstm_fb1 | 10 | 20 | 100 |" in text  # longest lag solved
     assert "Hochreiter & Schmidhuber 1997, Exp. 4 (Table 7)" in text
     assert "verified (paper text)" in text and "as reported, not verified" in text
     with pytest.raises(ValueError):
