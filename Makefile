@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(EXTRAS)
 EXTRAS ?= test
 
-.PHONY: all run demo test test-slow venv clean gpu-check wheels
+.PHONY: all run demo bench report test test-slow venv clean gpu-check wheels
 
 all: run
 
@@ -19,9 +19,19 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 venv: $(STAMP)
 
-## The main job (the README's first command).
+## The main job (the README's first command): the quick asv suite on the best backend here
+## (numpy on a CPU, cupy on a GPU), then the report: speed and long-range memory tables,
+## plots written to report/.
 run: $(STAMP)
-	$(PY) -m gpulstm.demo
+	$(PY) -m gpulstm.cli main --quick --out report
+
+## The asv suite only (quick grid), results in results/.
+bench: $(STAMP)
+	$(PY) -m gpulstm.benchrun --quick
+
+## The report only, from the results already in results/ (committed or your own).
+report: $(STAMP)
+	$(PY) -m gpulstm.cli report results --out report
 
 ## The test suite (CPU; GPU tests skip with their reason).
 test: $(STAMP)

@@ -21,7 +21,8 @@ torch-cudnn-tf32   the same with TF32 allowed in cuDNN RNNs and GEMMs (full prof
 Grid profiles (environment variable ``GPULSTM_BENCH_PROFILE``, read at import because asv
 computes parameter lists at import):
 
-- ``quick`` (default; 2 CPU cores, about 10 minutes with asv's overhead): sequence-length sweep
+- ``quick`` (default; 2 CPU cores: bench/speed took 2.8 minutes with asv's overhead on an idle
+  2-core AMD EPYC VM, numpy + torch-cpu; a busy machine can take 3x): sequence-length sweep
   T in {10, 50, 100, 500} at B=16, H=I=256 for rnn_tanh, lstm, gru; batch x hidden sweep at
   T=50: B in {1, 32} x H in {128, 512}, lstm only; one asv round, 3-10 samples.
 - ``full`` (GPU machines): T in {10, 50, 100, 500, 1000, 2000} at B=16, H=I=256; B in
@@ -62,7 +63,7 @@ PROFILES = {
         "T": (10, 50, 100, 500), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
         "bh_T": 50, "bh_B": (1, 32), "bh_H": (128, 512), "bh_cells": ("lstm",),
         "backends": ("numpy", "cupy", "torch-cpu", "torch-cudnn"),
-        "rounds": 1, "repeat": (3, 10, 1.0), "track_repeat": 3,
+        "rounds": 1, "repeat": (3, 10, 1.0), "track_repeat": 5,
     },
     "full": {
         "T": (10, 50, 100, 500, 1000, 2000), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
@@ -251,21 +252,20 @@ def _torch_workload(backend, cell, T, B, I, H, seed):
 def best_seconds(fns, repeat=3, min_sample=0.02):
     """timeit-style minimum seconds per call of each callable in ``fns`` ({name: fn}).
 
-    Each callable is called once to calibrate ``number`` (calls per sample, so that a sample
-    lasts at least ``min_sample`` s); then ``repeat`` rounds take one sample of every callable
-    in turn (interleaved, so a slow spell of a shared machine hits all of them alike).
-    Returns {name: min over samples of sample time / number}.
+    One callable after the other: a first call (after another library's work) calibrates
+    ``number``, the calls per sample, so that a sample lasts at least ``min_sample`` s; then
+    ``repeat`` samples. Returns {name: min over samples of sample time / number}.
+    Not interleaved: on a CPU the spinning worker threads of one library (OpenBLAS, OpenMP)
+    slow the next call of the other; PyTorch's LSTM lost 2x that way on 2 cores.
     """
-    numbers = {}
+    best = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
-        numbers[name] = max(1, int(np.ceil(min_sample / dt))) if dt > 0 else 100
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            n = numbers[name]
+        n = max(1, int(np.ceil(min_sample / dt))) if dt > 0 else 100
+        best[name] = float("inf")
+        for _ in range(repeat):
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

@@ -9,7 +9,7 @@ Two sweeps instead of one cartesian product (asv runs the full product of a clas
 Each sweep has ``time_forward`` / ``time_forward_backward`` (asv's sampling; construction,
 kernel compilation and a warm-up call happen in ``setup``, the timed call ends with a device
 synchronize) and ``track_*`` companions measured once per sweep in ``setup_cache`` (every
-backend of a point timed interleaved in one process, timeit-style minimum):
+backend of a point timed in one process, timeit-style minimum of a few samples):
 
 - ``track_us_per_step`` (us/step): seconds per call / T * 1e6;
 - ``track_gflops`` (GFLOP/s): forward 2*G*T*B*H*(I+H) FLOPs (8TBH(I+H) for LSTM, G gates),
@@ -80,7 +80,7 @@ class BatchHidden(_Timed):
 def measure(points, backends=BACKENDS, repeat=GRID["track_repeat"]):
     """{(T, B, H, cell, backend, mode): seconds per call, or the reason it was skipped (str)}
     for every point (T, B, H, cell), ``backends`` and their PyTorch references. The backends
-    of a point are timed interleaved."""
+    of a point are timed one after the other in this process."""
     backends = list(dict.fromkeys(list(backends) + [REFERENCE[b] for b in backends
                                                     if b in REFERENCE]))
     out = {}

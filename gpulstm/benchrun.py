@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def build_parser():
                     "go to results/. Extra arguments after -- are passed to `asv run`.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", dest="profile", action="store_const", const="quick",
-                   help="the quick grid (default; about 10 minutes on 2 CPU cores for bench/speed)")
+                   help="the quick grid (default; bench/speed about 3 minutes on 2 CPU cores)")
     g.add_argument("--full", dest="profile", action="store_const", const="full",
                    help="the full grid (GPU machines)")
     p.add_argument("--bench", "-b", action="append", metavar="REGEX",
@@ -233,7 +234,7 @@ def main(argv=None):
     print("benchrun: machine info " + json.dumps(info, sort_keys=True))
     if dirty:
         print(f"benchrun: WARNING {dirty}")
-    print("benchrun: " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + " ".join(cmd),
+    print("benchrun: " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + shlex.join(cmd),
           flush=True)
     if args.dry_run:
         return 0
