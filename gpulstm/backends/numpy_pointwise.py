@@ -34,14 +34,22 @@ RNN_RELU = 1  # nonlinearity relu instead of tanh
 
 
 def sigmoid(x):
-    """Logistic function, accurate and overflow-free for large |x| (same formula as kernels)."""
+    """Logistic function, accurate and overflow-free for large |x| (same formula as kernels):
+    e = exp(-|x|); 1 / (1 + e) for x >= 0, e / (1 + e) otherwise."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    return np.where(x >= 0, 1, e) / (1 + e)
 
 
 def _active(lengths, t):
-    """(B, 1) boolean column: rows whose sequence still runs at time ``t``."""
-    return (t < lengths)[:, None]
+    """(B, 1) boolean column of the rows whose sequence still runs at time ``t``, or None when
+    every row does (the common case, which then skips the masking work)."""
+    act = t < lengths
+    return None if act.all() else act[:, None]
+
+
+def _select(act, new, old):
+    """``new`` for active rows, ``old`` (an array or 0) for the others."""
+    return new if act is None else np.where(act, new, old)
 
 
 def lstm_forward(gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next, y, flags):
@@ -59,26 +67,28 @@ def lstm_forward(gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next
     """
     H = c_prev.shape[1]
     a = gx + gh
-    ai, af, ag, ao = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     if flags & LSTM_PEEPHOLE:
-        ai = ai + peep[0] * c_prev
-        af = af + peep[1] * c_prev
-    i = sigmoid(ai)
-    f = np.ones_like(af) if flags & LSTM_NO_FORGET else sigmoid(af)
-    g = np.tanh(ag)
+        a[:, :H] += peep[0] * c_prev
+        a[:, H:2 * H] += peep[1] * c_prev
+    gates[:, :2 * H] = sigmoid(a[:, :2 * H])  # i, f in one pass
+    if flags & LSTM_NO_FORGET:
+        gates[:, H:2 * H] = 1
+    i, f = gates[:, :H], gates[:, H:2 * H]
+    g = gates[:, 2 * H:3 * H]
+    np.tanh(a[:, 2 * H:3 * H], out=g)
     c = f * c_prev + i * g
     if flags & LSTM_PEEPHOLE:
-        ao = ao + peep[2] * c
-    o = sigmoid(ao)
+        a[:, 3 * H:] += peep[2] * c
+    o = gates[:, 3 * H:]
+    o[...] = sigmoid(a[:, 3 * H:])
     h = o * np.tanh(c)
     act = _active(lengths, t)
-    gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:] = i, f, g, o
-    c_next[...] = np.where(act, c, c_prev)
+    c_next[...] = _select(act, c, c_prev)
     if flags & LSTM_PROJ:
         h_next[...] = h
     else:
-        h_next[...] = np.where(act, h, h_prev)
-        y[...] = np.where(act, h, 0)
+        h_next[...] = _select(act, h, h_prev)
+        y[...] = _select(act, h, 0)
 
 
 def lstm_backward(gates, c, c_prev, dh_in, dh_next, dy, dc_next, lengths, t, peep, dgates, flags):
@@ -98,35 +108,35 @@ def lstm_backward(gates, c, c_prev, dh_in, dh_next, dy, dc_next, lengths, t, pee
     dao = dh * tc * o * (1 - o)
     dc = dc_next + dh * o * (1 - tc * tc)
     if flags & LSTM_PEEPHOLE:
-        dc = dc + dao * peep[2]
+        dc += dao * peep[2]
     dai = dc * g * i * (1 - i)
-    daf = np.zeros_like(dc) if flags & LSTM_NO_FORGET else dc * c_prev * f * (1 - f)
+    daf = 0 if flags & LSTM_NO_FORGET else dc * c_prev * f * (1 - f)
     dag = dc * i * (1 - g * g)
     dcp = dc * f
     if flags & LSTM_PEEPHOLE:
-        dcp = dcp + dai * peep[0] + daf * peep[1]
+        dcp += dai * peep[0] + daf * peep[1]
     act = _active(lengths, t)
     for k, d in enumerate((dai, daf, dag, dao)):
-        dgates[:, k * H:(k + 1) * H] = np.where(act, d, 0)
-    dc_next[...] = np.where(act, dcp, dc_next)
+        dgates[:, k * H:(k + 1) * H] = _select(act, d, 0)
+    dc_next[...] = _select(act, dcp, dc_next)
     if not flags & LSTM_PROJ:
-        dh_next[...] = np.where(act, 0, dh_next)
+        dh_next[...] = _select(act, 0, dh_next)
 
 
 def lstm_proj_forward(h_next, h_prev, lengths, t, y):
     """After the projection GEMM wrote h_raw = m @ W_hr^T into h_next [B,P]:
     y [B,P] = h_raw for active rows, 0 otherwise; h_next = h_raw if active else h_prev [B,P]."""
     act = _active(lengths, t)
-    y[...] = np.where(act, h_next, 0)
-    h_next[...] = np.where(act, h_next, h_prev)
+    y[...] = h_next if act is None else np.where(act, h_next, 0)
+    h_next[...] = _select(act, h_next, h_prev)
 
 
 def lstm_proj_backward(dh_next, dy, lengths, t, dhr):
     """Before the projection GEMM: dhr [B,P] = dL/dh_raw = dh_next + dy for active rows, else 0;
     dh_next [B,P] in/out becomes 0 for active rows (the engine adds the recurrent GEMM)."""
     act = _active(lengths, t)
-    dhr[...] = np.where(act, dh_next + dy, 0)
-    dh_next[...] = np.where(act, 0, dh_next)
+    dhr[...] = _select(act, dh_next + dy, 0)
+    dh_next[...] = _select(act, 0, dh_next)
 
 
 def gru_forward(gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y):
@@ -146,8 +156,8 @@ def gru_forward(gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y):
     h = n + z * (h_prev - n)
     act = _active(lengths, t)
     gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:] = r, z, n, hn
-    h_next[...] = np.where(act, h, h_prev)
-    y[...] = np.where(act, h, 0)
+    h_next[...] = _select(act, h, h_prev)
+    y[...] = _select(act, h, 0)
 
 
 def gru_backward(gates, h_prev, dh_next, dy, lengths, t, dgx, dgh):
@@ -165,10 +175,10 @@ def gru_backward(gates, h_prev, dh_next, dy, lengths, t, dgx, dgh):
     daz = dh * (h_prev - n) * z * (1 - z)
     act = _active(lengths, t)
     for k, d in enumerate((dar, daz, dan)):
-        dgx[:, k * H:(k + 1) * H] = np.where(act, d, 0)
+        dgx[:, k * H:(k + 1) * H] = _select(act, d, 0)
     dgh[:, :2 * H] = dgx[:, :2 * H]
-    dgh[:, 2 * H:] = np.where(act, dan * r, 0)
-    dh_next[...] = np.where(act, dh * z, dh_next)
+    dgh[:, 2 * H:] = _select(act, dan * r, 0)
+    dh_next[...] = _select(act, dh * z, dh_next)
 
 
 def rnn_forward(gx, gh, h_prev, lengths, t, h_next, y, flags):
@@ -177,8 +187,8 @@ def rnn_forward(gx, gh, h_prev, lengths, t, h_next, y, flags):
     a = gx + gh
     h = np.maximum(a, 0) if flags & RNN_RELU else np.tanh(a)
     act = _active(lengths, t)
-    h_next[...] = np.where(act, h, h_prev)
-    y[...] = np.where(act, h, 0)
+    h_next[...] = _select(act, h, h_prev)
+    y[...] = _select(act, h, 0)
 
 
 def rnn_backward(h, dh_next, dy, lengths, t, dgates, flags):
@@ -187,5 +197,5 @@ def rnn_backward(h, dh_next, dy, lengths, t, dgates, flags):
     dh = dh_next + dy
     d = dh * (h > 0) if flags & RNN_RELU else dh * (1 - h * h)
     act = _active(lengths, t)
-    dgates[...] = np.where(act, d, 0)
-    dh_next[...] = np.where(act, 0, dh_next)
+    dgates[...] = _select(act, d, 0)
+    dh_next[...] = _select(act, 0, dh_next)
