@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 import gpulstm as gl
-
-EPS = 1e-6
-
+from numgrad import numeric_grad
 
 def _build(cell, I, H, **kw):
     if cell == "lstm":
@@ -26,21 +24,6 @@ def _loss_fn(m, x, h0, c0, lengths, gy, gh, gc, dropout_seed):
         y, hn = m(x, h0, lengths=lengths)
         return np.sum(y * gy) + np.sum(hn * gh)
     return loss
-
-
-def _numeric(loss, a):
-    """Central differences of loss() w.r.t. every element of a (perturbed in place)."""
-    g = np.empty_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        v = flat[i]
-        flat[i] = v + EPS
-        lp = loss()
-        flat[i] = v - EPS
-        lm = loss()
-        flat[i] = v
-        gflat[i] = (lp - lm) / (2 * EPS)
-    return g
 
 
 def _check(analytic, numeric, name):
@@ -83,13 +66,13 @@ def test_gradients_match_finite_differences(cell, kw, with_lengths, rng):
     grads = {k: v.copy() for k, v in m.grads.items()}
     grad_hx = m.grad_hx
 
-    _check(dx, _numeric(loss, x), "x")
+    _check(dx, numeric_grad(loss, x), "x")
     if c0 is not None:
-        _check(grad_hx[0], _numeric(loss, h0), "h0")
-        _check(grad_hx[1], _numeric(loss, c0), "c0")
+        _check(grad_hx[0], numeric_grad(loss, h0), "h0")
+        _check(grad_hx[1], numeric_grad(loss, c0), "c0")
     else:
-        _check(grad_hx, _numeric(loss, h0), "h0")
+        _check(grad_hx, numeric_grad(loss, h0), "h0")
     params = m.parameters()
     assert set(grads) == set(params)
     for k, p in params.items():
-        _check(grads[k], _numeric(loss, p), k)
+        _check(grads[k], numeric_grad(loss, p), k)

@@ -9,20 +9,9 @@ from gpulstm.backends import get_backend
 from gpulstm.train import (CELLS, Adam, Readout, RMSProp, accuracy, clip_grad_norm, make_cell,
                            mse_loss, softmax_xent, train)
 
+from numgrad import numeric_grad
+
 EX = get_backend("numpy")
-
-
-def _numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        fp = f()
-        a[idx] = old - eps
-        fm = f()
-        a[idx] = old
-        g[idx] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("loss", ["mse", "xent"])
@@ -39,9 +28,9 @@ def test_readout_and_loss_gradients_match_finite_differences(loss, rng):
 
     _, dz = fn(np, ro.forward(h), target)
     dh = ro.backward(dz)
-    np.testing.assert_allclose(dh, _numeric_grad(value, h), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dh, numeric_grad(value, h), rtol=1e-6, atol=1e-9)
     for k, p in ro.params.items():
-        np.testing.assert_allclose(ro.grads[k], _numeric_grad(value, p), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(ro.grads[k], numeric_grad(value, p), rtol=1e-6, atol=1e-9)
 
 
 def test_softmax_xent_value_and_accuracy():
