@@ -371,3 +371,13 @@ def test_markdown_report(df, tmp_path):
     assert "853,000" in md and "verified" in md
     for name in ("time_vs_T.png", "task_metric_vs_T.png", "gradient_flow.png"):
         assert f"]({name})" in md and _png_ok(tmp_path / "report" / name)
+
+
+def test_plot_task_metric_without_task_rows_is_a_value_error(tmp_path):
+    """Results with gradient-flow tracks only (e.g. a GPU run): no task plot, a clear error."""
+    from gpulstm.report import plot_task_metric
+    df = pd.DataFrame({"machine": ["m"], "benchmark": ["memory.TrackGradFlow.track_distance_1e3"],
+                       "kind": ["track"], "status": ["ok"], "cell": ["lstm"], "T": [10],
+                       "value": [3.0], "unit": ["steps"]})
+    with pytest.raises(ValueError, match="no ok track_ task rows"):
+        plot_task_metric(df, tmp_path / "x.png")

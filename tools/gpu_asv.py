@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,13 +54,11 @@ DVCS = "gpulstm-fixed"
 
 # (label, asv --bench regexes, extra environment); in order of importance.
 CHUNKS = [
-    ("speed-sequence-length",
-     [r"speed\.(Throughput|Ratio)SequenceLength\.", r"speed\.SequenceLength\.time_"], {}),
-    ("speed-batch-hidden",
-     [r"speed\.(Throughput|Ratio)?BatchHidden\.", r"speed\.SequenceLength\.peakmem_"], {}),
+    ("speed-tracks", [r"speed\.(Throughput|Ratio)"], {}),  # us/step, GFLOP/s, ratio vs cuDNN
+    ("speed-sequence-length", [r"speed\.SequenceLength\.time_"], {}),
+    ("speed-batch-hidden", [r"speed\.BatchHidden\.time_", r"speed\.SequenceLength\.peakmem_"], {}),
     ("memory-gradflow", [r"memory\.TrackGradFlow\."], {}),
 ]
-
 
 # -- the asv child: a repository that knows one commit -----------------------------------------
 
@@ -134,12 +133,12 @@ def _git(*args):
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return r.stdout.strip() if r.returncode == 0 else None
+    return r.stdout if r.returncode == 0 else None
 
 
 def commit_and_date(explicit=None):
     """(hash, Unix seconds, where the hash came from, [changed paths] or None if unknown)."""
-    head = _git("rev-parse", "--verify", "HEAD^{commit}")
+    head = (_git("rev-parse", "--verify", "HEAD^{commit}") or "").strip() or None
     file_ = os.environ.get("GPULSTM_COMMIT_FILE") or os.path.join(ROOT, ".gpulstm-commit")
     source, commit = None, None
     for src, val in (("--commit", explicit), ("$GPULSTM_COMMIT", os.environ.get("GPULSTM_COMMIT")),
@@ -159,7 +158,7 @@ def commit_and_date(explicit=None):
     commit = commit.lower()
     date = os.environ.get("GPULSTM_COMMIT_DATE")
     if not date and head and head.startswith(commit):
-        date = _git("log", "-1", "--format=%ct", commit)
+        date = (_git("log", "-1", "--format=%ct", commit) or "").strip()
     try:
         date = int(date)
     except (TypeError, ValueError):
@@ -273,7 +272,8 @@ def main(argv=None):
     MachineCollection.get_machine_file_path = staticmethod(lambda: machine_file)
     benchrun.register_machine(info)
 
-    pythonpath = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    paths = [ROOT] + (os.environ.get("PYTHONPATH") or "").split(os.pathsep)
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     env = dict(os.environ, GPULSTM_BENCH_PROFILE=args.profile,
                GPULSTM_BENCH_BACKENDS=args.backends, GPULSTM_BENCH_BACKEND=args.memory_backend,
                ASV_PYTHONPATH=pythonpath, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1",
@@ -283,6 +283,13 @@ def main(argv=None):
         "GPULSTM_BENCH_PROFILE", "GPULSTM_BENCH_BACKENDS", "GPULSTM_BENCH_BACKEND",
         "ASV_PYTHONPATH")) + f"; config {config}; results in {os.path.abspath(args.results_dir)}")
 
+    try:
+        return _run_chunks(args, t_start, config, info, commit, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_chunks(args, t_start, config, info, commit, env):
     wanted = args.chunks.split(",") if args.chunks else [c[0] for c in CHUNKS]
     unknown = set(wanted) - {c[0] for c in CHUNKS}
     if unknown:

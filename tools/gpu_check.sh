@@ -2,24 +2,33 @@
 # tools/gpu_check.sh [OUT_DIR]  (make gpu-check)
 #
 # The GPU check for a machine with an NVIDIA GPU and no network:
-#   setup     install what is missing (CuPy, pytest) from the local wheel folder wheels/
+#   setup     install what is missing (asv, CuPy, pytest) from the local wheel folder wheels/
 #             (filled beforehand by tools/download_wheels.sh, i.e. make wheels)
 #   env       nvidia-smi -q and the versions of everything involved
 #   tests     pytest -m gpu (cupy vs numpy for every cell/option, vs cuDNN, DLPack)
 #   memcheck  compute-sanitizer --tool memcheck on tools/gpu_sanitize_case.py
 #   racecheck compute-sanitizer --tool racecheck on the same case
+#   asv       the asv suite's GPU part (tools/gpu_asv.py): speed benchmarks of cupy, torch-cudnn
+#             and torch-cudnn-tf32 (quick grid), then the gradient-flow memory track on cupy, in
+#             chunks that fit the step's time; asv results (benchmarks.json,
+#             <machine>/machine.json, <machine>/<commit>-*.json) in OUT_DIR/asv-results
 #   speed     LSTM forward and forward+backward, gpulstm cupy vs cuDNN (TF32 off/on)
 # Every step logs to OUT_DIR/<step>.log; OUT_DIR/steps.tsv records status and seconds. A
 # failing step does not stop the others; the exit status is 1 if any step failed.
 # The whole run keeps to a time budget (GPULSTM_CHECK_BUDGET_S, default 420 s): each step runs
 # under `timeout` with at most the time left, and a step that cannot start is logged as skipped.
 #
+# A step may also reserve time (STEPS entry <name>:<limit>:<reserve>): the steps before it
+# end by the time only the reserves of the steps still to come are left (asv keeps 150 s).
+#
 # Adding a step: write a function step_<name> and append <name>:<seconds> to STEPS; a step
 # that does not apply here prints a line starting with STEP-SKIPPED: and its reason, exits 0.
 #
 # Environment: GPULSTM_OUT (output folder; default results/gpu-check/<UTC timestamp>),
 # PYTHON (interpreter; default .venv/bin/python if present, else python3),
-# GPULSTM_WHEELS (wheel folder; default wheels/), GPULSTM_CHECK_BUDGET_S.
+# GPULSTM_WHEELS (wheel folder; default wheels/), GPULSTM_CHECK_BUDGET_S,
+# GPULSTM_COMMIT (commit hash for the asv results where the tree is a copy without .git;
+# else git HEAD, else the file GPULSTM_COMMIT_FILE or .gpulstm-commit; see tools/gpu_asv.py).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-${GPULSTM_OUT:-$ROOT/results/gpu-check/$(date -u +%Y%m%dT%H%M%SZ)}}
@@ -52,6 +61,7 @@ step_setup() {
   local rc=0
   ensure numpy numpy || rc=1
   ensure pytest pytest || rc=1
+  ensure asv "asv>=0.6.4,<0.7" || rc=1
   ensure cupy "$want" || ensure cupy cupy-cuda12x || ensure cupy cupy-cuda13x || rc=1
   "$PY" -c "import torch" 2>/dev/null || echo "torch: missing (cuDNN comparisons will skip)"
   return $rc
@@ -83,6 +93,7 @@ def torch_info():
 probe("torch", torch_info)
 probe("gpulstm_git", lambda: subprocess.run(["git", "describe", "--always", "--dirty"],
       capture_output=True, text=True).stdout.strip() or "unknown")
+v["gpulstm_commit_env"] = __import__("os").environ.get("GPULSTM_COMMIT", "unset")
 probe("backends", lambda: __import__("gpulstm").available_backends())
 json.dump(v, open(sys.argv[1], "w"), indent=1, default=str)
 print(json.dumps(v, indent=1, default=str))
@@ -115,20 +126,32 @@ sanitize() {
 step_memcheck() { sanitize memcheck; }
 step_racecheck() { sanitize racecheck; }
 
+step_asv() {
+  local t=$(( STEP_LIMIT - 10 )); (( t < 20 )) && t=20
+  "$PY" tools/gpu_asv.py "$OUT/asv-results" --budget-s "$t"
+}
+
 step_speed() {
   local t=$(( STEP_LIMIT - 40 )); (( t > 150 )) && t=150; (( t < 10 )) && t=10
   "$PY" tools/gpu_speed.py "$OUT" --budget-s "$t" --reps 3
 }
 
-# name:time limit in seconds, in order
-STEPS=(setup:120 env:60 tests:200 memcheck:100 racecheck:100 speed:200)
+# name:time limit in seconds[:seconds reserved against the steps before it], in order
+STEPS=(setup:120 env:60 tests:200 memcheck:100 racecheck:100 asv:200:150 speed:200:30)
 
 # driver -----------------------------------------------------------------------------------
 printf "step\tstatus\tseconds\n" > "$OUT/steps.tsv"
 log "output in $OUT; python $PY; budget ${BUDGET}s"
-for entry in "${STEPS[@]}"; do
-  name=${entry%%:*}; limit=${entry##*:}
-  left=$(( DEADLINE - SECONDS ))
+reserve_after() {  # reserve_after I: the seconds reserved by the steps after STEPS[I]
+  local j r=0 f
+  for (( j = $1 + 1; j < ${#STEPS[@]}; j++ )); do
+    IFS=: read -r _ _ f <<< "${STEPS[j]}"; r=$(( r + ${f:-0} ))
+  done
+  echo $r
+}
+for i in "${!STEPS[@]}"; do
+  IFS=: read -r name limit _ <<< "${STEPS[i]}"
+  left=$(( DEADLINE - SECONDS - $(reserve_after "$i") ))
   if (( left < 20 )); then
     log "$name: SKIPPED (time budget spent)"; printf "%s\tskipped-budget\t0\n" "$name" >> "$OUT/steps.tsv"; continue
   fi

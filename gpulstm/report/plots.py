@@ -152,7 +152,7 @@ def plot_task_metric(df: pd.DataFrame, path, *, metric: str | None = None):
     if metric is not None:
         rows = rows[rows["metric"] == metric]
     else:  # each task's first test metric (not a success fraction)
-        rows = rows[~rows["metric"].map(is_success_metric)]
+        rows = rows[~rows["metric"].map(is_success_metric).astype(bool)]
         first = rows.groupby("task")["metric"].min()
         rows = rows[rows["metric"] == rows["task"].map(first)]
     if rows.empty:

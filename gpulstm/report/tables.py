@@ -153,7 +153,8 @@ def task_rows(df: pd.DataFrame) -> pd.DataFrame:
         rows = rows[rows["kind"] == "track"]
     rows = rows[rows["cell"].notna() & rows["T"].notna()
                 & ~rows["benchmark"].str.contains("grad", case=False)].copy()
-    rows["task"] = rows["task"] if "task" in rows.columns else rows["benchmark"].map(_task_of)
+    if "task" not in rows.columns:
+        rows["task"] = rows["benchmark"].map(_task_of).astype(object)
     rows["metric"] = rows["benchmark"].str.rsplit(".", n=1).str[-1].str.replace(
         r"^track_", "", regex=True)
     return rows
@@ -196,8 +197,10 @@ def memory_table(df: pd.DataFrame, published: pd.DataFrame | None = None, *,
         metrics = sorted(g["metric"].unique())
         success = next((m for m in metrics if is_success_metric(m)), None)
         tests = [m for m in metrics if m != success]
-        metric = tests[0] if tests else None
         task = dict(zip(group, key))["task"]
+        # the task's own test figure (e.g. test_mse for adding) first, then any other
+        own = [m for m in tests if _task(task, g["T"].iloc[0], m) is not None]
+        metric = (own or tests or [None])[0]
         table = g.pivot(index="T", columns="metric", values="mean").sort_index()
         counts = g.groupby("T")["count"].max()
         task_at = {t: _task(task, t, metric) for t in table.index} if metric else {}
