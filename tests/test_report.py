@@ -71,7 +71,7 @@ def asv_results(tmp_path_factory) -> Path:
     if os.name == "posix":  # one forked process per point instead of a fresh interpreter
         run.append("--launch-method=forkserver")
     _run(run + ["--machine", "box-gpu"], work, env, ok=(0, 2))  # 2: a benchmark failed
-    _run(run + ["--machine", "box-cpu", "--bench", "TrackGradientFlow"], work, env)
+    _run(run + ["--machine", "box-cpu", "--bench", "TrackGradFlow"], work, env)
     return work / "results"
 
 
@@ -84,11 +84,11 @@ def df(asv_results) -> pd.DataFrame:
 
 def test_load_results_rows_and_columns(df):
     gpu = df[df["machine"] == "box-gpu"]
-    # 3 backends x 2 T x 1 cell + 1 + 1 + 2 metrics x (2 x 2 x 2) + 2 x 3 gradient points
-    assert len(gpu) == 6 + 1 + 1 + 16 + 6
-    assert len(df[df["machine"] == "box-cpu"]) == 6
+    # 3 backends x 2 T x 1 cell + 1 + 1 + 2 metrics x (2 x 2 x 2) + 2 x 2 gradient points
+    assert len(gpu) == 6 + 1 + 1 + 16 + 4
+    assert len(df[df["machine"] == "box-cpu"]) == 4
     for col in ("machine", "gpu", "driver", "cuda", "cupy", "cpu", "commit", "date", "env",
-                "benchmark", "kind", "unit", "backend", "T", "cell", "seed", "distance",
+                "benchmark", "kind", "unit", "backend", "T", "cell", "seed",
                 "value", "status", "q_25", "q_75", "ci_99_a", "ci_99_b", "number", "repeat"):
         assert col in df.columns, col
     assert set(gpu["gpu"]) == {GPU_INFO["gpu"]}
@@ -97,7 +97,7 @@ def test_load_results_rows_and_columns(df):
     assert df["date"].dt.tz is not None
     assert (df["date"] == pd.Timestamp(COMMIT_DATE)).all()
     assert df["commit"].str.len().eq(40).all()
-    assert set(df.attrs["param_columns"]) == {"backend", "T", "cell", "seed", "distance"}
+    assert set(df.attrs["param_columns"]) == {"backend", "T", "cell", "seed"}
 
 
 def test_load_results_kinds_units_and_types(df):
@@ -168,12 +168,12 @@ def test_missing_machine_json_raises(asv_results, tmp_path):
 def test_stale_benchmarks_json_falls_back_to_asv_param_names(asv_results, tmp_path):
     dst, _ = _copy(asv_results, tmp_path)
     bench = json.loads((dst / "benchmarks.json").read_text())
-    del bench["memory.TrackGradientFlow.track_grad_ratio"]  # renamed since the run
+    del bench["memory.TrackGradFlow.track_log10_ratio_end"]  # renamed since the run
     (dst / "benchmarks.json").write_text(json.dumps(bench))
-    grad = load_results(dst).query("benchmark == 'memory.TrackGradientFlow.track_grad_ratio'")
+    grad = load_results(dst).query("benchmark == 'memory.TrackGradFlow.track_log10_ratio_end'")
     assert sorted(set(grad["param1"])) == ["lstm", "rnn"]
-    assert sorted(set(grad["param2"])) == [1, 10, 100]
-    assert set(grad["kind"]) == {"track"} and "distance" not in grad.columns
+    assert sorted(set(grad["param2"])) == [10, 100]
+    assert set(grad["kind"]) == {"track"} and grad["cell"].isna().all()
 
 
 def test_latest_keeps_newest_commit_per_machine():
@@ -267,7 +267,7 @@ def _memory_frame() -> pd.DataFrame:
     # Temporal order with an accuracy only: passes at >= 0.99 (Pascanu et al.: under 1% wrong).
     for T, acc in ((50, 1.0), (100, 0.98), (200, 0.995)):
         add("TrackTemporalOrder.track_test_accuracy", "lstm_fb1", T, 0, acc)
-    add("TrackGradientFlow.track_grad_ratio", "lstm", 10, 0, 0.5)  # not a task
+    add("TrackGradFlow.track_log10_ratio_end", "lstm", 10, 0, 0.5)  # not a task
     return pd.DataFrame(rows)
 
 
@@ -356,6 +356,10 @@ def test_plots_write_pngs(df, tmp_path):
     assert {t.get_text() for t in fig.axes[1].get_legend().get_texts()} == {"numpy", "torch-cpu"}
     fig = plot_gradient_flow(df, tmp_path / "g.png")
     assert _png_ok(tmp_path / "g.png") and "distance" in fig.axes[0].get_xlabel()
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert set(lines) == {"lstm", "rnn"}  # one line per cell, at initialisation
+    x, y = lines["rnn"].get_data()
+    assert list(x) == [10, 100] and list(y) == pytest.approx([10 ** -2.5, 10 ** -25])
     fig = plot_task_metric(df, tmp_path / "m.png")
     assert _png_ok(tmp_path / "m.png")
     labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}

@@ -110,30 +110,32 @@ def plot_time_vs_T(df: pd.DataFrame, path, *, benchmark: str | None = None):
 def plot_gradient_flow(df: pd.DataFrame, path):
     """Gradient-flow decay ||dL/dh_t|| / ||dL/dh_T|| against distance T - t, one line per cell.
 
-    Uses ok ``track_`` rows whose benchmark name contains ``grad``; the distance is the
-    ``distance`` column when present, else ``T``. Means over seeds; log y axis."""
-    if "cell" not in df.columns:
-        raise ValueError("plot_gradient_flow: the DataFrame has no 'cell' column")
-    x = "distance" if "distance" in df.columns else "T"
-    if x not in df.columns:
-        raise ValueError("plot_gradient_flow: the DataFrame has neither 'distance' nor 'T'")
+    Reads the ``track_*log10_ratio_end`` rows of ``bench/memory.py`` (loss at the last step;
+    the value is log10 of the ratio at the initial state, distance T): ``TrackGradFlow`` at
+    initialisation as solid lines and, where present, ``TrackAdding``'s probe of the trained
+    cell (``trained`` in the name) dashed. Median over seeds; log y axis."""
+    for col in ("cell", "T"):
+        if col not in df.columns:
+            raise ValueError(f"plot_gradient_flow: the DataFrame has no {col!r} column")
     rows = _ok(df)
-    rows = rows[(rows["kind"] == "track") & rows["benchmark"].str.contains("grad", case=False)
-                & rows[x].notna() & rows["cell"].notna()]
+    rows = rows[(rows["kind"] == "track") & rows["benchmark"].str.endswith("log10_ratio_end")
+                & rows["T"].notna() & rows["cell"].notna()]
     if rows.empty:
-        raise ValueError("plot_gradient_flow: no ok track_ rows with 'grad' in the name")
+        raise ValueError("plot_gradient_flow: no ok track_*log10_ratio_end rows")
     fig, (ax,) = _figure(1, width=7.0)
-    keys, groups = _lines(rows, x, ["cell"])
-    for key, g in groups:
-        g = g.groupby(x)["value"].mean().sort_index()
-        ax.plot(g.index.to_numpy(dtype=float), g.to_numpy(), marker="o",
-                label=_label(keys, key))
+    trained = rows["benchmark"].str.contains("trained")
+    colors = {c: f"C{i}" for i, c in enumerate(sorted(rows["cell"].unique()))}
+    for sub, style, suffix in ((rows[~trained], "-", ""), (rows[trained], "--", " (trained)")):
+        for cell, g in sub.groupby("cell", sort=True):
+            s = g.groupby("T")["value"].median().sort_index()
+            ax.plot(s.index.to_numpy(dtype=float), 10.0 ** s.to_numpy(dtype=float), style,
+                    marker="o", color=colors[cell], label=f"{cell}{suffix}")
     ax.set_yscale("log")
-    ax.set_xlabel(f"distance T - t (steps){'' if x == 'distance' else ', from T'}")
-    unit = rows["unit"].dropna().unique()
-    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_T||" + (f" ({unit[0]})" if len(unit) == 1 else ""))
+    _log_x(ax, sorted(rows["T"].unique()))
+    ax.set_xlabel("distance T - t (steps)")
+    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_T||")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", ncol=2)
     ax.set_title(f"gradient flow vs distance on {_machines(rows)}")
     _save(fig, path)
     return fig

@@ -1,5 +1,5 @@
 """Memory-shaped track benchmarks with fixed values (the schema gpulstm.report.memory_table reads):
-memory.TrackAdding.track_test_mse / track_success_rate over cell, T, seed, and a gradient flow."""
+memory.TrackAdding.track_test_mse / track_success_rate over cell, T, seed, and TrackGradFlow.track_log10_ratio_end over cell, T, seed."""
 
 
 class TrackAdding:
@@ -19,10 +19,12 @@ class TrackAdding:
     track_success_rate.unit = "fraction"
 
 
-class TrackGradientFlow:
-    params = (["lstm", "rnn"], [1, 10, 100])
-    param_names = ["cell", "distance"]
-    unit = "ratio"
+class TrackGradFlow:
+    """As bench/memory.py: log10 of ||dL/dh_t|| / ||dL/dh_T|| at distance T (initial state)."""
+    params = (["lstm", "rnn"], [10, 100], [0])
+    param_names = ["cell", "T", "seed"]
 
-    def track_grad_ratio(self, cell, distance):
-        return (0.99 if cell == "lstm" else 0.8) ** distance
+    def track_log10_ratio_end(self, cell, T, seed):
+        return (-0.05 if cell == "lstm" else -0.25) * T
+
+    track_log10_ratio_end.unit = "log10"
