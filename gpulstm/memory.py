@@ -28,14 +28,14 @@ import numpy as np
 from .tasks import adding_problem
 from .train import make_cell
 
-__all__ = ["gradient_flow", "state_grads", "engine_state_grads", "suffix_state_grads",
-           "first_distance_below"]
+__all__ = ["gradient_flow", "state_grads", "engine_state_grads", "first_distance_below"]
 
 
 def engine_state_grads(model):
     """Per-step state gradients the engine recorded during the model's last backward.
 
-    Needs ``model.record_state_grads = True`` before that backward. Returns ``(dh, dc)`` for
+    Needs ``model.record_state_grads = True`` before that backward (the engine then keeps the
+    gradient of every state it passes between backward steps). Returns ``(dh, dc)`` for
     layer 0, direction 0: dh [T,B,Hs] = dL/dh_t and dc [T,B,H] = dL/dc_t (None for GRU/RNN),
     index t = the state written at time step t, i.e. what the engine's ``g["dh"] + dY[t]``
     and ``g["dc"]`` hold just before the backward step of time t.
@@ -49,71 +49,19 @@ def engine_state_grads(model):
     return sg["dh"], sg.get("dc")
 
 
-def suffix_state_grads(model, grad_out, grad_h_n=None, grad_c_n=None):
-    """Per-step state gradients of the model's last forward, computed through the public API.
-
-    Exact fallback for :func:`engine_state_grads` (same return value), for a single-layer,
-    unidirectional, time-major model whose last forward ran without ``lengths``: starting from
-    dL/dh_{T-1} = grad_out[T-1] + grad_h_n, it replays each step t+1 alone from the saved
-    state (h_t, c_t) and backpropagates through it with ``grad_h_n = dL/dh_{t+1}`` (and
-    ``grad_c_n = dL/dc_{t+1}``); the resulting ``grad_hx`` plus ``grad_out[t]`` is dL/dh_t. The
-    replayed step repeats the saved forward's arithmetic, so the chain is exact; cost O(T)
-    one-step calls. The model's saved context, ``grads`` and ``grad_hx`` are restored.
-    """
-    if model.num_layers != 1 or model.bidirectional or model.batch_first:
-        raise ValueError("suffix_state_grads needs a single-layer, unidirectional, time-major "
-                         "model")
-    if model._ctx is None:
-        raise RuntimeError("suffix_state_grads needs a forward() first")
-    ex, xp = model.ex, model.ex.xp
-    s = model._ctx.saved[0][0]
-    x, S = s["x"], s["S"]
-    C = s.get("C")
-    T, B = x.shape[:2]
-    if int(ex.to_numpy(s["L"]).min()) != T:
-        raise ValueError("suffix_state_grads needs a forward without lengths")
-    lstm = C is not None
-    saved = model._ctx, model.grads, model.grad_hx, model._out_shape
-    dh = xp.empty((T,) + tuple(S.shape[1:]), S.dtype)
-    dc = xp.empty((T,) + tuple(C.shape[1:]), C.dtype) if lstm else None
-    dh[T - 1] = grad_out[T - 1] if grad_h_n is None else grad_out[T - 1] + grad_h_n[0]
-    if lstm:
-        dc[T - 1] = 0 if grad_c_n is None else grad_c_n[0]
-    zero_out = xp.zeros((1,) + tuple(S.shape[1:]), S.dtype)
-    try:
-        for t in range(T - 2, -1, -1):
-            if lstm:
-                model(x[t + 1:t + 2], hx=(S[t + 1][None], C[t + 1][None]))
-                model.backward(zero_out, dh[t + 1][None], dc[t + 1][None])
-                dh[t] = model.grad_hx[0][0] + grad_out[t]
-                dc[t] = model.grad_hx[1][0]
-            else:
-                model(x[t + 1:t + 2], S[t + 1][None])
-                model.backward(zero_out, dh[t + 1][None])
-                dh[t] = model.grad_hx[0] + grad_out[t]
-    finally:
-        model._ctx, model.grads, model.grad_hx, model._out_shape = saved
-    return dh, dc
-
-
-def state_grads(model, x, grad_out, hx=None, grad_h_n=None, grad_c_n=None, engine=True):
+def state_grads(model, x, grad_out, hx=None, grad_h_n=None, grad_c_n=None):
     """Forward ``x``, backward ``grad_out`` and return the per-step state gradients
-    ``(dh [T,B,Hs], dc [T,B,H] or None)`` (see :func:`engine_state_grads`): recorded by the
-    engine in the same backward pass (``engine=True``, when the model supports
-    ``record_state_grads``), else from :func:`suffix_state_grads`. ``model.grad_hx`` holds
-    the initial-state gradient afterwards."""
+    ``(dh [T,B,Hs], dc [T,B,H] or None)`` recorded by the engine in that backward pass (see
+    :func:`engine_state_grads`). ``model.grad_hx`` holds the initial-state gradient afterwards."""
     model(x, hx)
     kw = {} if grad_c_n is None else {"grad_c_n": grad_c_n}
-    if engine and hasattr(model, "record_state_grads"):
-        flag = model.record_state_grads
-        model.record_state_grads = True
-        try:
-            model.backward(grad_out, grad_h_n, **kw)
-        finally:
-            model.record_state_grads = flag
-        return engine_state_grads(model)
-    model.backward(grad_out, grad_h_n, **kw)
-    return suffix_state_grads(model, grad_out, grad_h_n, grad_c_n)
+    flag = model.record_state_grads
+    model.record_state_grads = True
+    try:
+        model.backward(grad_out, grad_h_n, **kw)
+    finally:
+        model.record_state_grads = flag
+    return engine_state_grads(model)
 
 
 def first_distance_below(ratio, threshold):

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gpulstm.memory import first_distance_below, gradient_flow, state_grads, suffix_state_grads
+from gpulstm.memory import first_distance_below, gradient_flow, state_grads
 from gpulstm.train import CELLS, make_cell
 
 torch = pytest.importorskip("torch")
@@ -56,9 +56,8 @@ def _torch_state_grads(model, x, u):
     return grads(eh), (grads(ec) if lstm else None)
 
 
-@pytest.mark.parametrize("engine", [True, False], ids=["engine-hook", "suffix-chain"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_state_grads_match_torch_autograd(cell, engine, rng):
+def test_state_grads_match_torch_autograd(cell, rng):
     T, B, H = 12, 3, 5
     m = make_cell(cell, 2, H, dtype="float64", seed=3)
     if cell == "lstm_peep":  # make the peepholes matter
@@ -67,7 +66,7 @@ def test_state_grads_match_torch_autograd(cell, engine, rng):
     u = rng.standard_normal(H)
     grad_out = np.zeros((T, B, H))
     grad_out[-1] = u
-    dh, dc = state_grads(m, x, grad_out, engine=engine)
+    dh, dc = state_grads(m, x, grad_out)
     ref_h, ref_c = _torch_state_grads(m, x, u)
     np.testing.assert_allclose(dh, ref_h[1:], rtol=1e-10, atol=1e-13)
     g0 = m.grad_hx
@@ -76,25 +75,6 @@ def test_state_grads_match_torch_autograd(cell, engine, rng):
     if dc is not None:
         np.testing.assert_allclose(dc, ref_c[1:], rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(g0[1][0], ref_c[0], rtol=1e-10, atol=1e-13)
-
-
-def test_suffix_state_grads_restores_the_model(rng):
-    m = make_cell("lstm_fb1", 2, 4, dtype="float64")
-    x = rng.standard_normal((6, 2, 2))
-    gy = rng.standard_normal((6, 2, 4))
-    m(x)
-    dx = m.backward(gy)
-    grads = {k: v.copy() for k, v in m.grads.items()}
-    dh, dc = suffix_state_grads(m, gy)
-    # with gradients at every step (not only the last) the chain agrees with the engine hook
-    rh, rc = state_grads(m, x, gy, engine=True)
-    np.testing.assert_allclose(dh, rh, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(dc, rc, rtol=1e-12, atol=1e-15)
-    m(x)
-    m.backward(gy)
-    for k in grads:
-        np.testing.assert_array_equal(m.grads[k], grads[k])
-    np.testing.assert_array_equal(m.backward(gy), dx)  # the saved context still works
 
 
 def test_gradient_flow_fields_and_distances():
