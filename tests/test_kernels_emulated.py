@@ -43,3 +43,16 @@ def test_output_dtype_and_module(emulated):
     m = gl.LSTM(3, 5, backend="emulated", dtype="float64")
     y, (h, c) = m(np.zeros((2, 1, 3)))
     assert isinstance(y, np.ndarray) and y.dtype == np.float64 and m.backend == "emulated"
+
+
+def test_launch_refuses_sizes_beyond_int_indexing():
+    """4 * B * H >= 2**31 would overflow the kernels' int indices: refused before launch."""
+    from gpulstm.backends.kernel_pointwise import KernelPointwise
+
+    def never(name):
+        raise AssertionError("no kernel may be looked up or launched")
+
+    pw = KernelPointwise(never, np)
+    big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**16, 2**13), (0, 0))
+    with pytest.raises(ValueError, match="too large"):
+        pw.rnn_forward(big, big, big, None, 0, big, big, 0)

@@ -10,9 +10,9 @@ state, 1-D blocks of :data:`BLOCK` threads, ``ceil(B * W / BLOCK)`` blocks; argu
 NumPy function's arguments in order, scalars as ``numpy.int32``, followed by ``B``, ``W`` and,
 where the NumPy function takes it, ``flags``.
 
-Preconditions (the engine guarantees them; nothing is checked per step, for speed): arrays
-C-contiguous of one float dtype with the documented shapes, ``lengths`` int32 of shape (B,),
-and ``4 * B * H < 2**31`` (kernels index with int).
+Preconditions (the engine guarantees them; not checked per step, for speed): arrays
+C-contiguous of one float dtype with the documented shapes, ``lengths`` int32 of shape (B,).
+``4 * B * H < 2**31`` (kernels index with int) is checked at each launch (one comparison).
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class KernelPointwise:
 
     def _launch(self, name, dtype, B, W, args):
         n = B * W
+        if 4 * n >= 2**31:  # the kernels index [B, 4H] rows with int
+            raise ValueError(f"{name}: B * H = {B} * {W} is too large for the kernels' int "
+                             f"indexing (4 * B * H must be < 2**31)")
         self.kernel(name, dtype)(((n + BLOCK - 1) // BLOCK,), (BLOCK,), args)
 
     # -- LSTM ---------------------------------------------------------------------------------
