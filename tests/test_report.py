@@ -385,3 +385,13 @@ def test_plot_task_metric_without_task_rows_is_a_value_error(tmp_path):
                        "value": [3.0], "unit": ["steps"]})
     with pytest.raises(ValueError, match="no ok track_ task rows"):
         plot_task_metric(df, tmp_path / "x.png")
+
+
+def test_task_rows_leave_out_speed_tracks():
+    """Speed track_ benchmarks with cell and T parameters are not long-range memory tasks."""
+    from gpulstm.report.tables import task_rows
+    df = pd.DataFrame({"machine": ["m", "m"], "kind": ["track", "track"], "status": ["ok", "ok"],
+                       "benchmark": ["speed.RatioSequenceLength.track_time_ratio_vs_torch",
+                                     "memory.TrackAdding.track_test_mse"],
+                       "cell": ["lstm", "lstm"], "T": [10, 10], "value": [1.5, 0.01]})
+    assert list(task_rows(df)["task"]) == ["adding"]

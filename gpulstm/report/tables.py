@@ -155,6 +155,7 @@ def task_rows(df: pd.DataFrame) -> pd.DataFrame:
                 & ~rows["benchmark"].str.contains("grad", case=False)].copy()
     if "task" not in rows.columns:
         rows["task"] = rows["benchmark"].map(_task_of).astype(object)
+    rows = rows[rows["task"].isin(set(_TASK_ALIASES.values()))]  # not speed tracks
     rows["metric"] = rows["benchmark"].str.rsplit(".", n=1).str[-1].str.replace(
         r"^track_", "", regex=True)
     return rows
