@@ -37,12 +37,11 @@ __device__ __forceinline__ double gl_exp(double x) { return exp(x); }
 __device__ __forceinline__ float gl_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double gl_tanh(double x) { return tanh(x); }
 
-// Logistic function, overflow-free for large |x|:
-//   e = exp(-|x|);  sigma(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise.
+// Logistic function 1 / (1 + exp(-x)), as numpy_pointwise.sigmoid and PyTorch. Accurate in
+// both tails: for large negative x, exp(-x) overflows to inf and the result is 0.
 template <typename T>
 __device__ __forceinline__ T gl_sigmoid(T x) {
-  const T e = gl_exp(x >= T(0) ? -x : x);
-  return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  return T(1) / (T(1) + gl_exp(-x));
 }
 
 // Row b is active at time t while its sequence runs: t < lengths[b].

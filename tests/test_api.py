@@ -288,3 +288,26 @@ def test_saved_bytes_covers_what_forward_keeps(kw, rng):
     need = engine.saved_bytes(m._make_cell(), T, B, 4, 6, m.proj_size or 6, m.num_layers,
                               m.num_directions, 4)
     assert kept <= need <= 2 * kept
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_is_accurate_and_quiet_in_both_tails(dtype):
+    """1 / (1 + exp(-x)) without warnings at any x, to a few ulp of the exact value."""
+    import math
+    import warnings
+
+    from gpulstm.backends.numpy_pointwise import sigmoid
+    x = np.array([-1000, -100, -80, -30, -20, -1, 0, 1, 20, 30, 100, 1000], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = sigmoid(x)
+    assert got.dtype == dtype
+
+    def exact(v):  # float64 of the exact value (math.exp(-v) of a large v overflows: value 0-ish)
+        v = float(v)
+        return 1 / (1 + math.exp(-v)) if v > -700 else 0.0
+
+    want = np.array([exact(v) for v in x]).astype(dtype)
+    tiny = np.finfo(dtype).tiny
+    np.testing.assert_allclose(got[want > tiny], want[want > tiny], rtol=4 * np.finfo(dtype).eps)
+    assert np.all(got[want <= tiny] <= tiny)

@@ -56,3 +56,30 @@ def test_launch_refuses_sizes_beyond_int_indexing():
     big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**16, 2**13), (0, 0))
     with pytest.raises(ValueError, match="too large"):
         pw.rnn_forward(big, big, big, None, 0, big, big, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gate_activations_in_the_tails(dtype):
+    """Pre-activations far into both tails (+-20 .. +-1000): the kernels' sigmoid and tanh stay
+    finite and agree with the NumPy reference (checked on the LSTM and GRU forward steps)."""
+    from gpulstm.backends import numpy_pointwise as ref
+    ex = get_backend("emulated")
+    B, H = 3, 40
+    rng = np.random.default_rng(5)
+    big = rng.choice([-1000, -100, -30, -20, 20, 30, 100, 1000], size=(B, 4 * H)).astype(dtype)
+    small = (rng.standard_normal((B, 4 * H)) * 0.1).astype(dtype)
+    c_prev = rng.standard_normal((B, H)).astype(dtype)
+    h_prev = rng.standard_normal((B, H)).astype(dtype)
+    lengths = np.full(B, 5, np.int32)
+    peep = np.zeros((3, H), dtype)
+    gx3, gh3 = big[:, :3 * H].copy(), small[:, :3 * H].copy()  # kernels take C-contiguous rows
+    outs = {}
+    for name, pw in (("ref", ref), ("emu", ex.pw)):
+        o = [np.full((B, 4 * H), np.nan, dtype)] + [np.full((B, H), np.nan, dtype) for _ in range(3)]
+        pw.lstm_forward(big, small, c_prev, h_prev, lengths, 0, peep, *o, 0)
+        g = [np.full((B, 4 * H), np.nan, dtype)] + [np.full((B, H), np.nan, dtype) for _ in range(2)]
+        pw.gru_forward(gx3, gh3, small[0, :H].copy(), h_prev, lengths, 0, *g)
+        outs[name] = o + g
+    for r, e in zip(outs["ref"], outs["emu"]):
+        assert np.isfinite(e).all()
+        np.testing.assert_allclose(e, r, rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)

@@ -34,10 +34,15 @@ RNN_RELU = 1  # nonlinearity relu instead of tanh
 
 
 def sigmoid(x):
-    """Logistic function, accurate and overflow-free for large |x| (same formula as kernels):
-    e = exp(-|x|); 1 / (1 + e) for x >= 0, e / (1 + e) otherwise."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1, e) / (1 + e)
+    """Logistic function 1 / (1 + exp(-x)) (the formula of the kernels and of PyTorch).
+
+    Accurate in both tails: for large negative x, exp(-x) overflows to inf (beyond about
+    -88 in float32) and the result is 0, the correctly rounded value up to the denormals;
+    that overflow is expected and not warned about."""
+    with np.errstate(over="ignore"):
+        e = np.exp(-x)
+    e += 1
+    return np.reciprocal(e, out=e)
 
 
 def _active(lengths, t):
@@ -76,12 +81,14 @@ def lstm_forward(gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next
     i, f = gates[:, :H], gates[:, H:2 * H]
     g = gates[:, 2 * H:3 * H]
     np.tanh(a[:, 2 * H:3 * H], out=g)
-    c = f * c_prev + i * g
+    c = f * c_prev
+    c += i * g
     if flags & LSTM_PEEPHOLE:
         a[:, 3 * H:] += peep[2] * c
     o = gates[:, 3 * H:]
     o[...] = sigmoid(a[:, 3 * H:])
-    h = o * np.tanh(c)
+    h = np.tanh(c)
+    h *= o
     act = _active(lengths, t)
     c_next[...] = _select(act, c, c_prev)
     if flags & LSTM_PROJ:
