@@ -176,12 +176,17 @@ def test_stale_benchmarks_json_falls_back_to_asv_param_names(asv_results, tmp_pa
     assert set(grad["kind"]) == {"track"} and grad["cell"].isna().all()
 
 
-def test_latest_keeps_newest_commit_per_machine():
-    df = pd.DataFrame({"machine": ["a", "a", "b"], "commit": ["old", "new", "only"],
-                       "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-01"],
-                                              utc=True),
-                       "value": [1.0, 2.0, 3.0]})
-    assert sorted(latest(df)["commit"]) == ["new", "only"]
+def test_latest_keeps_newest_commit_per_machine_and_benchmark():
+    """A later run of part of the suite (here speed only) does not hide the older results of
+    the benchmarks it did not run (here memory)."""
+    df = pd.DataFrame({"machine": ["a", "a", "a", "b"], "commit": ["old", "new", "old", "only"],
+                       "benchmark": ["speed.t", "speed.t", "memory.m", "speed.t"],
+                       "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-02",
+                                               "2024-01-01"], utc=True),
+                       "value": [1.0, 2.0, 5.0, 3.0]})
+    kept = latest(df)
+    assert sorted(zip(kept["machine"], kept["benchmark"], kept["commit"])) == [
+        ("a", "memory.m", "old"), ("a", "speed.t", "new"), ("b", "speed.t", "only")]
 
 
 def test_no_results_raises(tmp_path):

@@ -98,13 +98,14 @@ def _check_unique(rows: pd.DataFrame, keys: list[str], what: str) -> None:
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per machine, only the rows of its newest result (latest commit date, then the
-    latest ``started_at``), so every point appears once per machine and environment."""
+    """Keep, per machine and benchmark, only the rows of its newest result (latest commit
+    date, then the latest ``started_at``), so every point appears once per machine and
+    environment even when a later run measured only part of the suite."""
     if df.empty:
         return df
     sort = [c for c in ("date", "started_at") if c in df.columns]
     df = df.sort_values(sort, kind="stable") if sort else df
-    newest = df.groupby("machine")["commit"].transform("last")
+    newest = df.groupby(["machine", "benchmark"])["commit"].transform("last")
     return df[df["commit"] == newest]
 
 
