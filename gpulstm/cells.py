@@ -22,9 +22,6 @@ class Cell:
     gates = 1  # G: gate blocks in w_ih / w_hh
     has_cell_state = False
 
-    def __init__(self, **options):
-        self.options = options
-
     def flags(self, w):
         return 0
 
@@ -45,7 +42,6 @@ class LSTMCell(Cell):
     has_cell_state = True
 
     def __init__(self, forget_gate=True, peephole=False):
-        super().__init__(forget_gate=forget_gate, peephole=peephole)
         self.forget_gate = forget_gate
         self.peephole = peephole
 
@@ -114,7 +110,6 @@ class RNNCell(Cell):
     gates = 1
 
     def __init__(self, nonlinearity="tanh"):
-        super().__init__(nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
         self.name = "rnn_" + nonlinearity
 

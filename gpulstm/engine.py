@@ -64,7 +64,8 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
     flags = cell.flags(w)
     for t, prev, nxt in _slots(T, reverse):
         cell.step_forward(ex, w, s, t, prev, nxt, flags)
-    del s["gx"], s["gh"], s["w_hh_T"]
+    for k in ("gx", "gh", "w_hh_T", "w_hr_T"):  # transients: backward needs none of them
+        s.pop(k, None)
     return s["Y"], s
 
 
