@@ -30,6 +30,7 @@ KERNEL_FILES = (
     "gru_backward.cu",
     "rnn_forward.cu",
     "rnn_backward.cu",
+    "fused_step.cu",
 )
 #: every kernel (each named like its reference in gpulstm.backends.numpy_pointwise)
 KERNELS = (
@@ -41,6 +42,16 @@ KERNELS = (
     "gru_backward",
     "rnn_forward",
     "rnn_backward",
+)
+#: the time-loop kernels (gpulstm.backends.kernel_loop); they have no NumPy twin of their own:
+#: each is a recurrent product followed by the pointwise kernel of its cell
+LOOP_KERNELS = (
+    "lstm_fused_forward",
+    "lstm_fused_backward",
+    "gru_fused_forward",
+    "gru_fused_backward",
+    "rnn_fused_forward",
+    "rnn_fused_backward",
 )
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}
@@ -58,8 +69,8 @@ class KernelSource(NamedTuple):
 
 def name_expression(kernel, dtype):
     """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    if kernel not in KERNELS and kernel not in LOOP_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS + LOOP_KERNELS}")
     try:
         ctype = CTYPES[str(dtype)]
     except KeyError:
@@ -68,7 +79,7 @@ def name_expression(kernel, dtype):
 
 
 def name_expressions():
-    return tuple(name_expression(k, d) for k in KERNELS for d in CTYPES)
+    return tuple(name_expression(k, d) for k in KERNELS + LOOP_KERNELS for d in CTYPES)
 
 
 def _candidates():

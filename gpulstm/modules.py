@@ -23,7 +23,7 @@ class _RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
-                 dtype="float32", seed=None):
+                 dtype="float32", seed=None, algo="auto"):
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
@@ -40,7 +40,8 @@ class _RNNBase:
             raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
         self.dropout = float(dropout)
         self.dtype = check_dtype_name(dtype)
-        self.ex = get_backend(backend)
+        self.ex = get_backend(backend, algo)  # algo: the time loop, see backends.kernel_loop
+        self.algo = algo
         self.backend = self.ex.name
         self.training = True
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)

@@ -6,6 +6,31 @@
 // inactive rows: dgates = 0, dh_next passes through unchanged.
 #include "gpulstm_common.cuh"
 
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
+// fused time-loop kernels (kernels/fused_step.cu) call it too.
+template <typename T>
+__device__ __forceinline__ void rnn_backward_at(
+    const int k,
+    const T* h,          // [B,H] hidden state h_t written by the forward step
+    T* dh_next,          // [B,H] in/out: dL/dh_t in; 0 for active rows out
+    const T* dy,         // [B,H] dL/dy_t
+    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
+    const int t,         // time index of this step
+    T* dgates,           // [B,H] out: dL/d(pre-activation), 0 for inactive rows
+    const int B,         // batch rows
+    const int H,         // hidden size
+    const int flags) {   // RNN_RELU
+  const int b = k / H;
+  if (!active(lengths, b, t)) {
+    dgates[k] = T(0);
+    return;  // dh_next passes through unchanged
+  }
+  const T dh = dh_next[k] + dy[k];
+  const T hk = h[k];
+  dgates[k] = (flags & RNN_RELU) ? dh * T(hk > T(0)) : dh * (T(1) - hk * hk);
+  dh_next[k] = T(0);
+}
+
 template <typename T>
 __global__ void rnn_backward(
     const T* h,          // [B,H] hidden state h_t written by the forward step
@@ -19,13 +44,5 @@ __global__ void rnn_backward(
     const int flags) {   // RNN_RELU
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  const int b = k / H;
-  if (!active(lengths, b, t)) {
-    dgates[k] = T(0);
-    return;  // dh_next passes through unchanged
-  }
-  const T dh = dh_next[k] + dy[k];
-  const T hk = h[k];
-  dgates[k] = (flags & RNN_RELU) ? dh * T(hk > T(0)) : dh * (T(1) - hk * hk);
-  dh_next[k] = T(0);
+  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
 }

@@ -124,6 +124,29 @@ MODULE_CASES = [
 ]
 
 
+class _PoisonXP:
+    """The array module ``xp`` with ``empty`` returning NaN-filled float arrays."""
+
+    def __init__(self, xp):
+        self._xp = xp
+
+    def __getattr__(self, name):
+        return getattr(self._xp, name)
+
+    def empty(self, shape, dtype=float):
+        a = self._xp.empty(shape, dtype)
+        if a.dtype.kind == "f":
+            a.fill(float("nan"))
+        return a
+
+
+def _poisoned(ex):
+    import copy
+    ex = copy.copy(ex)
+    ex.xp = _PoisonXP(ex.xp)
+    return ex
+
+
 def _run(m, p):
     """Forward + backward of module ``m`` on problem ``p``: dict of NumPy results."""
     to = m.ex.to_numpy
@@ -141,13 +164,17 @@ def _run(m, p):
     return out
 
 
-def check_module(backend, case, dtype, rng, I=6, H=37, to_backend=None):
+def check_module(backend, case, dtype, rng, I=6, H=37, to_backend=None, algo="auto", poison=False):
     """``case`` from MODULE_CASES on ``backend`` vs "numpy" (same weights, inputs, dropout
-    seed); ``to_backend`` converts the NumPy inputs for the tested backend (default: none)."""
+    seed); ``to_backend`` converts the NumPy inputs for the tested backend (default: none);
+    ``algo``: the tested module's time-loop algorithm; ``poison``: every float buffer the engine
+    allocates on the tested backend starts NaN (an element the kernels never write shows)."""
     cid, cls, kw, T, B, with_lengths = case
     kw = dict(kw)
     ref_m = getattr(gl, cls)(I, H, **kw, backend="numpy", dtype=dtype, seed=1)
-    m = getattr(gl, cls)(I, H, **kw, backend=backend, dtype=dtype, seed=1)
+    m = getattr(gl, cls)(I, H, **kw, backend=backend, dtype=dtype, seed=1, algo=algo)
+    if poison:
+        m.ex = _poisoned(m.ex)
     m.load_state_dict(ref_m.state_dict())
     Hs, LD = kw.get("proj_size") or H, ref_m.num_layers * ref_m.num_directions
     D = ref_m.num_directions

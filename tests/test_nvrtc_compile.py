@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpulstm.backends import numpy_pointwise
-from gpulstm.kernel_source import KERNELS, NVRTC_OPTIONS, kernel_dir, kernel_source
+from gpulstm.kernel_source import KERNELS, LOOP_KERNELS, NVRTC_OPTIONS, kernel_dir, kernel_source
 
 nvrtc = pytest.importorskip(
     "cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install 'gpulstm[nvrtc]')")
@@ -133,7 +133,7 @@ def test_source_is_self_contained(source):
     assert source.code.count("#ifndef GPULSTM_COMMON_CUH") == 1
     for k in KERNELS:
         assert re.search(rf"__global__\s+void\s+{k}\s*\(", source.code), k
-    assert len(source.name_expressions) == 2 * len(KERNELS)
+    assert len(source.name_expressions) == 2 * (len(KERNELS) + len(LOOP_KERNELS))
 
 
 def test_flag_values_match_numpy_reference():

@@ -27,8 +27,10 @@ class BackendUnavailable(RuntimeError):
     """A backend that exists but cannot run on this machine; the message says why."""
 
 
-def get_backend(name="auto"):
-    """Return the execution for ``name`` ("auto", "numpy", "cupy", "emulated").
+def get_backend(name="auto", algo="auto"):
+    """Return the execution for ``name`` ("auto", "numpy", "cupy", "emulated") running the
+    time loop with ``algo`` ("auto", "stepwise", "fused"; see :mod:`.kernel_loop`; an
+    execution without a device loop accepts "auto" and "stepwise" only).
 
     "auto" picks cupy when a usable GPU is present and its kernels compile, else numpy.
     Raises ValueError for an unknown name and BackendUnavailable (with the reason) for a
@@ -36,17 +38,25 @@ def get_backend(name="auto"):
     """
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, one of {('auto',) + BACKENDS}; got {type(name).__name__}")
+    from .kernel_loop import check_algo
+    check_algo(algo)
     if name == "auto":
         try:
-            return get_backend("cupy")
+            return get_backend("cupy", algo)
         except BackendUnavailable:
-            return get_backend("numpy")
+            return get_backend("numpy", algo)
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; expected one of {('auto',) + BACKENDS}")
     if name not in _cache:
         mod = importlib.import_module(_MODULES[name])
         _cache[name] = mod.create()  # raises BackendUnavailable with the reason
-    return _cache[name]
+    ex = _cache[name]
+    if hasattr(ex, "with_algo"):
+        return ex.with_algo(algo)
+    if algo not in ("auto", "stepwise"):
+        raise ValueError(f"algo={algo!r} needs a backend with a device time loop (cupy, "
+                         f"emulated); backend {name!r} runs the stepwise loop only")
+    return ex
 
 
 def available_backends():

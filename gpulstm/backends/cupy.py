@@ -16,6 +16,7 @@ import contextlib
 import numpy as np
 
 from . import BackendUnavailable
+from .kernel_loop import KernelLoop
 from .kernel_pointwise import KernelPointwise
 from ..kernel_source import NVRTC_OPTIONS, kernel_source
 
@@ -70,8 +71,9 @@ class _DeviceKernel:
         f(grid, block, args, shared_mem=shared_mem)
 
 
-class CupyExecution:
-    """Execution on CuPy arrays of the current device and stream."""
+class CupyExecution(KernelLoop):
+    """Execution on CuPy arrays of the current device and stream; the time loop runs as
+    chosen by ``algo`` (:mod:`.kernel_loop`)."""
 
     name = "cupy"
 

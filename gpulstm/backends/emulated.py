@@ -11,8 +11,14 @@ import shutil
 import numpy as np
 
 from . import BackendUnavailable
+from .kernel_loop import KernelLoop
 from .kernel_pointwise import KernelPointwise
 from .numpy import HostExecution
+
+
+class EmulatedExecution(KernelLoop, HostExecution):
+    """NumPy arrays and GEMMs; pointwise steps and the device time loop (``algo``) from the
+    kernels compiled for the CPU."""
 
 
 def create():
@@ -33,4 +39,4 @@ def create():
         raise
     except Exception as e:  # compiler missing or failing: the message carries the log
         raise BackendUnavailable(f"backend 'emulated': the kernels failed to compile for the CPU: {e}") from e
-    return HostExecution("emulated", KernelPointwise(module.get_function, np))
+    return EmulatedExecution("emulated", KernelPointwise(module.get_function, np))

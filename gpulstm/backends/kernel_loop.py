@@ -1,0 +1,140 @@
+"""The time loop on the device: the ``sequence_forward`` / ``sequence_backward`` hooks of the
+kernel-backed executions (``cupy`` and ``emulated``), see :mod:`gpulstm.engine`.
+
+Algorithms (module option ``algo``; ``docs/gpu.md`` has the details):
+
+``"stepwise"``
+    the engine's Python loop: per step one GEMM (cuBLAS on ``cupy``) and one pointwise kernel
+    forward, one pointwise kernel and one accumulating GEMM backward. The hooks decline.
+``"fused"``
+    one launch per time step forward and one backward (``kernels/fused_step.cu``): a block
+    owns a tile of hidden units (all their gates) and of batch rows, computes its part of the
+    recurrent product and applies the pointwise step. No GEMM inside the loop; backward adds
+    one GEMM after it (dL/dh_0 = dh + dG_0 W_hh).
+``"auto"``
+    ``"fused"`` wherever it applies, else ``"stepwise"``.
+
+LSTM with ``proj_size`` always runs stepwise (the projection GEMM sits between two steps);
+so does a backward that records per-step state gradients (the engine asks no hook then).
+
+Both executions launch the same kernels with the same grid, block and arguments; only the
+launcher differs (``cupy.RawModule`` or :class:`gpulstm.emulator.EmulatedModule`).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .numpy_pointwise import LSTM_PROJ
+
+#: units per block (blockDim.x) and maximum batch rows per block (blockDim.y); must match
+#: FUSED_TILE / FUSED_ROWS in kernels/fused_step.cu
+TILE = 32
+ROWS = 8
+ALGOS = ("auto", "stepwise", "fused")
+
+_i32 = np.int32
+
+
+def check_algo(algo):
+    """``algo`` validated: one of :data:`ALGOS`."""
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a str, one of {ALGOS}; got {type(algo).__name__}")
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; expected one of {ALGOS}")
+    return algo
+
+
+def fused_launch_shape(B, H):
+    """(grid, block) of every fused step launch for batch ``B`` and hidden size ``H``."""
+    rows = min(ROWS, B)
+    return ((H + TILE - 1) // TILE, (B + rows - 1) // rows), (TILE, rows)
+
+
+def _steps(T, reverse):
+    """(t, prev, nxt) in processing order: the engine's slot convention (see gpulstm.cells)."""
+    if reverse:
+        return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
+    return [(t, t, t + 1) for t in range(T)]
+
+
+class KernelLoop:
+    """Mixin of an execution whose ``pw`` is a :class:`~.kernel_pointwise.KernelPointwise`:
+    adds the algorithm choice and the device time loop. ``algo`` is a class default;
+    :meth:`with_algo` returns a copy of the execution with another one."""
+
+    algo = "auto"
+
+    def with_algo(self, algo):
+        """This execution with time-loop algorithm ``algo`` (a shallow copy sharing the
+        compiled kernels; the same object for the current algorithm)."""
+        algo = check_algo(algo)
+        if algo == self.algo:
+            return self
+        ex = copy.copy(self)
+        ex.algo = algo
+        return ex
+
+    def loop_algo(self, cell, flags):
+        """The algorithm the hooks run for ``cell`` with ``flags``: "stepwise" or "fused"."""
+        if self.algo == "stepwise" or (cell.has_cell_state and flags & LSTM_PROJ):
+            return "stepwise"
+        return "fused"
+
+    def _fused(self, name, dtype, B, H):
+        if 4 * B * H >= 2**31:
+            raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
+                             f"indexing (4 * B * H must be < 2**31)")
+        return self.pw.kernel(name, dtype), fused_launch_shape(B, H)
+
+    def sequence_forward(self, cell, w, s, flags):
+        if self.loop_algo(cell, flags) != "fused":
+            return False
+        S, gx, L, Y = s["S"], s["gx"], s["L"], s["Y"]
+        T, B, _ = gx.shape
+        H = S.shape[2]
+        kind = cell.name.split("_")[0]
+        k, (grid, block) = self._fused(kind + "_fused_forward", S.dtype, B, H)
+        wT, gh = s["w_hh_T"], s["gh"]
+        for t, prev, nxt in _steps(T, s["reverse"]):
+            if kind == "lstm":
+                C = s["C"]
+                args = (gx[t], wT, C[prev], S[prev], L, _i32(t), s["peep"], gh, s["gates"][t],
+                        C[nxt], S[nxt], Y[t], _i32(B), _i32(H), _i32(flags))
+            elif kind == "gru":
+                args = (gx[t], wT, s["b_hn"], S[prev], L, _i32(t), gh, s["gates"][t], S[nxt],
+                        Y[t], _i32(B), _i32(H))
+            else:
+                args = (gx[t], wT, S[prev], L, _i32(t), gh, S[nxt], Y[t], _i32(B), _i32(H),
+                        _i32(flags))
+            k(grid, block, args)
+        return True
+
+    def sequence_backward(self, cell, w, s, g, flags):
+        if self.loop_algo(cell, flags) != "fused":
+            return False
+        S, L, dY = s["S"], s["L"], g["dY"]
+        T, B, H = dY.shape
+        kind = cell.name.split("_")[0]
+        k, (grid, block) = self._fused(kind + "_fused_backward", S.dtype, B, H)
+        w_hh, dh = w["w_hh"], g["dh"]
+        dGx, dGh = g["dGx"], g["dGh"]  # the same array except for the GRU
+        last = None  # the step processed before this one
+        for t, prev, nxt in reversed(_steps(T, s["reverse"])):
+            dg_prev = dGh[t if last is None else last]
+            has = _i32(last is not None)
+            if kind == "lstm":
+                C = s["C"]
+                args = (dg_prev, has, w_hh, s["gates"][t], C[nxt], C[prev], dh, dY[t], g["dc"],
+                        L, _i32(t), s["peep"], dGx[t], _i32(B), _i32(H), _i32(flags))
+            elif kind == "gru":
+                args = (dg_prev, has, w_hh, s["gates"][t], S[prev], dh, dY[t], L, _i32(t),
+                        dGx[t], dGh[t], _i32(B), _i32(H))
+            else:
+                args = (dg_prev, has, w_hh, S[nxt], dh, dY[t], L, _i32(t), dGx[t], _i32(B),
+                        _i32(H), _i32(flags))
+            k(grid, block, args)
+            last = t
+        self.matmul_acc(dGh[last], w_hh, out=dh)  # dL/dh_0: the first step's recurrent term
+        return True

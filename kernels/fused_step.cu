@@ -1,0 +1,160 @@
+// fused_step.cu: one launch per time step, the recurrent product and the pointwise step fused.
+// Used by the "fused" algorithm (gpulstm/backends/kernel_loop.py); the math of every step is
+// the pointwise kernel's (*_at functions of lstm_forward.cu, ..., rnn_backward.cu), so the
+// fused and the stepwise loop differ only in the summation order of the recurrent product.
+//
+// Tiling (every kernel here): a block of FUSED_TILE x R threads (R = blockDim.y <= FUSED_ROWS)
+// owns hidden units j in [FUSED_TILE * blockIdx.x, + FUSED_TILE) -- all gates of those units --
+// and batch rows b in [R * blockIdx.y, + R); thread (x, y) owns the element (b, j).
+// The left operand of the recurrent product (h_{t-1} forward, dG_{t+1} backward; [B, K] rows)
+// is staged through shared memory in chunks of FUSED_TILE columns; the right operand is read
+// from global memory (through L1/L2) along its rows, so the 32 lanes of a warp read 32
+// consecutive elements (coalesced):
+//
+//   forward  (K = H):   gh[b, g H + j] = sum_k h_{t-1}[b, k] W_hh^T[k, g H + j]   g < G
+//   backward (K = G H): dh[b, j] += sum_m dG_{t+1}[b, m] W_hh[m, j]
+//
+// then the pointwise step of (b, j). The forward writes the product into the engine's [B, G H]
+// scratch `gh` and the pointwise step reads it back: the same thread, no barrier needed.
+// Inputs and outputs of one launch are distinct arrays (slots t and t +- 1 of the engine's
+// buffers), so blocks never depend on each other within a launch; the launch boundary is the
+// grid-wide barrier between steps. Indices are int: callers keep 4 * B * H < 2^31.
+// LSTM with LSTM_PROJ is not fused (the projection GEMM sits between steps): callers decline.
+#include "gpulstm_common.cuh"
+
+#define FUSED_TILE 32  // units per block (blockDim.x) and columns per shared-memory chunk
+#define FUSED_ROWS 8   // maximum batch rows per block (blockDim.y)
+
+// acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG.
+// Every thread of the block must call it (it holds barriers); rows b >= B and columns with
+// !col_ok contribute nothing and get acc = 0.
+template <typename T, int NG>
+__device__ __forceinline__ void fused_row_product(
+    T (*tile)[FUSED_TILE], const T* left, const int ldl, const int K, const T* right,
+    const int ldr, const int col, const int gstride, const int b, const bool row_ok,
+    const bool col_ok, T* acc) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int g = 0; g < NG; ++g) acc[g] = T(0);
+  for (int k0 = 0; k0 < K; k0 += FUSED_TILE) {
+    const int kk = k0 + tx;
+    tile[ty][tx] = (row_ok && kk < K) ? left[b * ldl + kk] : T(0);
+    __syncthreads();
+    if (row_ok && col_ok) {
+      const int n = K - k0 < FUSED_TILE ? K - k0 : FUSED_TILE;
+      for (int c = 0; c < n; ++c) {
+        const T l = tile[ty][c];
+        const T* r = right + (k0 + c) * ldr + col;
+        for (int g = 0; g < NG; ++g) acc[g] = acc[g] + l * r[g * gstride];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---- forward steps --------------------------------------------------------------------------
+// Arguments: the pointwise kernel's, with gh now scratch [B, G H] written here, and w_hh_T
+// [H, G H] (W_hh transposed, C-contiguous) inserted after gx.
+
+template <typename T>
+__global__ void lstm_fused_forward(
+    const T* gx, const T* w_hh_T, const T* c_prev, const T* h_prev, const int* lengths,
+    const int t, const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B,
+    const int H, const int flags) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  const bool ok = b < B && j < H;
+  T acc[4];
+  fused_row_product<T, 4>(tile, h_prev, H, H, w_hh_T, 4 * H, j, H, b, b < B, j < H, acc);
+  if (!ok) return;
+  for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
+  lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
+                  y, B, H, flags);
+}
+
+template <typename T>
+__global__ void gru_fused_forward(
+    const T* gx, const T* w_hh_T, const T* b_hn, const T* h_prev, const int* lengths,
+    const int t, T* gh, T* gates, T* h_next, T* y, const int B, const int H) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[3];
+  fused_row_product<T, 3>(tile, h_prev, H, H, w_hh_T, 3 * H, j, H, b, b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
+  gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
+}
+
+template <typename T>
+__global__ void rnn_fused_forward(
+    const T* gx, const T* w_hh_T, const T* h_prev, const int* lengths, const int t, T* gh,
+    T* h_next, T* y, const int B, const int H, const int flags) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, h_prev, H, H, w_hh_T, H, j, H, b, b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  gh[b * H + j] = acc[0];
+  rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
+}
+
+// ---- backward steps -------------------------------------------------------------------------
+// Arguments: dg_prev [B, G H] (the hidden-projection gradient of the step processed before
+// this one: dGx[t+1] forward-direction, dGx[t-1] reverse; LSTM/RNN dgates, GRU dgh) and
+// has_prev (0 for the first step processed: nothing to add), w_hh [G H, H], then the pointwise
+// kernel's arguments. dh_next[b, j] += (dg_prev W_hh)[b, j] first -- exactly the stepwise
+// loop's matmul_acc -- then the pointwise backward of (b, j). After the last step the caller
+// adds dG W_hh once more (dL/dh_0).
+
+template <typename T>
+__global__ void lstm_fused_backward(
+    const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* c,
+    const T* c_prev, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
+    const T* peep, T* dgates, const int B, const int H, const int flags) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, 4 * H, has_prev ? 4 * H : 0, w_hh, H, j, 0, b, b < B,
+                          j < H, acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  lstm_backward_at(k, gates, c, c_prev, dh_next, dh_next, dy, dc_next, lengths, t, peep,
+                   dgates, B, H, flags);
+}
+
+template <typename T>
+__global__ void gru_fused_backward(
+    const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* h_prev,
+    T* dh_next, const T* dy, const int* lengths, const int t, T* dgx, T* dgh, const int B,
+    const int H) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, 3 * H, has_prev ? 3 * H : 0, w_hh, H, j, 0, b, b < B,
+                          j < H, acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  gru_backward_at(k, gates, h_prev, dh_next, dy, lengths, t, dgx, dgh, B, H);
+}
+
+template <typename T>
+__global__ void rnn_fused_backward(
+    const T* dg_prev, const int has_prev, const T* w_hh, const T* h, T* dh_next, const T* dy,
+    const int* lengths, const int t, T* dgates, const int B, const int H, const int flags) {
+  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, H, has_prev ? H : 0, w_hh, H, j, 0, b, b < B, j < H,
+                          acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
+}
