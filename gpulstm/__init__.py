@@ -5,7 +5,8 @@ the CPU (NumPy), PyTorch-shaped.
     >>> m = gl.LSTM(8, 16, backend="numpy")
 """
 from .backends import BackendUnavailable, available_backends, get_backend
+from .tracing import launch_trace
 from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "get_backend", "available_backends", "BackendUnavailable"]
+__all__ = ["LSTM", "GRU", "RNN", "get_backend", "available_backends", "BackendUnavailable", "launch_trace"]

@@ -104,3 +104,79 @@ def test_with_algo_shares_the_execution(emulated):
     fused = get_backend("emulated", "fused")
     assert fused.algo == "fused" and fused.pw is emulated.pw
     assert get_backend("emulated").algo == "auto"
+
+
+# -- launch trace -----------------------------------------------------------------------------
+
+def test_launch_trace_fused_lstm_T100():
+    """Fused LSTM, T=100: at most one kernel launch per step and direction, no cuBLAS call
+    inside the loop; the stepwise loop issues one GEMM per step in each phase."""
+    m = gl.LSTM(16, 96, backend="numpy")
+    x = np.zeros((100, 5, 16), np.float32)
+    tr = gl.launch_trace(m, x, algo="fused")
+    for phase in ("forward", "backward"):
+        assert tr.count(phase=phase, kind="kernel", in_loop=True) <= 100
+        assert tr.count(phase=phase, kind="gemm", in_loop=True) == 0
+        assert tr.count(phase=phase, kind="op", in_loop=True) == 0
+    names = {c.name for c in tr.calls if c.kind == "kernel"}
+    assert names == {"lstm_fused_forward<float>", "lstm_fused_backward<float>"}
+    st = gl.launch_trace(m, x, algo="stepwise")
+    for phase in ("forward", "backward"):
+        assert st.count(phase=phase, kind="gemm", in_loop=True) == 100
+        assert st.count(phase=phase, kind="kernel", in_loop=True) == 100
+    # GEMMs outside the loop do not depend on T
+    tr2 = gl.launch_trace(m, x[:7], algo="fused")
+    assert tr2.count(kind="gemm") == tr.count(kind="gemm") > 0
+    assert "per step" in str(tr)
+
+
+@pytest.mark.parametrize("cls, kw", [("LSTM", {"peephole": True}), ("LSTM", {"proj_size": 3}),
+                                     ("GRU", {"bidirectional": True, "num_layers": 2}),
+                                     ("RNN", {"nonlinearity": "relu"})])
+@pytest.mark.parametrize("algo", ["fused", "stepwise"])
+def test_launch_trace_matches_emulated_launches(emulated, cls, kw, algo):
+    """The trace lists exactly the kernel launches (name, grid, block, shared bytes) the
+    emulated execution -- the same launch code as cupy -- makes."""
+    m = getattr(gl, cls)(4, 40, **kw, backend="emulated", dtype="float64", algo=algo)
+    x = np.random.default_rng(1).standard_normal((3, 11, 4))
+    launched = []
+    pw = m.ex.pw
+    orig = pw._get_function
+
+    def recording(name):
+        k = orig(name)
+
+        def launch(grid, block, args, shared_mem=0):
+            launched.append((name, tuple(grid) + (1,) * (3 - len(grid)),
+                             tuple(block) + (1,) * (3 - len(block)), shared_mem))
+            return k(grid, block, args, shared_mem=shared_mem)
+        return launch
+    pw._get_function, saved = recording, dict(pw._kernels)
+    pw._kernels.clear()
+    try:
+        y = m(x)[0]
+        m.backward(np.ones_like(y))
+    finally:
+        pw._get_function = orig
+        pw._kernels.clear()
+        pw._kernels.update(saved)
+    tr = gl.launch_trace(m, x)
+    traced = [(c.name, c.grid, c.block, c.shared_mem) for c in tr.calls if c.kind == "kernel"]
+    assert traced == launched and len(launched) > 0
+
+
+def test_launch_trace_leaves_the_module_alone():
+    m = gl.GRU(3, 5, backend="numpy", dtype="float64")
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    y0 = m(x)[0]
+    ctx = m._ctx
+    gl.launch_trace(m, np.zeros((9, 3, 3)))
+    assert m._ctx is ctx and np.array_equal(m(x)[0], y0)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        gl.launch_trace(m, np.zeros((9, 3)))
+
+
+def test_launch_trace_doctest():
+    import doctest
+    import gpulstm.tracing as lt
+    assert doctest.testmod(lt).failed == 0

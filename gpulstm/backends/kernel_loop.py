@@ -82,6 +82,10 @@ class KernelLoop:
             return "stepwise"
         return "fused"
 
+    def _loop(self, steps):
+        """The steps of one direction, in order (a hook: the launch trace marks them)."""
+        return steps
+
     def _fused(self, name, dtype, B, H):
         if 4 * B * H >= 2**31:
             raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
@@ -97,7 +101,7 @@ class KernelLoop:
         kind = cell.name.split("_")[0]
         k, (grid, block) = self._fused(kind + "_fused_forward", S.dtype, B, H)
         wT, gh = s["w_hh_T"], s["gh"]
-        for t, prev, nxt in _steps(T, s["reverse"]):
+        for t, prev, nxt in self._loop(_steps(T, s["reverse"])):
             if kind == "lstm":
                 C = s["C"]
                 args = (gx[t], wT, C[prev], S[prev], L, _i32(t), s["peep"], gh, s["gates"][t],
@@ -121,7 +125,7 @@ class KernelLoop:
         w_hh, dh = w["w_hh"], g["dh"]
         dGx, dGh = g["dGx"], g["dGh"]  # the same array except for the GRU
         last = None  # the step processed before this one
-        for t, prev, nxt in reversed(_steps(T, s["reverse"])):
+        for t, prev, nxt in self._loop(_steps(T, s["reverse"])[::-1]):
             dg_prev = dGh[t if last is None else last]
             has = _i32(last is not None)
             if kind == "lstm":
