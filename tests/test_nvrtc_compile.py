@@ -57,6 +57,16 @@ def compile_nvrtc(code, name_expressions, options):
 def resource_usage(cubin):
     """{mangled kernel: (registers, stack frame bytes)} from the cubin's global ``.nv.info``
     (EIATTR_REGCOUNT 0x2f, EIATTR_FRAME_SIZE 0x11). ELF64 little-endian."""
+    return _elf_resources(cubin)[0]
+
+
+def static_shared(cubin):
+    """{mangled kernel: static shared memory bytes per block} (sizes of the cubin's
+    ``.nv.shared.<kernel>`` sections; kernels without one use none)."""
+    return _elf_resources(cubin)[1]
+
+
+def _elf_resources(cubin):
     shoff, = struct.unpack_from("<Q", cubin, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
     secs = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
@@ -69,6 +79,8 @@ def resource_usage(cubin):
     strbase = secs[symtab[6]][4]
     syms = [cstr(strbase, struct.unpack_from("<I", cubin, symtab[4] + i * 24)[0])
             for i in range(symtab[5] // 24)]
+    shared = {n[len(".nv.shared."):]: sec[5] for n, sec in zip(names, secs)
+              if n.startswith(".nv.shared.")}
     info = secs[names.index(".nv.info")]
     d = cubin[info[4]:info[4] + info[5]]
     out, i = {}, 0
@@ -83,7 +95,7 @@ def resource_usage(cubin):
             i += 4 + size
         else:
             i += 4
-    return out
+    return out, shared
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +123,18 @@ def test_nvrtc_compiles_without_warnings(source, arch, tmp_path):
         print(f"resource report unavailable: {type(e).__name__}: {e}")
         usage = {}
     if usage:
-        print(f"{arch} resource usage (registers, stack frame bytes):")
+        shared = static_shared(cubin)
+        print(f"{arch} resource usage (registers, stack frame bytes: spills and local arrays, "
+              f"static shared bytes per block):")
         for ne, mangled in sorted(lowered.items()):
             regs, frame = usage.get(mangled, (None, None))
-            print(f"  {ne:28s} {regs!s:>4} regs  {frame!s:>4} B frame")
+            print(f"  {ne:32s} {regs!s:>4} regs  {frame!s:>4} B frame  "
+                  f"{shared.get(mangled, 0):>6} B shared")
+        from gpulstm.backends.kernel_loop import ROWS, TILE
+        for ne, mangled in lowered.items():  # the fused kernels' tile of the left operand
+            if "_fused_" in ne:
+                item = 8 if "<double>" in ne else 4
+                assert shared.get(mangled) == ROWS * TILE * item, (ne, shared.get(mangled))
         frames = {ne: usage[m][1] for ne, m in lowered.items() if m in usage and usage[m][1]}
         assert not frames, f"stack frames (local memory: spills or local arrays) in {frames}"
     tool = shutil.which("cuobjdump") or next(
@@ -167,3 +187,39 @@ def test_kernel_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("GPULSTM_KERNEL_DIR", str(tmp_path))
     assert ks.kernel_dir() == tmp_path
     assert ks.kernel_source().code == kernel_source().code
+
+
+_PTXAS_ENTRY = re.compile(r"Function properties for (\S+)\n.*?(\d+) bytes stack frame, (\d+) bytes "
+                          r"spill stores, (\d+) bytes spill loads\n.*?Used (\d+) registers"
+                          r"(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", re.S)
+
+
+def ptxas_report(log):
+    """{mangled kernel: dict(frame, spill_stores, spill_loads, registers, smem)} from the
+    ``ptxas -v`` lines NVRTC writes to its log with ``--ptxas-options=-v``."""
+    out = {}
+    for m in _PTXAS_ENTRY.finditer(log):
+        name, *vals = m.groups()
+        out[name] = dict(zip(("frame", "spill_stores", "spill_loads", "registers", "smem"),
+                             (int(v or 0) for v in vals)))
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ptxas_resource_report_no_spills(source, arch):
+    """ptxas's own report (registers, spill stores/loads, stack frame, static shared memory
+    per block) for every kernel, printed; a kernel that spills or uses a stack frame fails."""
+    options = NVRTC_OPTIONS + CUPY_ADDED + (f"--gpu-architecture={arch}", "--ptxas-options=-v")
+    ok, log, lowered, _ = compile_nvrtc(source.code, source.name_expressions, options)
+    assert ok, log
+    report = ptxas_report(log)
+    print(f"\nptxas {arch}: kernel, registers, spill stores/loads bytes, stack frame bytes, "
+          f"static shared bytes per block")
+    for ne, mangled in sorted(lowered.items()):
+        r = report[mangled]
+        print(f"  {ne:32s} {r['registers']:4d} regs  spills {r['spill_stores']}/{r['spill_loads']} B"
+              f"  frame {r['frame']} B  smem {r['smem']} B")
+    assert set(lowered.values()) <= set(report), "ptxas report misses kernels"
+    bad = {ne: report[m] for ne, m in lowered.items()
+           if report[m]["spill_stores"] or report[m]["spill_loads"] or report[m]["frame"]}
+    assert not bad, f"kernels spill to local memory on {arch}: {bad}"
