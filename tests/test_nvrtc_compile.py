@@ -57,16 +57,6 @@ def compile_nvrtc(code, name_expressions, options):
 def resource_usage(cubin):
     """{mangled kernel: (registers, stack frame bytes)} from the cubin's global ``.nv.info``
     (EIATTR_REGCOUNT 0x2f, EIATTR_FRAME_SIZE 0x11). ELF64 little-endian."""
-    return _elf_resources(cubin)[0]
-
-
-def static_shared(cubin):
-    """{mangled kernel: static shared memory bytes per block} (sizes of the cubin's
-    ``.nv.shared.<kernel>`` sections; kernels without one use none)."""
-    return _elf_resources(cubin)[1]
-
-
-def _elf_resources(cubin):
     shoff, = struct.unpack_from("<Q", cubin, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
     secs = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
@@ -79,8 +69,6 @@ def _elf_resources(cubin):
     strbase = secs[symtab[6]][4]
     syms = [cstr(strbase, struct.unpack_from("<I", cubin, symtab[4] + i * 24)[0])
             for i in range(symtab[5] // 24)]
-    shared = {n[len(".nv.shared."):]: sec[5] for n, sec in zip(names, secs)
-              if n.startswith(".nv.shared.")}
     info = secs[names.index(".nv.info")]
     d = cubin[info[4]:info[4] + info[5]]
     out, i = {}, 0
@@ -95,7 +83,7 @@ def _elf_resources(cubin):
             i += 4 + size
         else:
             i += 4
-    return out, shared
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +111,10 @@ def test_nvrtc_compiles_without_warnings(source, arch, tmp_path):
         print(f"resource report unavailable: {type(e).__name__}: {e}")
         usage = {}
     if usage:
-        shared = static_shared(cubin)
-        print(f"{arch} resource usage (registers, stack frame bytes: spills and local arrays, "
-              f"static shared bytes per block):")
+        print(f"{arch} resource usage (registers, stack frame bytes):")
         for ne, mangled in sorted(lowered.items()):
             regs, frame = usage.get(mangled, (None, None))
-            print(f"  {ne:32s} {regs!s:>4} regs  {frame!s:>4} B frame  "
-                  f"{shared.get(mangled, 0):>6} B shared")
-        from gpulstm.backends.kernel_loop import ROWS, TILE
-        for ne, mangled in lowered.items():  # the fused kernels' tile of the left operand
-            if "_fused_" in ne:
-                item = 8 if "<double>" in ne else 4
-                assert shared.get(mangled) == ROWS * TILE * item, (ne, shared.get(mangled))
+            print(f"  {ne:32s} {regs!s:>4} regs  {frame!s:>4} B frame")
         frames = {ne: usage[m][1] for ne, m in lowered.items() if m in usage and usage[m][1]}
         assert not frames, f"stack frames (local memory: spills or local arrays) in {frames}"
     tool = shutil.which("cuobjdump") or next(
@@ -223,3 +203,7 @@ def test_ptxas_resource_report_no_spills(source, arch):
     bad = {ne: report[m] for ne, m in lowered.items()
            if report[m]["spill_stores"] or report[m]["spill_loads"] or report[m]["frame"]}
     assert not bad, f"kernels spill to local memory on {arch}: {bad}"
+    from gpulstm.backends.kernel_loop import ROWS, TILE
+    for ne, m in lowered.items():  # the fused kernels' shared tile of the left operand
+        if "_fused_" in ne:
+            assert report[m]["smem"] == ROWS * TILE * (8 if "<double>" in ne else 4), ne
