@@ -20,14 +20,26 @@
 // buffers), so blocks never depend on each other within a launch; the launch boundary is the
 // grid-wide barrier between steps. Indices are int: callers keep 4 * B * H < 2^31.
 // LSTM with LSTM_PROJ is not fused (the projection GEMM sits between steps): callers decline.
+// The same step functions make the persistent kernels (persistent.cu).
 #include "gpulstm_common.cuh"
 
 #define FUSED_TILE 32  // units per block (blockDim.x) and columns per shared-memory chunk
 #define FUSED_ROWS 8   // maximum batch rows per block (blockDim.y)
 
+// Load of a value another block wrote during this launch (persistent kernels): through L2,
+// bypassing the SM's non-coherent L1.
+template <typename T>
+__device__ __forceinline__ T gl_load_cg(const T* p) {
+#ifdef GPULSTM_EMULATED
+  return *p;
+#else
+  return __ldcg(p);
+#endif
+}
+
 // acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG.
 // Every thread of the block must call it (it holds barriers); rows b >= B and columns with
-// !col_ok contribute nothing and get acc = 0.
+// !col_ok contribute nothing and get acc = 0. `right` may point to global or shared memory.
 template <typename T, int NG>
 __device__ __forceinline__ void fused_row_product(
     T (*tile)[FUSED_TILE], const T* left, const int ldl, const int K, const T* right,
@@ -37,7 +49,7 @@ __device__ __forceinline__ void fused_row_product(
   for (int g = 0; g < NG; ++g) acc[g] = T(0);
   for (int k0 = 0; k0 < K; k0 += FUSED_TILE) {
     const int kk = k0 + tx;
-    tile[ty][tx] = (row_ok && kk < K) ? left[b * ldl + kk] : T(0);
+    tile[ty][tx] = (row_ok && kk < K) ? gl_load_cg(left + b * ldl + kk) : T(0);
     __syncthreads();
     if (row_ok && col_ok) {
       const int n = K - k0 < FUSED_TILE ? K - k0 : FUSED_TILE;
@@ -51,9 +63,117 @@ __device__ __forceinline__ void fused_row_product(
   }
 }
 
-// ---- forward steps --------------------------------------------------------------------------
-// Arguments: the pointwise kernel's, with gh now scratch [B, G H] written here, and w_hh_T
-// [H, G H] (W_hh transposed, C-contiguous) inserted after gx.
+// ---- one step of one block -----------------------------------------------------------------
+// The step functions below are one block's share of one time step; the fused kernels run one
+// per launch, the persistent kernels (persistent.cu) all of them in one launch. The right
+// operand of the product is (right, ldr, col, gstride) as in fused_row_product: W_hh^T in
+// global memory (right = w_hh_T, ldr = G H, col = j, gstride = H forward; right = w_hh,
+// ldr = H, col = j backward) or the block's resident copy in shared memory.
+
+template <typename T>
+__device__ __forceinline__ void lstm_step_forward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    const T* gx, const T* c_prev, const T* h_prev, const int* lengths, const int t,
+    const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B, const int H,
+    const int flags) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[4];
+  fused_row_product<T, 4>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
+  lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
+                  y, B, H, flags);
+}
+
+template <typename T>
+__device__ __forceinline__ void gru_step_forward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    const T* gx, const T* b_hn, const T* h_prev, const int* lengths, const int t, T* gh,
+    T* gates, T* h_next, T* y, const int B, const int H) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[3];
+  fused_row_product<T, 3>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
+  gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
+}
+
+template <typename T>
+__device__ __forceinline__ void rnn_step_forward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    const T* gx, const T* h_prev, const int* lengths, const int t, T* gh, T* h_next, T* y,
+    const int B, const int H, const int flags) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  gh[b * H + j] = acc[0];
+  rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
+}
+
+// Backward: dg_prev [B, G H] is the hidden-projection gradient of the step processed before
+// this one (dGx[t+1] forward direction, dGx[t-1] reverse; LSTM/RNN dgates, GRU dgh), has_prev
+// 0 for the first step processed (nothing to add). dh_next[b, j] += (dg_prev W_hh)[b, j]
+// first -- exactly the stepwise loop's matmul_acc -- then the pointwise backward of (b, j).
+// After the last step the caller adds dG W_hh once more (dL/dh_0).
+
+template <typename T>
+__device__ __forceinline__ void lstm_step_backward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    const int has_prev, const T* gates, const T* c, const T* c_prev, T* dh_next, const T* dy,
+    T* dc_next, const int* lengths, const int t, const T* peep, T* dgates, const int B,
+    const int H, const int flags) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, b,
+                          b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  lstm_backward_at(k, gates, c, c_prev, dh_next, dh_next, dy, dc_next, lengths, t, peep,
+                   dgates, B, H, flags);
+}
+
+template <typename T>
+__device__ __forceinline__ void gru_step_backward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    const int has_prev, const T* gates, const T* h_prev, T* dh_next, const T* dy,
+    const int* lengths, const int t, T* dgx, T* dgh, const int B, const int H) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, b,
+                          b < B, j < H, acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  gru_backward_at(k, gates, h_prev, dh_next, dy, lengths, t, dgx, dgh, B, H);
+}
+
+template <typename T>
+__device__ __forceinline__ void rnn_step_backward(
+    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    const int has_prev, const T* h, T* dh_next, const T* dy, const int* lengths, const int t,
+    T* dgates, const int B, const int H, const int flags) {
+  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int b = blockIdx.y * blockDim.y + threadIdx.y;
+  T acc[1];
+  fused_row_product<T, 1>(tile, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, b, b < B,
+                          j < H, acc);
+  if (!(b < B && j < H)) return;
+  const int k = b * H + j;
+  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
+  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
+}
+
+// ---- the fused kernels: one step per launch -------------------------------------------------
+// Arguments: the pointwise kernel's, with gh now scratch [B, G H] written here and w_hh_T
+// [H, G H] (W_hh transposed, C-contiguous) inserted after gx; backward: dg_prev, has_prev and
+// w_hh [G H, H] before the pointwise kernel's arguments.
 
 template <typename T>
 __global__ void lstm_fused_forward(
@@ -62,14 +182,8 @@ __global__ void lstm_fused_forward(
     const int H, const int flags) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  const bool ok = b < B && j < H;
-  T acc[4];
-  fused_row_product<T, 4>(tile, h_prev, H, H, w_hh_T, 4 * H, j, H, b, b < B, j < H, acc);
-  if (!ok) return;
-  for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
-  lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
-                  y, B, H, flags);
+  lstm_step_forward(tile, w_hh_T, 4 * H, j, H, gx, c_prev, h_prev, lengths, t, peep, gh, gates,
+                    c_next, h_next, y, B, H, flags);
 }
 
 template <typename T>
@@ -78,12 +192,8 @@ __global__ void gru_fused_forward(
     const int t, T* gh, T* gates, T* h_next, T* y, const int B, const int H) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[3];
-  fused_row_product<T, 3>(tile, h_prev, H, H, w_hh_T, 3 * H, j, H, b, b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
-  for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
-  gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
+  gru_step_forward(tile, w_hh_T, 3 * H, j, H, gx, b_hn, h_prev, lengths, t, gh, gates, h_next,
+                   y, B, H);
 }
 
 template <typename T>
@@ -92,21 +202,8 @@ __global__ void rnn_fused_forward(
     T* h_next, T* y, const int B, const int H, const int flags) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(tile, h_prev, H, H, w_hh_T, H, j, H, b, b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
-  gh[b * H + j] = acc[0];
-  rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
+  rnn_step_forward(tile, w_hh_T, H, j, H, gx, h_prev, lengths, t, gh, h_next, y, B, H, flags);
 }
-
-// ---- backward steps -------------------------------------------------------------------------
-// Arguments: dg_prev [B, G H] (the hidden-projection gradient of the step processed before
-// this one: dGx[t+1] forward-direction, dGx[t-1] reverse; LSTM/RNN dgates, GRU dgh) and
-// has_prev (0 for the first step processed: nothing to add), w_hh [G H, H], then the pointwise
-// kernel's arguments. dh_next[b, j] += (dg_prev W_hh)[b, j] first -- exactly the stepwise
-// loop's matmul_acc -- then the pointwise backward of (b, j). After the last step the caller
-// adds dG W_hh once more (dL/dh_0).
 
 template <typename T>
 __global__ void lstm_fused_backward(
@@ -115,15 +212,8 @@ __global__ void lstm_fused_backward(
     const T* peep, T* dgates, const int B, const int H, const int flags) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, 4 * H, has_prev ? 4 * H : 0, w_hh, H, j, 0, b, b < B,
-                          j < H, acc);
-  if (!(b < B && j < H)) return;
-  const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  lstm_backward_at(k, gates, c, c_prev, dh_next, dh_next, dy, dc_next, lengths, t, peep,
-                   dgates, B, H, flags);
+  lstm_step_backward(tile, w_hh, H, j, dg_prev, has_prev, gates, c, c_prev, dh_next, dy,
+                     dc_next, lengths, t, peep, dgates, B, H, flags);
 }
 
 template <typename T>
@@ -133,14 +223,8 @@ __global__ void gru_fused_backward(
     const int H) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, 3 * H, has_prev ? 3 * H : 0, w_hh, H, j, 0, b, b < B,
-                          j < H, acc);
-  if (!(b < B && j < H)) return;
-  const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  gru_backward_at(k, gates, h_prev, dh_next, dy, lengths, t, dgx, dgh, B, H);
+  gru_step_backward(tile, w_hh, H, j, dg_prev, has_prev, gates, h_prev, dh_next, dy, lengths,
+                    t, dgx, dgh, B, H);
 }
 
 template <typename T>
@@ -149,12 +233,6 @@ __global__ void rnn_fused_backward(
     const int* lengths, const int t, T* dgates, const int B, const int H, const int flags) {
   __shared__ T tile[FUSED_ROWS][FUSED_TILE];
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, H, has_prev ? H : 0, w_hh, H, j, 0, b, b < B, j < H,
-                          acc);
-  if (!(b < B && j < H)) return;
-  const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
+  rnn_step_backward(tile, w_hh, H, j, dg_prev, has_prev, h, dh_next, dy, lengths, t, dgates, B,
+                    H, flags);
 }

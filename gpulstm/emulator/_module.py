@@ -90,11 +90,13 @@ class EmulatedKernel:
     def __repr__(self) -> str:
         return f"<EmulatedKernel {self.name}({', '.join(self.param_types)})>"
 
-    def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None, cooperative=False):
         """Run the kernel to completion. ``grid``/``block``: tuples of 1-3 positive ints;
         ``args``: tuple of NumPy arrays (passed by data pointer, strides unchecked, as in
         CuPy) and NumPy scalars of the exact C parameter type; ``shared_mem``: bytes of dynamic shared memory; ``stream``
-        is accepted for CuPy compatibility and ignored (launches are synchronous)."""
+        is accepted for CuPy compatibility and ignored (launches are synchronous).
+        ``cooperative``: a cooperative launch (``cuLaunchCooperativeKernel``): every block's
+        threads run as fibers and ``gpulstm_emu_grid_sync()`` is a grid-wide barrier."""
         g = _dims(grid, "grid", (2**31 - 1, 65535, 65535))
         b = _dims(block, "block", (1024, 1024, 64))
         if b[0] * b[1] * b[2] > 1024:
@@ -112,7 +114,8 @@ class EmulatedKernel:
         packed = self._pack_all(args)
         launch = self.module._lib.launch
         with _LAUNCH_LOCK:
-            if launch(self._index, self.module.fibers, *g, *b, packed, shared_mem, _ERRBUF,
+            mode = 2 if cooperative else int(self.module.fibers)  # 2: cuda_on_cpu.h's cooperative
+            if launch(self._index, mode, *g, *b, packed, shared_mem, _ERRBUF,
                       _ERRLEN):
                 message = _ERRBUF.value.decode(errors="replace")
                 raise EmulatorError(f"kernel {self.name} grid={g} block={b}: {message}")

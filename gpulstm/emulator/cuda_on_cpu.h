@@ -39,8 +39,17 @@
 //   * Each fiber has GPULSTM_EMU_STACK_BYTES of stack (128 KiB, for its frames and local
 //     arrays); overflowing it hits a guard page (SIGSEGV), never another fiber's stack.
 //
+// Cooperative launches (launch mode 2, EmulatedKernel(..., cooperative=True)): the threads of
+// EVERY block are fibers and gpulstm_emu_grid_sync() is a grid-wide barrier. A block runs
+// until all its live threads wait at the grid barrier (or exit); it is then suspended -- its
+// scheduler state and its dynamic shared memory saved -- and the next block runs; when all
+// blocks wait, the barrier is released and the blocks resume in order. Each block has its own
+// fiber stacks. Static __shared__ variables stay one instance for all blocks: their contents
+// do not survive a grid barrier (dynamic shared memory does). A block that exits while others
+// wait at the grid barrier is reported as a deadlock (it would hang on a GPU).
+//
 // Not supported (compile error or runtime error, never silently wrong): half/bfloat16,
-// cooperative groups, grid-wide sync, __match_*/__reduce_* warp intrinsics, textures,
+// cooperative groups (the header; see gpulstm_emu_grid_sync), __match_*/__reduce_* warp intrinsics, textures,
 // inline PTX, more than GPULSTM_EMU_MAX_WARP_MASKS distinct masks used by one warp in
 // one block. __CUDA_ARCH__ is not defined; GPULSTM_EMULATED is defined to 1.
 #ifndef GPULSTM_CUDA_ON_CPU_H
@@ -240,6 +249,10 @@ GPULSTM_EMU_HIDDEN unsigned g_bar_arrived, g_bar_gen;
 GPULSTM_EMU_HIDDEN unsigned g_bar_count[2], g_bar_n[2];  // by generation parity
 GPULSTM_EMU_HIDDEN void (*g_body)(const unsigned char*);
 GPULSTM_EMU_HIDDEN const unsigned char* g_args;
+GPULSTM_EMU_HIDDEN bool g_coop;             // a cooperative launch is running
+GPULSTM_EMU_HIDDEN unsigned g_grid_arrived;  // threads of the running block at the grid barrier
+GPULSTM_EMU_HIDDEN unsigned g_grid_gen;      // grid barrier generation (the launcher releases)
+GPULSTM_EMU_HIDDEN unsigned g_stack_base;    // first fiber stack of the running block
 
 inline void switch_to(Context* save, Context* load) {
 #ifdef GPULSTM_EMU_UCONTEXT
@@ -485,6 +498,7 @@ inline bool ensure_stacks(unsigned n) {
 // Prepares worker f to start worker_main on stack `slot`.
 inline void init_context(Fiber& f, unsigned slot) {
   const size_t S = GPULSTM_EMU_STACK_BYTES;
+  slot += g_stack_base;
   unsigned char* lo = g_stacks + size_t(slot) * S + 4096;
   unsigned char* top = g_stacks + size_t(slot + 1) * S - size_t(slot % 64) * 64;  // 16-aligned
 #ifdef GPULSTM_EMU_UCONTEXT
@@ -533,6 +547,58 @@ inline bool run_block_fibers(unsigned nthreads) {
   switch_to(&g_main, &first->ctx);  // returns when all threads exited or one failed
   g_in_fibers = false;
   return !g_error[0];
+}
+
+// Grid-wide barrier of a cooperative launch: the calling thread waits until every live thread
+// of every block has arrived (see the header comment for the schedule).
+inline void grid_barrier() {
+  require_fibers("gpulstm_emu_grid_sync()");
+  if (!g_coop) fail("gpulstm_emu_grid_sync() outside a cooperative launch");
+  compiler_barrier();
+  const unsigned gen = g_grid_gen;
+  ++g_grid_arrived;
+  g_spin = 0;
+  while (g_grid_gen == gen) {
+    if (g_grid_arrived >= g_live) {  // the whole block waits: suspend it, back to the launcher
+      switch_to(&g_cur->ctx, &g_main);
+      continue;  // resumed after the release
+    }
+    yield_waiting();
+  }
+  compiler_barrier();
+}
+
+// A suspended block of a cooperative launch.
+struct SavedBlock {
+  int state;  // 0 not started, 1 waiting at the grid barrier, 2 finished
+  uint3 idx, next_tid;
+  Fiber* cur;
+  unsigned nworkers, started, live, spin, bar_arrived, bar_gen, bar_count[2], bar_n[2];
+  Fiber* fibers;          // copies of g_fibers[0, nworkers)
+  Warp* warps;            // copies of g_warps[0, nwarps)
+  unsigned char* shared;  // its dynamic shared memory
+};
+
+inline void save_block(SavedBlock& b, unsigned nwarps, size_t shared_mem) {
+  b.idx = g_blockIdx; b.next_tid = g_next_tid; b.cur = g_cur;
+  b.nworkers = g_nworkers; b.started = g_started; b.live = g_live; b.spin = g_spin;
+  b.bar_arrived = g_bar_arrived; b.bar_gen = g_bar_gen;
+  memcpy(b.bar_count, g_bar_count, sizeof b.bar_count);
+  memcpy(b.bar_n, g_bar_n, sizeof b.bar_n);
+  memcpy(b.fibers, g_fibers, g_nworkers * sizeof(Fiber));
+  memcpy(b.warps, g_warps, nwarps * sizeof(Warp));
+  if (shared_mem) memcpy(b.shared, g_dynamic_shared, shared_mem);
+}
+
+inline void restore_block(const SavedBlock& b, unsigned nwarps, size_t shared_mem) {
+  g_blockIdx = b.idx; g_next_tid = b.next_tid; g_cur = b.cur;
+  g_nworkers = b.nworkers; g_started = b.started; g_live = b.live; g_spin = 0;
+  g_bar_arrived = b.bar_arrived; g_bar_gen = b.bar_gen;
+  memcpy(g_bar_count, b.bar_count, sizeof b.bar_count);
+  memcpy(g_bar_n, b.bar_n, sizeof b.bar_n);
+  memcpy(g_fibers, b.fibers, b.nworkers * sizeof(Fiber));
+  memcpy(g_warps, b.warps, nwarps * sizeof(Warp));
+  if (shared_mem) memcpy(g_dynamic_shared, b.shared, shared_mem);
 }
 
 inline void begin_block(unsigned bx, unsigned by, unsigned bz, size_t shared_mem) {
@@ -637,6 +703,69 @@ inline bool run_fibers(void (*body)(const unsigned char*), const unsigned char* 
   return true;
 }
 
+// Cooperative launch: every block's threads as fibers, blocks switched at the grid barrier.
+inline bool run_cooperative(void (*body)(const unsigned char*), const unsigned char* args,
+                            size_t shared_mem) {
+  const dim3 g = g_gridDim, b = g_blockDim;
+  const unsigned n = b.x * b.y * b.z, nwarps = (n + 31) / 32;
+  const unsigned nblocks = g.x * g.y * g.z;
+  if (!ensure_stacks(nblocks * n))
+    fail("cannot map %u fiber stacks of %d bytes", nblocks * n, GPULSTM_EMU_STACK_BYTES);
+  SavedBlock* blocks = static_cast<SavedBlock*>(calloc(nblocks, sizeof(SavedBlock)));
+  bool ok = blocks != nullptr;
+  for (unsigned i = 0; ok && i < nblocks; ++i) {
+    blocks[i].fibers = static_cast<Fiber*>(malloc(n * sizeof(Fiber)));
+    blocks[i].warps = static_cast<Warp*>(malloc(nwarps * sizeof(Warp)));
+    blocks[i].shared = static_cast<unsigned char*>(malloc(shared_mem ? shared_mem : 1));
+    ok = blocks[i].fibers && blocks[i].warps && blocks[i].shared;
+  }
+  g_body = body;
+  g_args = args;
+  g_coop = true;
+  g_grid_gen = 0;
+  while (ok) {
+    unsigned waiting = 0, finished = 0;
+    for (unsigned i = 0; ok && i < nblocks; ++i) {
+      SavedBlock& s = blocks[i];
+      if (s.state == 2) { ++finished; continue; }
+      g_stack_base = i * n;
+      g_grid_arrived = 0;
+      if (s.state == 0) {
+        begin_block(i % g.x, (i / g.x) % g.y, i / (g.x * g.y), shared_mem);
+        ok = run_block_fibers(n);
+      } else {
+        restore_block(s, nwarps, shared_mem);
+        g_threadIdx = g_cur->tid;
+        g_in_fibers = true;
+        switch_to(&g_main, &g_cur->ctx);  // back when the block waits again or finished
+        g_in_fibers = false;
+        ok = !g_error[0];
+      }
+      if (!ok) break;
+      if (g_live == 0) { s.state = 2; ++finished; }
+      else { save_block(s, nwarps, shared_mem); s.state = 1; ++waiting; }
+    }
+    if (!ok || waiting == 0) break;
+    if (finished) {
+      snprintf(g_error, sizeof g_error, "deadlock in a cooperative launch: %u block(s) exited "
+               "while %u wait at the grid barrier", finished, waiting);
+      ok = false;
+      break;
+    }
+    ++g_grid_gen;  // every block waits: release the barrier
+  }
+  if (!blocks && !g_error[0]) snprintf(g_error, sizeof g_error, "out of memory for %u blocks", nblocks);
+  if (blocks && !ok && !g_error[0])
+    snprintf(g_error, sizeof g_error, "out of memory for the state of %u blocks", nblocks);
+  for (unsigned i = 0; blocks && i < nblocks; ++i) {
+    free(blocks[i].fibers); free(blocks[i].warps); free(blocks[i].shared);
+  }
+  free(blocks);
+  g_coop = false;
+  g_stack_base = 0;
+  return ok;
+}
+
 struct KernelEntry {
   int arity;
   const char* (*signature)();
@@ -667,7 +796,8 @@ inline int launch(const KernelEntry& e, int fibers, dim3 grid, dim3 block,
   g_gridDim = grid;
   g_blockDim = block;
   try {
-    if (fibers) run_fibers(e.thread, args, shared_mem);
+    if (fibers == 2) run_cooperative(e.thread, args, shared_mem);
+    else if (fibers) run_fibers(e.thread, args, shared_mem);
     else e.sequential(args, shared_mem);
   } catch (const Failure&) {
   }
@@ -748,6 +878,9 @@ inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSiz
 }
 
 inline void __threadfence() { gpulstm_emu::compiler_barrier(); }
+// Grid-wide barrier, available in cooperative launches only (the emulator's stand-in for
+// cooperative_groups::this_grid().sync(); kernels/ use it under #ifdef GPULSTM_EMULATED).
+inline void gpulstm_emu_grid_sync() { gpulstm_emu::grid_barrier(); }
 inline void __threadfence_block() { gpulstm_emu::compiler_barrier(); }
 inline void __threadfence_system() { gpulstm_emu::compiler_barrier(); }
 [[noreturn]] inline void __trap() { gpulstm_emu::fail("__trap() called"); }
