@@ -31,6 +31,7 @@ KERNEL_FILES = (
     "rnn_forward.cu",
     "rnn_backward.cu",
     "fused_step.cu",
+    "persistent.cu",
 )
 #: every kernel (each named like its reference in gpulstm.backends.numpy_pointwise)
 KERNELS = (
@@ -52,6 +53,12 @@ LOOP_KERNELS = (
     "gru_fused_backward",
     "rnn_fused_forward",
     "rnn_fused_backward",
+    "lstm_persistent_forward",
+    "lstm_persistent_backward",
+    "gru_persistent_forward",
+    "gru_persistent_backward",
+    "rnn_persistent_forward",
+    "rnn_persistent_backward",
 )
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}

@@ -40,6 +40,7 @@ class Call(NamedTuple):
     block: tuple = None
     shared_mem: int = 0  # dynamic shared bytes of the launch
     shape: tuple = None  # gemm: (m, n, k); op: the output shape
+    cooperative: bool = False  # kernels: a cooperative launch (grid-wide barriers inside)
 
 
 class LaunchTrace:
@@ -148,9 +149,9 @@ class _TracingExecution(KernelLoop, HostExecution):
         self.xp = _XP(self.rec)
 
     def _launcher(self, name_expression):
-        def launch(grid, block, args, shared_mem=0):
+        def launch(grid, block, args, shared_mem=0, cooperative=False):
             self.rec.add("kernel", name_expression, grid=_dims(grid), block=_dims(block),
-                         shared_mem=int(shared_mem))
+                         shared_mem=int(shared_mem), cooperative=cooperative)
         return launch
 
     def asarray(self, a, dtype):

@@ -1,12 +1,14 @@
-"""The device time loop (gpulstm.backends.kernel_loop, kernels/fused_step.cu) on the emulated
-execution against the NumPy reference: every cell and option through the public API with
-NaN-poisoned engine buffers, edge shapes around the kernels' tiles, the algorithm option."""
+"""The device time loop (gpulstm.backends.kernel_loop; kernels/fused_step.cu, persistent.cu) on
+the emulated execution against the NumPy reference: every cell and option through the public
+API with NaN-poisoned engine buffers, edge shapes around the kernels' tiles, both persistent
+variants (weights resident in shared memory or read through L2), the algorithm option and the
+launch trace."""
 import numpy as np
 import pytest
 
 import gpulstm as gl
 from gpulstm.backends import BackendUnavailable, get_backend
-from gpulstm.backends.kernel_loop import ROWS, TILE, fused_launch_shape
+from gpulstm.backends.kernel_loop import ROWS, TILE, fused_launch_shape, persistent_plan
 
 from kernel_cases import MODULE_CASES, check_module
 
@@ -19,10 +21,11 @@ def emulated():
         pytest.skip(str(e))
 
 
+@pytest.mark.parametrize("algo", ["fused", "persistent"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", MODULE_CASES, ids=[c[0] for c in MODULE_CASES])
-def test_fused_module_vs_numpy(emulated, rng, case, dtype):
-    check_module("emulated", case, dtype, rng, algo="fused", poison=True)
+def test_device_loop_module_vs_numpy(emulated, rng, case, dtype, algo):
+    check_module("emulated", case, dtype, rng, algo=algo, poison=True)
 
 
 # (id, class, kwargs, T, B, lengths?, H): H below, at and across the unit tile (32), B across
@@ -38,11 +41,61 @@ EDGE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("algo", ["fused", "persistent"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", EDGE_CASES, ids=[c[0] for c in EDGE_CASES])
-def test_fused_edge_shapes(emulated, rng, case, dtype):
+def test_device_loop_edge_shapes(emulated, rng, case, dtype, algo):
     *case, H = case
-    check_module("emulated", tuple(case), dtype, rng, H=H, algo="fused", poison=True)
+    check_module("emulated", tuple(case), dtype, rng, H=H, algo=algo, poison=True)
+
+
+class _Limits:
+    """An execution wrapper reporting other device limits (SM count, shared bytes per block)."""
+
+    def __init__(self, sm_count, smem):
+        self.limits = (sm_count, smem)
+
+    def __call__(self, case, dtype, rng, H):
+        import gpulstm.backends.kernel_loop as kl
+        orig = kl.KernelLoop.device_limits
+        kl.KernelLoop.device_limits = lambda ex: self.limits
+        try:
+            check_module("emulated", case, dtype, rng, H=H, algo="persistent", poison=True)
+        finally:
+            kl.KernelLoop.device_limits = orig
+
+
+@pytest.mark.parametrize("case", [c for c in EDGE_CASES if c[0] in (
+    "lstm-H70-B11", "gru-H33-B9-bidir", "rnn-relu-H65-B3-2layer")], ids=lambda c: c[0])
+def test_persistent_weights_through_L2(emulated, rng, case):
+    """Shared memory too small for the weight slice: the persistent kernels read W_hh from
+    global memory every step (resident = 0)."""
+    *case, H = case
+    assert not persistent_plan(11, H, 4, 8, smem_per_block=4096)["resident"]
+    _Limits(132, 4096)(tuple(case), "float64", rng, H)
+
+
+def test_persistent_falls_back_to_fused_when_the_grid_does_not_fit(emulated, rng):
+    """More blocks than SMs: no co-residency, so algo="persistent" runs the fused kernels."""
+    import gpulstm.backends.kernel_loop as kl
+    assert persistent_plan(11, 70, 4, 8, sm_count=5) is None  # 3 x 2 blocks > 5 SMs
+    orig = kl.KernelLoop.device_limits
+    kl.KernelLoop.device_limits = lambda ex: (5, 227 * 1024)
+    try:
+        m = gl.LSTM(3, 70, backend="emulated", dtype="float64", algo="persistent")
+        counts = _count_launches(m, np.random.default_rng(0).standard_normal((4, 11, 3)), None)
+    finally:
+        kl.KernelLoop.device_limits = orig
+    assert counts == {"lstm_fused_forward": 4, "lstm_fused_backward": 4}
+
+
+def test_persistent_plan():
+    p = persistent_plan(8, 128, 4, 4)
+    assert p["grid"] == (4, 1) and p["block"] == (32, 8) and p["blocks"] == 4
+    assert p["resident"] and p["shared"] == 4 * 128 * 32 * 4
+    big = persistent_plan(8, 1024, 4, 4)  # 512 KiB slice: read through L2
+    assert big["blocks"] == 32 and not big["resident"] and big["shared"] == 0
+    assert persistent_plan(64, 1024, 4, 4) is None  # 32 x 8 blocks > 132 SMs
 
 
 def test_launch_shape_covers_every_element():
@@ -76,7 +129,11 @@ def _count_launches(m, x, name):
 
 
 @pytest.mark.parametrize("algo, want", [("fused", {"lstm_fused_forward": 6, "lstm_fused_backward": 6}),
-                                        ("stepwise", {"lstm_forward": 6, "lstm_backward": 6})])
+                                        ("stepwise", {"lstm_forward": 6, "lstm_backward": 6}),
+                                        ("persistent", {"lstm_persistent_forward": 1,
+                                                        "lstm_persistent_backward": 1}),
+                                        ("auto", {"lstm_persistent_forward": 1,
+                                                  "lstm_persistent_backward": 1})])
 def test_algo_selects_the_loop(emulated, algo, want):
     m = gl.LSTM(3, 5, backend="emulated", dtype="float64", algo=algo)
     x = np.random.default_rng(0).standard_normal((6, 2, 3))
@@ -128,6 +185,19 @@ def test_launch_trace_fused_lstm_T100():
     tr2 = gl.launch_trace(m, x[:7], algo="fused")
     assert tr2.count(kind="gemm") == tr.count(kind="gemm") > 0
     assert "per step" in str(tr)
+
+
+def test_launch_trace_persistent_count_does_not_depend_on_T():
+    m = gl.GRU(16, 96, bidirectional=True, backend="numpy")
+    counts = []
+    for T in (1, 100, 1000):
+        tr = gl.launch_trace(m, np.zeros((T, 5, 16), np.float32), algo="persistent")
+        assert tr.count(in_loop=True) == 0
+        counts.append(len(tr.calls))
+        coop = [c for c in tr.calls if c.kind == "kernel"]
+        assert len(coop) == 4 and all(c.cooperative for c in coop)
+        assert {c.name for c in coop} == {"gru_persistent_forward<float>", "gru_persistent_backward<float>"}
+    assert counts[0] == counts[1] == counts[2]
 
 
 @pytest.mark.parametrize("cls, kw", [("LSTM", {"peephole": True}), ("LSTM", {"proj_size": 3}),

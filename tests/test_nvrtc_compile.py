@@ -207,3 +207,35 @@ def test_ptxas_resource_report_no_spills(source, arch):
     for ne, m in lowered.items():  # the fused kernels' shared tile of the left operand
         if "_fused_" in ne:
             assert report[m]["smem"] == ROWS * TILE * (8 if "<double>" in ne else 4), ne
+
+
+def test_persistent_kernels_are_co_resident_on_h100_h200(source):
+    """For every shape the "auto" rule sends to a persistent kernel (B, H from the issue's
+    grid; 132 SMs as on an H100 SXM / H200), ONE block fits on an SM by ptxas's sm_90 numbers
+    (registers x threads <= 64 Ki, static + dynamic shared <= 227 KiB) and the grid has at most
+    132 blocks: all blocks co-resident, as the grid-wide barrier needs."""
+    from gpulstm.backends import kernel_loop as kl
+    options = NVRTC_OPTIONS + CUPY_ADDED + ("--gpu-architecture=sm_90", "--ptxas-options=-v")
+    ok, log, lowered, _ = compile_nvrtc(source.code, source.name_expressions, options)
+    assert ok, log
+    report = ptxas_report(log)
+    checked = 0
+    for cell, G in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+        for ctype, item in (("float", 4), ("double", 8)):
+            for B in (1, 6, 8, 32, 64):
+                for H in (72, 128, 512, 1024):
+                    plan = kl.persistent_plan(B, H, G, item)
+                    if plan is None or B > kl.PERSISTENT_MAX_BATCH:
+                        continue  # "auto" runs fused here
+                    threads = plan["block"][0] * plan["block"][1]
+                    for d in ("forward", "backward"):
+                        r = report[lowered[f"{cell}_persistent_{d}<{ctype}>"]]
+                        smem = r["smem"] + plan["shared"]
+                        print(f"  {cell}_persistent_{d}<{ctype}> B={B} H={H}: {plan['blocks']} "
+                              f"blocks, {threads} threads x {r['registers']} regs, {smem} B shared"
+                              f"{' (W_hh resident)' if plan['resident'] else ''}")
+                        assert plan["blocks"] <= kl.SM_COUNT
+                        assert threads * r["registers"] <= 65536 and threads <= 1024
+                        assert smem <= kl.SMEM_PER_BLOCK
+                        checked += 1
+    assert checked > 50

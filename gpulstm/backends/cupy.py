@@ -23,7 +23,7 @@ from ..kernel_source import NVRTC_OPTIONS, kernel_source
 #: DLPack device types whose memory CuPy can use without a copy (kDLCUDA, kDLCUDAManaged)
 _DLPACK_CUDA = (2, 13)
 
-_modules = {}  # device id -> compiled cupy.RawModule
+_modules = {}  # (device id, cooperative) -> compiled cupy.RawModule
 
 
 def _import_cupy():
@@ -38,20 +38,23 @@ def _import_cupy():
     return cupy
 
 
-def compiled_module(cp, device_id=None):
+def compiled_module(cp, device_id=None, cooperative=False):
     """The RawModule of every kernel for ``device_id`` (default: current), compiled once.
+    ``cooperative``: the module whose launches are cooperative (``cuLaunchCooperativeKernel``,
+    CuPy's ``enable_cooperative_groups``), for the persistent kernels; compiled on first use.
 
     Raises ``cupy.cuda.compiler.CompileException`` (its text holds the NVRTC log) on failure.
     """
     dev = cp.cuda.runtime.getDevice() if device_id is None else int(device_id)
-    mod = _modules.get(dev)
+    mod = _modules.get((dev, cooperative))
     if mod is None:
         src = kernel_source()
         with cp.cuda.Device(dev):
             mod = cp.RawModule(code=src.code, options=NVRTC_OPTIONS,
-                               name_expressions=src.name_expressions)
+                               name_expressions=src.name_expressions,
+                               enable_cooperative_groups=cooperative)
             mod.compile()  # now, so that errors surface in create() and not at the first step
-        _modules[dev] = mod
+        _modules[(dev, cooperative)] = mod
     return mod
 
 
@@ -63,11 +66,14 @@ class _DeviceKernel:
     def __init__(self, cp, name):
         self._cp, self._name, self._fns = cp, name, {}
 
-    def __call__(self, grid, block, args, shared_mem=0):
+    def __call__(self, grid, block, args, shared_mem=0, cooperative=False):
         dev = self._cp.cuda.runtime.getDevice()
-        f = self._fns.get(dev)
+        f = self._fns.get((dev, cooperative))
         if f is None:
-            f = self._fns[dev] = compiled_module(self._cp, dev).get_function(self._name)
+            f = self._fns[(dev, cooperative)] = compiled_module(
+                self._cp, dev, cooperative).get_function(self._name)
+        if shared_mem > 48 * 1024 and f.max_dynamic_shared_size_bytes < shared_mem:
+            f.max_dynamic_shared_size_bytes = shared_mem  # the opt-in above 48 KiB
         f(grid, block, args, shared_mem=shared_mem)
 
 
@@ -82,6 +88,11 @@ class CupyExecution(KernelLoop):
         self._gemm = cp.cublas.gemm
         self._oom = cp.cuda.memory.OutOfMemoryError
         self.pw = KernelPointwise(lambda name: _DeviceKernel(cp, name), cp)
+
+    def device_limits(self):
+        """(SM count, opt-in shared bytes per block) of the current device."""
+        a = self.xp.cuda.Device().attributes
+        return a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"]
 
     def asarray(self, a, dtype):
         """NumPy or CuPy input -> C-contiguous CuPy array of ``dtype`` (copies only if needed)."""

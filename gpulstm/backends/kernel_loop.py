@@ -11,8 +11,18 @@ Algorithms (module option ``algo``; ``docs/gpu.md`` has the details):
     owns a tile of hidden units (all their gates) and of batch rows, computes its part of the
     recurrent product and applies the pointwise step. No GEMM inside the loop; backward adds
     one GEMM after it (dL/dh_0 = dh + dG_0 W_hh).
+``"persistent"``
+    the whole sequence of one direction in ONE cooperative launch forward and one backward
+    (``kernels/persistent.cu``): the fused kernels' blocks loop over the steps themselves, one
+    grid-wide barrier per step, each block's slice of W_hh resident in shared memory when it
+    fits (:func:`persistent_plan`). Needs every block co-resident (one block per SM): where
+    the grid is larger than the device's SM count it runs fused instead.
 ``"auto"``
-    ``"fused"`` wherever it applies, else ``"stepwise"``.
+    ``"persistent"`` for a small batch (``B <= PERSISTENT_MAX_BATCH``) whose grid fits on the
+    SMs, else ``"fused"``; ``"stepwise"`` where neither applies. The rule follows the shape of
+    PyTorch's choice of cuDNN's persistent algorithms (``get_algo`` in
+    aten/src/ATen/native/cudnn/RNN.cpp: persistent kernels for small batches whose weights fit
+    on chip); its thresholds are modelled (``gpulstm.perfmodel``), not measured.
 
 LSTM with ``proj_size`` always runs stepwise (the projection GEMM sits between two steps);
 so does a backward that records per-step state gradients (the engine asks no hook then).
@@ -32,7 +42,13 @@ from .numpy_pointwise import LSTM_PROJ
 #: FUSED_TILE / FUSED_ROWS in kernels/fused_step.cu
 TILE = 32
 ROWS = 8
-ALGOS = ("auto", "stepwise", "fused")
+ALGOS = ("auto", "stepwise", "fused", "persistent")
+#: device assumed where none is queried (emulated execution, launch trace, performance model):
+#: an H100 SXM / H200 (132 SMs, 227 KiB of shared memory per block with the opt-in)
+SM_COUNT = 132
+SMEM_PER_BLOCK = 227 * 1024
+#: largest batch the "auto" rule sends to the persistent kernel
+PERSISTENT_MAX_BATCH = 32
 
 _i32 = np.int32
 
@@ -50,6 +66,26 @@ def fused_launch_shape(B, H):
     """(grid, block) of every fused step launch for batch ``B`` and hidden size ``H``."""
     rows = min(ROWS, B)
     return ((H + TILE - 1) // TILE, (B + rows - 1) // rows), (TILE, rows)
+
+
+def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SMEM_PER_BLOCK):
+    """Launch plan of a persistent kernel, or None where its grid cannot be co-resident.
+
+    Returns dict(grid, block, blocks, resident, shared): the fused grid/block; ``resident``
+    whether the block's weight slice (``gates * H * TILE`` elements) fits in shared memory next
+    to the static tile; ``shared`` the dynamic shared bytes (the slice, or 0). Co-residency is
+    argued for ONE block per SM: a block has at most ``TILE * ROWS`` = 256 threads and the
+    kernels use at most 72 registers (ptxas report, tests/test_nvrtc_compile.py), so any SM
+    holds one; ``blocks <= sm_count`` is then sufficient (a cooperative launch checks it again).
+    """
+    grid, block = fused_launch_shape(B, H)
+    blocks = grid[0] * grid[1]
+    if blocks > sm_count:
+        return None
+    w_bytes = gates * H * TILE * itemsize
+    resident = w_bytes + ROWS * TILE * itemsize <= smem_per_block
+    return dict(grid=grid, block=block, blocks=blocks, resident=resident,
+                shared=w_bytes if resident else 0)
 
 
 def _steps(T, reverse):
@@ -76,11 +112,33 @@ class KernelLoop:
         ex.algo = algo
         return ex
 
-    def loop_algo(self, cell, flags):
-        """The algorithm the hooks run for ``cell`` with ``flags``: "stepwise" or "fused"."""
+    def device_limits(self):
+        """(SM count, shared bytes per block) of the device the persistent kernels run on."""
+        return SM_COUNT, SMEM_PER_BLOCK
+
+    def loop_algo(self, cell, flags, B, H, itemsize):
+        """The algorithm the hooks run: "stepwise", "fused" or "persistent" (see the module
+        docstring for the rule)."""
         if self.algo == "stepwise" or (cell.has_cell_state and flags & LSTM_PROJ):
             return "stepwise"
+        if self.algo in ("auto", "persistent"):
+            fits = persistent_plan(B, H, cell.gates, itemsize, *self.device_limits()) is not None
+            if fits and (self.algo == "persistent" or B <= PERSISTENT_MAX_BATCH):
+                return "persistent"
         return "fused"
+
+    def _persistent(self, name, dtype, B, H, gates):
+        if 4 * B * H >= 2**31:
+            raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
+                             f"indexing (4 * B * H must be < 2**31)")
+        plan = persistent_plan(B, H, gates, np.dtype(dtype).itemsize, *self.device_limits())
+        k = self.pw.kernel(name, dtype)
+
+        def launch(args):
+            barrier = self.xp.zeros(1, np.uint32)
+            k(plan["grid"], plan["block"], args + (_i32(plan["resident"]), barrier),
+              shared_mem=plan["shared"], cooperative=True)
+        return launch
 
     def _loop(self, steps):
         """The steps of one direction, in order (a hook: the launch trace marks them)."""
@@ -93,12 +151,25 @@ class KernelLoop:
         return self.pw.kernel(name, dtype), fused_launch_shape(B, H)
 
     def sequence_forward(self, cell, w, s, flags):
-        if self.loop_algo(cell, flags) != "fused":
-            return False
         S, gx, L, Y = s["S"], s["gx"], s["L"], s["Y"]
         T, B, _ = gx.shape
         H = S.shape[2]
+        algo = self.loop_algo(cell, flags, B, H, S.dtype.itemsize)
+        if algo == "stepwise":
+            return False
         kind = cell.name.split("_")[0]
+        if algo == "persistent":
+            launch = self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
+            n, rev = _i32(T), _i32(s["reverse"])
+            if kind == "lstm":
+                launch((gx, s["w_hh_T"], s["C"], S, L, n, rev, s["peep"], s["gh"], s["gates"], Y,
+                        _i32(B), _i32(H), _i32(flags)))
+            elif kind == "gru":
+                launch((gx, s["w_hh_T"], s["b_hn"], S, L, n, rev, s["gh"], s["gates"], Y,
+                        _i32(B), _i32(H)))
+            else:
+                launch((gx, s["w_hh_T"], S, L, n, rev, s["gh"], Y, _i32(B), _i32(H), _i32(flags)))
+            return True
         k, (grid, block) = self._fused(kind + "_fused_forward", S.dtype, B, H)
         wT, gh = s["w_hh_T"], s["gh"]
         for t, prev, nxt in self._loop(_steps(T, s["reverse"])):
@@ -116,11 +187,26 @@ class KernelLoop:
         return True
 
     def sequence_backward(self, cell, w, s, g, flags):
-        if self.loop_algo(cell, flags) != "fused":
-            return False
         S, L, dY = s["S"], s["L"], g["dY"]
         T, B, H = dY.shape
+        algo = self.loop_algo(cell, flags, B, H, S.dtype.itemsize)
+        if algo == "stepwise":
+            return False
         kind = cell.name.split("_")[0]
+        if algo == "persistent":
+            launch = self._persistent(kind + "_persistent_backward", S.dtype, B, H, cell.gates)
+            n, rev, w_hh = _i32(T), _i32(s["reverse"]), w["w_hh"]
+            if kind == "lstm":
+                launch((w_hh, s["gates"], s["C"], g["dh"], dY, g["dc"], L, n, rev, s["peep"],
+                        g["dGx"], _i32(B), _i32(H), _i32(flags)))
+            elif kind == "gru":
+                launch((w_hh, s["gates"], S, g["dh"], dY, L, n, rev, g["dGx"], g["dGh"],
+                        _i32(B), _i32(H)))
+            else:
+                launch((w_hh, S, g["dh"], dY, L, n, rev, g["dGx"], _i32(B), _i32(H), _i32(flags)))
+            first = T - 1 if s["reverse"] else 0  # the step processed last
+            self.matmul_acc(g["dGh"][first], w_hh, out=g["dh"])  # dL/dh_0
+            return True
         k, (grid, block) = self._fused(kind + "_fused_backward", S.dtype, B, H)
         w_hh, dh = w["w_hh"], g["dh"]
         dGx, dGh = g["dGx"], g["dGh"]  # the same array except for the GRU
