@@ -1,0 +1,156 @@
+"""A PERFORMANCE MODEL -- not a measurement -- of the time loop on an H100 / H200.
+
+Until a GPU run exists, every GPU number this project states about the device time loop comes
+from here. :func:`predict` gives, per algorithm ("stepwise", "fused", "persistent"), the
+predicted microseconds per time step of one layer and direction from
+
+* the launch trace (:func:`gpulstm.launch_trace`): how many kernel launches, cuBLAS GEMMs and
+  other CuPy operations each step issues, each costing host time (the Python loop issues
+  them one by one; the GPU runs them asynchronously);
+* the bytes each step moves and the FLOPs it does, over the device's bandwidths and peak rate
+  (the recurrent product dominates: ``2 B H G H`` FLOPs per step forward, the same backward).
+
+Per step: ``max(host time, device time)`` for the stepwise and fused loops (asynchronous
+launches overlap host and device), device time plus one grid-wide barrier for the persistent
+kernel (no host work inside the loop). Device time of a launch: a fixed launch gap plus the
+largest of FLOPs / (peak x active-SM fraction), L2 bytes / L2 bandwidth and L1-or-shared bytes /
+(per-SM bandwidth x active SMs). Every constant below is an assumption with its source; change
+them with :class:`Device`. :data:`ANCHORS` are the cuDNN measurements the issue cites.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends.kernel_loop import PERSISTENT_MAX_BATCH, ROWS, TILE, persistent_plan
+from .tracing import launch_trace
+
+
+@dataclass(frozen=True)
+class Device:
+    """Device and host-overhead assumptions (per-SM numbers at boost clock)."""
+
+    name: str
+    sm_count: int
+    fp32_tflops: float  # non-tensor-core FP32 peak (NVIDIA datasheet)
+    fp64_tflops: float  # non-tensor-core FP64 peak (NVIDIA datasheet)
+    hbm_tbs: float  # HBM bandwidth (NVIDIA datasheet)
+    l2_tbs: float = 7.0  # L2 read bandwidth, whole chip: ASSUMED (about 2x HBM on Hopper)
+    sm_bytes_per_clk: int = 128  # L1 / shared memory bytes per clock per SM (Hopper whitepaper)
+    clock_ghz: float = 1.98  # boost clock (H100 SXM datasheet)
+    launch_gap_us: float = 2.0  # device-side gap between dependent kernels: ASSUMED
+    grid_barrier_us: float = 1.0  # one grid-wide barrier of a cooperative kernel: ASSUMED
+    host_kernel_us: float = 8.0  # host time of one CuPy RawKernel launch: ASSUMED
+    host_gemm_us: float = 20.0  # host time of one cupy.matmul / cublas.gemm call: ASSUMED
+    host_op_us: float = 8.0  # host time of one other CuPy operation: ASSUMED
+
+    def sm_tbs(self, sms):
+        """L1 / shared-memory bandwidth of ``sms`` SMs in TB/s."""
+        return sms * self.sm_bytes_per_clk * self.clock_ghz / 1000.0
+
+
+#: H100 SXM5 and H200 SXM (132 SMs each; the H200 has the faster HBM3e)
+DEVICES = {
+    "H100": Device("H100 SXM", 132, fp32_tflops=67.0, fp64_tflops=34.0, hbm_tbs=3.35),
+    "H200": Device("H200 SXM", 132, fp32_tflops=67.0, fp64_tflops=34.0, hbm_tbs=4.8),
+}
+
+#: cuDNN measurements cited by the issue (FP32 LSTM): µs per time step
+ANCHORS = {
+    "cudnn persistent SMALL_H, T=2721 B=6 I=128 H=72, forward (PyTorch PR #62143)":
+        dict(B=6, H=72, I=128, T=2721, backward=False, us_per_step=2400.0 / 2721),
+    "cuDNN 7.6 on a V100, T=25 B=64 H=512, fwd+bwd (DeepBench)":
+        dict(B=64, H=512, I=512, T=25, backward=True, us_per_step=3030.0 / 25),
+}
+
+
+def _device_step_us(dev, algo, B, H, G, item, resident=False):
+    """Device microseconds of one forward step (the backward step moves and computes the
+    same amounts: its product is dG [B, G H] x W_hh [G H, H])."""
+    flops = 2.0 * B * H * G * H
+    peak = (dev.fp64_tflops if item == 8 else dev.fp32_tflops) * 1e6  # FLOPs per µs
+    w_bytes = G * H * H * item
+    if algo == "stepwise":
+        # cuBLAS GEMM on all SMs reading W once from L2 / HBM, then the pointwise kernel
+        gemm = max(flops / peak, w_bytes / (dev.hbm_tbs * 1e6))
+        pointwise = 4.0 * B * G * H * item / (dev.hbm_tbs * 1e6)
+        return 2 * dev.launch_gap_us + gemm + pointwise
+    blocks = -(-H // TILE) * -(-B // min(ROWS, B))
+    sms = min(blocks, dev.sm_count)
+    row_groups = -(-B // min(ROWS, B))
+    compute = flops / (peak * sms / dev.sm_count)
+    # every thread streams its W column once per step: B H G H elements through L1 / shared
+    near = B * H * G * H * item / (dev.sm_tbs(sms) * 1e6)
+    l2 = 0.0 if resident else row_groups * w_bytes / (dev.l2_tbs * 1e6)
+    gap = dev.grid_barrier_us if algo == "persistent" else dev.launch_gap_us
+    return gap + max(compute, near, l2)
+
+
+def predict(module, x, device="H200", backward=True):
+    """Predicted µs per time step (one layer, one direction) of each algorithm for ``module``
+    on input ``x`` ([T, B, I]) on ``device`` ("H100", "H200" or a :class:`Device`).
+
+    Returns {algo: dict(us_per_step, host_us, device_us, launches_per_step, gemms_per_step,
+    note)} for "stepwise", "fused" and, where its grid is co-resident, "persistent"; plus
+    "auto": the algorithm the module's rule picks. A MODEL: see the module docstring."""
+    dev = DEVICES[device] if isinstance(device, str) else device
+    T, B = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    H, G, item = module.hidden_size, module._make_cell().gates, module.dtype.itemsize
+    dirs = module.num_layers * module.num_directions
+    out = {}
+    phases = 2 if backward else 1
+    for algo in ("stepwise", "fused", "persistent"):
+        plan = persistent_plan(B, H, G, item, dev.sm_count)
+        if algo == "persistent" and plan is None:
+            continue
+        # calls per step do not depend on T: trace a short sequence of the same shape
+        Tt = min(T, 4)
+        xs = x[:, :Tt] if module.batch_first else x[:Tt]
+        tr = launch_trace(module, xs, backward=backward, algo=algo)
+        per = Tt * dirs  # steps of all layers and directions
+        k = tr.count(kind="kernel", in_loop=True) / per
+        gm = tr.count(kind="gemm", in_loop=True) / per
+        op = tr.count(kind="op", in_loop=True) / per
+        host = k * dev.host_kernel_us + gm * dev.host_gemm_us + op * dev.host_op_us
+        devt = phases * _device_step_us(dev, algo, B, H, G, item,
+                                        resident=bool(plan and plan["resident"]))
+        note = ""
+        if algo == "persistent":
+            # launched once per direction: its host time amortized over the T steps
+            host = tr.count(kind="kernel") * dev.host_kernel_us / (T * dirs)
+            note = (f"{plan['blocks']} blocks on {dev.sm_count} SMs, W_hh "
+                    f"{'resident in shared memory' if plan['resident'] else 'read through L2'}")
+        out[algo] = dict(us_per_step=max(host, devt) if algo != "persistent" else devt + host,
+                         host_us=host, device_us=devt, launches_per_step=k, gemms_per_step=gm,
+                         note=note)
+    fits = "persistent" in out
+    out["auto"] = ("persistent" if fits and B <= PERSISTENT_MAX_BATCH else "fused")
+    return out
+
+
+def anchor_table(device="H200"):
+    """Rows (anchor, cuDNN µs/step, model µs/step per algorithm) for the FP32 LSTM anchors."""
+    import numpy as np
+
+    from .modules import LSTM
+    rows = []
+    for name, a in ANCHORS.items():
+        m = LSTM(a["I"], a["H"], backend="numpy")
+        x = np.zeros((a["T"], a["B"], a["I"]), np.float32)
+        p = predict(m, x, device, backward=a["backward"])
+        rows.append((name, a["us_per_step"],
+                     {k: v["us_per_step"] for k, v in p.items() if isinstance(v, dict)}))
+    return rows
+
+
+def report(device="H200"):
+    """The anchor table as text, labelled as a model."""
+    lines = [f"PERFORMANCE MODEL (not a measurement), {device}: µs per time step"]
+    for name, cudnn, model in anchor_table(device):
+        algos = ", ".join(f"{k} {v:.1f}" for k, v in model.items())
+        lines.append(f"  {name}: cuDNN {cudnn:.2f} measured; model: {algos}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report("H100"))
+    print(report("H200"))

@@ -1,0 +1,36 @@
+"""gpulstm.perfmodel: a model, labelled as one; its host part follows the launch trace."""
+import numpy as np
+
+import gpulstm as gl
+from gpulstm.perfmodel import ANCHORS, DEVICES, predict, report
+
+
+def test_report_is_labelled_a_model_and_lists_the_anchors():
+    text = report("H200")
+    assert "PERFORMANCE MODEL (not a measurement)" in text
+    for name in ANCHORS:
+        assert name in text
+
+
+def test_host_time_follows_the_trace():
+    dev = DEVICES["H100"]
+    m = gl.LSTM(32, 128, backend="numpy")
+    x = np.zeros((50, 4, 32), np.float32)
+    p = predict(m, x, dev)
+    # stepwise: per step one GEMM and one kernel in each of forward and backward
+    assert p["stepwise"]["gemms_per_step"] == 2 and p["stepwise"]["launches_per_step"] == 2
+    assert p["stepwise"]["host_us"] == 2 * dev.host_gemm_us + 2 * dev.host_kernel_us
+    assert p["fused"]["gemms_per_step"] == 0 and p["fused"]["launches_per_step"] == 2
+    assert p["persistent"]["launches_per_step"] == 0
+    for algo in ("stepwise", "fused", "persistent"):
+        assert p[algo]["us_per_step"] >= p[algo]["device_us"] > 0
+    assert p["auto"] == "persistent"
+    # forward only halves the device work of the loop
+    f = predict(m, x, dev, backward=False)
+    assert abs(2 * f["fused"]["device_us"] - p["fused"]["device_us"]) < 1e-9
+
+
+def test_no_persistent_entry_when_the_grid_does_not_fit():
+    m = gl.GRU(16, 1024, backend="numpy")
+    p = predict(m, np.zeros((3, 64, 16), np.float32), "H200")  # 32 x 8 blocks > 132 SMs
+    assert "persistent" not in p and p["auto"] == "fused"
