@@ -250,3 +250,17 @@ def test_launch_trace_doctest():
     import doctest
     import gpulstm.tracing as lt
     assert doctest.testmod(lt).failed == 0
+
+
+def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
+    """tools/gpu_algos.py (make gpu-check) runs its code path on the emulated backend."""
+    import json
+    import pathlib
+    import sys
+    tools = pathlib.Path(__file__).resolve().parents[1] / "tools"
+    monkeypatch.syspath_prepend(str(tools))
+    import gpu_algos
+    assert gpu_algos.main([str(tmp_path), "--backend", "emulated", "--tiny", "--reps", "1"]) == 0
+    data = json.loads((tmp_path / "algos.json").read_text())
+    assert {r["impl"] for r in data["rows"]} == {"stepwise", "fused", "persistent"}
+    sys.modules.pop("gpu_algos", None)

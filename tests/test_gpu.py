@@ -62,10 +62,11 @@ def test_pointwise_vs_numpy(ex, rng, kernel, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("algo", ["stepwise", "fused", "persistent"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", MODULE_CASES, ids=[c[0] for c in MODULE_CASES])
-def test_module_vs_numpy(ex, rng, case, dtype):
-    check_module("cupy", case, dtype, rng, to_backend=ex.xp.asarray)
+def test_module_vs_numpy(ex, rng, case, dtype, algo):
+    check_module("cupy", case, dtype, rng, to_backend=ex.xp.asarray, algo=algo, poison=True)
 
 
 @pytest.mark.gpu

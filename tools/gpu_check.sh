@@ -13,6 +13,8 @@
 #             chunks that fit the step's time; asv results (benchmarks.json,
 #             <machine>/machine.json, <machine>/<commit>-*.json) in OUT_DIR/asv-results
 #   speed     LSTM forward and forward+backward, gpulstm cupy vs cuDNN (TF32 off/on)
+#   algos     every time-loop algorithm (stepwise, fused, persistent) vs cuDNN (TF32 off/on)
+#             with the performance model's prediction alongside (tools/gpu_algos.py)
 # Every step logs to OUT_DIR/<step>.log; OUT_DIR/steps.tsv records status and seconds. A
 # failing step does not stop the others; the exit status is 1 if any step failed.
 # The whole run keeps to a time budget (GPULSTM_CHECK_BUDGET_S, default 420 s): each step runs
@@ -136,8 +138,13 @@ step_speed() {
   "$PY" tools/gpu_speed.py "$OUT" --budget-s "$t" --reps 3
 }
 
+step_algos() {
+  local t=$(( STEP_LIMIT - 20 )); (( t < 10 )) && t=10
+  "$PY" tools/gpu_algos.py "$OUT" --budget-s "$t" --reps 3
+}
+
 # name:time limit in seconds[:seconds reserved against the steps before it], in order
-STEPS=(setup:120 env:60 tests:200 memcheck:100 racecheck:100 asv:200:150 speed:200:30)
+STEPS=(setup:120 env:60 tests:200 memcheck:100 racecheck:100 asv:200:150 speed:200:30 algos:150:60)
 
 # driver -----------------------------------------------------------------------------------
 printf "step\tstatus\tseconds\n" > "$OUT/steps.tsv"
