@@ -178,19 +178,18 @@ class _LoopCell:
     def __getattr__(self, name):
         return getattr(self._cell, name)
 
-    def step_forward(self, *a):
+    def _in_loop(self, step, *a):
         self._rec.in_loop = True
         try:
-            self._cell.step_forward(*a)
+            step(*a)
         finally:
             self._rec.in_loop = False
 
+    def step_forward(self, *a):
+        self._in_loop(self._cell.step_forward, *a)
+
     def step_backward(self, *a):
-        self._rec.in_loop = True
-        try:
-            self._cell.step_backward(*a)
-        finally:
-            self._rec.in_loop = False
+        self._in_loop(self._cell.step_backward, *a)
 
 
 def launch_trace(module, x, backward=True, algo=None):

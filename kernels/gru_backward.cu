@@ -7,21 +7,12 @@
 // Inactive rows: dgx = dgh = 0 and dh_next passes through unchanged.
 #include "gpulstm_common.cuh"
 
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
-// fused time-loop kernels (kernels/fused_step.cu) call it too.
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
+// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
 template <typename T>
 __device__ __forceinline__ void gru_backward_at(
-    const int k,
-    const T* gates,      // [B,4H] r, z, n, hn saved by gru_forward
-    const T* h_prev,     // [B,H] hidden state h_{t-1}
-    T* dh_next,          // [B,H] in/out: dL/dh_t in; direct part dh * z of dL/dh_{t-1} out
-    const T* dy,         // [B,H] dL/dy_t
-    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
-    const int t,         // time index of this step
-    T* dgx,              // [B,3H] out: gradient of the input projection (a_r, a_z, x_n)
-    T* dgh,              // [B,3H] out: gradient of the hidden projection (incl. b_hn)
-    const int B,         // batch rows
-    const int H) {       // hidden size
+    const int k, const T* gates, const T* h_prev, T* dh_next, const T* dy, const int* lengths,
+    const int t, T* dgx, T* dgh, const int B, const int H) {
   const int b = k / H;
   const int j = k - b * H;
   const int g3 = b * 3 * H + j;

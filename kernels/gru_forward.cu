@@ -7,22 +7,12 @@
 // Saves (r, z, n, hn) for every row; inactive rows keep h_{t-1} and write y = 0.
 #include "gpulstm_common.cuh"
 
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
-// fused time-loop kernels (kernels/fused_step.cu) call it too.
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
+// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
 template <typename T>
 __device__ __forceinline__ void gru_forward_at(
-    const int k,
-    const T* gx,         // [B,3H] x_t @ W_ih^T + b_ih + (b_hr, b_hz, 0)
-    const T* gh,         // [B,3H] h_{t-1} @ W_hh^T (no bias)
-    const T* b_hn,       // [H] hidden bias of the n gate
-    const T* h_prev,     // [B,H] hidden state h_{t-1}
-    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
-    const int t,         // time index of this step
-    T* gates,            // [B,4H] out: r, z, n, hn, saved for backward
-    T* h_next,           // [B,H] out: h_t (h_{t-1} for inactive rows)
-    T* y,                // [B,H] out: y_t (0 for inactive rows)
-    const int B,         // batch rows
-    const int H) {       // hidden size
+    const int k, const T* gx, const T* gh, const T* b_hn, const T* h_prev, const int* lengths,
+    const int t, T* gates, T* h_next, T* y, const int B, const int H) {
   const int b = k / H;
   const int j = k - b * H;
   const int g3 = b * 3 * H + j;  // column j of gate block 0 in a [B,3H] row

@@ -11,25 +11,13 @@
 // With LSTM_PROJ, dh_next and dy (both [B,P]) are not touched.
 #include "gpulstm_common.cuh"
 
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
-// fused time-loop kernels (kernels/fused_step.cu) call it too.
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
+// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
 template <typename T>
 __device__ __forceinline__ void lstm_backward_at(
-    const int k,
-    const T* gates,      // [B,4H] activated i, f, g, o saved by lstm_forward
-    const T* c,          // [B,H] cell state c_t written by the forward step
-    const T* c_prev,     // [B,H] cell state c_{t-1}
-    const T* dh_in,      // [B,H] dL/dm from the projection (read only with LSTM_PROJ)
-    T* dh_next,          // [B,H] in/out: dL/dh_t in; 0 for active rows out (not touched with LSTM_PROJ)
-    const T* dy,         // [B,H] dL/dy_t (not read with LSTM_PROJ)
-    T* dc_next,          // [B,H] in/out: dL/dc_t in, dL/dc_{t-1} out
-    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
-    const int t,         // time index of this step
-    const T* peep,       // [3,H] peephole weights p_i, p_f, p_o (read only with LSTM_PEEPHOLE)
-    T* dgates,           // [B,4H] out: dL/d(a_i, a_f, a_g, a_o), 0 for inactive rows
-    const int B,         // batch rows
-    const int H,         // hidden size
-    const int flags) {   // LSTM_NO_FORGET | LSTM_PEEPHOLE | LSTM_PROJ
+    const int k, const T* gates, const T* c, const T* c_prev, const T* dh_in, T* dh_next, const
+    T* dy, T* dc_next, const int* lengths, const int t, const T* peep, T* dgates, const int B,
+    const int H, const int flags) {
   const int b = k / H;
   const int j = k - b * H;
   const int g4 = b * 4 * H + j;

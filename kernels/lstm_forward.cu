@@ -9,25 +9,13 @@
 // its masking follow in lstm_proj_forward) and neither h_prev nor y is touched.
 #include "gpulstm_common.cuh"
 
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
-// fused time-loop kernels (kernels/fused_step.cu) call it too.
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
+// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
 template <typename T>
 __device__ __forceinline__ void lstm_forward_at(
-    const int k,
-    const T* gx,         // [B,4H] input projection of x_t, both biases folded in
-    const T* gh,         // [B,4H] recurrent projection h_{t-1} @ W_hh^T
-    const T* c_prev,     // [B,H] cell state c_{t-1}
-    const T* h_prev,     // [B,H] hidden state h_{t-1} (not read with LSTM_PROJ)
-    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
-    const int t,         // time index of this step (not the loop counter)
-    const T* peep,       // [3,H] peephole weights p_i, p_f, p_o (read only with LSTM_PEEPHOLE)
-    T* gates,            // [B,4H] out: activated i, f, g, o, saved for backward
-    T* c_next,           // [B,H] out: c_t (c_{t-1} for inactive rows)
-    T* h_next,           // [B,H] out: h_t (h_{t-1} for inactive rows); m = o tanh(c) with LSTM_PROJ
-    T* y,                // [B,H] out: y_t (0 for inactive rows); not touched with LSTM_PROJ
-    const int B,         // batch rows
-    const int H,         // hidden size
-    const int flags) {   // LSTM_NO_FORGET | LSTM_PEEPHOLE | LSTM_PROJ
+    const int k, const T* gx, const T* gh, const T* c_prev, const T* h_prev, const int* lengths,
+    const int t, const T* peep, T* gates, T* c_next, T* h_next, T* y, const int B, const int H,
+    const int flags) {
   const int b = k / H;
   const int j = k - b * H;
   const int g4 = b * 4 * H + j;  // column j of gate block 0 in row b

@@ -6,20 +6,12 @@
 // inactive rows: dgates = 0, dh_next passes through unchanged.
 #include "gpulstm_common.cuh"
 
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H); the
-// fused time-loop kernels (kernels/fused_step.cu) call it too.
+// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
+// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
 template <typename T>
 __device__ __forceinline__ void rnn_backward_at(
-    const int k,
-    const T* h,          // [B,H] hidden state h_t written by the forward step
-    T* dh_next,          // [B,H] in/out: dL/dh_t in; 0 for active rows out
-    const T* dy,         // [B,H] dL/dy_t
-    const int* lengths,  // [B] sequence lengths; row b is active while t < lengths[b]
-    const int t,         // time index of this step
-    T* dgates,           // [B,H] out: dL/d(pre-activation), 0 for inactive rows
-    const int B,         // batch rows
-    const int H,         // hidden size
-    const int flags) {   // RNN_RELU
+    const int k, const T* h, T* dh_next, const T* dy, const int* lengths, const int t, T*
+    dgates, const int B, const int H, const int flags) {
   const int b = k / H;
   if (!active(lengths, b, t)) {
     dgates[k] = T(0);

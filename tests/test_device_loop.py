@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 
 import gpulstm as gl
-from gpulstm.backends import BackendUnavailable, get_backend
+from gpulstm.backends import get_backend
 from gpulstm.backends.kernel_loop import ROWS, TILE, fused_launch_shape, persistent_plan
 
 from kernel_cases import MODULE_CASES, check_module
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    try:
-        return get_backend("emulated")
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
 
 
 @pytest.mark.parametrize("algo", ["fused", "persistent"])

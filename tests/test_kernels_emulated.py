@@ -4,18 +4,10 @@ option through the public API (outputs, final states, dx, all gradients, grad_hx
 import numpy as np
 import pytest
 
-from gpulstm.backends import BackendUnavailable, get_backend
+from gpulstm.backends import get_backend
 from gpulstm.backends.kernel_pointwise import BLOCK
 
 from kernel_cases import FLAGS, KERNELS, MODULE_CASES, check_module, check_pointwise
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    try:
-        return get_backend("emulated")
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
 
 
 # (B, H): one row; H neither a multiple of 32 nor of the block; B*H spanning several blocks
