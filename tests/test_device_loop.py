@@ -81,6 +81,14 @@ def test_persistent_falls_back_to_fused_when_the_grid_does_not_fit(emulated, rng
     assert counts == {"lstm_fused_forward": 4, "lstm_fused_backward": 4}
 
 
+def test_long_sequences_leave_the_persistent_kernel(emulated):
+    """T * 4 * B * H >= 2**31 would overflow the persistent kernels' int indices: fused."""
+    from gpulstm.cells import LSTMCell
+    ex = get_backend("emulated", "persistent")
+    assert ex.loop_algo(LSTMCell(), 0, 1000, 8, 128, 4) == "persistent"
+    assert ex.loop_algo(LSTMCell(), 0, 2**31 // (4 * 8 * 128), 8, 128, 4) == "fused"
+
+
 def test_persistent_plan():
     p = persistent_plan(8, 128, 4, 4)
     assert p["grid"] == (4, 1) and p["block"] == (32, 8) and p["blocks"] == 4

@@ -116,12 +116,13 @@ class KernelLoop:
         """(SM count, shared bytes per block) of the device the persistent kernels run on."""
         return SM_COUNT, SMEM_PER_BLOCK
 
-    def loop_algo(self, cell, flags, B, H, itemsize):
+    def loop_algo(self, cell, flags, T, B, H, itemsize):
         """The algorithm the hooks run: "stepwise", "fused" or "persistent" (see the module
-        docstring for the rule)."""
+        docstring for the rule). The persistent kernels index whole [T, B, 4H] sequences with
+        int, so they also need ``T * 4 * B * H < 2**31``."""
         if self.algo == "stepwise" or (cell.has_cell_state and flags & LSTM_PROJ):
             return "stepwise"
-        if self.algo in ("auto", "persistent"):
+        if self.algo in ("auto", "persistent") and T * 4 * B * H < 2**31:
             fits = persistent_plan(B, H, cell.gates, itemsize, *self.device_limits()) is not None
             if fits and (self.algo == "persistent" or B <= PERSISTENT_MAX_BATCH):
                 return "persistent"
@@ -154,7 +155,7 @@ class KernelLoop:
         S, gx, L, Y = s["S"], s["gx"], s["L"], s["Y"]
         T, B, _ = gx.shape
         H = S.shape[2]
-        algo = self.loop_algo(cell, flags, B, H, S.dtype.itemsize)
+        algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
         if algo == "stepwise":
             return False
         kind = cell.name.split("_")[0]
@@ -189,7 +190,7 @@ class KernelLoop:
     def sequence_backward(self, cell, w, s, g, flags):
         S, L, dY = s["S"], s["L"], g["dY"]
         T, B, H = dY.shape
-        algo = self.loop_algo(cell, flags, B, H, S.dtype.itemsize)
+        algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
         if algo == "stepwise":
             return False
         kind = cell.name.split("_")[0]
