@@ -454,6 +454,8 @@ def add_arguments(p):
     p.add_argument("--lr", help="comma-separated learning rates (default: the profile's grid "
                                 "per cell)")
     p.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="updates allowed at every lag (default: the profile's, growing with T)")
     p.add_argument("--backend", default="numpy",
                    help="numpy, emulated or cupy (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None,
@@ -492,6 +494,8 @@ def run_from_args(args, out=None):
             raise ValueError(f"--lr values must be > 0; got {lr}")
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget must be >= 1; got {args.budget}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0; got {args.workers}")
     get_backend(args.backend)  # unknown or unavailable: its own clear error, before training
@@ -503,6 +507,8 @@ def run_from_args(args, out=None):
         p["lrs"] = {c: p["lrs"].get(c, _GRID) for c in cells}
     if args.seeds is not None:
         p["seeds"] = tuple(range(args.seeds))
+    if args.budget is not None:
+        p["budget_base"], p["budget_per_T"] = args.budget, 0
     recs = run_sweep(p, backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                      cache=args.cache, progress=True)
     _, best = summarize(recs, len(p["seeds"]))
