@@ -39,6 +39,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -428,3 +429,103 @@ def updates_text(row):
     if not row.solved:
         return f"> {int(row.budget)}" + (f" ({row.reached}/{row.seeds} seeds reached)" if row.reached else "")
     return f"{row.updates_median:.0f} ({row.updates_min:.0f}-{row.updates_max:.0f})"
+
+
+# -- command line (``gpulstm memory``) --------------------------------------------------------
+
+def _csv(kind, convert):
+    def parse(text):
+        try:
+            return [convert(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{kind} must be a comma-separated list; got {text!r}") from None
+    return parse
+
+
+def add_arguments(p):
+    """The ``gpulstm memory`` options (every one validated before anything trains)."""
+    p.add_argument("--profile", default="quick", choices=tuple(PROFILES),
+                   help="grid and budgets (default: %(default)s)")
+    p.add_argument("--task", help="comma-separated tasks of the profile (default: all of "
+                                  "the profile's: adding, temporal_order, recall)")
+    p.add_argument("--cell", help="comma-separated cells (default: the profile's; one of "
+                                  f"{', '.join(CELLS)})")
+    p.add_argument("--T", help="comma-separated lags (default: the profile's per task)")
+    p.add_argument("--lr", help="comma-separated learning rates (default: the profile's grid "
+                                "per cell)")
+    p.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="updates allowed at every lag (default: the profile's, growing with T)")
+    p.add_argument("--backend", default="numpy",
+                   help="numpy, emulated or cupy (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Dask LocalCluster worker processes; 0 = serial in this process "
+                        "(default: one per core, 2 per GPU)")
+    p.add_argument("--scheduler", default=None,
+                   help=f"address of an existing Dask scheduler (default: ${SCHEDULER_ENV}, "
+                        "else a LocalCluster)")
+    p.add_argument("--cache", default=None,
+                   help="folder of finished points to reuse (default: none)")
+
+
+def run_from_args(args, out=None):
+    """Validate ``args`` (from :func:`add_arguments`), run the sweep with a progress bar and
+    print the updates-to-criterion table per task. Returns 0."""
+    from .backends import get_backend
+    from .tasks import TASKS
+
+    out = out or sys.stdout
+    p = dict(_profile(args.profile))
+    tasks = _csv("--task", str)(args.task) if args.task else list(p["tasks"])
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; expected one of {TASKS}")
+    cells = _csv("--cell", str)(args.cell) if args.cell else list(p["cells"])
+    for c in cells:
+        if c not in CELLS:
+            raise ValueError(f"unknown cell {c!r}; expected one of {CELLS}")
+    Ts = _csv("--T", int)(args.T) if args.T else None
+    for T in Ts or ():
+        if T < 10:
+            raise ValueError(f"--T values must be >= 10; got {T}")
+    lrs = _csv("--lr", float)(args.lr) if args.lr else None
+    for lr in lrs or ():
+        if not lr > 0:
+            raise ValueError(f"--lr values must be > 0; got {lr}")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget must be >= 1; got {args.budget}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0; got {args.workers}")
+    get_backend(args.backend)  # unknown or unavailable: its own clear error, before training
+    p["tasks"] = {t: tuple(Ts) if Ts else p["tasks"].get(t, (50, 100)) for t in tasks}
+    p["cells"] = tuple(cells)
+    if lrs:
+        p["lrs"] = {c: tuple(lrs) for c in cells}
+    else:
+        p["lrs"] = {c: p["lrs"].get(c, _GRID) for c in cells}
+    if args.seeds is not None:
+        p["seeds"] = tuple(range(args.seeds))
+    if args.budget is not None:
+        p["budget_base"], p["budget_per_T"] = args.budget, 0
+    recs = run_sweep(p, backend=args.backend, workers=args.workers, scheduler=args.scheduler,
+                     cache=args.cache, progress=True)
+    _, best = summarize(recs, len(p["seeds"]))
+    for task in tasks:
+        b = best[best["task"] == task]
+        if b.empty:
+            continue
+        Ts_run = sorted(b["T"].unique())
+        print(f"\n{task}: Adam updates to criterion (median over {len(p['seeds'])} seeds, "
+              f"best learning rate; '> N' = not within the budget of N updates)", file=out)
+        print(f"{'cell':10s}" + "".join(f"{'T=' + str(T):>26s}" for T in Ts_run), file=out)
+        for cell in [c for c in cells if c in set(b["cell"])]:
+            line = f"{cell:10s}"
+            for T in Ts_run:
+                r = b[(b["cell"] == cell) & (b["T"] == T)]
+                text = "not run" if r.empty else r.iloc[0].updates_text + (
+                    f" @{r.iloc[0].lr:g}" if r.iloc[0].solved else "")
+                line += f"{text[:25]:>26s}"
+            print(line, file=out)
+    return 0

@@ -40,7 +40,7 @@ from ._checks import check_int
 from .modules import GRU, LSTM, RNN
 from .tasks import Task, make_task
 
-__all__ = ["CELLS", "PROFILES", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
+__all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
            "clip_grad_norm", "Adam", "RMSProp", "TrainResult", "train", "evaluate"]
 
 _CELL_ARGS = {
@@ -56,26 +56,6 @@ CELLS = tuple(_CELL_ARGS)
 _ALIASES = {"lstm": "lstm_fb1"}
 NOFG_INPUT_BIAS = (-1.0, -2.0, -3.0, -4.0)  # lstm_nofg input-gate bias, by quarter of the units
 IRNN_INPUT_STD = 1e-3  # irnn input weights ~ N(0, IRNN_INPUT_STD^2) (Le et al. 2015)
-
-# Budgets of the long-range memory benchmarks (bench/memory.py; GPULSTM_BENCH_PROFILE).
-# Every task run: `steps` Adam updates (lr, joint gradient-norm clipping at `clip`) of `batch`
-# fresh sequences, a single-layer cell of `hidden` units plus a linear read-out; test metric
-# on 1000 fresh sequences; validation (for "sequences to criterion") on 256 fresh sequences
-# every 50 updates. Gradient flow: `flow_batch` adding-problem sequences per probe, float64.
-# quick: about 10 minutes on 2 CPU cores (numpy); full: meant for a GPU (cupy), hours on a CPU.
-PROFILES = {
-    "quick": {"cells": CELLS, "seeds": (0, 1), "hidden": 32, "batch": 32, "steps": 400,
-              "lr": 1e-2, "clip": 1.0, "optimizer": "adam",
-              "tasks": {"adding": (10, 20, 50, 100), "temporal_order": (20, 50), "copy": (10,)},
-              "flow_T": (10, 20, 50, 100, 200), "flow_seeds": (0, 1, 2), "flow_batch": 16},
-    "full": {"cells": CELLS, "seeds": (0, 1, 2), "hidden": 32, "batch": 32, "steps": 3000,
-             "lr": 1e-2, "clip": 1.0, "optimizer": "adam",
-             "tasks": {"adding": (10, 20, 50, 100, 200), "temporal_order": (20, 50, 100, 200),
-                       "copy": (10, 20, 50, 100)},
-             "flow_T": (10, 20, 50, 100, 200, 400), "flow_seeds": (0, 1, 2, 3, 4),
-             "flow_batch": 16},
-}
-
 
 def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", seed=0):
     """One recurrent layer of the variant ``name`` (one of :data:`CELLS`, or ``"lstm"``)."""
