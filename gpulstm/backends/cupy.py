@@ -24,6 +24,7 @@ from ..kernel_source import NVRTC_OPTIONS, kernel_source
 _DLPACK_CUDA = (2, 13)
 
 _modules = {}  # (device id, cooperative) -> compiled cupy.RawModule
+_limits = {}  # device id -> (SM count, opt-in shared bytes per block)
 
 
 def _import_cupy():
@@ -90,9 +91,13 @@ class CupyExecution(KernelLoop):
         self.pw = KernelPointwise(lambda name: _DeviceKernel(cp, name), cp)
 
     def device_limits(self):
-        """(SM count, opt-in shared bytes per block) of the current device."""
-        a = self.xp.cuda.Device().attributes
-        return a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"]
+        """(SM count, opt-in shared bytes per block) of the current device (queried once)."""
+        dev = self.xp.cuda.runtime.getDevice()
+        limits = _limits.get(dev)
+        if limits is None:
+            a = self.xp.cuda.Device(dev).attributes
+            limits = _limits[dev] = (a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"])
+        return limits
 
     def asarray(self, a, dtype):
         """NumPy or CuPy input -> C-contiguous CuPy array of ``dtype`` (copies only if needed)."""
