@@ -264,3 +264,101 @@ def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
     data = json.loads((tmp_path / "algos.json").read_text())
     assert {r["impl"] for r in data["rows"]} == {"stepwise", "fused", "persistent"}
     sys.modules.pop("gpu_algos", None)
+
+
+# -- the cupy execution's launch glue, on the CPU -----------------------------------------------
+
+class _FakeCupy:
+    """Just enough of CuPy for CupyExecution, on NumPy arrays; RawModule kernels are the
+    emulated ones, launched cooperatively when the module was built with
+    enable_cooperative_groups, and refusing > 48 KiB of dynamic shared memory unless the
+    kernel's max_dynamic_shared_size_bytes was raised (as CUDA does)."""
+
+    def __init__(self, emulated_module):
+        import types
+        self._emu = emulated_module
+        self.launches = []
+        fake = self
+
+        class RawModule:
+            def __init__(self, code, options, name_expressions, enable_cooperative_groups=False):
+                self.coop = enable_cooperative_groups
+
+            def compile(self):
+                pass
+
+            def get_function(self, name):
+                return _FakeKernel(fake, fake._emu.get_function(name), self.coop)
+
+        class Device:
+            attributes = {"MultiProcessorCount": 132, "MaxSharedMemoryPerBlockOptin": 227 * 1024}
+
+            def __init__(self, dev=0):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+        def gemm(ta, tb, a, b, out, alpha, beta):
+            out[...] = alpha * (a @ b) + beta * out
+
+        self.RawModule = RawModule
+        self.ndarray = np.ndarray
+        self.asnumpy = np.asarray
+        self.cublas = types.SimpleNamespace(gemm=gemm)
+        self.cuda = types.SimpleNamespace(
+            memory=types.SimpleNamespace(OutOfMemoryError=MemoryError),
+            runtime=types.SimpleNamespace(getDevice=lambda: 0), Device=Device)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+class _FakeKernel:
+    def __init__(self, fake, kernel, coop):
+        self.fake, self.kernel, self.coop = fake, kernel, coop
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise RuntimeError("CUDA_ERROR_INVALID_VALUE: shared memory above the kernel's limit")
+        self.fake.launches.append((self.kernel.name, self.coop, shared_mem))
+        self.kernel(grid, block, args, shared_mem=shared_mem, cooperative=self.coop)
+
+
+@pytest.mark.parametrize("cls, kw, H, algo", [("LSTM", {"peephole": True}, 300, "persistent"),
+                                              ("GRU", {"bidirectional": True}, 40, "fused"),
+                                              ("RNN", {"nonlinearity": "relu"}, 40, "auto")])
+def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, kw, H, algo):
+    """CupyExecution's kernel launcher (device cache, cooperative module, shared-memory opt-in)
+    drives the real kernels through a fake CuPy and matches the NumPy reference."""
+    from gpulstm.backends import cupy as cupy_backend
+    from gpulstm.emulator import EmulatedModule
+    from gpulstm.kernel_source import kernel_source
+    src = kernel_source()
+    fake = _FakeCupy(EmulatedModule(code=src.code, name_expressions=list(src.name_expressions)))
+    monkeypatch.setattr(cupy_backend, "_modules", {})
+    monkeypatch.setattr(cupy_backend, "_limits", {})
+    ex = cupy_backend.CupyExecution(fake).with_algo(algo)
+    ref = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
+    m = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
+    m.ex = ex
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    gy = rng.standard_normal((4, 3, m.num_directions * H)).astype(np.float32)
+    got, want = m(x)[0], ref(x)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(m.backward(gy), ref.backward(gy), rtol=0, atol=1e-5)
+    for k in ref.grads:
+        np.testing.assert_allclose(m.grads[k], ref.grads[k], rtol=0, atol=1e-4 * max(1, np.abs(ref.grads[k]).max()))
+    names = {n for n, _, _ in fake.launches}
+    if algo == "fused":
+        assert names == {"gru_fused_forward<float>", "gru_fused_backward<float>"}
+    else:
+        kind = cls.lower()
+        assert names == {f"{kind}_persistent_forward<float>", f"{kind}_persistent_backward<float>"}
+        assert all(coop for _, coop, _ in fake.launches)
+    if H == 300:  # the resident weight slice needs the > 48 KiB opt-in
+        assert max(s for _, _, s in fake.launches) == 4 * 300 * 32 * 4 > 48 * 1024
