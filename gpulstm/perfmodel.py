@@ -63,9 +63,10 @@ ANCHORS = {
 }
 
 
-def _device_step_us(dev, algo, B, H, G, item, resident=False):
+def _device_step_us(dev, algo, B, H, G, item, plan=None):
     """Device microseconds of one forward step (the backward step moves and computes the
-    same amounts: its product is dG [B, G H] x W_hh [G H, H])."""
+    same amounts: its product is dG [B, G H] x W_hh [G H, H]); ``plan``: the persistent
+    kernel's launch plan (its grid and whether W_hh is resident)."""
     flops = 2.0 * B * H * G * H
     peak = (dev.fp64_tflops if item == 8 else dev.fp32_tflops) * 1e6  # FLOPs per µs
     w_bytes = G * H * H * item
@@ -74,9 +75,10 @@ def _device_step_us(dev, algo, B, H, G, item, resident=False):
         gemm = max(flops / peak, w_bytes / (dev.hbm_tbs * 1e6))
         pointwise = 4.0 * B * G * H * item / (dev.hbm_tbs * 1e6)
         return 2 * dev.launch_gap_us + gemm + pointwise
-    blocks = -(-H // TILE) * -(-B // min(ROWS, B))
-    sms = min(blocks, dev.sm_count)
     row_groups = -(-B // min(ROWS, B))
+    blocks = plan["blocks"] if plan else -(-H // TILE) * row_groups
+    resident = bool(plan and plan["resident"])
+    sms = min(blocks, dev.sm_count)
     compute = flops / (peak * sms / dev.sm_count)
     # every thread streams its W column once per step: B H G H elements through L1 / shared
     near = B * H * G * H * item / (dev.sm_tbs(sms) * 1e6)
@@ -112,7 +114,7 @@ def predict(module, x, device="H200", backward=True):
         op = tr.count(kind="op", in_loop=True) / per
         host = k * dev.host_kernel_us + gm * dev.host_gemm_us + op * dev.host_op_us
         devt = phases * _device_step_us(dev, algo, B, H, G, item,
-                                        resident=bool(plan and plan["resident"]))
+                                        plan if algo == "persistent" else None)
         note = ""
         if algo == "persistent":
             # launched once per direction: its host time amortized over the T steps

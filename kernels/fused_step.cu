@@ -3,13 +3,17 @@
 // the pointwise kernel's (*_at functions of lstm_forward.cu, ..., rnn_backward.cu), so the
 // fused and the stepwise loop differ only in the summation order of the recurrent product.
 //
-// Tiling (every kernel here): a block of FUSED_TILE x R threads (R = blockDim.y <= FUSED_ROWS)
-// owns hidden units j in [FUSED_TILE * blockIdx.x, + FUSED_TILE) -- all gates of those units --
-// and batch rows b in [R * blockIdx.y, + R); thread (x, y) owns the element (b, j).
+// Tiling (every kernel here): a block of U x R x Z threads (U = blockDim.x <= FUSED_TILE units,
+// R = blockDim.y <= FUSED_ROWS rows, Z = blockDim.z reduction slices, U R Z <= FUSED_THREADS)
+// owns hidden units j in [U * blockIdx.x, + U) -- all gates of those units -- and batch rows
+// b in [R * blockIdx.y, + R); threads (x, y, z) share the element (b, j), each summing every
+// Z-th column of the product, and thread (x, y, 0) adds the Z partial sums (in order z = 0, 1,
+// ...) and runs the pointwise step. The fused kernels use U = 32, Z = 1; the persistent kernels
+// use smaller U (more blocks: more SMs) and Z > 1 (enough threads per block).
 // The left operand of the recurrent product (h_{t-1} forward, dG_{t+1} backward; [B, K] rows)
 // is staged through shared memory in chunks of FUSED_TILE columns; the right operand is read
-// from global memory (through L1/L2) along its rows, so the 32 lanes of a warp read 32
-// consecutive elements (coalesced):
+// from global memory (through L1/L2) or shared memory along its rows, so neighbouring lanes of
+// a warp read neighbouring elements (coalesced):
 //
 //   forward  (K = H):   gh[b, g H + j] = sum_k h_{t-1}[b, k] W_hh^T[k, g H + j]   g < G
 //   backward (K = G H): dh[b, j] += sum_m dG_{t+1}[b, m] W_hh[m, j]
@@ -23,8 +27,16 @@
 // The same step functions make the persistent kernels (persistent.cu).
 #include "gpulstm_common.cuh"
 
-#define FUSED_TILE 32  // units per block (blockDim.x) and columns per shared-memory chunk
-#define FUSED_ROWS 8   // maximum batch rows per block (blockDim.y)
+#define FUSED_TILE 32      // maximum units per block (blockDim.x); columns per shared chunk
+#define FUSED_ROWS 8       // maximum batch rows per block (blockDim.y)
+#define FUSED_THREADS 256  // maximum threads per block (blockDim.x * blockDim.y * blockDim.z)
+
+// Static shared memory of every kernel here: the left operand's chunk and the partial sums.
+template <typename T>
+struct FusedShared {
+  T tile[FUSED_ROWS][FUSED_TILE];
+  T red[4][FUSED_THREADS];
+};
 
 // Load of a value another block wrote during this launch (persistent kernels): through L2,
 // bypassing the SM's non-coherent L1.
@@ -37,29 +49,50 @@ __device__ __forceinline__ T gl_load_cg(const T* p) {
 #endif
 }
 
-// acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG.
-// Every thread of the block must call it (it holds barriers); rows b >= B and columns with
-// !col_ok contribute nothing and get acc = 0. `right` may point to global or shared memory.
+// acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG,
+// complete in the z = 0 thread of (b, j). Every thread of the block must call it (it holds
+// barriers); rows b >= B and columns with !col_ok contribute nothing and get acc = 0.
+// `right` may point to global or shared memory.
 template <typename T, int NG>
 __device__ __forceinline__ void fused_row_product(
-    T (*tile)[FUSED_TILE], const T* left, const int ldl, const int K, const T* right,
-    const int ldr, const int col, const int gstride, const int b, const bool row_ok,
+    FusedShared<T>& sh, const T* left, const int ldl, const int K, const T* right,
+    const int ldr, const int col, const int gstride, const int b, const int B,
     const bool col_ok, T* acc) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int U = blockDim.x, R = blockDim.y, Z = blockDim.z;
+  const int ty = threadIdx.y, tz = threadIdx.z;
+  const int slot = threadIdx.x + U * ty;  // the element's slot, < U R
+  const int lin = slot + U * R * tz, nthreads = U * R * Z;
+  const int b0 = blockIdx.y * R;
+  const bool mine = b < B && col_ok;
   for (int g = 0; g < NG; ++g) acc[g] = T(0);
   for (int k0 = 0; k0 < K; k0 += FUSED_TILE) {
-    const int kk = k0 + tx;
-    tile[ty][tx] = (row_ok && kk < K) ? gl_load_cg(left + b * ldl + kk) : T(0);
+    for (int i = lin; i < R * FUSED_TILE; i += nthreads) {
+      const int r = i / FUSED_TILE, c = i - r * FUSED_TILE;
+      sh.tile[r][c] = (b0 + r < B && k0 + c < K) ? gl_load_cg(left + (b0 + r) * ldl + k0 + c)
+                                                 : T(0);
+    }
     __syncthreads();
-    if (row_ok && col_ok) {
+    if (mine) {
       const int n = K - k0 < FUSED_TILE ? K - k0 : FUSED_TILE;
-      for (int c = 0; c < n; ++c) {
-        const T l = tile[ty][c];
+      for (int c = tz; c < n; c += Z) {
+        const T l = sh.tile[ty][c];
         const T* r = right + (k0 + c) * ldr + col;
         for (int g = 0; g < NG; ++g) acc[g] = acc[g] + l * r[g * gstride];
       }
     }
     __syncthreads();
+  }
+  if (Z > 1) {  // combine the slices' partial sums in the z = 0 thread
+    for (int g = 0; g < NG; ++g) sh.red[g][lin] = acc[g];
+    __syncthreads();
+    if (tz == 0) {
+      for (int g = 0; g < NG; ++g) {
+        T sum = sh.red[g][slot];
+        for (int z = 1; z < Z; ++z) sum = sum + sh.red[g][slot + U * R * z];
+        acc[g] = sum;
+      }
+    }
+    __syncthreads();  // red is free again for the next call
   }
 }
 
@@ -72,15 +105,15 @@ __device__ __forceinline__ void fused_row_product(
 
 template <typename T>
 __device__ __forceinline__ void lstm_step_forward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
     const T* gx, const T* c_prev, const T* h_prev, const int* lengths, const int t,
     const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B, const int H,
     const int flags) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[4];
-  fused_row_product<T, 4>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 4>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
   lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
                   y, B, H, flags);
@@ -88,28 +121,28 @@ __device__ __forceinline__ void lstm_step_forward(
 
 template <typename T>
 __device__ __forceinline__ void gru_step_forward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
     const T* gx, const T* b_hn, const T* h_prev, const int* lengths, const int t, T* gh,
     T* gates, T* h_next, T* y, const int B, const int H) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[3];
-  fused_row_product<T, 3>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 3>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
   gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
 }
 
 template <typename T>
 __device__ __forceinline__ void rnn_step_forward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const int gstride,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
     const T* gx, const T* h_prev, const int* lengths, const int t, T* gh, T* h_next, T* y,
     const int B, const int H, const int flags) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(tile, h_prev, H, H, right, ldr, col, gstride, b, b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 1>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   gh[b * H + j] = acc[0];
   rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
 }
@@ -122,16 +155,15 @@ __device__ __forceinline__ void rnn_step_forward(
 
 template <typename T>
 __device__ __forceinline__ void lstm_step_backward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
     const int has_prev, const T* gates, const T* c, const T* c_prev, T* dh_next, const T* dy,
     T* dc_next, const int* lengths, const int t, const T* peep, T* dgates, const int B,
     const int H, const int flags) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, b,
-                          b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 1>(sh, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];
   lstm_backward_at(k, gates, c, c_prev, dh_next, dh_next, dy, dc_next, lengths, t, peep,
@@ -140,15 +172,14 @@ __device__ __forceinline__ void lstm_step_backward(
 
 template <typename T>
 __device__ __forceinline__ void gru_step_backward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
     const int has_prev, const T* gates, const T* h_prev, T* dh_next, const T* dy,
     const int* lengths, const int t, T* dgx, T* dgh, const int B, const int H) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, b,
-                          b < B, j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 1>(sh, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];
   gru_backward_at(k, gates, h_prev, dh_next, dy, lengths, t, dgx, dgh, B, H);
@@ -156,15 +187,14 @@ __device__ __forceinline__ void gru_step_backward(
 
 template <typename T>
 __device__ __forceinline__ void rnn_step_backward(
-    T (*tile)[FUSED_TILE], const T* right, const int ldr, const int col, const T* dg_prev,
+    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
     const int has_prev, const T* h, T* dh_next, const T* dy, const int* lengths, const int t,
     T* dgates, const int B, const int H, const int flags) {
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(tile, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, b, b < B,
-                          j < H, acc);
-  if (!(b < B && j < H)) return;
+  fused_row_product<T, 1>(sh, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];
   rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
@@ -180,9 +210,9 @@ __global__ void lstm_fused_forward(
     const T* gx, const T* w_hh_T, const T* c_prev, const T* h_prev, const int* lengths,
     const int t, const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B,
     const int H, const int flags) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  lstm_step_forward(tile, w_hh_T, 4 * H, j, H, gx, c_prev, h_prev, lengths, t, peep, gh, gates,
+  lstm_step_forward(sh, w_hh_T, 4 * H, j, H, gx, c_prev, h_prev, lengths, t, peep, gh, gates,
                     c_next, h_next, y, B, H, flags);
 }
 
@@ -190,9 +220,9 @@ template <typename T>
 __global__ void gru_fused_forward(
     const T* gx, const T* w_hh_T, const T* b_hn, const T* h_prev, const int* lengths,
     const int t, T* gh, T* gates, T* h_next, T* y, const int B, const int H) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  gru_step_forward(tile, w_hh_T, 3 * H, j, H, gx, b_hn, h_prev, lengths, t, gh, gates, h_next,
+  gru_step_forward(sh, w_hh_T, 3 * H, j, H, gx, b_hn, h_prev, lengths, t, gh, gates, h_next,
                    y, B, H);
 }
 
@@ -200,9 +230,9 @@ template <typename T>
 __global__ void rnn_fused_forward(
     const T* gx, const T* w_hh_T, const T* h_prev, const int* lengths, const int t, T* gh,
     T* h_next, T* y, const int B, const int H, const int flags) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  rnn_step_forward(tile, w_hh_T, H, j, H, gx, h_prev, lengths, t, gh, h_next, y, B, H, flags);
+  rnn_step_forward(sh, w_hh_T, H, j, H, gx, h_prev, lengths, t, gh, h_next, y, B, H, flags);
 }
 
 template <typename T>
@@ -210,9 +240,9 @@ __global__ void lstm_fused_backward(
     const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* c,
     const T* c_prev, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
     const T* peep, T* dgates, const int B, const int H, const int flags) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  lstm_step_backward(tile, w_hh, H, j, dg_prev, has_prev, gates, c, c_prev, dh_next, dy,
+  lstm_step_backward(sh, w_hh, H, j, dg_prev, has_prev, gates, c, c_prev, dh_next, dy,
                      dc_next, lengths, t, peep, dgates, B, H, flags);
 }
 
@@ -221,9 +251,9 @@ __global__ void gru_fused_backward(
     const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* h_prev,
     T* dh_next, const T* dy, const int* lengths, const int t, T* dgx, T* dgh, const int B,
     const int H) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  gru_step_backward(tile, w_hh, H, j, dg_prev, has_prev, gates, h_prev, dh_next, dy, lengths,
+  gru_step_backward(sh, w_hh, H, j, dg_prev, has_prev, gates, h_prev, dh_next, dy, lengths,
                     t, dgx, dgh, B, H);
 }
 
@@ -231,8 +261,8 @@ template <typename T>
 __global__ void rnn_fused_backward(
     const T* dg_prev, const int has_prev, const T* w_hh, const T* h, T* dh_next, const T* dy,
     const int* lengths, const int t, T* dgates, const int B, const int H, const int flags) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  rnn_step_backward(tile, w_hh, H, j, dg_prev, has_prev, h, dh_next, dy, lengths, t, dgates, B,
+  rnn_step_backward(sh, w_hh, H, j, dg_prev, has_prev, h, dh_next, dy, lengths, t, dgates, B,
                     H, flags);
 }

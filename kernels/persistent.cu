@@ -1,15 +1,16 @@
 // persistent.cu: the whole sequence of one direction in ONE cooperative launch ("persistent"
 // algorithm, gpulstm/backends/kernel_loop.py; cf. Diamos et al., "Persistent RNNs", ICML 2016).
 //
-// Grid, block and the per-step work are the fused kernels' (fused_step.cu: a block owns a tile
-// of FUSED_TILE hidden units, all their gates, and of blockDim.y batch rows); the block loops
-// over the time steps itself with one grid-wide barrier per step (step s + 1 reads the h_t /
-// dG_t every block wrote in step s). With `resident` != 0 the block first copies its slice of
-// the recurrent weights into dynamic shared memory, where it stays for all steps:
-//   forward:  wsh[k][g][x] = W_hh^T[k, g H + j0 + x]   k < H, g < G, x < FUSED_TILE
-//   backward: wsh[m][x]    = W_hh[m, j0 + x]           m < G H,       x < FUSED_TILE
-// (G * H * FUSED_TILE elements either way; zero for units j0 + x >= H). Without it the
-// weights are read through L2 every step as in the fused kernels.
+// The per-step work is the fused kernels' (fused_step.cu: a block of U x R x Z threads owns U
+// hidden units, all their gates, and R batch rows; the launcher picks a small U so that the
+// grid spreads over the SMs, and Z so that a block has enough threads); the block loops over
+// the time steps itself with one grid-wide barrier per step (step s + 1 reads the h_t / dG_t
+// every block wrote in step s). With `resident` != 0 the block first copies its slice of the
+// recurrent weights into dynamic shared memory, where it stays for all steps:
+//   forward:  wsh[k][g][x] = W_hh^T[k, g H + j0 + x]   k < H, g < G, x < U
+//   backward: wsh[m][x]    = W_hh[m, j0 + x]           m < G H,       x < U
+// (G * H * U elements either way; zero for units j0 + x >= H). Without it the weights are
+// read through L2 every step as in the fused kernels.
 //
 // Requirements (the launcher checks them, a cooperative launch enforces co-residency): every
 // block resident at once; `barrier` a zeroed unsigned counter of this launch; buffers are the
@@ -17,7 +18,7 @@
 // Y, dY [T, B, H]. Step order and slots as gpulstm.cells: forward t = s, prev = t, next = t + 1;
 // reverse t = T - 1 - s, prev = t + 1, next = t; backward processes the steps in reverse order.
 #include "gpulstm_common.cuh"
-// (fused_step.cu precedes this file in the assembled source: FUSED_TILE, the step functions)
+// (fused_step.cu precedes this file in the assembled source: FusedShared, the step functions)
 
 // Grid-wide barrier. GPU: a monotonically increasing arrival counter (one arrival per block
 // per barrier; barrier number n completes when the counter reaches n * gridDim), correct only
@@ -42,19 +43,19 @@ __device__ __forceinline__ void gl_grid_sync(unsigned int* counter, unsigned int
 #endif
 }
 
-// Copies the block's weight slice to shared memory: dst[r * (G * FUSED_TILE) + g * FUSED_TILE
-// + x] = src[r * ld + g * gstride + j0 + x] for r < rows, g < G, x < FUSED_TILE.
+// Copies the block's weight slice to shared memory: dst[r * (G * U) + g * U + x] =
+// src[r * ld + g * gstride + j0 + x] for r < rows, g < G, x < U (U = blockDim.x).
 template <typename T>
 __device__ __forceinline__ void gl_load_weights(T* dst, const T* src, const int rows,
                                                 const int G, const int ld, const int gstride,
                                                 const int H) {
-  const int j0 = blockIdx.x * FUSED_TILE;
-  const int n = rows * G * FUSED_TILE;
-  const int nthreads = blockDim.x * blockDim.y;
-  for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < n; i += nthreads) {
-    const int x = i % FUSED_TILE;
-    const int g = (i / FUSED_TILE) % G;
-    const int r = i / (G * FUSED_TILE);
+  const int U = blockDim.x, j0 = blockIdx.x * U;
+  const int n = rows * G * U;
+  const int nthreads = U * blockDim.y * blockDim.z;
+  for (int i = (threadIdx.z * blockDim.y + threadIdx.y) * U + threadIdx.x; i < n; i += nthreads) {
+    const int x = i % U;
+    const int g = (i / U) % G;
+    const int r = i / (G * U);
     dst[i] = j0 + x < H ? src[r * ld + g * gstride + j0 + x] : T(0);
   }
   __syncthreads();
@@ -65,9 +66,9 @@ extern __shared__ __align__(16) unsigned char gl_dynamic_smem[];
 // The right operand for the step functions: the resident copy or global memory.
 #define GL_RIGHT(G, global_ptr, global_ld, global_gstride)                                  \
   const T* right = resident ? wsh : (global_ptr);                                         \
-  const int ldr = resident ? (G) * FUSED_TILE : (global_ld);                              \
-  const int col = resident ? int(threadIdx.x) : int(blockIdx.x * FUSED_TILE + threadIdx.x); \
-  const int gstride = resident ? FUSED_TILE : (global_gstride);                           \
+  const int ldr = resident ? (G) * int(blockDim.x) : (global_ld);                         \
+  const int col = resident ? int(threadIdx.x) : int(blockIdx.x * blockDim.x + threadIdx.x); \
+  const int gstride = resident ? int(blockDim.x) : (global_gstride);                      \
   (void)gstride;
 
 template <typename T>
@@ -75,7 +76,7 @@ __global__ void lstm_persistent_forward(
     const T* gx, const T* w_hh_T, T* C, T* S, const int* lengths, const int nsteps,
     const int reverse, const T* peep, T* gh, T* gates, T* Y, const int B, const int H,
     const int flags, const int resident, unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh_T, H, 4, 4 * H, H, H);
   GL_RIGHT(4, w_hh_T, 4 * H, H)
@@ -84,7 +85,7 @@ __global__ void lstm_persistent_forward(
   for (int s = 0; s < nsteps; ++s) {
     const int t = reverse ? nsteps - 1 - s : s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    lstm_step_forward(tile, right, ldr, col, gstride, gx + t * BG, C + prev * BH, S + prev * BH,
+    lstm_step_forward(sh, right, ldr, col, gstride, gx + t * BG, C + prev * BH, S + prev * BH,
                       lengths, t, peep, gh, gates + t * BG, C + next * BH, S + next * BH,
                       Y + t * BH, B, H, flags);
     gl_grid_sync(barrier, target);
@@ -96,7 +97,7 @@ __global__ void gru_persistent_forward(
     const T* gx, const T* w_hh_T, const T* b_hn, T* S, const int* lengths, const int nsteps,
     const int reverse, T* gh, T* gates, T* Y, const int B, const int H, const int resident,
     unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh_T, H, 3, 3 * H, H, H);
   GL_RIGHT(3, w_hh_T, 3 * H, H)
@@ -105,7 +106,7 @@ __global__ void gru_persistent_forward(
   for (int s = 0; s < nsteps; ++s) {
     const int t = reverse ? nsteps - 1 - s : s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    gru_step_forward(tile, right, ldr, col, gstride, gx + t * BG, b_hn, S + prev * BH, lengths,
+    gru_step_forward(sh, right, ldr, col, gstride, gx + t * BG, b_hn, S + prev * BH, lengths,
                      t, gh, gates + t * B * 4 * H, S + next * BH, Y + t * BH, B, H);
     gl_grid_sync(barrier, target);
   }
@@ -116,7 +117,7 @@ __global__ void rnn_persistent_forward(
     const T* gx, const T* w_hh_T, T* S, const int* lengths, const int nsteps,
     const int reverse, T* gh, T* Y, const int B, const int H, const int flags,
     const int resident, unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh_T, H, 1, H, H, H);
   GL_RIGHT(1, w_hh_T, H, H)
@@ -125,7 +126,7 @@ __global__ void rnn_persistent_forward(
   for (int s = 0; s < nsteps; ++s) {
     const int t = reverse ? nsteps - 1 - s : s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    rnn_step_forward(tile, right, ldr, col, gstride, gx + t * BH, S + prev * BH, lengths, t, gh,
+    rnn_step_forward(sh, right, ldr, col, gstride, gx + t * BH, S + prev * BH, lengths, t, gh,
                      S + next * BH, Y + t * BH, B, H, flags);
     gl_grid_sync(barrier, target);
   }
@@ -140,7 +141,7 @@ __global__ void lstm_persistent_backward(
     const T* w_hh, const T* gates, const T* C, T* dh, const T* dY, T* dc, const int* lengths,
     const int nsteps, const int reverse, const T* peep, T* dG, const int B, const int H,
     const int flags, const int resident, unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh, 4 * H, 1, H, 0, H);
   GL_RIGHT(1, w_hh, H, 0)
@@ -150,7 +151,7 @@ __global__ void lstm_persistent_backward(
     const int t = reverse ? s : nsteps - 1 - s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
     const int last = reverse ? t - 1 : t + 1;  // the step processed before this one
-    lstm_step_backward(tile, right, ldr, col, dG + (s ? last : t) * BG, s > 0, gates + t * BG,
+    lstm_step_backward(sh, right, ldr, col, dG + (s ? last : t) * BG, s > 0, gates + t * BG,
                        C + next * BH, C + prev * BH, dh, dY + t * BH, dc, lengths, t, peep,
                        dG + t * BG, B, H, flags);
     gl_grid_sync(barrier, target);
@@ -162,7 +163,7 @@ __global__ void gru_persistent_backward(
     const T* w_hh, const T* gates, const T* S, T* dh, const T* dY, const int* lengths,
     const int nsteps, const int reverse, T* dGx, T* dGh, const int B, const int H,
     const int resident, unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh, 3 * H, 1, H, 0, H);
   GL_RIGHT(1, w_hh, H, 0)
@@ -172,7 +173,7 @@ __global__ void gru_persistent_backward(
     const int t = reverse ? s : nsteps - 1 - s;
     const int prev = reverse ? t + 1 : t;
     const int last = reverse ? t - 1 : t + 1;
-    gru_step_backward(tile, right, ldr, col, dGh + (s ? last : t) * BG, s > 0,
+    gru_step_backward(sh, right, ldr, col, dGh + (s ? last : t) * BG, s > 0,
                       gates + t * B * 4 * H, S + prev * BH, dh, dY + t * BH, lengths, t,
                       dGx + t * BG, dGh + t * BG, B, H);
     gl_grid_sync(barrier, target);
@@ -184,7 +185,7 @@ __global__ void rnn_persistent_backward(
     const T* w_hh, const T* S, T* dh, const T* dY, const int* lengths, const int nsteps,
     const int reverse, T* dG, const int B, const int H, const int flags, const int resident,
     unsigned int* barrier) {
-  __shared__ T tile[FUSED_ROWS][FUSED_TILE];
+  __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
   if (resident) gl_load_weights(wsh, w_hh, H, 1, H, 0, H);
   GL_RIGHT(1, w_hh, H, 0)
@@ -194,7 +195,7 @@ __global__ void rnn_persistent_backward(
     const int t = reverse ? s : nsteps - 1 - s;
     const int next = reverse ? t : t + 1;
     const int last = reverse ? t - 1 : t + 1;
-    rnn_step_backward(tile, right, ldr, col, dG + (s ? last : t) * BH, s > 0, S + next * BH, dh,
+    rnn_step_backward(sh, right, ldr, col, dG + (s ? last : t) * BH, s > 0, S + next * BH, dh,
                       dY + t * BH, lengths, t, dG + t * BH, B, H, flags);
     gl_grid_sync(barrier, target);
   }

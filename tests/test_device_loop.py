@@ -90,12 +90,22 @@ def test_long_sequences_leave_the_persistent_kernel(emulated):
 
 
 def test_persistent_plan():
-    p = persistent_plan(8, 128, 4, 4)
-    assert p["grid"] == (4, 1) and p["block"] == (32, 8) and p["blocks"] == 4
-    assert p["resident"] and p["shared"] == 4 * 128 * 32 * 4
-    big = persistent_plan(8, 1024, 4, 4)  # 512 KiB slice: read through L2
-    assert big["blocks"] == 32 and not big["resident"] and big["shared"] == 0
+    """The smallest unit tile whose grid fits on the SMs; 256 threads per block at most."""
+    p = persistent_plan(8, 128, 4, 4)  # 8 units: 16 blocks
+    assert p["grid"] == (16, 1) and p["block"] == (8, 8, 4) and p["blocks"] == 16
+    assert p["resident"] and p["shared"] == 4 * 128 * 8 * 4
+    p = persistent_plan(8, 1024, 4, 4)  # 128 blocks of 8 units, 128 KiB slices
+    assert p["grid"] == (128, 1) and p["resident"] and p["shared"] == 4 * 1024 * 8 * 4
+    p = persistent_plan(1, 2048, 4, 4)  # 8 units would need 256 blocks: 16 units
+    assert p["grid"] == (128, 1) and p["block"] == (16, 1, 16)
+    assert not p["resident"] and p["shared"] == 0  # a 512 KiB slice: read through L2
     assert persistent_plan(64, 1024, 4, 4) is None  # 32 x 8 blocks > 132 SMs
+    for B in (1, 3, 8, 11, 32):
+        for H in (1, 37, 300, 1024):
+            p = persistent_plan(B, H, 4, 8)
+            if p:
+                x, y, z = p["block"]
+                assert x * y * z <= 256 and y == min(8, B) and p["grid"][0] * x >= H
 
 
 def test_launch_shape_covers_every_element():
@@ -329,7 +339,7 @@ class _FakeKernel:
         self.kernel(grid, block, args, shared_mem=shared_mem, cooperative=self.coop)
 
 
-@pytest.mark.parametrize("cls, kw, H, algo", [("LSTM", {"peephole": True}, 300, "persistent"),
+@pytest.mark.parametrize("cls, kw, H, algo", [("LSTM", {"peephole": True}, 400, "persistent"),
                                               ("GRU", {"bidirectional": True}, 40, "fused"),
                                               ("RNN", {"nonlinearity": "relu"}, 40, "auto")])
 def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, kw, H, algo):
@@ -360,5 +370,5 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
         kind = cls.lower()
         assert names == {f"{kind}_persistent_forward<float>", f"{kind}_persistent_backward<float>"}
         assert all(coop for _, coop, _ in fake.launches)
-    if H == 300:  # the resident weight slice needs the > 48 KiB opt-in
-        assert max(s for _, _, s in fake.launches) == 4 * 300 * 32 * 4 > 48 * 1024
+    if H == 400:  # the resident weight slice (8 units) needs the > 48 KiB opt-in
+        assert max(s for _, _, s in fake.launches) == 4 * 400 * 8 * 4 > 48 * 1024

@@ -203,10 +203,11 @@ def test_ptxas_resource_report_no_spills(source, arch):
     bad = {ne: report[m] for ne, m in lowered.items()
            if report[m]["spill_stores"] or report[m]["spill_loads"] or report[m]["frame"]}
     assert not bad, f"kernels spill to local memory on {arch}: {bad}"
-    from gpulstm.backends.kernel_loop import ROWS, TILE
-    for ne, m in lowered.items():  # the fused kernels' shared tile of the left operand
-        if "_fused_" in ne:
-            assert report[m]["smem"] == ROWS * TILE * (8 if "<double>" in ne else 4), ne
+    from gpulstm.backends.kernel_loop import ROWS, THREADS, TILE
+    for ne, m in lowered.items():  # static FusedShared<T>: the left operand's tile, partial sums
+        if "_fused_" in ne or "_persistent_" in ne:
+            want = (ROWS * TILE + 4 * THREADS) * (8 if "<double>" in ne else 4)
+            assert report[m]["smem"] == want, (ne, report[m]["smem"], want)
 
 
 def test_persistent_kernels_are_co_resident_on_h100_h200(source):
@@ -227,7 +228,7 @@ def test_persistent_kernels_are_co_resident_on_h100_h200(source):
                     plan = kl.persistent_plan(B, H, G, item)
                     if plan is None or B > kl.PERSISTENT_MAX_BATCH:
                         continue  # "auto" runs fused here
-                    threads = plan["block"][0] * plan["block"][1]
+                    threads = plan["block"][0] * plan["block"][1] * plan["block"][2]
                     for d in ("forward", "backward"):
                         r = report[lowered[f"{cell}_persistent_{d}<{ctype}>"]]
                         smem = r["smem"] + plan["shared"]

@@ -13,10 +13,12 @@ Algorithms (module option ``algo``; ``docs/gpu.md`` has the details):
     one GEMM after it (dL/dh_0 = dh + dG_0 W_hh).
 ``"persistent"``
     the whole sequence of one direction in ONE cooperative launch forward and one backward
-    (``kernels/persistent.cu``): the fused kernels' blocks loop over the steps themselves, one
-    grid-wide barrier per step, each block's slice of W_hh resident in shared memory when it
-    fits (:func:`persistent_plan`). Needs every block co-resident (one block per SM): where
-    the grid is larger than the device's SM count it runs fused instead.
+    (``kernels/persistent.cu``): each block loops over the steps itself, one grid-wide
+    barrier per step. Blocks own fewer units than the fused kernels' (so the grid spreads over
+    the SMs) and split the reduction over more threads; each block's slice of W_hh stays
+    resident in shared memory when it fits (:func:`persistent_plan`). Needs every block
+    co-resident (one block per SM): where the grid is larger than the device's SM count it
+    runs fused instead.
 ``"auto"``
     ``"persistent"`` for a small batch (``B <= PERSISTENT_MAX_BATCH``) whose grid fits on the
     SMs, else ``"fused"``; ``"stepwise"`` where neither applies. The rule follows the shape of
@@ -38,10 +40,14 @@ import numpy as np
 
 from .numpy_pointwise import LSTM_PROJ
 
-#: units per block (blockDim.x) and maximum batch rows per block (blockDim.y); must match
-#: FUSED_TILE / FUSED_ROWS in kernels/fused_step.cu
+#: maximum units per block (blockDim.x; the fused kernels' tile), maximum batch rows per block
+#: (blockDim.y) and maximum threads per block; must match FUSED_TILE / FUSED_ROWS /
+#: FUSED_THREADS in kernels/fused_step.cu
 TILE = 32
 ROWS = 8
+THREADS = 256
+#: unit tiles the persistent plan tries, smallest first (more blocks keep more SMs busy)
+PERSISTENT_UNITS = (8, 16, 32)
 ALGOS = ("auto", "stepwise", "fused", "persistent")
 #: device assumed where none is queried (emulated execution, launch trace, performance model):
 #: an H100 SXM / H200 (132 SMs, 227 KiB of shared memory per block with the opt-in)
@@ -71,20 +77,29 @@ def fused_launch_shape(B, H):
 def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SMEM_PER_BLOCK):
     """Launch plan of a persistent kernel, or None where its grid cannot be co-resident.
 
-    Returns dict(grid, block, blocks, resident, shared): the fused grid/block; ``resident``
-    whether the block's weight slice (``gates * H * TILE`` elements) fits in shared memory next
-    to the static tile; ``shared`` the dynamic shared bytes (the slice, or 0). Co-residency is
-    argued for ONE block per SM: a block has at most ``TILE * ROWS`` = 256 threads and the
-    kernels use at most 72 registers (ptxas report, tests/test_nvrtc_compile.py), so any SM
-    holds one; ``blocks <= sm_count`` is then sufficient (a cooperative launch checks it again).
+    Returns dict(grid, block, blocks, resident, shared). Blocks of U units x R rows x Z
+    reduction slices (``R = min(8, B)``, ``Z = min(32, 256 // (U R))``) with the smallest U in
+    :data:`PERSISTENT_UNITS` whose grid ``ceil(H / U) x ceil(B / R)`` fits on the SMs, so the
+    work spreads over as many SMs as possible. ``resident``: the block's weight slice
+    (``gates * H * U`` elements) fits in shared memory next to the static buffers; ``shared``
+    the dynamic shared bytes (the slice, or 0). Co-residency is argued for ONE block per SM: a
+    block has at most 256 threads and the kernels' registers (ptxas report,
+    tests/test_nvrtc_compile.py) times 256 stay under an SM's 64 Ki, so any SM holds one;
+    ``blocks <= sm_count`` is then sufficient (a cooperative launch checks it again).
     """
-    grid, block = fused_launch_shape(B, H)
-    blocks = grid[0] * grid[1]
-    if blocks > sm_count:
+    rows = min(ROWS, B)
+    row_groups = -(-B // rows)
+    for units in PERSISTENT_UNITS:
+        if -(-H // units) * row_groups <= sm_count:
+            break
+    else:
         return None
-    w_bytes = gates * H * TILE * itemsize
-    resident = w_bytes + ROWS * TILE * itemsize <= smem_per_block
-    return dict(grid=grid, block=block, blocks=blocks, resident=resident,
+    grid = (-(-H // units), row_groups)
+    block = (units, rows, max(1, min(TILE, THREADS // (units * rows))))
+    w_bytes = gates * H * units * itemsize
+    static = (ROWS * TILE + 4 * THREADS) * itemsize  # FusedShared<T>
+    resident = w_bytes + static <= smem_per_block
+    return dict(grid=grid, block=block, blocks=grid[0] * grid[1], resident=resident,
                 shared=w_bytes if resident else 0)
 
 
