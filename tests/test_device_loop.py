@@ -372,3 +372,12 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
         assert all(coop for _, coop, _ in fake.launches)
     if H == 400:  # the resident weight slice (8 units) needs the > 48 KiB opt-in
         assert max(s for _, _, s in fake.launches) == 4 * 400 * 8 * 4 > 48 * 1024
+
+
+def test_tile_constants_match_the_kernels():
+    import re
+    from gpulstm.backends import kernel_loop as kl
+    from gpulstm.kernel_source import kernel_dir
+    text = (kernel_dir() / "fused_step.cu").read_text()
+    found = {k: int(v) for k, v in re.findall(r"^#define FUSED_(TILE|ROWS|THREADS) (\d+)", text, re.M)}
+    assert found == {"TILE": kl.TILE, "ROWS": kl.ROWS, "THREADS": kl.THREADS}
