@@ -31,10 +31,12 @@
 #define FUSED_ROWS 8       // maximum batch rows per block (blockDim.y)
 #define FUSED_THREADS 256  // maximum threads per block (blockDim.x * blockDim.y * blockDim.z)
 
-// Static shared memory of every kernel here: the left operand's chunk and the partial sums.
+// Static shared memory of every kernel here: the left operand's chunk (rows padded by one
+// element, so that the rows a warp reads at one column fall into different banks) and the
+// partial sums.
 template <typename T>
 struct FusedShared {
-  T tile[FUSED_ROWS][FUSED_TILE];
+  T tile[FUSED_ROWS][FUSED_TILE + 1];
   T red[4][FUSED_THREADS];
 };
 

@@ -206,7 +206,7 @@ def test_ptxas_resource_report_no_spills(source, arch):
     from gpulstm.backends.kernel_loop import ROWS, THREADS, TILE
     for ne, m in lowered.items():  # static FusedShared<T>: the left operand's tile, partial sums
         if "_fused_" in ne or "_persistent_" in ne:
-            want = (ROWS * TILE + 4 * THREADS) * (8 if "<double>" in ne else 4)
+            want = (ROWS * (TILE + 1) + 4 * THREADS) * (8 if "<double>" in ne else 4)
             assert report[m]["smem"] == want, (ne, report[m]["smem"], want)
 
 

@@ -97,7 +97,7 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
     grid = (-(-H // units), row_groups)
     block = (units, rows, max(1, min(TILE, THREADS // (units * rows))))
     w_bytes = gates * H * units * itemsize
-    static = (ROWS * TILE + 4 * THREADS) * itemsize  # FusedShared<T>
+    static = (ROWS * (TILE + 1) + 4 * THREADS) * itemsize  # FusedShared<T>
     resident = w_bytes + static <= smem_per_block
     return dict(grid=grid, block=block, blocks=grid[0] * grid[1], resident=resident,
                 shared=w_bytes if resident else 0)
