@@ -185,12 +185,22 @@ def ptxas_report(log):
     return out
 
 
+_PTXAS_RUNS = {}
+
+
+def _ptxas_compile(source, arch):
+    """(ok, log, lowered) of a compile with ptxas's verbose report, once per arch."""
+    if arch not in _PTXAS_RUNS:
+        options = NVRTC_OPTIONS + CUPY_ADDED + (f"--gpu-architecture={arch}", "--ptxas-options=-v")
+        _PTXAS_RUNS[arch] = compile_nvrtc(source.code, source.name_expressions, options)[:3]
+    return _PTXAS_RUNS[arch]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ptxas_resource_report_no_spills(source, arch):
     """ptxas's own report (registers, spill stores/loads, stack frame, static shared memory
     per block) for every kernel, printed; a kernel that spills or uses a stack frame fails."""
-    options = NVRTC_OPTIONS + CUPY_ADDED + (f"--gpu-architecture={arch}", "--ptxas-options=-v")
-    ok, log, lowered, _ = compile_nvrtc(source.code, source.name_expressions, options)
+    ok, log, lowered = _ptxas_compile(source, arch)
     assert ok, log
     report = ptxas_report(log)
     print(f"\nptxas {arch}: kernel, registers, spill stores/loads bytes, stack frame bytes, "
@@ -216,8 +226,7 @@ def test_persistent_kernels_are_co_resident_on_h100_h200(source):
     (registers x threads <= 64 Ki, static + dynamic shared <= 227 KiB) and the grid has at most
     132 blocks: all blocks co-resident, as the grid-wide barrier needs."""
     from gpulstm.backends import kernel_loop as kl
-    options = NVRTC_OPTIONS + CUPY_ADDED + ("--gpu-architecture=sm_90", "--ptxas-options=-v")
-    ok, log, lowered, _ = compile_nvrtc(source.code, source.name_expressions, options)
+    ok, log, lowered = _ptxas_compile(source, "sm_90")
     assert ok, log
     report = ptxas_report(log)
     checked = 0
