@@ -52,49 +52,73 @@ __device__ __forceinline__ T gl_load_cg(const T* p) {
 }
 
 // acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG,
-// complete in the z = 0 thread of (b, j). Every thread of the block must call it (it holds
-// barriers); rows b >= B and columns with !col_ok contribute nothing and get acc = 0.
-// `right` may point to global or shared memory.
+// complete in the thread (x, y, 0) of element (b, j), b = R blockIdx.y + y. Every thread of
+// the block must call it (it holds barriers); rows b >= B and columns with !col_ok contribute
+// nothing and get acc = 0. `right` may point to global or shared memory; `col` depends on
+// threadIdx.x only.
+//
+// The reduction runs register-blocked over the block's rows: the U R Z threads form S = R Z
+// slices of U units; slice s sums the columns c = s, s + S, ... of each chunk for ALL R rows,
+// loading each weight once per block and step. The partial sums then meet in shared memory,
+// one row at a time, and the owner of (b, j) adds them in slice order.
 template <typename T, int NG>
 __device__ __forceinline__ void fused_row_product(
     FusedShared<T>& sh, const T* left, const int ldl, const int K, const T* right,
-    const int ldr, const int col, const int gstride, const int b, const int B,
-    const bool col_ok, T* acc) {
-  const int U = blockDim.x, R = blockDim.y, Z = blockDim.z;
-  const int ty = threadIdx.y, tz = threadIdx.z;
-  const int slot = threadIdx.x + U * ty;  // the element's slot, < U R
-  const int lin = slot + U * R * tz, nthreads = U * R * Z;
+    const int ldr, const int col, const int gstride, const int B, const bool col_ok,
+    T* acc) {
+  const int U = blockDim.x, R = blockDim.y;
+  const int x = threadIdx.x;
+  const int lin = x + U * (threadIdx.y + R * threadIdx.z);
+  const int nthreads = U * R * blockDim.z, S = nthreads / U, s = lin / U;
   const int b0 = blockIdx.y * R;
-  const bool mine = b < B && col_ok;
-  for (int g = 0; g < NG; ++g) acc[g] = T(0);
+  const int rows = B - b0 < R ? B - b0 : R;
+  T part[FUSED_ROWS][NG];  // registers: every loop over r and g below is unrolled
+#pragma unroll
+  for (int r = 0; r < FUSED_ROWS; ++r)
+#pragma unroll
+    for (int g = 0; g < NG; ++g) part[r][g] = T(0);
   for (int k0 = 0; k0 < K; k0 += FUSED_TILE) {
     for (int i = lin; i < R * FUSED_TILE; i += nthreads) {
       const int r = i / FUSED_TILE, c = i - r * FUSED_TILE;
-      sh.tile[r][c] = (b0 + r < B && k0 + c < K) ? gl_load_cg(left + (b0 + r) * ldl + k0 + c)
-                                                 : T(0);
+      sh.tile[r][c] = (r < rows && k0 + c < K) ? gl_load_cg(left + (b0 + r) * ldl + k0 + c)
+                                               : T(0);
     }
     __syncthreads();
-    if (mine) {
+    if (col_ok) {
       const int n = K - k0 < FUSED_TILE ? K - k0 : FUSED_TILE;
-      for (int c = tz; c < n; c += Z) {
-        const T l = sh.tile[ty][c];
-        const T* r = right + (k0 + c) * ldr + col;
-        for (int g = 0; g < NG; ++g) acc[g] = acc[g] + l * r[g * gstride];
+      for (int c = s; c < n; c += S) {
+        const T* rp = right + (k0 + c) * ldr + col;
+        T w[NG];
+#pragma unroll
+        for (int g = 0; g < NG; ++g) w[g] = rp[g * gstride];
+#pragma unroll
+        for (int r = 0; r < FUSED_ROWS; ++r) {
+          if (r < rows) {
+            const T l = sh.tile[r][c];
+#pragma unroll
+            for (int g = 0; g < NG; ++g) part[r][g] = part[r][g] + l * w[g];
+          }
+        }
       }
     }
     __syncthreads();
   }
-  if (Z > 1) {  // combine the slices' partial sums in the z = 0 thread
-    for (int g = 0; g < NG; ++g) sh.red[g][lin] = acc[g];
-    __syncthreads();
-    if (tz == 0) {
-      for (int g = 0; g < NG; ++g) {
-        T sum = sh.red[g][slot];
-        for (int z = 1; z < Z; ++z) sum = sum + sh.red[g][slot + U * R * z];
-        acc[g] = sum;
+  for (int g = 0; g < NG; ++g) acc[g] = T(0);
+#pragma unroll
+  for (int r = 0; r < FUSED_ROWS; ++r) {  // rows is the same for the whole block
+    if (r < rows) {
+#pragma unroll
+      for (int g = 0; g < NG; ++g) sh.red[g][lin] = part[r][g];
+      __syncthreads();
+      if (threadIdx.y == r && threadIdx.z == 0) {
+        for (int g = 0; g < NG; ++g) {
+          T sum = sh.red[g][x];
+          for (int q = 1; q < S; ++q) sum = sum + sh.red[g][x + U * q];
+          acc[g] = sum;
+        }
       }
+      __syncthreads();
     }
-    __syncthreads();  // red is free again for the next call
   }
 }
 
@@ -114,7 +138,7 @@ __device__ __forceinline__ void lstm_step_forward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[4];
-  fused_row_product<T, 4>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  fused_row_product<T, 4>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
   lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
@@ -129,7 +153,7 @@ __device__ __forceinline__ void gru_step_forward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[3];
-  fused_row_product<T, 3>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  fused_row_product<T, 3>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
   gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
@@ -143,7 +167,7 @@ __device__ __forceinline__ void rnn_step_forward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(sh, h_prev, H, H, right, ldr, col, gstride, b, B, j < H, acc);
+  fused_row_product<T, 1>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   gh[b * H + j] = acc[0];
   rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
@@ -164,7 +188,7 @@ __device__ __forceinline__ void lstm_step_backward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  fused_row_product<T, 1>(sh, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];
@@ -180,7 +204,7 @@ __device__ __forceinline__ void gru_step_backward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  fused_row_product<T, 1>(sh, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];
@@ -195,7 +219,7 @@ __device__ __forceinline__ void rnn_step_backward(
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, b, B, j < H, acc);
+  fused_row_product<T, 1>(sh, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
   if (has_prev) dh_next[k] = dh_next[k] + acc[0];

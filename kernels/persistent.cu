@@ -9,8 +9,9 @@
 // recurrent weights into dynamic shared memory, where it stays for all steps:
 //   forward:  wsh[k][g][x] = W_hh^T[k, g H + j0 + x]   k < H, g < G, x < U
 //   backward: wsh[m][x]    = W_hh[m, j0 + x]           m < G H,       x < U
-// (G * H * U elements either way; zero for units j0 + x >= H). Without it the weights are
-// read through L2 every step as in the fused kernels.
+// (G * H * U elements either way; zero for units j0 + x >= H; each row padded by one element
+// so that the rows the slices of one warp read fall into different banks). Without it the
+// weights are read through L2 every step as in the fused kernels.
 //
 // Requirements (the launcher checks them, a cooperative launch enforces co-residency): every
 // block resident at once; `barrier` a zeroed unsigned counter of this launch; buffers are the
@@ -43,7 +44,7 @@ __device__ __forceinline__ void gl_grid_sync(unsigned int* counter, unsigned int
 #endif
 }
 
-// Copies the block's weight slice to shared memory: dst[r * (G * U) + g * U + x] =
+// Copies the block's weight slice to shared memory: dst[r * (G * U + 1) + g * U + x] =
 // src[r * ld + g * gstride + j0 + x] for r < rows, g < G, x < U (U = blockDim.x).
 template <typename T>
 __device__ __forceinline__ void gl_load_weights(T* dst, const T* src, const int rows,
@@ -56,7 +57,7 @@ __device__ __forceinline__ void gl_load_weights(T* dst, const T* src, const int 
     const int x = i % U;
     const int g = (i / U) % G;
     const int r = i / (G * U);
-    dst[i] = j0 + x < H ? src[r * ld + g * gstride + j0 + x] : T(0);
+    dst[r * (G * U + 1) + g * U + x] = j0 + x < H ? src[r * ld + g * gstride + j0 + x] : T(0);
   }
   __syncthreads();
 }
@@ -66,7 +67,7 @@ extern __shared__ __align__(16) unsigned char gl_dynamic_smem[];
 // The right operand for the step functions: the resident copy or global memory.
 #define GL_RIGHT(G, global_ptr, global_ld, global_gstride)                                  \
   const T* right = resident ? wsh : (global_ptr);                                         \
-  const int ldr = resident ? (G) * int(blockDim.x) : (global_ld);                         \
+  const int ldr = resident ? (G) * int(blockDim.x) + 1 : (global_ld);                     \
   const int col = resident ? int(threadIdx.x) : int(blockIdx.x * blockDim.x + threadIdx.x); \
   const int gstride = resident ? int(blockDim.x) : (global_gstride);                      \
   (void)gstride;

@@ -80,8 +80,9 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
     Returns dict(grid, block, blocks, resident, shared). Blocks of U units x R rows x Z
     reduction slices (``R = min(8, B)``, ``Z = min(32, 256 // (U R))``) with the smallest U in
     :data:`PERSISTENT_UNITS` whose grid ``ceil(H / U) x ceil(B / R)`` fits on the SMs, so the
-    work spreads over as many SMs as possible. ``resident``: the block's weight slice
-    (``gates * H * U`` elements) fits in shared memory next to the static buffers; ``shared``
+    work spreads over as many SMs as possible. ``resident``: the block's weight slice (about
+    ``gates * H * U`` elements, rows padded) fits in shared memory next to the static
+    buffers; ``shared``
     the dynamic shared bytes (the slice, or 0). Co-residency is argued for ONE block per SM: a
     block has at most 256 threads and the kernels' registers (ptxas report,
     tests/test_nvrtc_compile.py) times 256 stay under an SM's 64 Ki, so any SM holds one;
@@ -96,7 +97,8 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
         return None
     grid = (-(-H // units), row_groups)
     block = (units, rows, max(1, min(TILE, THREADS // (units * rows))))
-    w_bytes = gates * H * units * itemsize
+    # the slice, rows padded by one element: forward H x (G U + 1), backward G H x (U + 1)
+    w_bytes = max(H * (gates * units + 1), gates * H * (units + 1)) * itemsize
     static = (ROWS * (TILE + 1) + 4 * THREADS) * itemsize  # FusedShared<T>
     resident = w_bytes + static <= smem_per_block
     return dict(grid=grid, block=block, blocks=grid[0] * grid[1], resident=resident,
