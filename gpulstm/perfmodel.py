@@ -12,10 +12,12 @@ predicted microseconds per time step of one layer and direction from
 
 Per step: ``max(host time, device time)`` for the stepwise and fused loops (asynchronous
 launches overlap host and device), device time plus one grid-wide barrier for the persistent
-kernel (no host work inside the loop). Device time of a launch: a fixed launch gap plus the
-largest of FLOPs / (peak x active-SM fraction), L2 bytes / L2 bandwidth and L1-or-shared bytes /
-(per-SM bandwidth x active SMs). Every constant below is an assumption with its source; change
-them with :class:`Device`. :data:`ANCHORS` are the cuDNN measurements the issue cites.
+kernel (no host work inside the loop). Device time of a fused or persistent step: a launch
+gap (or a grid barrier) plus the block's partial-sum barriers plus the largest of FLOPs /
+(peak x active-SM fraction), L2 bytes / L2 bandwidth (weights not resident), the block's
+shared-memory wavefronts and its FMAs (one block per SM); of a stepwise step: two launch gaps,
+the GEMM at peak or HBM rate, the pointwise kernel at HBM rate. Every constant below is an
+assumption with its source; change them with :class:`Device`. :data:`ANCHORS` are the cuDNN measurements the issue cites.
 """
 from __future__ import annotations
 
@@ -35,17 +37,13 @@ class Device:
     fp64_tflops: float  # non-tensor-core FP64 peak (NVIDIA datasheet)
     hbm_tbs: float  # HBM bandwidth (NVIDIA datasheet)
     l2_tbs: float = 7.0  # L2 read bandwidth, whole chip: ASSUMED (about 2x HBM on Hopper)
-    sm_bytes_per_clk: int = 128  # L1 / shared memory bytes per clock per SM (Hopper whitepaper)
     clock_ghz: float = 1.98  # boost clock (H100 SXM datasheet)
     launch_gap_us: float = 2.0  # device-side gap between dependent kernels: ASSUMED
     grid_barrier_us: float = 1.0  # one grid-wide barrier of a cooperative kernel: ASSUMED
+    block_barrier_us: float = 0.02  # one __syncthreads of a 256-thread block: ASSUMED
     host_kernel_us: float = 8.0  # host time of one CuPy RawKernel launch: ASSUMED
     host_gemm_us: float = 20.0  # host time of one cupy.matmul / cublas.gemm call: ASSUMED
     host_op_us: float = 8.0  # host time of one other CuPy operation: ASSUMED
-
-    def sm_tbs(self, sms):
-        """L1 / shared-memory bandwidth of ``sms`` SMs in TB/s."""
-        return sms * self.sm_bytes_per_clk * self.clock_ghz / 1000.0
 
 
 #: H100 SXM5 and H200 SXM (132 SMs each; the H200 has the faster HBM3e)
@@ -63,10 +61,10 @@ ANCHORS = {
 }
 
 
-def _device_step_us(dev, algo, B, H, G, item, plan=None):
-    """Device microseconds of one forward step (the backward step moves and computes the
-    same amounts: its product is dG [B, G H] x W_hh [G H, H]); ``plan``: the persistent
-    kernel's launch plan (its grid and whether W_hh is resident)."""
+def _device_step_us(dev, algo, B, H, G, item, plan=None, forward=True):
+    """Device microseconds of one step, forward or backward (backward: the product is
+    dG [B, G H] x W_hh [G H, H], one output per unit instead of G); ``plan``: the persistent
+    kernel's launch plan (grid, block, whether W_hh is resident)."""
     flops = 2.0 * B * H * G * H
     peak = (dev.fp64_tflops if item == 8 else dev.fp32_tflops) * 1e6  # FLOPs per µs
     w_bytes = G * H * H * item
@@ -75,16 +73,31 @@ def _device_step_us(dev, algo, B, H, G, item, plan=None):
         gemm = max(flops / peak, w_bytes / (dev.hbm_tbs * 1e6))
         pointwise = 4.0 * B * G * H * item / (dev.hbm_tbs * 1e6)
         return 2 * dev.launch_gap_us + gemm + pointwise
-    row_groups = -(-B // min(ROWS, B))
-    blocks = plan["blocks"] if plan else -(-H // TILE) * row_groups
-    resident = bool(plan and plan["resident"])
+    # fused / persistent: per block (one per SM), the register-blocked product of
+    # kernels/fused_step.cu: S = threads / U slices; per column a slice's warp issues NG
+    # weight loads and R broadcast loads of h (one shared-memory wavefront each, one cycle),
+    # and R NG FMAs per thread; then R rounds of partial sums (two barriers each)
+    rows = min(ROWS, B)
+    row_groups = -(-B // rows)
+    if plan:
+        (units, _, z), blocks, resident = plan["block"], plan["blocks"], plan["resident"]
+    else:
+        units, z, blocks, resident = TILE, 1, -(-H // TILE) * row_groups, False
+    threads = units * rows * z
+    slices = threads // units
+    K, NG = (H, G) if forward else (G * H, 1)
+    cols = -(-K // slices)
+    warps = -(-threads // 32)
+    clock = dev.clock_ghz * 1e3  # cycles per µs
+    smem = warps * cols * (rows + NG) / clock
+    fma_per_clk = 64 if item == 8 else 128  # FP32 / FP64 FMA lanes per SM (Hopper)
+    fma = threads * cols * rows * NG / fma_per_clk / clock
+    reduce = 2 * rows * dev.block_barrier_us
     sms = min(blocks, dev.sm_count)
-    compute = flops / (peak * sms / dev.sm_count)
-    # every thread streams its W column once per step: B H G H elements through L1 / shared
-    near = B * H * G * H * item / (dev.sm_tbs(sms) * 1e6)
     l2 = 0.0 if resident else row_groups * w_bytes / (dev.l2_tbs * 1e6)
+    compute = flops / (peak * sms / dev.sm_count)
     gap = dev.grid_barrier_us if algo == "persistent" else dev.launch_gap_us
-    return gap + max(compute, near, l2)
+    return gap + reduce + max(smem, fma, l2, compute)
 
 
 def predict(module, x, device="H200", backward=True):
@@ -99,7 +112,6 @@ def predict(module, x, device="H200", backward=True):
     H, G, item = module.hidden_size, module._make_cell().gates, module.dtype.itemsize
     dirs = module.num_layers * module.num_directions
     out = {}
-    phases = 2 if backward else 1
     for algo in ("stepwise", "fused", "persistent"):
         plan = persistent_plan(B, H, G, item, dev.sm_count)
         if algo == "persistent" and plan is None:
@@ -113,8 +125,9 @@ def predict(module, x, device="H200", backward=True):
         gm = tr.count(kind="gemm", in_loop=True) / per
         op = tr.count(kind="op", in_loop=True) / per
         host = k * dev.host_kernel_us + gm * dev.host_gemm_us + op * dev.host_op_us
-        devt = phases * _device_step_us(dev, algo, B, H, G, item,
-                                        plan if algo == "persistent" else None)
+        p = plan if algo == "persistent" else None
+        devt = sum(_device_step_us(dev, algo, B, H, G, item, p, forward=f)
+                   for f in ((True, False) if backward else (True,)))
         note = ""
         if algo == "persistent":
             # launched once per direction: its host time amortized over the T steps

@@ -25,9 +25,11 @@ def test_host_time_follows_the_trace():
     for algo in ("stepwise", "fused", "persistent"):
         assert p[algo]["us_per_step"] >= p[algo]["device_us"] > 0
     assert p["auto"] == "persistent"
-    # forward only halves the device work of the loop
+    # forward only: less device work, the same kernels per step in the forward phase
     f = predict(m, x, dev, backward=False)
-    assert abs(2 * f["fused"]["device_us"] - p["fused"]["device_us"]) < 1e-9
+    for algo in ("fused", "persistent"):
+        assert 0 < f[algo]["device_us"] < p[algo]["device_us"]
+    assert f["fused"]["launches_per_step"] == 1
 
 
 def test_no_persistent_entry_when_the_grid_does_not_fit():
