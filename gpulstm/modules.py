@@ -8,6 +8,7 @@ so ``torch.nn.LSTM(...).state_dict()`` converted to NumPy loads as is. Training 
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -43,7 +44,8 @@ class _RNNBase:
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                           "non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={num_layers}", UserWarning, stacklevel=3)
+                          f"dropout={dropout} and num_layers={num_layers}", UserWarning,
+                          stacklevel=_user_stacklevel())
         self.dtype = check_dtype_name(dtype)
         seed = check_seed(seed)
         self.ex = get_backend(backend)
@@ -289,6 +291,15 @@ class _RNNBase:
     def __repr__(self):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
+
+
+def _user_stacklevel():
+    """warnings.warn's stacklevel of the first caller outside this module (the user's line),
+    for a warning raised in a constructor, whatever the depth of subclass ``__init__``s."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _EMPTY_BATCH = "empty batch"  # the saved "forward" of a B = 0 call: backward returns zeros
