@@ -99,6 +99,8 @@ def _dtype_of(name, a):
 def check_lengths(lengths, T, B):
     """Per-sequence lengths -> int32 NumPy array of shape (B,), each in [1, T]."""
     arr = np.asarray(lengths)
+    if B == 0 and arr.shape == (0,):  # an empty batch: [] (NumPy makes it float64)
+        return arr.astype(np.int32)
     if arr.dtype == bool or arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers; got dtype {arr.dtype}")
     if arr.ndim != 1:

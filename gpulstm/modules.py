@@ -23,8 +23,19 @@ _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b
                  "w_hr": "weight_hr", "peep": "weight_peep"}
 
 
+# Attributes the parameters' shapes or the saved arrays depend on: fixed once built.
+_FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bias",
+                    "bidirectional", "peephole", "dtype", "backend", "ex"})
+
+
 class _RNNBase:
     _gates = 1
+
+    def __setattr__(self, name, value):
+        if name in _FIXED and "_params" in self.__dict__:
+            raise AttributeError(f"{name} is fixed when the module is built (the parameters "
+                                 f"depend on it); build a new {type(self).__name__} instead")
+        object.__setattr__(self, name, value)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
@@ -91,7 +102,7 @@ class _RNNBase:
         """Re-attach the execution of the backend the module was saved with."""
         self.__dict__.update(state)
         try:
-            self.ex = get_backend(self.backend)
+            self.__dict__["ex"] = get_backend(self.backend)
         except BackendUnavailable as e:
             raise BackendUnavailable(
                 f"cannot restore this {type(self).__name__}: it was saved with backend "
@@ -187,7 +198,7 @@ class _RNNBase:
     # -- forward / backward -------------------------------------------------------------------
     def _check_state(self, name, a, B, size, unbatched):
         LD = self.num_layers * self.num_directions
-        a = self.ex.from_user(a)
+        a = self.ex.from_user(_no_autograd(name, a))
         if unbatched:
             if getattr(a, "ndim", 2) != 2:
                 raise ValueError(f"for unbatched 2-D input, {name} must also be 2-D ({LD}, {size}); "
@@ -208,7 +219,7 @@ class _RNNBase:
 
     def _forward_impl(self, x, h0, c0, lengths):
         ex = self.ex
-        x = ex.from_user(x)
+        x = ex.from_user(_no_autograd("x", x))
         unbatched = getattr(x, "ndim", None) == 2
         if unbatched:  # (T, I): one sequence, batch_first does not apply (as in torch)
             x = check_array("x", x, (None, self.input_size), self.dtype)[:, None, :]
@@ -257,7 +268,7 @@ class _RNNBase:
         T, B, F = self._out_shape
         unbatched = self._unbatched
         want = (T, F) if unbatched else (B, T, F) if self.batch_first else (T, B, F)
-        g = check_array("grad_out", ex.from_user(grad_out), want, self.dtype)
+        g = check_array("grad_out", ex.from_user(_no_autograd("grad_out", grad_out)), want, self.dtype)
         if unbatched:
             g = g[:, None, :]
         elif self.batch_first:
@@ -275,9 +286,10 @@ class _RNNBase:
             grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
             state_grads = None
         else:
-            dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, self.record_state_grads)
+            record = check_bool("record_state_grads", self.record_state_grads)
+            dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, record)
             grads = {key: gl[layer][d][short] for layer, d, short, key, _ in self._keys()}
-            state_grads = self._ctx.state_grads if self.record_state_grads else None
+            state_grads = self._ctx.state_grads if record else None
         if unbatched:
             dx, dh0 = dx[:, 0], dh0[:, 0]
             dc0 = dc0[:, 0] if dc0 is not None else None
@@ -321,7 +333,18 @@ def _to_numpy(a):
         return a.get()
     if hasattr(a, "detach"):  # torch
         a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":  # no NumPy dtype: widen exactly to float32
+            a = a.float()
     return np.asarray(a)
+
+
+def _no_autograd(name, a):
+    """``a`` unchanged, unless it is a torch tensor that requires grad: gpulstm does not take
+    part in torch's autograd, so using it silently would cut the caller's graph."""
+    if getattr(a, "requires_grad", False) and hasattr(a, "detach"):
+        raise TypeError(f"{name} is a torch tensor that requires grad; gpulstm computes gradients "
+                        f"with backward(), not through torch's autograd: pass {name}.detach()")
+    return a
 
 
 class LSTM(_RNNBase):
@@ -420,9 +443,9 @@ class RNN(GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="default", **kwargs):
-        if nonlinearity not in ("tanh", "relu"):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
-        if init not in ("default", "identity"):
+        if not isinstance(init, str) or init not in ("default", "identity"):
             raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,

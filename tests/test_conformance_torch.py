@@ -372,7 +372,7 @@ def test_deepcopy_and_pickle_round_trip(how, backend, rng):
 
 def test_unpickling_a_cupy_module_without_a_gpu_says_so():
     m = gl.GRU(2, 3, backend="numpy")
-    m.backend = "cupy"  # as if saved on a GPU machine (the pickle holds NumPy arrays)
+    m.__dict__["backend"] = "cupy"  # as if saved on a GPU machine (the pickle holds NumPy arrays)
     data = pickle.dumps(m)
     if gl.available_backends()["cupy"] is None:  # a GPU machine: it loads onto the GPU
         c = pickle.loads(data)
@@ -453,3 +453,52 @@ def test_huge_sizes_give_a_memory_error_naming_the_buffer():
     x = np.broadcast_to(np.float32(0.5), (T, B, 1))  # no memory behind it
     with pytest.raises(MemoryError, match=rf"GRU forward \(T={T}, B={B}, H=2\): it needs about \d+ bytes"):
         m(x)
+
+
+# -- misuse found by probing -----------------------------------------------------------------
+@pytest.mark.parametrize("name,value", [("hidden_size", 5), ("bidirectional", True),
+                                        ("num_layers", 2), ("dtype", np.dtype("float64")),
+                                        ("proj_size", 2), ("bias", False), ("backend", "emulated")])
+def test_structure_is_fixed_after_construction(name, value):
+    """Changing what the parameters' shapes depend on used to fail later with a KeyError or a
+    broadcast error (or, for dtype, run with mismatched arrays); it is refused at once."""
+    m = gl.LSTM(3, 4, backend="numpy")
+    with pytest.raises(AttributeError, match=f"{name} is fixed when the module is built"):
+        setattr(m, name, value)
+    m.batch_first = True  # layout only: allowed, as in torch
+    assert m(np.ones((2, 5, 3), np.float32))[0].shape == (2, 5, 4)
+
+
+def test_torch_tensor_that_requires_grad_is_refused_clearly(rng):
+    m = gl.GRU(3, 4, backend="numpy")
+    x = torch.tensor(rng.standard_normal((5, 2, 3)).astype(np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=r"x is a torch tensor that requires grad.*x.detach\(\)"):
+        m(x)
+    h0 = torch.zeros((1, 2, 4), requires_grad=True)
+    with pytest.raises(TypeError, match="h0 is a torch tensor that requires grad"):
+        m(x.detach(), h0)
+    y, _ = m(x.detach())
+    with pytest.raises(TypeError, match="grad_out is a torch tensor that requires grad"):
+        m.backward(torch.ones(tuple(y.shape), requires_grad=True))
+
+
+def test_bfloat16_state_dict_loads(rng):
+    ref = torch.nn.GRU(3, 4).to(torch.bfloat16)
+    m = gl.GRU(3, 4, backend="numpy")
+    m.load_state_dict(ref.state_dict())
+    np.testing.assert_array_equal(m.state_dict()["weight_ih_l0"], ref.weight_ih_l0.float().detach().numpy())
+
+
+def test_empty_batch_takes_empty_lengths():
+    y, _ = gl.LSTM(3, 4, backend="numpy")(np.zeros((5, 0, 3), np.float32), lengths=[])
+    assert y.shape == (5, 0, 4)
+
+
+def test_option_types_are_checked():
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
+        gl.RNN(3, 4, nonlinearity=np.array(["tanh", "relu"]), backend="numpy")
+    m = gl.RNN(3, 4, backend="numpy")
+    m.record_state_grads = "no"
+    m(np.ones((2, 1, 3), np.float32))
+    with pytest.raises(TypeError, match="record_state_grads must be a bool; got str"):
+        m.backward(np.ones((2, 1, 4), np.float32))
