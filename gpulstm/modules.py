@@ -287,7 +287,11 @@ class _RNNBase:
             state_grads = None
         else:
             record = check_bool("record_state_grads", self.record_state_grads)
-            dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, record)
+            H, Hs = self.hidden_size, self._state_size
+            need = engine.saved_bytes(self._ctx.cell, T, B, self.input_size, H, Hs,
+                                      self.num_layers, self.num_directions, self.dtype.itemsize)
+            with ex.memory_guard(need, f"{type(self).__name__} backward (T={T}, B={B}, H={H})"):
+                dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, record)
             grads = {key: gl[layer][d][short] for layer, d, short, key, _ in self._keys()}
             state_grads = self._ctx.state_grads if record else None
         if unbatched:

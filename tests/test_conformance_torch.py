@@ -357,7 +357,9 @@ def test_deepcopy_and_pickle_round_trip(how, backend, rng):
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     y, _ = m(x)
     m.backward(np.ones(y.shape, np.float32))
-    c = copy.deepcopy(m) if how == "deepcopy" else pickle.loads(pickle.dumps(m))
+    data = pickle.dumps(m)
+    assert b"Execution" not in data and b"pointwise" not in data  # no execution object saved
+    c = copy.deepcopy(m) if how == "deepcopy" else pickle.loads(data)
     assert c.ex is m.ex and c.backend == m.backend
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(m.ex.to_numpy(c.state_dict()[k]), m.ex.to_numpy(v))
@@ -453,6 +455,19 @@ def test_huge_sizes_give_a_memory_error_naming_the_buffer():
     x = np.broadcast_to(np.float32(0.5), (T, B, 1))  # no memory behind it
     with pytest.raises(MemoryError, match=rf"GRU forward \(T={T}, B={B}, H=2\): it needs about \d+ bytes"):
         m(x)
+
+
+def test_backward_out_of_memory_names_the_call(monkeypatch):
+    from gpulstm import engine
+    m = gl.GRU(1, 2, backend="numpy")
+    y, _ = m(np.ones((3, 2, 1), np.float32))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.00 TiB for an array")
+    monkeypatch.setattr(engine, "backward", no_memory)
+    with pytest.raises(MemoryError, match=r"GRU backward \(T=3, B=2, H=2\): it needs about \d+ bytes"):
+        m.backward(np.ones_like(y))
+    assert m.grads is None
 
 
 # -- misuse found by probing -----------------------------------------------------------------
