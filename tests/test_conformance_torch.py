@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpulstm as gl
 from gpulstm.backends import BackendUnavailable
@@ -517,3 +519,35 @@ def test_option_types_are_checked():
     m(np.ones((2, 1, 3), np.float32))
     with pytest.raises(TypeError, match="record_state_grads must be a bool; got str"):
         m.backward(np.ones((2, 1, 4), np.float32))
+
+
+@st.composite
+def _padded_configs(draw):
+    cell = draw(st.sampled_from(CELLS))
+    H = draw(st.integers(1, 6))
+    T, B = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    return dict(cell=cell, I=draw(st.integers(1, 4)), H=H, T=T, B=B,
+                proj=draw(st.integers(0, H - 1)) if cell == "lstm" else 0,
+                L=draw(st.integers(1, 3)), bi=draw(st.booleans()), bf=draw(st.booleans()),
+                lengths=draw(st.lists(st.integers(1, T), min_size=B, max_size=B)),
+                poison=draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e300])),
+                backend=draw(st.sampled_from([b for b in BACKENDS if b != "cupy"])),
+                seed=draw(st.integers(0, 2**31)))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_padded_configs())
+def test_fuzz_poisoned_padding_matches_torch_packed(c):
+    """Random shapes and lengths with NaN/inf/huge values in the padding: outputs and every
+    gradient equal torch's packed sequences (which never see the padding)."""
+    m, ref = make_pair(c["cell"], c["I"], c["H"], num_layers=c["L"], bidirectional=c["bi"],
+                       batch_first=c["bf"], proj_size=c["proj"], backend=c["backend"])
+    p = random_problem(np.random.default_rng(c["seed"]), m, c["T"], c["B"], lengths=c["lengths"])
+    clean = p["x"].copy()
+    for b, n in enumerate(c["lengths"]):
+        if c["bf"]:
+            p["x"][b, n:] = c["poison"]
+        else:
+            p["x"][n:, b] = c["poison"]
+    ours = ours_run(m, **p)
+    assert_close(ours, torch_run(ref, **dict(p, x=clean)), 1e-11)
