@@ -216,3 +216,22 @@ def test_cache_key_covers_included_headers(cache, tmp_path, monkeypatch, how):
     _build.clear_memo()
     header.write_text("#define SCALE 3\n")  # same source, edited header: a new library
     np.testing.assert_array_equal(fill_value(EmulatedModule(code, options=options)), 7.5)
+
+
+def test_damaged_kernel_library_does_not_take_available_backends_down(cache):
+    """The issue's crash: a truncated kernels library killed available_backends() (and
+    `gpulstm info`) with SIGBUS inside dlopen."""
+    script = """
+        import gpulstm as gl
+        from gpulstm.emulator import _build
+        print(gl.available_backends()["emulated"], _build.compile_count)
+        """
+    env = {"GPULSTM_CACHE_DIR": str(cache.parent)}
+    first = run_py(script, env)
+    assert first.returncode == 0 and first.stdout.split() == ["None", "1"], first
+    (lib,) = cache.glob("*.so")
+    damaged = lib.with_name("damaged")
+    damaged.write_bytes(lib.read_bytes()[:4096])
+    plant(damaged, lib)
+    again = run_py(script, env)
+    assert again.returncode == 0 and again.stdout.split() == ["None", "1"], again
