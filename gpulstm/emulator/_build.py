@@ -293,8 +293,10 @@ def check_private(path: Path, what: str) -> os.stat_result:
         _refuse(path, what, f"is owned by uid {st.st_uid}, not by you (uid {uid})",
                 f"remove {path}")
     if st.st_mode & 0o022:
-        _refuse(path, what, f"is writable by {'group and others' if st.st_mode & 0o022 == 0o022 else 'its group' if st.st_mode & 0o020 else 'others'} "
-                f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod go-w {path}")
+        who = {0o022: "group and others", 0o020: "its group", 0o002: "others"}[st.st_mode & 0o022]
+        # a sticky shared directory (/tmp) is not one to chmod: pick another
+        fix = "use a directory of your own" if st.st_mode & stat.S_ISVTX else f"chmod go-w {path}"
+        _refuse(path, what, f"is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})", fix)
     return st
 
 
