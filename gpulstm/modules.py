@@ -4,6 +4,13 @@ Parameters carry PyTorch's names and shapes (``weight_ih_l0``, ``bias_hh_l1_reve
 so ``torch.nn.LSTM(...).state_dict()`` converted to NumPy loads as is. Training is explicit:
 ``forward`` saves what ``backward`` needs; ``backward`` returns dL/dx and fills ``grads``
 (same keys as ``state_dict``) and ``grad_hx`` (the initial-state gradient).
+
+As in torch: ``x`` may be unbatched (``(T, I)`` with states ``(L*D, H)``; ``batch_first``
+does not apply), the batch may be empty (B = 0), and modules deep-copy and pickle (the
+parameters and gradients as NumPy arrays, without the execution, which is re-attached on
+load, and without the saved forward). A forward keeps private copies of ``x`` (padding
+zeroed) and of the weights, so its backward cannot be changed by later in-place edits; a
+forward or backward that raises leaves no saved forward or gradients behind.
 """
 from __future__ import annotations
 
