@@ -382,6 +382,8 @@ class _RNNBase(torch.nn.Module):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
         weights = self._flat_weights
         dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
+        if any(w.dtype != weights[0].dtype for w in weights):
+            raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
         packed = isinstance(input, PackedSequence)
         H, Hs, LD = self.hidden_size, self._state_size, self.num_layers * self._num_directions
         if packed:
