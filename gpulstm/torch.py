@@ -339,22 +339,11 @@ class _RNNBase(torch.nn.Module):
         """No-op (kept so scripts written for cuDNN run unchanged)."""
 
     def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.proj_size:
-            s += f", proj_size={self.proj_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.bias is not True:
-            s += f", bias={self.bias}"
-        if self.batch_first is not False:
-            s += f", batch_first={self.batch_first}"
-        if self.dropout != 0:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional is not False:
-            s += f", bidirectional={self.bidirectional}"
-        if self.backend is not None:
-            s += f", backend={self.backend!r}"
-        return s
+        """torch.nn's repr (options shown when not their default), plus ``backend``."""
+        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
+                    "dropout": 0.0, "bidirectional": False, "backend": None}
+        opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
+        return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
     def _layout(self):
         """[layer][direction] -> engine names of the weights in torch's flat order."""
