@@ -78,9 +78,11 @@ class _Bridge:
             return self.ex.xp.from_dlpack(t)
         return self.ex.xp.asarray(t.numpy())  # host tensor, explicit backend="cupy": to the GPU
 
-    def tensor(self, a):
+    def tensor(self, a, move=True):
+        """The array as a tensor without a copy; with ``move``, on the inputs' device (saved
+        activations stay where the execution computes)."""
         t = torch.from_numpy(a) if self.host else torch.from_dlpack(a)
-        return t if t.device == self.device else t.to(self.device)
+        return t if not move or t.device == self.device else t.to(self.device)
 
     @contextlib.contextmanager
     def scope(self):
@@ -215,7 +217,7 @@ class _EngineFunction(torch.autograd.Function):
         with call.bridge.scope():
             y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
             skeleton, arrays = _pack(ectx, call.ex.xp)
-            saved = [call.bridge.tensor(a) for a in arrays]
+            saved = [call.bridge.tensor(a, move=False) for a in arrays]
         ctx.call, ctx.skeleton, ctx.n_weights = call, skeleton, len(weights)
         # x and the weights too: the engine keeps views of them, so torch's version counters
         # must catch an in-place edit before the backward

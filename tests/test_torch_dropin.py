@@ -424,6 +424,34 @@ def test_explicit_backends():
         gt.LSTM(3, 4, backend="tpu")
 
 
+def test_dlpack_path_with_a_stand_in_execution(monkeypatch):
+    """The bridge's device-array branch (arrays back to tensors through DLPack, as for CuPy)
+    run on the CPU, with an execution whose array module stands in for NumPy."""
+    import types
+
+    from gpulstm.backends import numpy_pointwise
+    from gpulstm.backends.numpy import HostExecution
+
+    class StandIn(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    ex = HostExecution("stand-in", numpy_pointwise)
+    ex.xp = StandIn("stand_in")
+    ex.xp.from_dlpack = np.from_dlpack
+    real = gt.get_backend
+    monkeypatch.setattr(gt, "get_backend", lambda name: ex if name == "stand-in" else real(name))
+    gen = torch.Generator().manual_seed(13)
+    ours, ref = make_pair("lstm", 3, 4, num_layers=2, bidirectional=True, proj_size=2,
+                          batch_first=True)
+    ours.backend = "stand-in"
+    assert gt._Bridge(ex, torch.device("cpu")).host is False
+    inputs, make_input = problem(ours, "packed_hx", gen)
+    (o1, g1), (o2, g2) = run_both(ours, ref, inputs, make_input, gen)
+    assert_all_close(o1, o2, 1e-12)
+    assert_all_close(g1, g2, 1e-11)
+
+
 def test_bad_arguments():
     m = gt.LSTM(3, 4, num_layers=2, dtype=F64)
     x = torch.randn(5, 2, 3, dtype=F64)
