@@ -249,6 +249,7 @@ def test_training_loop_matches_torch_lstm_for_20_steps():
         first = losses[0] if first is None else first
         for (k, p), q in zip(ours.named_parameters(), ref.parameters()):
             worst = max(worst, (p - q).abs().max().item())
+    print(f"worst difference over 20 steps: {worst:.3g}")
     assert worst < 1e-10, worst
     assert losses[0] < first - 0.5, (first, losses[0])  # it learned
     ours.load_state_dict(ref.state_dict())  # and torch's loads into the drop-in
