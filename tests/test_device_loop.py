@@ -355,7 +355,7 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
     ex = cupy_backend.CupyExecution(fake).with_algo(algo)
     ref = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
     m = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
-    m.ex = ex
+    object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
     gy = rng.standard_normal((4, 3, m.num_directions * H)).astype(np.float32)
     got, want = m(x)[0], ref(x)[0]
@@ -397,5 +397,5 @@ def test_device_loop_parity_with_torch(emulated, rng, cell):
     p = random_problem(rng, m, T, B, lengths=rng.permutation([T, 1, 4, 7, 2, T - 1]))
     want = torch_run(ref, **p)
     for algo in ("fused", "persistent"):
-        m.ex = get_backend("emulated", algo)
+        object.__setattr__(m, "ex", get_backend("emulated", algo))  # past the fixed-attribute guard
         assert_close(ours_run(m, **p), want, 1e-12, where=algo)
