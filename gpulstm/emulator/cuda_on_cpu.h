@@ -469,6 +469,16 @@ inline bool ensure_stacks(unsigned n) {
   return true;
 }
 
+// Unmaps the stacks when more than `keep` are mapped: each stack with its guard page is two
+// kernel mappings, and a process has a limited number of them (vm.max_map_count).
+inline void release_stacks_above(unsigned keep) {
+  if (g_stacks && g_stacks_cap > keep) {
+    munmap(g_stacks, size_t(g_stacks_cap) * GPULSTM_EMU_STACK_BYTES);
+    g_stacks = nullptr;
+    g_stacks_cap = 0;
+  }
+}
+
 // Body of every worker: run the hosted thread to completion, then host the next unstarted
 // thread in place (no switch), or, when none is left, leave the ring for good.
 [[noreturn]] inline void worker_main() {
@@ -763,6 +773,7 @@ inline bool run_cooperative(void (*body)(const unsigned char*), const unsigned c
   free(blocks);
   g_coop = false;
   g_stack_base = 0;
+  release_stacks_above(1024);  // a big grid's stacks (two mappings each) go back right away
   return ok;
 }
 
