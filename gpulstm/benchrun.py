@@ -311,7 +311,9 @@ class AsvProgress:
     def _step(text, depth):
         """The step a progress line announces, or None for result tables and the like."""
         if depth <= 3 and text.startswith(("Setting up", "Running", "Benchmarking")):
-            return text.rstrip(".").replace("(", " ").replace("--)", "").strip()[:100]
+            text = re.sub(r"\s+(ok|failed)$", "", text.rstrip("."))
+            text = text.replace("(", " ").replace("--)", "").replace(")", "")
+            return re.sub(r"\s+", " ", text).strip()[:100]
         if depth == 3 and re.match(r"^[\w.]+\s+(ok|failed|skipped)$", text):
             return "done " + text.split()[0][:100]
         return None

@@ -324,9 +324,7 @@ class _FMT(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in its help, except where there is none (None, False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) and "default" in (action.help or ""):
-            return action.help
-        if action.default in (None, False):
+        if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -372,7 +370,8 @@ def build_parser():
     p.add_argument("results", nargs="?", default=None,
                    help="results folder of this run (default: .gpulstm/results when it exists)")
     p.add_argument("--reference", default=REFERENCE_RESULTS,
-                   help="committed reference results to compare with")
+                   help="committed reference results to compare with (default: results/ of "
+                        "the checkout)")
     p.add_argument("--no-reference", action="store_true",
                    help="report the results folder alone")
     p.add_argument("--strict", action="store_true",
@@ -384,8 +383,10 @@ def build_parser():
                        formatter_class=_FMT,
                        description="Build asv's web site of a results folder (asv publish); "
                                    "browse it with asv preview.")
-    p.add_argument("--results", default=USER_RESULTS, help="results folder")
-    p.add_argument("--out", default=os.path.join(USER_DIR, "html"), help="site folder")
+    p.add_argument("--results", default=USER_RESULTS,
+                   help="results folder (default: .gpulstm/results of the checkout)")
+    p.add_argument("--out", default=os.path.join(USER_DIR, "html"),
+                   help="site folder (default: .gpulstm/html of the checkout)")
     p.add_argument("--config", default=None, help="asv.conf.json (default: the project's own)")
     p.set_defaults(func=cmd_html)
 
@@ -416,7 +417,8 @@ class _BenchArgs:
 
 def _report_out(p):
     p.add_argument("--out", default=USER_REPORT,
-                   help="folder of report.md, report.html and the plots")
+                   help="folder of report.md, report.html and the plots (default: "
+                        ".gpulstm/report of the checkout)")
 
 
 def main(argv=None):

@@ -419,8 +419,16 @@ def test_plots_write_pngs(df, tmp_path):
     assert isinstance(fig, Figure) and _png_ok(tmp_path / "t.png")
     assert "box-gpu" in fig._suptitle.get_text()
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert {t.get_text() for t in fig.axes[1].get_legend().get_texts()} == {"numpy", "torch-cpu"}
+    assert ax.get_xscale() == "log" and ax.get_title() == "forward"
+    y = [v for line in ax.get_lines() for v in line.get_ydata()]
+    assert ax.get_yscale() == ("log" if max(y) / min(y) >= 10 else "linear")
+    # one legend outside the panels: colour = cell, line style = backend, marker = machine
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert labels == {"cell lstm", "backend numpy", "backend torch-cpu"}  # box-gpu only
+    styles = {line.get_linestyle() for line in ax.get_lines()}
+    assert len(styles) == 2  # two backends, told apart without colour
+    assert len({line.get_color() for line in ax.get_lines()}) == 1  # one cell, one colour
     fig = plot_gradient_flow(df, tmp_path / "g.png")
     assert _png_ok(tmp_path / "g.png") and "distance" in fig.axes[0].get_xlabel()
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
@@ -438,10 +446,53 @@ def test_plots_write_pngs(df, tmp_path):
 def test_markdown_report(df, tmp_path):
     md = markdown_report(df, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == md
-    assert "| machine | benchmark |" in md and "torch-cpu" in md
+    assert "### box-gpu: TimeLSTM" in md and "| ms median [IQR] |" in md and "torch-cpu" in md
     assert "853,000" in md and "verified" in md
     for name in ("time_vs_T.png", "task_metric_vs_T.png", "gradient_flow.png"):
         assert f"]({name})" in md and _png_ok(tmp_path / "report" / name)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+    assert "src='http" not in page and "<link" not in page  # self-contained
+
+
+def test_speed_table_units_spread_and_ratios():
+    """One row per point with the time median and IQR (ms), the ratio vs torch, µs per step,
+    GFLOP/s and peak memory taken from their own benchmarks."""
+    from gpulstm.report import speed_table, machine_ratios
+
+    rows = []
+    for machine, scale in (("here", 2.0), ("ref", 1.0)):
+        for T in (10, 100):
+            for backend in ("numpy", "torch-cpu"):
+                base = {"machine": machine, "T": T, "cell": "lstm", "backend": backend,
+                        "status": "ok"}
+                t = scale * T * (2e-3 if backend == "numpy" else 1e-3)
+                rows.append({**base, "benchmark": "speed.SequenceLength.time_forward_backward",
+                             "kind": "time", "value": t, "q_25": 0.9 * t, "q_75": 1.2 * t})
+                rows.append({**base, "benchmark": "speed.SequenceLength.peakmem_forward_backward",
+                             "kind": "peakmem", "value": 3 * 2**20})
+                rows.append({**base, "benchmark": "speed.ThroughputSequenceLength.track_gflops",
+                             "kind": "track", "mode": "training", "value": 7.0})
+                rows.append({**base, "benchmark": "speed.ThroughputSequenceLength.track_gflops",
+                             "kind": "track", "mode": "forward", "value": 9.0})
+                if backend == "numpy":
+                    rows.append({**base, "kind": "track", "mode": "training", "value": 2.0,
+                                 "benchmark": "speed.RatioSequenceLength.track_time_ratio_vs_torch"})
+    table = speed_table(pd.DataFrame(rows))
+    train = table[(table["mode"] == "training") & (table["machine"] == "ref")
+                  & (table["T"] == 100) & (table["backend"] == "numpy")]
+    assert len(train) == 1
+    r = train.iloc[0]
+    assert (r["B"], r["H"], r["sweep"]) == (16, 256, "SequenceLength")
+    assert r["time_ms"] == pytest.approx(200.0) and r["q25_ms"] == pytest.approx(180.0)
+    assert r["q75_ms"] == pytest.approx(240.0) and r["peak_mib"] == pytest.approx(3.0)
+    assert r["gflops"] == 7.0 and r["ratio_vs_torch"] == 2.0
+    assert r["us_per_step"] == pytest.approx(200e-3 / 100 * 1e6)
+    fwd = table[table["mode"] == "forward"]
+    assert fwd["time_ms"].isna().all() and (fwd["gflops"] == 9.0).all()
+    ratios = machine_ratios(table, "here")
+    assert set(ratios["machine"]) == {"ref"} and (ratios["median_time_ratio"] == 2.0).all()
+    assert (ratios["points"] == 2).all()
 
 
 def test_plot_task_metric_without_task_rows_is_a_value_error(tmp_path):

@@ -149,7 +149,7 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) 
         order = sorted(speed["machine"].unique(), key=lambda m: (m != this_machine, m))
         sections.append(Section("Speed", note))
         for machine in order:
-            label = f"{machine} (this run)" if machine == this_machine else machine
+            label = _this(machine) if machine == this_machine else machine
             mine = speed[speed["machine"] == machine]
             for sweep, g in mine.groupby("sweep", sort=True):
                 shown, caption = _constant_columns(
@@ -165,7 +165,7 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) 
                 shown["time here / there"] = shown["time here / there"].map(
                     lambda v: _g(v, ".2f"))
                 sections.append(Section(
-                    f"{this_machine} (this run) against the reference machines",
+                    f"{_this(this_machine)} against the reference machines",
                     "Median over the points both measured of this run's time over the "
                     "reference machine's (> 1: slower here).", shown))
 
@@ -191,8 +191,12 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) 
             continue  # nothing of this kind measured
         del fig
         plots.append((title, name))
-    title = "gpulstm benchmark report" + (f": {this_machine} (this run)" if this_machine else "")
+    title = "gpulstm benchmark report" + (f": {_this(this_machine)}" if this_machine else "")
     return Report(title, summary, sections, plots, out_dir)
+
+
+def _this(machine: str) -> str:
+    return machine if machine.endswith("(this run)") else f"{machine} (this run)"
 
 
 def _plots():
