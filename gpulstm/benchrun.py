@@ -472,7 +472,11 @@ def run(args, extra=()):
         for regex in args.bench or ():
             cmd += ["--bench", regex]
         cmd += list(extra)
-        env = dict(os.environ, GPULSTM_BENCH_PROFILE=profile)
+        # the benchmarks import the gpulstm of the checkout they belong to (the one the results
+        # are labelled with), not whichever one the environment has installed
+        paths = [root] + (os.environ.get("ASV_PYTHONPATH") or "").split(os.pathsep)
+        env = dict(os.environ, GPULSTM_BENCH_PROFILE=profile,
+                   ASV_PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in paths if p)))
         if args.backend:
             env["GPULSTM_BENCH_BACKENDS"] = env["GPULSTM_BENCH_BACKEND"] = args.backend
         elif gpu and "GPULSTM_BENCH_BACKEND" not in env:
