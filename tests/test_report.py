@@ -573,3 +573,46 @@ def test_fuzz_loader_gives_a_frame_or_an_error_naming_the_file(tmp_path_factory,
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20
+
+
+# -- the HTML report in a real browser ---------------------------------------------------------
+
+def _chromium():
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+
+
+def _screenshot(page: Path, png: Path) -> "np.ndarray":
+    import matplotlib.image as mpimg
+
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--window-size=1300,1800",
+                           f"--screenshot={png}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert png.is_file(), proc.stderr
+    return mpimg.imread(png)[..., :3]
+
+
+@pytest.mark.slow
+def test_html_report_shows_its_plots_in_headless_chromium(tmp_path):
+    """report.html opened from disk (file://, no server) in headless Chromium (Debian's
+    `chromium` package: apt-get install chromium): the embedded plots are drawn. Checked by
+    the plots' palette colour (the speed lines' blue, #0072B2), which nothing else on the page
+    uses: present in the screenshot, absent when the same page has its images removed."""
+    import numpy as np
+
+    if _chromium() is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    out = tmp_path / "report"
+    markdown_report(load_results(Path(__file__).parents[1] / "results"), out)
+    page = out / "report.html"
+    shot = _screenshot(page, tmp_path / "shot.png")
+    blue = np.array([0x00, 0x72, 0xB2]) / 255
+    n_blue = int((np.abs(shot - blue).max(axis=-1) < 0.08).sum())
+
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"<img [^>]*>", "", page.read_text()))
+    bare_shot = _screenshot(bare, tmp_path / "bare.png")
+    n_bare = int((np.abs(bare_shot - blue).max(axis=-1) < 0.08).sum())
+    assert shot.shape[:2] == (1800, 1300)
+    assert n_blue > 2000 and n_bare < 50, (n_blue, n_bare)

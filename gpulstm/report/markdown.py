@@ -216,16 +216,16 @@ def _plots():
 
 def render_markdown(report: Report) -> str:
     md = [f"# {report.title}", ""] + [f"{line}  " for line in report.summary] + [""]
+    if report.plots:  # the figures first: the quickest read
+        md += ["## Plots", ""]
+        for title, name in report.plots:
+            md += [f"### {title}", "", f"![{title}]({name})", ""]
     for s in report.sections:
         md += ["#" * s.level + " " + s.title, ""]
         if s.note:
             md += [s.note, ""]
         if s.table is not None:
             md += [to_markdown(s.table), ""]
-    if report.plots:
-        md += ["## Plots", ""]
-        for title, name in report.plots:
-            md += [f"### {title}", "", f"![{title}]({name})", ""]
     return "\n".join(md)
 
 
@@ -245,19 +245,19 @@ def render_html(report: Report) -> str:
     out = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
            f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{e(report.title)}</h1>"] + [f"<p>{e(line)}</p>" for line in report.summary]
-    for s in report.sections:
-        out.append(f"<h{s.level}>{e(s.title)}</h{s.level}>")
-        if s.note:
-            out.append(f"<p class='note'>{e(s.note)}</p>")
-        if s.table is not None:
-            out.append(s.table.to_html(index=False, na_rep="", escape=True, border=0))
-    if report.plots:
+    if report.plots:  # the figures first, as in report.md
         out.append("<h2>Plots</h2>")
         for title, name in report.plots:
             with open(os.path.join(report.out_dir, name), "rb") as fd:
                 data = base64.b64encode(fd.read()).decode("ascii")
             out += [f"<h3>{e(title)}</h3>",
                     f"<img alt='{e(title)}' src='data:image/png;base64,{data}'>"]
+    for s in report.sections:
+        out.append(f"<h{s.level}>{e(s.title)}</h{s.level}>")
+        if s.note:
+            out.append(f"<p class='note'>{e(s.note)}</p>")
+        if s.table is not None:
+            out.append(s.table.to_html(index=False, na_rep="", escape=True, border=0))
     out.append("</body></html>")
     return "\n".join(out)
 
