@@ -7,8 +7,8 @@
     gpulstm bench [--quick|--full]     the asv suite only; results in .gpulstm/results
     gpulstm report [RESULTS]           tables (terminal), report.md, report.html and plots
     gpulstm html                       asv's own web site of the results (asv publish)
-    gpulstm memory --task adding --cell lstm,rnn_tanh --T 50,100
-                                       a long-range memory experiment, run directly
+    gpulstm memory --task adding --cell lstm_fb1,rnn_tanh --T 50,100
+                                       a long-range memory sweep (updates to criterion)
 
 A user's runs write into ``.gpulstm/`` of the checkout (or ``--results``/``--out``), never into
 the tracked ``results/``; maintainers add reference results with ``make bench-commit``
@@ -252,63 +252,16 @@ def benchrun_results(args):
 
 # -- memory ------------------------------------------------------------------------------------
 
-def _ints(text, name, low=1):
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UserError(f"--{name} {text!r}: expected comma-separated integers, e.g. 50,100") from None
-    if not values or min(values) < low:
-        raise UserError(f"--{name} {text!r}: expected integers >= {low}")
-    return values
-
-
 def cmd_memory(args):
-    """Train each cell at each T on the task (quick-profile budget unless --steps) and print
-    the test metric beside the task's trivial baseline and pass criterion. Every argument is
-    checked before anything trains."""
-    import gpulstm as gl
-    from . import tasks
-    from . import train as tr
-
-    Ts = _ints(args.T, "T")
-    cells = [c.strip() for c in args.cell.split(",") if c.strip()]
-    if not cells:
-        raise UserError("--cell is empty: name at least one cell, e.g. lstm,rnn_tanh")
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: expected at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps {args.steps}: expected at least 1")
+    """A long-range memory sweep (gpulstm.sweep): updates to criterion per task, cell and T.
+    The sweep validates every argument before anything trains; its ValueError (or an
+    unavailable backend) is a user error here."""
+    from .backends import BackendUnavailable
+    from .sweep import run_from_args
     try:
-        backend = gl.get_backend(args.backend).name
-    except Exception as exc:  # unknown name (ValueError) or unavailable here
-        raise UserError(f"--backend {args.backend}: {exc}") from None
-    for T in Ts:
-        try:
-            tasks.make_task(args.task, T)
-        except ValueError as exc:
-            raise UserError(f"--task {args.task} --T {T}: {exc}") from None
-    for cell in cells:
-        try:
-            tr.make_cell(cell, 1, 1, backend=backend)
-        except ValueError as exc:
-            raise UserError(f"--cell {cell}: {exc}") from None
-
-    prof = tr.PROFILES["quick"]
-    steps = args.steps or prof["steps"]
-    rows = []
-    for cell in cells:
-        for T in Ts:
-            for seed in range(args.seeds):
-                r = tr.train(args.task, cell, T, steps, batch=prof["batch"], hidden=prof["hidden"],
-                             lr=prof["lr"], seed=seed, backend=backend, clip=prof["clip"],
-                             optimizer=prof["optimizer"], progress=True)
-                rows.append((cell, T, seed, r.test_metric, r.baseline, r.passed, r.sequences_to_pass))
-    print(f"\n{args.task}: {steps} updates x {prof['batch']} sequences, hidden {prof['hidden']}, "
-          f"backend {backend}; criterion: {r.criterion}")
-    print(f"{'cell':10s} {'T':>5s} {'seed':>4s} {'test':>10s} {'baseline':>10s} {'passed':>6s} {'seqs to pass':>12s}")
-    for cell, T, seed, metric, base, ok, seqs in rows:
-        print(f"{cell:10s} {T:5d} {seed:4d} {metric:10.4g} {base:10.4g} {str(ok):>6s} {str(seqs or '-'):>12s}")
-    return 0
+        return run_from_args(args)
+    except (ValueError, BackendUnavailable) as exc:
+        raise UserError(str(exc)) from exc
 
 
 # -- the parser --------------------------------------------------------------------------------
@@ -390,19 +343,12 @@ def build_parser():
     p.add_argument("--config", default=None, help="asv.conf.json (default: the project's own)")
     p.set_defaults(func=cmd_html)
 
-    p = sub.add_parser("memory", help="run a long-range memory experiment directly",
+    p = sub.add_parser("memory", help="a long-range memory sweep (updates to criterion)",
                        formatter_class=_FMT,
-                       description="Train cells on a long-range memory task at each T and "
-                                   "print the test metric beside the trivial baseline.")
-    p.add_argument("--task", default="adding", choices=["adding", "copy", "temporal_order"],
-                   help="the task")
-    p.add_argument("--cell", default="lstm,rnn_tanh",
-                   help="comma-separated cells (gpulstm.train.make_cell names)")
-    p.add_argument("--T", default="50,100", help="comma-separated sequence lengths (lags)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per cell and T")
-    p.add_argument("--steps", type=int, default=None,
-                   help="updates per run (default: the quick profile's)")
-    p.add_argument("--backend", default="auto", help="numpy, cupy, emulated or auto")
+                       description="A long-range memory sweep: Adam updates until each cell "
+                                   "meets the task's criterion, per task, cell, T and seed.")
+    from .sweep import add_arguments
+    add_arguments(p)
     p.set_defaults(func=cmd_memory)
     return ap
 

@@ -13,6 +13,24 @@ Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``
 array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)`` and
 ``ex.matmul_acc(a, b, out)`` (``out += a @ b``). Buffers are allocated once per call; the
 loop allocates nothing.
+
+Where the time loop runs is the execution's choice. The Python loop below (one recurrent GEMM
+and one pointwise step per time step, :mod:`gpulstm.cells`) is the reference and the default.
+An execution may run a whole direction's time loop itself by defining
+
+``ex.sequence_forward(cell, w, s, flags) -> bool``
+    Fill, in place, the buffers of the saved dict ``s`` for every step of one direction,
+    exactly as the stepwise loop does: reads ``s["gx"]`` [T,B,G*H] (input projection, bias
+    folded), ``s["w_hh_T"]``, ``s["L"]``, ``s["reverse"]``, the initial slot of ``s["S"]``
+    (and ``s["C"]``, ``s["peep"]``, ``s["b_hn"]``, ``s["w_hr_T"]`` where the cell has them);
+    writes the other slots of ``S``/``C``, ``s["gates"]``, ``s["Y"]`` (and ``s["M"]``).
+``ex.sequence_backward(cell, w, s, g, flags) -> bool``
+    The reverse loop: from ``g["dY"]``, ``g["dh"]`` (and ``g["dc"]``) as left by the caller,
+    fill ``g["dGx"]`` (and ``g["dGh"]``, ``g["DHR"]``) for every step and leave ``g["dh"]`` /
+    ``g["dc"]`` holding dL/dh0 / dL/dc0.
+
+Either returns False to decline (an option it does not implement); the engine then runs the
+stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here.
 """
 from __future__ import annotations
 
@@ -62,8 +80,10 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
     s["gates"] = xp.empty((T, B, width), dt) if width else None
     s["Y"] = xp.empty((T, B, Hs), dt)
     flags = cell.flags(w)
-    for t, prev, nxt in _slots(T, reverse):
-        cell.step_forward(ex, w, s, t, prev, nxt, flags)
+    run = getattr(ex, "sequence_forward", None)
+    if run is None or not run(cell, w, s, flags):
+        for t, prev, nxt in _slots(T, reverse):
+            cell.step_forward(ex, w, s, t, prev, nxt, flags)
     for k in ("gx", "gh", "w_hh_T", "w_hr_T"):  # transients: backward needs none of them
         s.pop(k, None)
     return s["Y"], s
@@ -103,7 +123,9 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
         record["dh"] = xp.empty((T, B, Hs), dt)
         if cell.has_cell_state:
             record["dc"] = xp.empty((T, B, H), dt)
-    for t, prev, nxt in reversed(_slots(T, reverse)):
+    run = getattr(ex, "sequence_backward", None) if record is None else None
+    done = run is not None and run(cell, w, s, g, flags)
+    for t, prev, nxt in () if done else reversed(_slots(T, reverse)):
         if record is not None:
             xp.add(g["dh"], dy[t], out=record["dh"][t])
             if cell.has_cell_state:

@@ -73,10 +73,11 @@ def test_every_option_has_help_text_and_its_default():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["memory", "--T", "10,abc"], "--T '10,abc': expected comma-separated integers"),
-    (["memory", "--cell", "lstm,lsmt", "--T", "5", "--steps", "1"], "--cell lsmt: unknown cell"),
-    (["memory", "--backend", "nope", "--T", "5"], "--backend nope"),
-    (["memory", "--seeds", "0"], "--seeds 0"),
+    (["memory", "--T", "10,abc"], "--T must be a comma-separated list; got '10,abc'"),
+    (["memory", "--cell", "lstm_fb1,lsmt", "--T", "10", "--budget", "1", "--workers", "0"],
+     "unknown cell 'lsmt'"),
+    (["memory", "--backend", "nope", "--T", "10"], "unknown backend 'nope'"),
+    (["memory", "--seeds", "0"], "--seeds must be >= 1"),
     (["report", "/nonexistent/results"], "does not exist"),
     (["report", "--no-reference", "--out", "/tmp/x"], None),  # empty: see below
     (["bogus"], "invalid choice"),
@@ -91,7 +92,7 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     assert len(lines) == 1 and message in lines[0], p.stderr
     assert "Traceback" not in p.stderr
     # nothing trained before the error: a typo in the second cell is found first
-    assert "updates" not in p.stdout
+    assert "Adam updates" not in p.stdout
 
 
 def test_debug_shows_the_traceback():
@@ -136,10 +137,10 @@ def test_report_compares_this_run_with_the_reference_machines(tmp_path):
 
 
 def test_memory_runs_a_small_experiment():
-    out = run("memory", "--task", "adding", "--cell", "lstm,rnn_tanh", "--T", "8", "--steps", "3",
-              "--backend", "numpy").stdout
-    assert "criterion: test MSE < 0.01" in out
-    assert out.count(" 8    0 ") == 2  # one row per cell
+    out = run("memory", "--task", "adding", "--cell", "lstm_fb1,rnn_tanh", "--T", "10",
+              "--seeds", "1", "--budget", "20", "--workers", "0", "--backend", "numpy").stdout
+    assert "adding: Adam updates to criterion" in out
+    assert out.count("> 20") == 2  # one row per cell, neither solves in 20 updates
 
 
 def test_help_lists_commands():
