@@ -49,6 +49,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -350,18 +351,48 @@ def run_asv(cmd, cwd, env, log_path, verbose=False, stream=None):
     stream = stream or sys.stdout
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     env = dict(env, PYTHONUNBUFFERED="1")  # asv's lines as they happen, not per 8 KB
-    with open(log_path, "w", encoding="utf-8") as log, AsvProgress(stream) as progress:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                if verbose:
-                    stream.write(line)
-                progress.feed(line.rstrip("\n"))
-        finally:
+    # asv in a process group of its own: stopping this command (Ctrl-C, SIGTERM) stops asv's
+    # benchmark processes too instead of leaving them running
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with open(log_path, "w", encoding="utf-8") as log, AsvProgress(stream) as progress:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    bufsize=1, start_new_session=True)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if verbose:
+                        stream.write(line)
+                    progress.feed(line.rstrip("\n"))
+            except BaseException:
+                _stop_group(proc)
+                raise
             rc = proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rc, progress
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_group(proc):
+    """SIGTERM, then SIGKILL, to the process group of ``proc``."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def default_results_dir():

@@ -250,3 +250,65 @@ def test_progress_prints_while_asv_is_silent():
         time.sleep(0.4)
     lines = stream.getvalue().splitlines()
     assert len(lines) >= 4 and all("Setting up memory:177" in line for line in lines)
+
+
+def test_stopping_benchrun_stops_asvs_processes(tmp_path):
+    """SIGTERM to a benchrun run (e.g. a timeout) ends the benchmark processes it started
+    (asv runs in its own process group); none is left running."""
+    child = tmp_path / "child.pid"
+    fake_asv = ("import subprocess, sys, time\n"
+                f"p = subprocess.Popen(['sleep', '120'])\n"
+                f"open({str(child)!r}, 'w').write(str(p.pid))\n"
+                "print('[ 10.00%] ··· Setting up memory:1', flush=True)\n"
+                "time.sleep(120)\n")
+    runner = ("import sys\n"
+              "from gpulstm import benchrun\n"
+              f"benchrun.run_asv([sys.executable, '-c', {fake_asv!r}], '.', dict(__import__('os').environ),"
+              f" {str(tmp_path / 'log.txt')!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", runner], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not child.exists() or not child.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    pid = int(child.read_text())
+    proc.terminate()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # a zombie whose parent is gone is reaped by init; check its state
+        try:
+            if pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the benchmark's child process outlived benchrun")
+
+
+@pytest.mark.slow
+def test_main_job_on_a_tiny_grid_leaves_the_checkout_clean(tmp_path):
+    """`gpulstm main` end to end on one small benchmark: progress lines, the skip summary, the
+    report with this run beside the reference machine, and no tracked file touched."""
+    def status():
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                              cwd=REPO, capture_output=True, text=True).stdout
+    before = status()
+    p = run("main", "--bench", "SequenceLength.time_forward(?!_)", "--machine", "tiny-test",
+            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "report"),
+            timeout=1800)
+    assert "asv [" in p.stdout and "elapsed" in p.stdout
+    assert "points skipped: backend 'cupy' unavailable" in p.stdout
+    assert "tiny-test (this run): SequenceLength" in p.stdout
+    assert "against the reference machines" in p.stdout
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert (tmp_path / "results" / "tiny-test" / "machine.json").is_file()
+    assert "Traceback" not in p.stdout + p.stderr
+    assert status() == before
