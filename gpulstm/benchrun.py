@@ -246,6 +246,7 @@ class AsvProgress:
         self.stream = stream or sys.stdout
         self.every = every
         self.percent = 0.0
+        self.total = None  # benchmarks asv will run ("Running 25 total benchmarks ...")
         self.step = "starting asv"
         self.skips = collections.Counter()
         self.t0 = time.monotonic()
@@ -265,10 +266,10 @@ class AsvProgress:
                 self._bar = Progress(
                     TextColumn("[bold]asv[/bold]"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                     TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                    TextColumn("{task.description}"),
+                    TextColumn("{task.fields[done]}"), TextColumn("{task.description}"),
                     console=console or Console(file=self.stream), refresh_per_second=1,
                     transient=False)
-                self._task = self._bar.add_task(self.step, total=100.0)
+                self._task = self._bar.add_task(self.step, total=100.0, done="")
 
     def __enter__(self):
         if self._bar is not None:
@@ -298,6 +299,9 @@ class AsvProgress:
             return
         m = self._LINE.match(line)
         if not m:
+            total = re.search(r"Running (\d+) total benchmarks", line)
+            if total:
+                self.total = int(total.group(1))
             return
         percent, dots, text = float(m.group(1)), m.group(2), m.group(3)
         step = self._step(text, len(dots))
@@ -306,7 +310,10 @@ class AsvProgress:
             if step:
                 self.step = step
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.percent, description=self.step)
+            done = (f"{round(self.percent * self.total / 100)}/{self.total}"
+                    if self.total else "")
+            self._bar.update(self._task, completed=self.percent, description=self.step,
+                             done=done)
 
     @staticmethod
     def _step(text, depth):
@@ -325,7 +332,9 @@ class AsvProgress:
             percent, step = self.percent, self.step
         left = (f", about {_minutes(elapsed * (100 - percent) / percent)} left"
                 if 1.0 <= percent < 100 else "")
-        return f"asv [{percent:5.1f}%] {_minutes(elapsed)} elapsed{left}: {step}"
+        done = (f" {round(percent * self.total / 100)}/{self.total} benchmarks,"
+                if self.total else "")
+        return f"asv [{percent:5.1f}%]{done} {_minutes(elapsed)} elapsed{left}: {step}"
 
     def _print_line(self):
         print(self.status_line(), file=self.stream, flush=True)

@@ -236,6 +236,8 @@ def cmd_main(args):
     os.environ.setdefault("GPULSTM_SWEEP_CACHE", os.path.join(USER_DIR, "sweep-cache"))
     run_memory_sweep(args)
     rc = cmd_bench(args)
+    if args.dry_run:
+        return rc
     if rc:
         print(f"gpulstm: the benchmarks exited with status {rc}; reporting what was measured",
               file=sys.stderr)
@@ -296,9 +298,7 @@ def build_parser():
                        formatter_class=_FMT, description="Backends usable here, GPU and versions.")
     p.set_defaults(func=cmd_info)
 
-    def bench_args(p):
-        from_benchrun = _BenchArgs()
-        from_benchrun(p)
+    from .benchrun import add_arguments as bench_args  # stdlib only: cheap to import
 
     p = sub.add_parser("main", help="the main job: benchmarks on this machine, then the report",
                        formatter_class=_FMT,
@@ -351,14 +351,6 @@ def build_parser():
     add_arguments(p)
     p.set_defaults(func=cmd_memory)
     return ap
-
-
-class _BenchArgs:
-    """benchrun's options, added without importing anything heavy."""
-
-    def __call__(self, p):
-        from . import benchrun
-        benchrun.add_arguments(p)
 
 
 def _report_out(p):

@@ -236,7 +236,7 @@ def test_progress_follows_asv_and_summarises_skips():
     assert p.percent == 66.67 and p.step == "done speed.SequenceLength.time_forward"
     assert p.skip_summary() == ["2 points skipped: backend 'cupy' unavailable: no CuPy",
                                 "1 point skipped: torch-cudnn unavailable: no CUDA device"]
-    assert "[ 66.7%]" in p.status_line() and "left" in p.status_line()
+    assert "[ 66.7%] 2/3 benchmarks," in p.status_line() and "left" in p.status_line()
     assert stream.getvalue() == ""  # asv's tables and skip notices are not printed
 
 
