@@ -213,15 +213,49 @@ def cmd_html(args):
         raise UserError(str(exc)) from None
     out = os.path.abspath(args.out)
     with tempfile.TemporaryDirectory(prefix="gpulstm-asv-") as work:
-        cfg = benchrun.write_config(config, results, work, html_dir=out)
+        finite = _finite_copy(results, os.path.join(work, "results"))
+        cfg = benchrun.write_config(config, finite, work, html_dir=out)
         rc = subprocess.call([sys.executable, "-m", "asv", "publish", "--config", cfg],
                              cwd=os.path.dirname(config))
     if rc:
         return rc
     print(f"asv's site written to {_rel(out)}; browse it with: "
           f"{_rel(sys.executable)} -m asv preview --html-dir {_rel(out)}  "
-          "(serves http://127.0.0.1:8080; asv's pages need a web server, not file://)")
+          "(from the checkout; it serves http://127.0.0.1:8080 — asv's pages need a web server, "
+          "not file://)")
     return 0
+
+
+def _finite_copy(results, dst):
+    """A copy of an asv results folder whose infinite results are missing (null) instead:
+    asv publish's step detection fails on a series with an infinite point (e.g. log10 of a
+    gradient that underflowed to 0). The report itself reads the originals."""
+    import json
+    import math
+    import shutil
+
+    shutil.copytree(results, dst)
+    for machine in os.listdir(dst):
+        mdir = os.path.join(dst, machine)
+        if not os.path.isdir(mdir):
+            continue
+        for name in os.listdir(mdir):
+            path = os.path.join(mdir, name)
+            if not name.endswith(".json") or name == "machine.json":
+                continue
+            try:
+                with open(path, encoding="utf-8") as fd:
+                    data = json.load(fd)
+                at = data["result_columns"].index("result")
+                for row in data["results"].values():
+                    if isinstance(row, list) and len(row) > at and isinstance(row[at], list):
+                        row[at] = [None if isinstance(v, float) and math.isinf(v) else v
+                                   for v in row[at]]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # asv reports what it cannot read itself
+            with open(path, "w", encoding="utf-8") as fd:
+                json.dump(data, fd)
+    return dst
 
 
 def run_memory_sweep(args):

@@ -312,3 +312,12 @@ def test_main_job_on_a_tiny_grid_leaves_the_checkout_clean(tmp_path):
     assert (tmp_path / "results" / "tiny-test" / "machine.json").is_file()
     assert "Traceback" not in p.stdout + p.stderr
     assert status() == before
+
+
+def test_html_builds_asvs_site_without_touching_the_checkout(tmp_path):
+    """asv publish of the committed results (two commits of vm, with an infinite track value:
+    asv's step detection fails on those unless they are passed as missing)."""
+    p = run("html", "--results", str(RESULTS), "--out", str(tmp_path / "site"), timeout=300)
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert "asv preview --html-dir" in p.stdout
+    run("html", "--results", str(tmp_path / "absent"), rc=2)
