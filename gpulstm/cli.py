@@ -23,16 +23,14 @@ import os
 import platform
 import sys
 
+from . import benchrun  # stdlib only: cheap to import
+from .benchrun import ROOT, UserError
+
 # The source checkout (editable install): committed reference results and the user's folder.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_RESULTS = os.path.join(ROOT, "results")
-USER_DIR = os.path.join(ROOT, ".gpulstm")
-USER_RESULTS = os.path.join(USER_DIR, "results")
+USER_DIR = os.path.join(ROOT, benchrun.USER_DIR)
+USER_RESULTS = benchrun.default_results_dir()
 USER_REPORT = os.path.join(USER_DIR, "report")
-
-
-class UserError(Exception):
-    """A problem the person running the command can fix; the message says how."""
 
 
 def _rel(path):
@@ -105,11 +103,7 @@ def cmd_info(args):
 # -- bench, report, html, main -----------------------------------------------------------------
 
 def cmd_bench(args):
-    from . import benchrun
-    try:
-        return benchrun.run(args)
-    except benchrun.UserError as exc:
-        raise UserError(str(exc)) from None
+    return benchrun.run(args)
 
 
 def _load(path, what):
@@ -202,15 +196,11 @@ def cmd_html(args):
     import subprocess
     import tempfile
 
-    from . import benchrun
     results = os.path.abspath(args.results)
     if not os.path.isdir(results):
         raise UserError(f"results folder {_rel(results)} does not exist: run `gpulstm main` "
                         "first, or pass --results")
-    try:
-        config = benchrun.find_config(args.config)
-    except benchrun.UserError as exc:
-        raise UserError(str(exc)) from None
+    config = benchrun.find_config(args.config)
     out = os.path.abspath(args.out)
     with tempfile.TemporaryDirectory(prefix="gpulstm-asv-") as work:
         finite = _finite_copy(results, os.path.join(work, "results"))
@@ -281,7 +271,6 @@ def cmd_main(args):
 
 
 def benchrun_results(args):
-    from . import benchrun
     return (os.path.join(ROOT, "results") if args.commit_results
             else os.path.abspath(args.results or benchrun.default_results_dir()))
 
@@ -332,7 +321,7 @@ def build_parser():
                        formatter_class=_FMT, description="Backends usable here, GPU and versions.")
     p.set_defaults(func=cmd_info)
 
-    from .benchrun import add_arguments as bench_args  # stdlib only: cheap to import
+    bench_args = benchrun.add_arguments
 
     p = sub.add_parser("main", help="the main job: benchmarks on this machine, then the report",
                        formatter_class=_FMT,
