@@ -29,7 +29,7 @@ computes parameter lists at import):
   {1, 16, 64, 256} x H in {128, 256, 512, 1024} at T=100, all three cells; torch-cudnn-tf32
   rows added; two asv rounds, 5-20 samples.
 
-FLOPs per layer and direction (DESIGN.md "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
+FLOPs per layer and direction (docs/design.md, "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
 gates (LSTM 4 -> 8TBH(I+H), GRU 3, RNN 1); a training step (forward + backward) about 3x that.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The sequence engine: forward and BPTT loops, written once for every execution.
 
-Per layer and direction (DESIGN.md, "One math, three executions"):
+Per layer and direction (docs/design.md, "The one loop"):
 
 1. the input projection of all time steps: one GEMM ``(T*B, I) x (I, G*H)`` plus bias;
 2. for each time step: one recurrent GEMM ``(B, Hs) x (Hs, G*H)`` and ONE pointwise step

@@ -7,14 +7,16 @@
 """
 
 from .literature import published_outcomes
-from .markdown import markdown_report, to_markdown
-from .plots import plot_gradient_flow, plot_task_metric, plot_time_vs_T
+from .markdown import build_report, markdown_report, print_report, to_markdown
+from .plots import plot_gradient_flow, plot_ratio_vs_T, plot_task_metric, plot_time_vs_T
 from .results import load_results, machine_columns, param_columns
+from .speed import machine_ratios, speed_table
 from .tables import compare, latest, memory_table, task_baseline
 
 __all__ = [
     "load_results", "param_columns", "machine_columns",
     "compare", "latest", "memory_table", "task_baseline", "published_outcomes",
-    "plot_time_vs_T", "plot_gradient_flow", "plot_task_metric",
-    "markdown_report", "to_markdown",
+    "speed_table", "machine_ratios",
+    "plot_time_vs_T", "plot_ratio_vs_T", "plot_gradient_flow", "plot_task_metric",
+    "markdown_report", "build_report", "print_report", "to_markdown",
 ]
