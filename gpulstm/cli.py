@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
+import time
 
 from . import benchrun  # stdlib only: cheap to import
 from .benchrun import ROOT, UserError
@@ -251,15 +253,33 @@ def _finite_copy(results, dst):
 
 
 def run_memory_sweep(args):
-    """Seam for the long-range memory sweep of the main job (``gpulstm.sweep``): it runs the
-    memory grid first, with its own progress bar, into the per-point cache named by
-    GPULSTM_SWEEP_CACHE (set by :func:`cmd_main`), which asv's memory suite then reads. Until
-    the sweep exists, asv's memory benchmarks compute their points themselves."""
-    return None
+    """The main job's long-range memory sweep (gpulstm.sweep), run before asv with its own
+    progress bar into the per-point cache GPULSTM_SWEEP_CACHE, which asv's memory suite then
+    reads (same profile, backend and settings, so the same points). Skipped when the asv run
+    is restricted to benchmarks that are not memory ones."""
+    from .sweep import PROFILES, memory_profile_name, run_sweep
+
+    if args.dry_run or (args.bench and not any("memory" in b for b in args.bench)):
+        return None
+    backend = os.environ.get("GPULSTM_BENCH_BACKEND") or args.backend or (
+        "cupy" if benchrun.gpu_info() else "numpy")
+    name = memory_profile_name(args.profile, backend)
+    print(f"gpulstm: long-range memory sweep, profile {name}, backend {backend} "
+          f"(points cached in {os.environ['GPULSTM_SWEEP_CACHE']})", flush=True)
+    workers = os.environ.get("GPULSTM_BENCH_WORKERS")
+    return run_sweep(PROFILES[name], backend=backend, cache=os.environ["GPULSTM_SWEEP_CACHE"],
+                     workers=None if workers is None else int(workers), progress=True)
 
 
 def cmd_main(args):
-    os.environ.setdefault("GPULSTM_SWEEP_CACHE", os.path.join(USER_DIR, "sweep-cache"))
+    # one cache folder per commit: a later commit never reuses points trained by older code
+    # (uncommitted changes: a folder of its own, never reused)
+    try:
+        head, changed = benchrun.git_state(ROOT)
+        tag = head[:12] + (time.strftime("-dirty-%Y%m%dT%H%M%S") if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        tag = time.strftime("nogit-%Y%m%dT%H%M%S")
+    os.environ.setdefault("GPULSTM_SWEEP_CACHE", os.path.join(USER_DIR, "sweep-cache", tag))
     run_memory_sweep(args)
     rc = cmd_bench(args)
     if args.dry_run:

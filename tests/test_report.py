@@ -24,8 +24,8 @@ pytest.importorskip("asv")
 pytest.importorskip("matplotlib")
 
 from gpulstm.report import (  # noqa: E402
-    compare, latest, load_results, markdown_report, memory_table, plot_gradient_flow,
-    plot_task_metric, plot_time_vs_T, published_outcomes,
+    compare, latest, load_results, markdown_report, plot_gradient_flow, plot_time_vs_T,
+    published_outcomes,
 )
 from gpulstm.report.results import ResultsFileWarning  # noqa: E402
 
@@ -311,89 +311,6 @@ def test_compare_on_loaded_results(df):
     assert ((out["ratio"] * out["speedup"]).round(12) == 1.0).all()
 
 
-# -- memory_table ------------------------------------------------------------------------------
-
-def _memory_frame() -> pd.DataFrame:
-    rows = []
-
-    def add(bench, cell, T, seed, value):
-        rows.append({"machine": "m1", "benchmark": f"memory.{bench}", "kind": "track",
-                     "cell": cell, "T": T, "seed": seed, "value": value, "status": "ok"})
-
-    for seed in (0, 1):
-        for T, ok_lstm, ok_rnn in ((50, 1, 1), (100, 1, seed), (200, 1, 0), (400, seed, 0)):
-            add("TrackAdding.track_success_rate", "lstm_nofg", T, seed, float(ok_lstm))
-            add("TrackAdding.track_success_rate", "rnn_tanh", T, seed, float(ok_rnn))
-            add("TrackAdding.track_test_mse", "lstm_nofg", T, seed, 0.001 * T / 50 + 0.001 * seed)
-            add("TrackAdding.track_test_mse", "rnn_tanh", T, seed, 0.01 * T / 50)
-    # No success metric: gpulstm.tasks' criterion, copy xent < 0.1 x 10 ln 8 / (T + 20).
-    for T, xent in ((10, 0.05), (80, 0.5)):
-        add("TrackCopy.track_test_xent", "gru", T, 0, xent)
-    add("TrackCopy.track_test_xent", "gru", 10, 1, float("nan"))  # skipped: ignored
-    rows[-1]["status"] = "skipped"
-    # Temporal order with an accuracy only: passes at >= 0.99 (Pascanu et al.: under 1% wrong).
-    for T, acc in ((50, 1.0), (100, 0.98), (200, 0.995)):
-        add("TrackTemporalOrder.track_test_accuracy", "lstm_fb1", T, 0, acc)
-    add("TrackGradFlow.track_log10_ratio_end", "lstm", 10, 0, 0.5)  # not a task
-    return pd.DataFrame(rows)
-
-
-def test_memory_table_exact():
-    out = memory_table(_memory_frame())
-    meas = out[out["machine"] == "m1"].set_index(["task", "cell"])
-    assert set(meas.index) == {("adding", "lstm_nofg"), ("adding", "rnn_tanh"), ("copy", "gru"),
-                               ("temporal_order", "lstm_fb1")}
-    lstm = meas.loc[("adding", "lstm_nofg")]
-    # Mean success per T over seeds 0, 1: 1, 1, 1, 0.5 -> all pass at >= 0.5; longest 400.
-    assert lstm["longest_T_passed"] == 400 and pd.isna(lstm["first_T_failed"])
-    assert lstm["max_T_tested"] == 400 and lstm["at_T"] == 400 and lstm["seeds"] == 2
-    assert lstm["success_rate"] == 0.5
-    assert lstm["metric"] == "test_mse"
-    assert lstm["metric_value"] == pytest.approx((0.008 + 0.009) / 2)
-    assert lstm["baseline"] == pytest.approx(1 / 6)
-    assert lstm["pass_rule"] == "success_rate >= 0.5"
-    rnn = meas.loc[("adding", "rnn_tanh")]
-    # rnn success: T=50 -> 1, T=100 -> (0 + 1) / 2 = 0.5 (pass), T=200 -> 0, T=400 -> 0.
-    assert rnn["longest_T_passed"] == 100 and rnn["first_T_failed"] == 200
-    assert rnn["success_rate"] == 0.5 and rnn["metric_value"] == pytest.approx(0.02)
-    copy = meas.loc[("copy", "gru")]
-    # baselines 10 ln 8 / 30 = 0.693 (0.05 < 0.0693 passes), 10 ln 8 / 100 = 0.208 (0.5 fails).
-    assert copy["longest_T_passed"] == 10 and copy["first_T_failed"] == 80
-    assert copy["seeds"] == 1 and math.isnan(copy["success_rate"])
-    assert copy["baseline"] == pytest.approx(10 * math.log(8) / 30)
-    assert copy["pass_rule"] == "test cross-entropy < 0.1 x baseline"
-    order = meas.loc[("temporal_order", "lstm_fb1")]
-    # Longest passing T is 200 even though 100 failed: first_T_failed shows the gap.
-    assert order["longest_T_passed"] == 200 and order["first_T_failed"] == 100
-    assert order["metric_value"] == 0.995 and order["baseline"] == 0.25
-    assert order["pass_rule"] == "test accuracy >= 0.99"
-    # Published outcomes beside the measurement, with how far each was verified.
-    assert lstm["published_longest_T"] == 1000
-    assert "853,000" in lstm["published_outcome"]
-    assert lstm["verified"] == "verified (transcription of the published paper)"
-    assert pd.isna(rnn["published_outcome"])
-    # Published-only cells of measured tasks are listed too (measured columns empty).
-    extra = out[out["machine"].isna()]
-    assert {"irnn", "urnn"} <= set(extra["cell"]) and extra["longest_T_passed"].isna().all()
-    pascanu = extra[(extra["task"] == "temporal_order") & (extra["cell"] == "rnn_tanh")]
-    assert pascanu["verified"].tolist() == ["verified (transcription of the published paper)"]
-    assert "long_lag_2a" not in set(out["task"])  # only tasks that were measured
-
-
-def test_memory_table_with_own_published_and_loaded(df):
-    pub = pd.DataFrame({"source": ["S"], "task": ["adding"], "cell": ["rnn"],
-                        "T": pd.array([10], dtype="Int64"),
-                        "passed": pd.array([True], dtype="boolean"),
-                        "outcome": ["passes"], "verified": ["abstract only"]})
-    out = memory_table(df, published=pub).set_index(["machine", "task", "cell"])
-    # Fixture suite: lstm succeeds at T=10 and 100, rnn only at T=10.
-    assert out.loc[("box-gpu", "adding", "lstm"), "longest_T_passed"] == 100
-    rnn = out.loc[("box-gpu", "adding", "rnn")]
-    assert rnn["longest_T_passed"] == 10 and rnn["first_T_failed"] == 100
-    assert rnn["metric_value"] == pytest.approx(0.01)
-    assert rnn["published_longest_T"] == 10 and rnn["verified"] == "abstract only"
-
-
 def test_published_outcomes_labels():
     pub = published_outcomes()
     assert set(pub["verified"]) <= {
@@ -434,11 +351,7 @@ def test_plots_write_pngs(df, tmp_path):
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
     assert set(lines) == {"lstm", "rnn"}  # one line per cell, at initialisation
     x, y = lines["rnn"].get_data()
-    assert list(x) == [10, 100] and list(y) == pytest.approx([10 ** -2.5, 10 ** -25])
-    fig = plot_task_metric(df, tmp_path / "m.png")
-    assert _png_ok(tmp_path / "m.png")
-    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
-    assert "trivial baseline" in labels
+    assert list(x) == [10, 100] and list(y) == pytest.approx([-2.5, -25])  # log10 ratio
     with pytest.raises(ValueError):
         plot_time_vs_T(df[df["kind"] == "track"], tmp_path / "none.png")
 
@@ -447,11 +360,11 @@ def test_markdown_report(df, tmp_path):
     md = markdown_report(df, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == md
     assert "### box-gpu: TimeLSTM" in md and "| ms median [IQR] |" in md and "torch-cpu" in md
-    assert "853,000" in md and "verified" in md
-    for name in ("time_vs_T.png", "task_metric_vs_T.png", "gradient_flow.png"):
+    assert "## Long-range memory" in md and "No memory results" in md  # old-schema tracks only
+    for name in ("time_vs_T.png", "gradient_flow.png"):
         assert f"]({name})" in md and _png_ok(tmp_path / "report" / name)
     page = (tmp_path / "report" / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 2
     assert "src='http" not in page and "<link" not in page  # self-contained
 
 
@@ -493,26 +406,6 @@ def test_speed_table_units_spread_and_ratios():
     ratios = machine_ratios(table, "here")
     assert set(ratios["machine"]) == {"ref"} and (ratios["median_time_ratio"] == 2.0).all()
     assert (ratios["points"] == 2).all()
-
-
-def test_plot_task_metric_without_task_rows_is_a_value_error(tmp_path):
-    """Results with gradient-flow tracks only (e.g. a GPU run): no task plot, a clear error."""
-    from gpulstm.report import plot_task_metric
-    df = pd.DataFrame({"machine": ["m"], "benchmark": ["memory.TrackGradFlow.track_distance_1e3"],
-                       "kind": ["track"], "status": ["ok"], "cell": ["lstm"], "T": [10],
-                       "value": [3.0], "unit": ["steps"]})
-    with pytest.raises(ValueError, match="no ok track_ task rows"):
-        plot_task_metric(df, tmp_path / "x.png")
-
-
-def test_task_rows_leave_out_speed_tracks():
-    """Speed track_ benchmarks with cell and T parameters are not long-range memory tasks."""
-    from gpulstm.report.tables import task_rows
-    df = pd.DataFrame({"machine": ["m", "m"], "kind": ["track", "track"], "status": ["ok", "ok"],
-                       "benchmark": ["speed.RatioSequenceLength.track_time_ratio_vs_torch",
-                                     "memory.TrackAdding.track_test_mse"],
-                       "cell": ["lstm", "lstm"], "T": [10, 10], "value": [1.5, 0.01]})
-    assert list(task_rows(df)["task"]) == ["adding"]
 
 
 # -- fuzzing the loader with random JSON shapes ------------------------------------------------

@@ -104,17 +104,21 @@ def _constant_columns(table: pd.DataFrame, cols) -> tuple[pd.DataFrame, str]:
     return table.drop(columns=fixed), caption
 
 
-def _memory_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The long-range memory table of ``df`` (raises ValueError without memory results).
-    The one place the report calls the memory side, so that it can be re-pointed."""
-    from .tables import memory_table
+def _memory_tables(df: pd.DataFrame) -> dict:
+    """{task: table} of the long-range memory results (:func:`gpulstm.report.memory.
+    criterion_wide`; raises ValueError without memory results)."""
+    from .memory import criterion_wide
 
-    return memory_table(df)
+    return criterion_wide(df)
 
 
-_MEMORY_TERMINAL = ["machine", "task", "cell", "longest_T_passed", "first_T_failed",
-                    "max_T_tested", "at_T", "seeds", "metric", "metric_value", "baseline",
-                    "published_longest_T", "verified"]
+_MEMORY_NOTE = {
+    "adding": "Adding problem: Adam updates to validation MSE < 0.01 (median over seeds, range "
+              "over the seeds that reached it, best learning rate); \"> N\": not within the "
+              "budget of N updates.",
+    "temporal_order": "Temporal order: updates to validation accuracy >= 0.99.",
+    "recall": "Delayed recall of one symbol: updates to validation accuracy >= 0.99.",
+}
 
 
 def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) -> Report:
@@ -170,18 +174,17 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) 
                     "reference machine's (> 1: slower here).", shown))
 
     try:
-        mem = _memory_table(df)
+        mem = _memory_tables(df)
     except ValueError as exc:
         sections.append(Section("Long-range memory", f"No memory results: {exc}"))
     else:
         sections.append(Section(
-            "Long-range memory",
-            "Longest T passed per task and cell (figures at `at_T`, mean over `seeds`), beside "
-            "the published outcomes; `verified` says how far each was checked.",
-            mem[[c for c in _MEMORY_TERMINAL if c in mem.columns]], terminal=True))
-        sections.append(Section("Published outcomes", "", mem[[c for c in (
-            "task", "cell", "published_outcome", "published_source") if c in mem.columns]],
-            terminal=False, level=3))
+            "Long-range memory", "Updates to criterion per task, cell and lag T (a lag counts "
+            "as solved when 2 of 3 seeds reach the criterion); docs/memory.md explains the "
+            "protocol, results/memory/MEMORY.md sets the committed run beside the papers."))
+        for task, table in mem.items():
+            sections.append(Section(task.replace("_", " "), _MEMORY_NOTE.get(task, ""), table,
+                                    terminal=True, level=3))
 
     plots = []
     for plot, name, title in _plots():
@@ -200,18 +203,14 @@ def _this(machine: str) -> str:
 
 
 def _plots():
-    """(function, file name, title) of the report's figures; the memory ones from the memory
-    side of the report."""
-    from . import plots as p
+    """(function, file name, title) of the report's figures."""
+    from .memory import plot_gradient_flow, plot_updates_to_criterion_of
 
-    out = [(plot_time_vs_T, "time_vs_T.png", "Time per call vs T"),
-           (plot_ratio_vs_T, "ratio_vs_T.png", "Time ratio vs PyTorch against T")]
-    for fn, name, title in (("plot_task_metric", "task_metric_vs_T.png", "Task metric vs T"),
-                            ("plot_gradient_flow", "gradient_flow.png",
-                             "Gradient flow vs distance")):
-        if hasattr(p, fn):
-            out.append((getattr(p, fn), name, title))
-    return out
+    return [(plot_time_vs_T, "time_vs_T.png", "Time per call vs T"),
+            (plot_ratio_vs_T, "ratio_vs_T.png", "Time ratio vs PyTorch against T"),
+            (plot_updates_to_criterion_of, "updates_to_criterion.png",
+             "Long-range memory: updates to criterion vs lag"),
+            (plot_gradient_flow, "gradient_flow.png", "Gradient flow at initialisation")]
 
 
 def render_markdown(report: Report) -> str:

@@ -11,10 +11,8 @@ import os
 import pandas as pd
 
 from .results import param_columns
-from .tables import is_success_metric, task_baseline, task_rows
 
-__all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "plot_gradient_flow", "plot_task_metric",
-           "cell_colors", "PALETTE"]
+__all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "cell_colors"]
 
 
 def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
@@ -78,7 +76,7 @@ def _label(keys: list[str], key) -> str:
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442", "#882255", "#44AA99", "#999933", "#AA4499")
 KNOWN_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_fb1", "lstm_nofg", "irnn",
-               "lstm_proj")
+               "lstm_proj", "lstm_fb0", "lstm_peep")
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -184,84 +182,3 @@ def plot_ratio_vs_T(df: pd.DataFrame, path):
                              "time ratio vs PyTorch against T", path, ref_line=1.0)
     except ValueError as exc:
         raise ValueError(f"plot_ratio_vs_T: {exc}") from None
-
-
-def plot_gradient_flow(df: pd.DataFrame, path):
-    """Gradient-flow decay ||dL/dh_t|| / ||dL/dh_T|| against distance T - t, one line per cell.
-
-    Reads the ``track_*log10_ratio_end`` rows of ``bench/memory.py`` (loss at the last step;
-    the value is log10 of the ratio at the initial state, distance T): ``TrackGradFlow`` at
-    initialisation as solid lines and, where present, ``TrackAdding``'s probe of the trained
-    cell (``trained`` in the name) dashed. Median over seeds; log y axis."""
-    for col in ("cell", "T"):
-        if col not in df.columns:
-            raise ValueError(f"plot_gradient_flow: the DataFrame has no {col!r} column")
-    rows = _ok(df)
-    rows = rows[(rows["kind"] == "track") & rows["benchmark"].str.endswith("log10_ratio_end")
-                & rows["T"].notna() & rows["cell"].notna()]
-    if rows.empty:
-        raise ValueError("plot_gradient_flow: no ok track_*log10_ratio_end rows")
-    fig, (ax,) = _figure(1, width=7.0)
-    trained = rows["benchmark"].str.contains("trained")
-    colors = {c: f"C{i}" for i, c in enumerate(sorted(rows["cell"].unique()))}
-    for sub, style, suffix in ((rows[~trained], "-", ""), (rows[trained], "--", " (trained)")):
-        for cell, g in sub.groupby("cell", sort=True):
-            s = g.groupby("T")["value"].median().sort_index()
-            ax.plot(s.index.to_numpy(dtype=float), 10.0 ** s.to_numpy(dtype=float), style,
-                    marker="o", color=colors[cell], label=f"{cell}{suffix}")
-    ax.set_yscale("log")
-    _log_x(ax, sorted(rows["T"].unique()))
-    ax.set_xlabel("distance T - t (steps)")
-    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_T||")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    ax.set_title(f"gradient flow vs distance on {_machines(rows)}")
-    _save(fig, path)
-    return fig
-
-
-def plot_task_metric(df: pd.DataFrame, path, *, metric: str | None = None):
-    """Test metric against T per cell, one panel per task, with the task's trivial baseline.
-
-    Uses the ok ``track_`` task rows of :func:`gpulstm.report.memory_table`'s schema; the
-    metric is ``metric`` (name without ``track_``) or each task's first non-success metric.
-    Points are means over seeds; bars span the seeds' min..max."""
-    try:
-        rows = task_rows(df)
-    except ValueError as exc:
-        raise ValueError(f"plot_task_metric: {exc}") from None
-    if metric is not None:
-        rows = rows[rows["metric"] == metric]
-    else:  # each task's first test metric (not a success fraction)
-        rows = rows[~rows["metric"].map(is_success_metric).astype(bool)]
-        first = rows.groupby("task")["metric"].min()
-        rows = rows[rows["metric"] == rows["task"].map(first)]
-    if rows.empty:
-        raise ValueError("plot_task_metric: no ok track_ task rows with cell and T"
-                         + (f" for metric {metric!r}" if metric else ""))
-    tasks = sorted(rows["task"].unique())
-    fig, axes = _figure(len(tasks))
-    for ax, task in zip(axes, tasks):
-        t_rows = rows[rows["task"] == task]
-        keys, groups = _lines(t_rows.drop(columns="task"), "T", ["cell"])
-        for key, g in groups:
-            s = g.groupby("T")["value"].agg(["mean", "min", "max"]).sort_index()
-            T = s.index.to_numpy(dtype=float)
-            ax.errorbar(T, s["mean"], yerr=[s["mean"] - s["min"], s["max"] - s["mean"]],
-                        marker="o", capsize=3, label=_label(keys, key))
-        Ts = sorted(t_rows["T"].unique())
-        name = t_rows["metric"].iloc[0]
-        base = [task_baseline(task, t, name) for t in Ts]
-        if not pd.isna(base[0]):
-            label = "chance" if "acc" in name or "err" in name else "trivial baseline"
-            ax.plot([float(t) for t in Ts], base, "k--", label=label)
-        _log_x(ax, Ts)
-        ax.set_xlabel("sequence length T (steps)")
-        unit = t_rows["unit"].dropna().unique()
-        ax.set_ylabel(name + (f" ({unit[0]})" if len(unit) == 1 and unit[0] != "unit" else ""))
-        ax.set_title(task)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"task results vs T on {_machines(rows)}")
-    _save(fig, path)
-    return fig
