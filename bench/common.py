@@ -52,10 +52,10 @@ except ImportError:  # pragma: no cover - torch is optional
 
 CELLS = ("rnn_tanh", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-GPULSTM_BACKENDS = ("numpy", "cupy", "emulated")
+GPULSTM_BACKENDS = ("numpy", "cpu", "cupy", "emulated")
 TORCH_BACKENDS = ("torch-cpu", "torch-cudnn", "torch-cudnn-tf32")
 # The PyTorch reference of each backend, timed in the same process for the speed ratios.
-REFERENCE = {"numpy": "torch-cpu", "emulated": "torch-cpu", "cupy": "torch-cudnn",
+REFERENCE = {"numpy": "torch-cpu", "cpu": "torch-cpu", "emulated": "torch-cpu", "cupy": "torch-cudnn",
              "torch-cudnn-tf32": "torch-cudnn"}
 
 PROFILES = {

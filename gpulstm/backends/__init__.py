@@ -18,6 +18,7 @@ _MODULES = {
     "numpy": "gpulstm.backends.numpy",
     "cupy": "gpulstm.backends.cupy",
     "emulated": "gpulstm.backends.emulated",
+    "cpu": "gpulstm.backends.cpu",
 }
 BACKENDS = tuple(_MODULES)
 _cache = {}
