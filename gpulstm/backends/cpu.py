@@ -93,11 +93,14 @@ def _build(src: Path) -> Path:
 
 
 _lib = None
+_failure = None  # the BackendUnavailable of a failed build, raised again without rebuilding
 
 
 def _library():
-    global _lib
+    global _lib, _failure
     with _lock:
+        if _failure is not None:
+            raise _failure
         if _lib is None:
             from ..kernel_source import kernel_dir
             try:
@@ -107,12 +110,14 @@ def _library():
             if not src.is_file():
                 raise BackendUnavailable(f"backend 'cpu': source {src} not found")
             try:
-                path = _build(src)
-            except (OSError, RuntimeError) as e:
-                if isinstance(e, BackendUnavailable):
-                    raise
-                raise BackendUnavailable(f"backend 'cpu': building the library failed: {e}") from e
-            _lib = _bind(ctypes.CDLL(str(path)))
+                _lib = _bind(ctypes.CDLL(str(_build(src))))
+            except BackendUnavailable as e:
+                _failure = e
+                raise
+            except (OSError, RuntimeError, AttributeError) as e:
+                _failure = BackendUnavailable(f"backend 'cpu': building or loading the library "
+                                              f"failed: {e}")
+                raise _failure from e
         return _lib
 
 
