@@ -149,11 +149,13 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     dGx = g["dGx"].reshape(TB, GH)
     dGh = g["dGh"].reshape(TB, GH)
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
+    db = dGx.sum(axis=0) if w["b_ih"] is not None else None
     grads = {
         "w_ih": dGx.T @ x.reshape(TB, I),
         "w_hh": dGh.T @ s_prev.reshape(TB, Hs),
-        "b_ih": dGx.sum(axis=0) if w["b_ih"] is not None else None,
-        "b_hh": dGh.sum(axis=0) if w["b_hh"] is not None else None,
+        "b_ih": db,
+        # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
+        "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
     }
     if proj:
         grads["w_hr"] = g["DHR"].reshape(TB, Hs).T @ s["M"].reshape(TB, H)

@@ -129,6 +129,7 @@ _SIGS = {
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppippii",
     "rnn_backward": "iiippippppii",
+    "gemm": "iiiplplplii",
 }
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
 
@@ -180,6 +181,31 @@ class CpuExecution(HostExecution):
     def __init__(self, lib):
         super().__init__("cpu", numpy_pointwise)
         self._lib = lib
+
+    def _gemm(self, a, b, out, accumulate):
+        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype
+        and row-contiguous; False otherwise (the caller then uses NumPy's)."""
+        suf = _SUFFIX.get(out.dtype)
+        if (suf is None or a.ndim != 2 or b.ndim != 2 or out.ndim != 2
+                or not a.dtype == b.dtype == out.dtype
+                or any(m.strides[1] != m.itemsize for m in (a, b, out))
+                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
+            return False
+        M, K = a.shape
+        N = b.shape[1]
+        step = out.itemsize
+        getattr(self._lib, f"gemm_{suf}")(M, K, N, a.ctypes.data, a.strides[0] // step,
+                                          b.ctypes.data, b.strides[0] // step, out.ctypes.data,
+                                          out.strides[0] // step, int(accumulate), _num_threads)
+        return True
+
+    def matmul(self, a, b, out):
+        if not self._gemm(a, b, out, False):
+            np.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out):
+        if not self._gemm(a, b, out, True):
+            out += a @ b
 
     def _fn(self, cell, what, dtype):
         kind = "lstm" if cell.name == "lstm" else "gru" if cell.name == "gru" else "rnn"
