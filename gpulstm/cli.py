@@ -87,27 +87,9 @@ def cmd_report(args):
 
 
 def cmd_memory(args):
-    """Train each cell at each T on the task (quick-profile budget unless --steps) and print
-    the test metric beside the task's trivial baseline and pass criterion."""
-    import gpulstm as gl
-    from . import train as tr
-    prof = tr.PROFILES["quick"]
-    steps = args.steps or prof["steps"]
-    backend = gl.get_backend(args.backend).name
-    rows = []
-    for cell in args.cell.split(","):
-        for T in (int(t) for t in args.T.split(",")):
-            for seed in range(args.seeds):
-                r = tr.train(args.task, cell, T, steps, batch=prof["batch"], hidden=prof["hidden"],
-                             lr=prof["lr"], seed=seed, backend=backend, clip=prof["clip"],
-                             optimizer=prof["optimizer"], progress=True)
-                rows.append((cell, T, seed, r.test_metric, r.baseline, r.passed, r.sequences_to_pass))
-    print(f"\n{args.task}: {steps} updates x {prof['batch']} sequences, hidden {prof['hidden']}, "
-          f"backend {backend}; criterion: {r.criterion}")
-    print(f"{'cell':10s} {'T':>5s} {'seed':>4s} {'test':>10s} {'baseline':>10s} {'passed':>6s} {'seqs to pass':>12s}")
-    for cell, T, seed, metric, base, ok, seqs in rows:
-        print(f"{cell:10s} {T:5d} {seed:4d} {metric:10.4g} {base:10.4g} {str(ok):>6s} {str(seqs or '-'):>12s}")
-    return 0
+    """A long-range memory sweep (gpulstm.sweep): updates to criterion per task, cell and T."""
+    from .sweep import run_from_args
+    return run_from_args(args)
 
 
 def cmd_main(args):
@@ -136,13 +118,9 @@ def build_parser():
     p.add_argument("results", nargs="?", default="results")
     p.add_argument("--out", default="report")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("memory", help="run a long-range memory experiment directly")
-    p.add_argument("--task", default="adding", choices=["adding", "copy", "temporal_order"])
-    p.add_argument("--cell", default="lstm,rnn_tanh")
-    p.add_argument("--T", default="50,100")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--backend", default="auto")
+    p = sub.add_parser("memory", help="a long-range memory sweep (updates to criterion)")
+    from .sweep import add_arguments
+    add_arguments(p)
     p.set_defaults(func=cmd_memory)
     p = sub.add_parser("main", help="bench + report (the README's main job)")
     bench_args(p)

@@ -13,6 +13,7 @@ task            L       inputs I    read-out    loss                  trivial ba
 ==============  ======  ==========  ==========  ====================  =====================
 adding          T       2           last step   MSE                   MSE 0.167 (predict 1)
 copy            T + 20  10 one-hot  every step  cross-entropy, 9 cl.  10 ln 8 / (T + 20)
+recall          T + 2K  10 one-hot  last K      cross-entropy, 9 cl.  accuracy 1/8
 temporal_order  T       6 one-hot   last step   cross-entropy, 4 cl.  accuracy 0.25
 ==============  ======  ==========  ==========  ====================  =====================
 """
@@ -25,7 +26,8 @@ import numpy as np
 
 from ._checks import check_int
 
-__all__ = ["adding_problem", "copy_memory", "temporal_order", "Task", "make_task", "TASKS"]
+__all__ = ["adding_problem", "copy_memory", "temporal_order", "recall", "Task",
+           "make_task", "TASKS"]
 
 # copy memory alphabet: 0 blank, 1..8 symbols, 9 delimiter
 COPY_SYMBOLS = 8
@@ -69,29 +71,47 @@ def adding_problem(rng, T, batch, dtype=np.float32):
     return x, target
 
 
-def copy_memory(rng, T, batch, dtype=np.float32):
+def copy_memory(rng, T, batch, dtype=np.float32, length=COPY_LENGTH):
     """The copy memory task (Hochreiter & Schmidhuber 1997; the variant of Arjovsky et al. 2016).
 
-    Input (length T + 20, one-hot over 10 codes): 10 symbols drawn uniformly from 1..8, then
-    T - 1 blanks (0), the delimiter (9), then 10 blanks. Target (classes 0..8): blank for the
-    first T + 10 steps, then the 10 symbols in order. Predicting blank for the first T + 10
-    steps and a uniform guess over the 8 symbols for the last 10 gives the baseline
-    cross-entropy 10 ln 8 / (T + 20) per step.
+    With K = ``length`` symbols to remember (10 in Arjovsky et al.): input (length T + 2K,
+    one-hot over 10 codes): K symbols drawn uniformly from 1..8, then T - 1 blanks (0), the
+    delimiter (9), then K blanks. Target (classes 0..8): blank for the first T + K steps, then
+    the K symbols in order; the lag between a symbol and its recall is T + K. Predicting blank
+    for the first T + K steps and a uniform guess over the 8 symbols for the last K gives the
+    baseline cross-entropy K ln 8 / (T + 2K) per step.
 
-    Returns x [T+20, B, 10] (one-hot) and target int64 [T+20, B] (class indices).
+    Returns x [T+2K, B, 10] (one-hot) and target int64 [T+2K, B] (class indices).
     """
     _check_rng(rng)
     T = check_int("T", T, 1)
     B = check_int("batch", batch, 1)
-    L = T + 2 * COPY_LENGTH
-    symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(COPY_LENGTH, B))
+    K = check_int("length", length, 1)
+    L = T + 2 * K
+    symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(K, B))
     codes = np.full((L, B), COPY_BLANK, np.int64)
-    codes[:COPY_LENGTH] = symbols
-    codes[T + COPY_LENGTH - 1] = COPY_DELIMITER
+    codes[:K] = symbols
+    codes[T + K - 1] = COPY_DELIMITER
     target = np.full((L, B), COPY_BLANK, np.int64)
-    target[L - COPY_LENGTH:] = symbols
+    target[L - K:] = symbols
     x = np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes]
     return x, target
+
+
+def recall(rng, T, batch, dtype=np.float32, length=1):
+    """Delayed recall: the copy task's sequences (:func:`copy_memory` with K = ``length``
+    symbols, default 1), but the network is read out and scored only at the K recall steps.
+
+    The lag between a symbol and its recall is T + K while the amount to remember stays K
+    symbols of 8, so the task measures how long memory holds, not how much it holds (the
+    copy task with K = 10 asks a 32-unit network to hold 30 bits and to emit T + 10 blanks
+    with near-certainty). Close to the noise-free long-time-lag task of Hochreiter &
+    Schmidhuber (1997, Task 2a), with the delimiter as the cue to answer.
+
+    Returns x [T+2K, B, 10] (one-hot) and target int64 [K, B] (the symbols, classes 1..8).
+    """
+    x, target = copy_memory(rng, T, batch, dtype, length)
+    return x, target[-length:]
 
 
 def temporal_order(rng, T, batch, dtype=np.float32):
@@ -125,15 +145,17 @@ def temporal_order(rng, T, batch, dtype=np.float32):
 class Task:
     """A task at one lag: generator, sizes, loss and pass criterion.
 
-    ``readout`` is ``"last"`` (one prediction per sequence from the last hidden state) or
-    ``"all"`` (one per time step). ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy).
+    ``readout`` is ``"last"`` (one prediction per sequence from the last hidden state),
+    ``"all"`` (one per time step) or ``"tail"`` (one per step of the last ``copy_length``
+    steps). ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy).
     ``metric`` names the test figure (``mse``, ``xent`` or ``accuracy``) and :meth:`passed`
     applies the criterion:
 
     - adding: test MSE < 0.01 (6 % of the 0.167 baseline);
     - copy: test cross-entropy < 0.1 x the baseline 10 ln 8 / (T + 20), i.e. the 10 recalled
       symbols cost on average under 0.1 ln 8 = 0.21 nats each;
-    - temporal order: test accuracy >= 0.99 (Pascanu et al. 2013: under 1 % misclassified).
+    - recall, temporal order: test accuracy >= 0.99 (Pascanu et al. 2013: under 1 %
+      misclassified).
     """
     name: str
     T: int
@@ -143,15 +165,18 @@ class Task:
     readout: str
     metric: str
     baseline: float  # the trivial baseline of ``metric``
+    copy_length: int = COPY_LENGTH  # copy, recall: K, the symbols to remember
 
     def sample(self, rng, batch, dtype=np.float32):
         """Fresh sequences: (x [L,B,I], target) from the task's generator."""
+        if self.name in ("copy", "recall"):
+            return _GENERATORS[self.name](rng, self.T, batch, dtype, self.copy_length)
         return _GENERATORS[self.name](rng, self.T, batch, dtype)
 
     @property
     def length(self):
         """Sequence length L fed to the network."""
-        return self.T + 2 * COPY_LENGTH if self.name == "copy" else self.T
+        return self.T + 2 * self.copy_length if self.name in ("copy", "recall") else self.T
 
     def passed(self, metric_value):
         """The pass criterion (class docstring) applied to a test metric value."""
@@ -166,21 +191,32 @@ class Task:
         """The pass criterion in words."""
         return {"adding": "test MSE < 0.01",
                 "copy": "test cross-entropy < 0.1 x baseline",
+                "recall": "test accuracy >= 0.99",
                 "temporal_order": "test accuracy >= 0.99"}[self.name]
 
 
-_GENERATORS = {"adding": adding_problem, "copy": copy_memory, "temporal_order": temporal_order}
+_GENERATORS = {"adding": adding_problem, "copy": copy_memory, "recall": recall,
+               "temporal_order": temporal_order}
 TASKS = tuple(_GENERATORS)
 
 
-def make_task(name, T):
-    """The :class:`Task` named ``name`` (one of :data:`TASKS`) at lag ``T``."""
+def make_task(name, T, copy_length=None):
+    """The :class:`Task` named ``name`` (one of :data:`TASKS`) at lag ``T``; ``copy_length``
+    is K, the symbols the copy task (default 10) or the recall task (default 1) asks to
+    remember."""
+    if copy_length is None:
+        copy_length = 1 if name == "recall" else COPY_LENGTH
     T = check_int("T", T, 1)
     if name == "adding":
         return Task("adding", T, 2, 1, "mse", "last", "mse", 1.0 / 6.0)
     if name == "copy":
+        K = check_int("copy_length", copy_length, 1)
         return Task("copy", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "all", "xent",
-                    COPY_LENGTH * math.log(COPY_SYMBOLS) / (T + 2 * COPY_LENGTH))
+                    K * math.log(COPY_SYMBOLS) / (T + 2 * K), K)
+    if name == "recall":
+        K = check_int("copy_length", copy_length, 1)
+        return Task("recall", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "tail", "accuracy",
+                    1.0 / COPY_SYMBOLS, K)
     if name == "temporal_order":
         if T < 10:
             raise ValueError(f"temporal_order needs T >= 10; got {T}")

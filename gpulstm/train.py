@@ -9,13 +9,24 @@ Cell variants (:func:`make_cell`, all through the public :mod:`gpulstm` API)::
 
     lstm_fb0    LSTM, forget-gate bias initialised to 0
     lstm_fb1    LSTM, forget-gate bias 1 (Jozefowicz et al. 2015); alias "lstm"
-    lstm_nofg   LSTM without forget gate (f = 1, the 1997 cell)
+    lstm_nofg   LSTM without forget gate (f = 1, the 1997 cell), input-gate biases negative
+                (see below)
     lstm_peep   LSTM with diagonal peepholes, forget bias 1
     gru         GRU (PyTorch's formulation)
     rnn_tanh    Elman RNN, tanh
-    irnn        Elman RNN, relu, W_hh = I and zero biases (Le et al. 2015)
+    irnn        Elman RNN, relu, W_hh = I and zero biases, input weights N(0, 0.001^2)
+                (Le et al. 2015)
 
 Weights use PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)) except where stated.
+
+Without a forget gate the cell state only accumulates, and with PyTorch's initialisation it
+drifts into tanh's saturation within a few dozen steps (at T=100 most units have
+|tanh c_T| > 0.99). Hochreiter & Schmidhuber (1997) meet this "internal state drift" by
+biasing the input gates negative at the start of learning; ``lstm_nofg`` does the same with
+:data:`NOFG_INPUT_BIAS` (the input-gate block of ``bias_ih``; ``bias_hh``'s block 0), one
+value per quarter of the units, so that different units open their gates at different
+strengths (the paper used one bias per memory-cell block, e.g. -3 and -6 for two blocks).
+See docs/memory.md for what of each paper's recipe was checked against its text.
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ from ._checks import check_int
 from .modules import GRU, LSTM, RNN
 from .tasks import Task, make_task
 
-__all__ = ["CELLS", "PROFILES", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
+__all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
            "clip_grad_norm", "Adam", "RMSProp", "TrainResult", "train", "evaluate"]
 
 _CELL_ARGS = {
@@ -43,33 +54,27 @@ _CELL_ARGS = {
 }
 CELLS = tuple(_CELL_ARGS)
 _ALIASES = {"lstm": "lstm_fb1"}
-
-# Budgets of the long-range memory benchmarks (bench/memory.py; GPULSTM_BENCH_PROFILE).
-# Every task run: `steps` Adam updates (lr, joint gradient-norm clipping at `clip`) of `batch`
-# fresh sequences, a single-layer cell of `hidden` units plus a linear read-out; test metric
-# on 1000 fresh sequences; validation (for "sequences to criterion") on 256 fresh sequences
-# every 50 updates. Gradient flow: `flow_batch` adding-problem sequences per probe, float64.
-# quick: about 10 minutes on 2 CPU cores (numpy); full: meant for a GPU (cupy), hours on a CPU.
-PROFILES = {
-    "quick": {"cells": CELLS, "seeds": (0, 1), "hidden": 32, "batch": 32, "steps": 400,
-              "lr": 1e-2, "clip": 1.0, "optimizer": "adam",
-              "tasks": {"adding": (10, 20, 50, 100), "temporal_order": (20, 50), "copy": (10,)},
-              "flow_T": (10, 20, 50, 100, 200), "flow_seeds": (0, 1, 2), "flow_batch": 16},
-    "full": {"cells": CELLS, "seeds": (0, 1, 2), "hidden": 32, "batch": 32, "steps": 3000,
-             "lr": 1e-2, "clip": 1.0, "optimizer": "adam",
-             "tasks": {"adding": (10, 20, 50, 100, 200), "temporal_order": (20, 50, 100, 200),
-                       "copy": (10, 20, 50, 100)},
-             "flow_T": (10, 20, 50, 100, 200, 400), "flow_seeds": (0, 1, 2, 3, 4),
-             "flow_batch": 16},
-}
-
+NOFG_INPUT_BIAS = (-1.0, -2.0, -3.0, -4.0)  # lstm_nofg input-gate bias, by quarter of the units
+IRNN_INPUT_STD = 1e-3  # irnn input weights ~ N(0, IRNN_INPUT_STD^2) (Le et al. 2015)
 
 def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", seed=0):
     """One recurrent layer of the variant ``name`` (one of :data:`CELLS`, or ``"lstm"``)."""
-    cls, kwargs = _CELL_ARGS.get(_ALIASES.get(name, name), (None, None))
+    name = _ALIASES.get(name, name)
+    cls, kwargs = _CELL_ARGS.get(name, (None, None))
     if cls is None:
         raise ValueError(f"unknown cell {name!r}; expected one of {CELLS + tuple(_ALIASES)}")
-    return cls(input_size, hidden_size, backend=backend, dtype=dtype, seed=seed, **kwargs)
+    model = cls(input_size, hidden_size, backend=backend, dtype=dtype, seed=seed, **kwargs)
+    params, H = model.parameters(), hidden_size
+    if name == "lstm_nofg":
+        quarters = np.array_split(np.arange(H), len(NOFG_INPUT_BIAS))
+        b = np.concatenate([np.full(len(q), v) for q, v in zip(quarters, NOFG_INPUT_BIAS)])
+        params["bias_ih_l0"][:H] = model.ex.asarray(b, model.dtype)
+        params["bias_hh_l0"][:H] = 0
+    elif name == "irnn":
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x69726e6e]))
+        w = rng.normal(0.0, IRNN_INPUT_STD, size=params["weight_ih_l0"].shape)
+        params["weight_ih_l0"][...] = model.ex.asarray(w, model.dtype)
+    return model
 
 
 class Readout:
@@ -122,12 +127,18 @@ def accuracy(xp, logits, labels):
 def clip_grad_norm(xp, grads, max_norm):
     """Scale the gradient arrays (in place) so that their joint L2 norm is at most ``max_norm``
     (Pascanu et al. 2013): g <- g * min(1, max_norm / ||g||). Returns the norm before clipping
-    (0-d array; no host synchronisation). ``max_norm=None`` only measures."""
-    total = xp.sqrt(sum((g * g).sum() for g in grads))
+    as a float64 0-d array (no host synchronisation). ``max_norm=None`` only measures.
+
+    The squares are summed in float64, so float32 gradients whose norm exceeds float32's
+    range (~3.4e38, reached from elements of ~1.8e19) are still clipped correctly. A
+    non-finite norm (a NaN or inf element) leaves the gradients untouched and is returned
+    as is: the caller decides (:func:`train` stops and reports the run as diverged)."""
+    total = xp.sqrt(sum((g.astype(xp.float64, copy=False) ** 2).sum() for g in grads))
     if max_norm is not None:
-        scale = xp.minimum(1.0, max_norm / xp.maximum(total, 1e-30)).astype(grads[0].dtype)
+        ok = xp.isfinite(total)
+        scale = xp.where(ok, xp.minimum(1.0, max_norm / xp.maximum(total, 1e-300)), 1.0)
         for g in grads:
-            g *= scale
+            g *= scale.astype(g.dtype)
     return total
 
 
@@ -187,7 +198,13 @@ def _forward_loss(model, readout, task, x, target, backward):
     xp = ex.xp
     y, _ = model(x)
     L, B, H = y.shape
-    h = y[-1] if task.readout == "last" else y.reshape(L * B, H)
+    K = task.copy_length
+    if task.readout == "last":
+        h = y[-1]
+    elif task.readout == "tail":
+        h = y[L - K:].reshape(K * B, H)
+    else:
+        h = y.reshape(L * B, H)
     z = readout.forward(h)
     if task.loss == "mse":
         loss, dz = mse_loss(xp, z, target)
@@ -198,6 +215,9 @@ def _forward_loss(model, readout, task, x, target, backward):
         if task.readout == "last":
             dy = xp.zeros_like(y)
             dy[-1] = dh
+        elif task.readout == "tail":
+            dy = xp.zeros_like(y)
+            dy[L - K:] = dh.reshape(K, B, H)
         else:
             dy = dh.reshape(L, B, H)
         model.backward(dy)
@@ -231,13 +251,17 @@ def evaluate(model, readout, task, rng, n, chunk=500):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` measured. ``curve_loss[k]`` is the training loss of update k+1
-    (``curve_sequences[k] = (k+1) * batch`` sequences seen). ``evals`` lists
-    (update, sequences seen, validation metric) every ``eval_every`` updates on fresh sequences.
-    ``sequences_to_pass`` is the first ``sequences seen`` at which the validation metric met the
-    task's criterion (None: not within the budget). ``test_metric`` / ``test_loss``: on
-    ``test_size`` fresh test sequences after the last update; ``passed``: the criterion on
-    ``test_metric``."""
+    """What :func:`train` measured.
+
+    ``steps`` is the budget (updates allowed); ``updates`` the updates actually made (fewer
+    when training stopped at the criterion or diverged). ``curve_loss[k]`` is the training
+    loss of update k+1 (``curve_sequences[k] = (k+1) * batch`` sequences seen). ``evals``
+    lists (update, sequences seen, validation metric) every ``eval_every`` updates on fresh
+    validation sequences. ``updates_to_criterion`` / ``sequences_to_pass``: the first check
+    at which the validation metric met the task's criterion (None: not within the budget, a
+    lower bound of "more than ``steps``"). ``test_metric`` / ``test_loss``: on ``test_size``
+    fresh test sequences after the last update; ``passed``: the criterion on ``test_metric``.
+    ``diverged``: the gradient norm became non-finite and training stopped there."""
     task: str
     cell: str
     T: int
@@ -259,6 +283,9 @@ class TrainResult:
     passed: bool
     sequences_to_pass: int | None
     wall_s: float
+    updates: int = 0
+    updates_to_criterion: int | None = None
+    diverged: bool = False
     model: object = field(repr=False, default=None)
     readout: object = field(repr=False, default=None)
 
@@ -268,21 +295,24 @@ class TrainResult:
 
     @property
     def curve_sequences(self):
-        return np.arange(1, self.steps + 1) * self.batch
+        return np.arange(1, len(self.curve_loss) + 1) * self.batch
 
 
 def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="numpy",
           clip=1.0, optimizer="adam", dtype="float32", test_size=1000, eval_every=50,
-          eval_size=256, progress=False):
+          eval_size=256, stop_at_criterion=False, progress=False):
     """Train ``cell`` (see :func:`make_cell`) plus a linear read-out on ``task`` at lag ``T``.
 
     ``steps`` updates of ``batch`` fresh sequences each (budget: steps * batch sequences);
     optimizer ``"adam"`` or ``"rmsprop"`` with learning rate ``lr``; gradients of the recurrent
-    layer and the read-out clipped to joint norm ``clip`` (None: no clipping). The recurrent
-    layer is initialised exactly as ``make_cell(cell, ..., seed=seed)`` (so the gradient-flow
-    probe at initialisation sees the same weights). Training, validation and test sequences
-    come from independent streams spawned from ``seed``. ``progress=True`` shows a tqdm bar.
-    Returns a :class:`TrainResult`.
+    layer and the read-out clipped to joint norm ``clip`` (None: no clipping). Every
+    ``eval_every`` updates the task metric is measured on ``eval_size`` fresh validation
+    sequences; with ``stop_at_criterion`` training ends at the first check that meets the
+    task's criterion (early stopping: the headline "updates to criterion"). A non-finite
+    gradient norm ends training too (``diverged``). The recurrent layer is initialised exactly
+    as ``make_cell(cell, ..., seed=seed)`` (so the gradient-flow probe at initialisation sees
+    the same weights). Training, validation and test sequences come from independent streams
+    spawned from ``seed``. ``progress=True`` shows a tqdm bar. Returns a :class:`TrainResult`.
     """
     task = make_task(task, T) if not isinstance(task, Task) else task
     steps = check_int("steps", steps, 1)
@@ -291,6 +321,9 @@ def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="n
         raise ValueError(f"optimizer must be one of {tuple(_OPTIMIZERS)}; got {optimizer!r}")
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be > 0 or None; got {clip!r}")
+    if stop_at_criterion and not eval_every:
+        raise ValueError("stop_at_criterion needs eval_every > 0 (the criterion is checked on "
+                         "validation sequences every eval_every updates)")
     model = make_cell(cell, task.input_size, hidden, backend=backend, dtype=dtype, seed=seed)
     ex, xp = model.ex, model.ex.xp
     ss_readout, ss_train, ss_eval, ss_test = np.random.SeedSequence([seed, 0x6c73746d]).spawn(4)
@@ -303,28 +336,36 @@ def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="n
 
     losses, norms, evals = [], [], []
     to_pass = None
+    diverged = False
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc=f"{task.name} {cell} T={T}", unit="step")
     t0 = time.perf_counter()
+    step = 0
     for step in range(1, steps + 1):
         x, target = _to_backend(ex, model, task, *task.sample(rng_train, batch))
         loss, _ = _forward_loss(model, readout, task, x, target, backward=True)
         grads = {("rnn", k): g for k, g in model.grads.items()}
         grads.update({("readout", k): g for k, g in readout.grads.items()})
-        norms.append(clip_grad_norm(xp, list(grads.values()), clip))
-        opt.step(grads)
+        norm = clip_grad_norm(xp, list(grads.values()), clip)
+        norms.append(norm)
         losses.append(loss)
-        if eval_every and (step % eval_every == 0 or step == steps):
-            metric, _ = evaluate(model, readout, task, rng_eval, eval_size)
-            evals.append((step, step * batch, metric))
-            if to_pass is None and task.passed(metric):
-                to_pass = step * batch
+        if not bool(xp.isfinite(norm)):  # a NaN/inf gradient: stop, never skip silently
+            diverged = True
+            break
+        opt.step(grads)
         if bar is not None:
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4g}")
+        if eval_every and (step % eval_every == 0 or step == steps):
+            metric, _ = evaluate(model, readout, task, rng_eval, eval_size)
+            evals.append((step, step * batch, metric))
+            if to_pass is None and task.passed(metric):
+                to_pass = step
+                if stop_at_criterion:
+                    break
     if bar is not None:
         bar.close()
     test_metric, test_loss = evaluate(model, readout, task, rng_test, test_size)
@@ -336,5 +377,7 @@ def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="n
         curve_loss=ex.to_numpy(xp.stack(losses)).astype(np.float64),
         curve_grad_norm=ex.to_numpy(xp.stack(norms)).astype(np.float64),
         evals=evals, test_metric=test_metric, test_loss=test_loss,
-        passed=task.passed(test_metric), sequences_to_pass=to_pass, wall_s=wall,
+        passed=task.passed(test_metric) and not diverged,
+        sequences_to_pass=None if to_pass is None else to_pass * batch, wall_s=wall,
+        updates=step, updates_to_criterion=to_pass, diverged=diverged,
         model=model, readout=readout)

@@ -74,6 +74,69 @@ def test_clip_grad_norm():
     np.testing.assert_array_equal(c, [0.3, 0.4])
 
 
+def test_clip_grad_norm_float32_beyond_float32_range():
+    """Elements of 1e20 square past float32's max (3.4e38): the norm is still right and the
+    gradients are clipped, not zeroed or skipped."""
+    g = [np.full(4, 1e20, np.float32), np.full((2, 2), -1e20, np.float32)]
+    total = clip_grad_norm(np, g, 1.0)
+    assert total.dtype == np.float64 and float(total) == pytest.approx(1e20 * math.sqrt(8), rel=1e-6)
+    joint = math.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in g))
+    assert joint == pytest.approx(1.0, rel=1e-5)
+    assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in g)
+
+
+def test_clip_grad_norm_non_finite_is_reported_not_applied():
+    g = [np.array([1.0, np.inf], np.float32), np.array([2.0], np.float32)]
+    total = clip_grad_norm(np, g, 1.0)
+    assert not np.isfinite(total)
+    np.testing.assert_array_equal(g[1], [2.0])  # untouched: the caller decides
+
+
+def test_training_stops_at_the_criterion():
+    r = train("adding", "lstm_fb1", 6, steps=2000, batch=16, hidden=8, lr=3e-2, seed=0,
+              eval_every=20, eval_size=64, test_size=64, stop_at_criterion=True)
+    assert r.updates_to_criterion is not None and r.updates == r.updates_to_criterion < 2000
+    assert r.updates_to_criterion % 20 == 0 and r.evals[-1][2] < 0.01
+    assert all(e[2] >= 0.01 for e in r.evals[:-1])
+    assert len(r.curve_loss) == r.updates and r.sequences_to_pass == r.updates * 16
+    assert r.steps == 2000 and not r.diverged
+
+
+def test_training_stops_when_the_gradient_is_not_finite(monkeypatch):
+    import gpulstm.train as tr
+    real = tr.clip_grad_norm
+    calls = []
+
+    def poisoned(xp, grads, max_norm):  # a NaN gradient at the third update
+        calls.append(1)
+        if len(calls) == 3:
+            grads[0][...] = np.nan
+        return real(xp, grads, max_norm)
+
+    monkeypatch.setattr(tr, "clip_grad_norm", poisoned)
+    r = train("adding", "gru", 6, steps=10, batch=4, hidden=4, seed=0, eval_every=5, test_size=8)
+    assert r.diverged and r.updates == 3 and not r.passed
+    assert np.all(np.isfinite([p for p in r.model.parameters()["weight_hh_l0"].ravel()]))
+
+
+def test_nofg_and_irnn_initialisations():
+    from gpulstm.train import IRNN_INPUT_STD, NOFG_INPUT_BIAS
+    H = 8
+    m = make_cell("lstm_nofg", 2, H, seed=0)
+    b = m.parameters()["bias_ih_l0"][:H] + m.parameters()["bias_hh_l0"][:H]
+    np.testing.assert_allclose(b, np.repeat(NOFG_INPUT_BIAS, H // 4))
+    r = make_cell("irnn", 3, 64, seed=0).parameters()
+    np.testing.assert_array_equal(r["weight_hh_l0"], np.eye(64, dtype=np.float32))
+    assert abs(float(r["weight_ih_l0"].std()) - IRNN_INPUT_STD) < 0.2 * IRNN_INPUT_STD
+
+
+def test_recall_task_reads_the_last_steps():
+    r = train("recall", "lstm_nofg", 8, steps=400, batch=16, hidden=8, lr=3e-2, seed=1,
+              eval_every=50, eval_size=128, test_size=128, stop_at_criterion=True)
+    assert r.task == "recall" and r.baseline == pytest.approx(1 / 8)
+    assert r.updates_to_criterion is not None and r.test_metric > 0.9
+
+
 @pytest.mark.parametrize("name", CELLS + ("lstm",))
 def test_make_cell_variants(name):
     m = make_cell(name, 3, 4, seed=0)

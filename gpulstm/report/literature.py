@@ -1,13 +1,13 @@
 """Published long-range memory outcomes, each labelled with how far it was verified.
 
-Taken from ``LITERATURE.md`` (project reference material) and only as stated there: a row is
-"verified" only where that file says it was checked against the paper's own text. Outcomes
-the file marks as not verified (e.g. which model passes at which T in Le et al. 2015 or
-Arjovsky et al. 2016, Bengio et al. 1994's latch curve) are not given as pass/fail here.
+Each row says how far it was checked (docs/memory.md, "The literature"): "verified" only
+where the paper's own text was read. Outcomes not checked (e.g. which model passes at which T
+in Le et al. 2015 or Arjovsky et al. 2016, Bengio et al. 1994's latch curve) are not given as
+pass/fail here.
 
 Columns: ``source``, ``task``, ``cell``, ``T`` (Int64, NA where the paper gives a range or no
 length), ``passed`` (boolean, NA where the outcome is not a pass/fail), ``outcome``,
-``verified``. Task names match :func:`gpulstm.report.memory_table` (``adding``, ``copy``,
+``verified``. Task names match :mod:`gpulstm.tasks` (``adding``, ``copy``, ``recall``,
 ``temporal_order``) and cell names those of :func:`gpulstm.train.make_cell` (the 1997 LSTM has
 no forget gate: ``lstm_nofg``); the other tasks are listed for completeness.
 """

@@ -1,0 +1,127 @@
+"""The long-range memory sweep: planning rules, summaries, and Dask = serial."""
+import math
+
+import pytest
+
+from gpulstm.sweep import PROFILES, Point, _Planner, budget, profile_points, run_sweep, summarize
+
+
+def tiny_profile(**kw):
+    p = dict(PROFILES["quick"], cells=("lstm_fb1", "rnn_tanh"), seeds=(0, 1, 2),
+             lrs={"lstm_fb1": (1e-2, 3e-2), "rnn_tanh": (1e-2,)},
+             tasks={"adding": (6, 8, 10, 12)}, budget_base=20, budget_per_T=1, eval_every=10,
+             eval_size=16, test_size=16, hidden=6, batch=8)
+    p.update(kw)
+    return p
+
+
+def _rec(p, reached, updates=10):
+    return dict(task=p.task, cell=p.cell, T=p.T, lr=p.lr, seed=p.seed, reached=reached,
+                updates_to_criterion=updates if reached else None, budget=100, batch=8,
+                test_metric=0.0, baseline=1 / 6)
+
+
+def _drain(planner, outcome):
+    """Run the planner to the end with ``outcome(point) -> reached``; returns the points run."""
+    ran = []
+    while True:
+        todo = [q for q in planner.ready() if q not in planner.issued]
+        if not todo:
+            return ran
+        for q in todo:
+            planner.issued.add(q)
+            planner.record(q, _rec(q, outcome(q)))
+            ran.append(q)
+
+
+def test_budget_grows_with_T():
+    p = tiny_profile()
+    assert budget(p, 10) == 30 and budget(p, 100) == 120
+    assert budget("cpu-full", 400) > budget("cpu-full", 50)
+
+
+def test_series_stops_after_two_failed_lags():
+    pts = profile_points(tiny_profile(cells=("rnn_tanh",)))
+    planner = _Planner(pts)
+    ran = _drain(planner, lambda q: q.T < 8)  # solves 6, fails 8 and 10: 12 never runs
+    assert sorted({q.T for q in ran}) == [6, 8, 10]
+    assert {q.T for q in planner.pruned} == {12}
+
+
+def test_failed_lag_between_solved_lags_counts_once():
+    pts = profile_points(tiny_profile(cells=("rnn_tanh",)))
+    ran = _drain(_Planner(pts), lambda q: q.T != 8)  # one failure only: every lag runs
+    assert sorted({q.T for q in ran}) == [6, 8, 10, 12]
+
+
+def test_only_the_best_learning_rate_continues_after_a_solved_lag():
+    pts = profile_points(tiny_profile(cells=("lstm_fb1",)))
+    planner = _Planner(pts)
+    while True:  # lr 3e-2 needs fewer updates than 1e-2 at T=6: only 3e-2 runs T=8, 10, 12
+        todo = [q for q in planner.ready() if q not in planner.issued]
+        if not todo:
+            break
+        for q in todo:
+            planner.issued.add(q)
+            planner.record(q, _rec(q, True, 5 if q.lr == 3e-2 else 50))
+    ran = planner.results
+    assert {q.T for q in ran if q.lr == 1e-2} == {6}
+    assert {q.T for q in ran if q.lr == 3e-2} == {6, 8, 10, 12}
+
+
+def test_a_failed_lag_keeps_every_learning_rate():
+    pts = profile_points(tiny_profile(cells=("lstm_fb1",)))
+    ran = _drain(_Planner(pts), lambda q: q.T >= 8)  # T=6 fails for both: both run T=8
+    assert {q.lr for q in ran if q.T == 8} == {1e-2, 3e-2}
+    assert {q.lr for q in ran if q.T == 10} == {1e-2}  # tie at T=8: the smaller lr
+
+
+def test_solved_needs_two_thirds_of_seeds():
+    pts = profile_points(tiny_profile(cells=("rnn_tanh",)))
+    # only seed 0 reaches the criterion: 1/3 < 2/3, every lag fails, the series stops at 8
+    ran = _drain(_Planner(pts), lambda q: q.seed == 0)
+    assert sorted({q.T for q in ran}) == [6, 8]
+
+
+def test_summarize_reports_lower_bound_not_value():
+    recs = [_rec(Point("adding", "gru", 50, 1e-2, s), s < 2, 100 * (s + 1)) for s in range(3)]
+    recs += [_rec(Point("adding", "gru", 50, 1e-3, s), s < 1, 50) for s in range(3)]
+    per_lr, best = summarize(recs)
+    row = best.iloc[0]
+    assert row.lr == 1e-2 and row.solved and row.updates_median == 200  # third seed: > budget
+    assert row.updates_text == "200 (100-200)"
+    failed = per_lr[per_lr.lr == 1e-3].iloc[0]
+    assert not failed.solved and math.isnan(failed.updates_median)
+    recs = [_rec(Point("adding", "rnn_tanh", 50, 1e-2, s), False) for s in range(3)]
+    assert summarize(recs)[1].iloc[0].updates_text == "> 100"
+
+
+def test_serial_run_records_every_planned_point():
+    p = tiny_profile(tasks={"adding": (6, 8)})
+    recs = run_sweep(p, workers=0, progress=False)
+    assert {(r["cell"], r["T"], r["lr"], r["seed"]) for r in recs} <= \
+        {(q.cell, q.T, q.lr, q.seed) for q in profile_points(p)}
+    for r in recs:
+        assert r["budget"] == budget(p, r["T"])
+        assert r["reached"] == (r["updates_to_criterion"] is not None)
+        assert r["updates"] <= r["budget"]
+        assert "grad_distance_1e3" in r
+
+
+def test_cache_returns_the_same_records(tmp_path):
+    p = tiny_profile(tasks={"adding": (6,)}, cells=("rnn_tanh",))
+    a = run_sweep(p, workers=0, progress=False, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == len(a)
+    b = run_sweep(p, workers=0, progress=False, cache=tmp_path)
+    assert a == b
+
+
+def test_dask_local_cluster_matches_serial():
+    """A real 2-worker LocalCluster gives exactly the serial results (seeded points)."""
+    pytest.importorskip("distributed")
+    p = tiny_profile(tasks={"adding": (6, 8, 10)})
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
+    serial = run_sweep(p, workers=0, progress=False)
+    dask = run_sweep(p, workers=2, progress=False)
+    assert len(serial) > 6
+    assert strip(dask) == strip(serial)
