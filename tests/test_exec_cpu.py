@@ -209,3 +209,27 @@ def test_float64_close_to_torch(cpu, rng):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-12)
     for k, p in ref.named_parameters():
         np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=0, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul(cpu, rng, dtype):
+    """The execution's GEMM (input projection; the stepwise loop's GEMMs): every row-tile and
+    column-panel size, k blocks (K > 256), row-strided views, NaN-poisoned output;
+    matmul_acc adds."""
+    tol = RTOL[dtype]
+    for M, K, N in [(1, 1, 1), (7, 3, 5), (33, 300, 70), (64, 17, 129), (2, 40, 300), (9, 600, 16)]:
+        a = rng.standard_normal((M, K + 2)).astype(dtype)[:, 1:K + 1]  # row stride K + 2
+        b = rng.standard_normal((K, N)).astype(dtype)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        out = np.full((M, N), np.nan, dtype)
+        cpu.matmul(a, b, out)
+        scale = np.sqrt(K) * max(1.0, float(np.abs(want).max()))
+        assert np.abs(out - want).max() <= tol * scale, (M, K, N)
+        c = rng.standard_normal((M, N)).astype(dtype)
+        acc = c.copy()
+        cpu.matmul_acc(a, b, acc)
+        assert np.abs(acc - (c + want)).max() <= tol * scale, (M, K, N)
+    x = rng.standard_normal((4, 3))  # float64 @ float32: not the library's case, NumPy's
+    out = np.empty((4, 2))
+    cpu.matmul(x, rng.standard_normal((3, 2)).astype(np.float32), out)
+    assert np.isfinite(out).all()

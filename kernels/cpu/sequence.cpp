@@ -146,13 +146,14 @@ static inline Vec<R> vload(const R* p) { Vec<R> v; std::memcpy(&v, p, sizeof(v))
 template <class R>
 static inline void vstore(R* p, Vec<R> v) { std::memcpy(p, &v, sizeof(v)); }
 
+// C = C0 + A @ W on a tile (C0 may be C itself: accumulate in place)
 template <class R, int RN, int NV>
 static inline void tile(const R* __restrict A, long lda, const R* __restrict W, long ldw,
-                        R* __restrict C, long ldc, int K) {
+                        const R* C0, long ld0, R* C, long ldc, int K) {
   constexpr int VL = kVecBytes / sizeof(R);
   Vec<R> acc[RN][NV];
   for (int r = 0; r < RN; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vload(C + r * ldc + v * VL);
+    for (int v = 0; v < NV; ++v) acc[r][v] = vload(C0 + r * ld0 + v * VL);
   for (int k = 0; k < K; ++k) {
     const R* w = W + (long)k * ldw;
     Vec<R> wv[NV];
@@ -168,31 +169,41 @@ static inline void tile(const R* __restrict A, long lda, const R* __restrict W, 
 
 // every row of the column panel [j0, j0 + NV vectors): tiles of 8, 4, 2, 1 rows
 template <class R, int NV>
-static inline void panel(const R* A, long lda, const R* W, long ldw, R* C, long ldc, int rows,
-                         int K, int j0) {
+static inline void panel(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
+                         R* C, long ldc, int rows, int K, int j0) {
   int r = 0;
-  for (; r + 8 <= rows; r += 8) tile<R, 8, NV>(A + r * lda, lda, W + j0, ldw, C + r * ldc + j0, ldc, K);
-  if (r + 4 <= rows) { tile<R, 4, NV>(A + r * lda, lda, W + j0, ldw, C + r * ldc + j0, ldc, K); r += 4; }
-  if (r + 2 <= rows) { tile<R, 2, NV>(A + r * lda, lda, W + j0, ldw, C + r * ldc + j0, ldc, K); r += 2; }
-  if (r < rows) tile<R, 1, NV>(A + r * lda, lda, W + j0, ldw, C + r * ldc + j0, ldc, K);
+#define GL_TILE(RN) tile<R, RN, NV>(A + r * lda, lda, W + j0, ldw, C0 + r * ld0 + j0, ld0, \
+                                    C + r * ldc + j0, ldc, K)
+  for (; r + 8 <= rows; r += 8) GL_TILE(8);
+  if (r + 4 <= rows) { GL_TILE(4); r += 4; }
+  if (r + 2 <= rows) { GL_TILE(2); r += 2; }
+  if (r < rows) GL_TILE(1);
+#undef GL_TILE
 }
 
+// C[rows, N] = C0 + A[rows, K] @ W[K, N]; C0 = C (ld0 = ldc) accumulates in place
 template <class R>
-static void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, long ldc, int rows,
-                     int K, int N) {
+static void gemm_add(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0, R* C,
+                     long ldc, int rows, int K, int N) {
   constexpr int VL = kVecBytes / (int)sizeof(R);
+  if (K <= 0 && C0 != C)  // nothing to add: C = C0
+    for (int r = 0; r < rows; ++r) std::copy(C0 + r * ld0, C0 + r * ld0 + N, C + r * ldc);
   for (int k0 = 0; k0 < K; k0 += KC) {
     const int kn = std::min(KC, K - k0);
     const R* Ak = A + k0;
     const R* Wk = W + (long)k0 * ldw;
+    const R* Ck = k0 == 0 ? C0 : C;  // later k blocks add to what the first wrote
+    const long ldk = k0 == 0 ? ld0 : ldc;
     int j0 = 0;
     if (rows < 4)
-      for (; j0 + 8 * VL <= N; j0 += 8 * VL) panel<R, 8>(Ak, lda, Wk, ldw, C, ldc, rows, kn, j0);
-    for (; j0 + 2 * VL <= N; j0 += 2 * VL) panel<R, 2>(Ak, lda, Wk, ldw, C, ldc, rows, kn, j0);
-    for (; j0 + VL <= N; j0 += VL) panel<R, 1>(Ak, lda, Wk, ldw, C, ldc, rows, kn, j0);
+      for (; j0 + 8 * VL <= N; j0 += 8 * VL) panel<R, 8>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
+    for (; j0 + 2 * VL <= N; j0 += 2 * VL) panel<R, 2>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
+    for (; j0 + VL <= N; j0 += VL) panel<R, 1>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
     if (j0 < N) {  // the last < 1 vector of columns
       for (int r = 0; r < rows; ++r) {
         R* c = C + r * ldc;
+        if (k0 == 0 && C0 != C)
+          for (int j = j0; j < N; ++j) c[j] = C0[r * ld0 + j];
         for (int k = 0; k < kn; ++k) {
           R a = Ak[r * lda + k];
           const R* w = Wk + (long)k * ldw;
@@ -201,6 +212,12 @@ static void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, long ldc,
       }
     }
   }
+}
+
+template <class R>
+static inline void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, long ldc, int rows,
+                            int K, int N) {
+  gemm_add<R>(A, lda, W, ldw, C, ldc, C, ldc, rows, K, N);
 }
 
 // ---- thread split ------------------------------------------------------------------------
@@ -254,8 +271,8 @@ static void lstm_forward(int T, int B, int H, const R* gx, const R* whhT, const 
     R* a = abuf.data();
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      std::memcpy(a, gx + ((long)t * B + b0) * G, sizeof(R) * rows * G);
-      gemm_acc<R>(S + ((long)p * B + b0) * H, H, whhT, G, a, G, rows, H, G);
+      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, gx + ((long)t * B + b0) * G, G, a, G,
+                  rows, H, G);
       for (int b = b0; b < b1; ++b) {
         R* ar = a + (long)(b - b0) * G;
         const R* cp = C + ((long)p * B + b) * H;
@@ -443,8 +460,8 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whhT, const i
     R* a = abuf.data();
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      std::memcpy(a, gx + ((long)t * B + b0) * H, sizeof(R) * rows * H);
-      gemm_acc<R>(S + ((long)p * B + b0) * H, H, whhT, H, a, H, rows, H, H);
+      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, H, gx + ((long)t * B + b0) * H, H, a, H,
+                  rows, H, H);
       for (int b = b0; b < b1; ++b) {
         const R* ar = a + (long)(b - b0) * H;
         const R* hp = S + ((long)p * B + b) * H;
