@@ -233,3 +233,31 @@ def test_matmul(cpu, rng, dtype):
     out = np.empty((4, 2))
     cpu.matmul(x, rng.standard_normal((3, 2)).astype(np.float32), out)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_runs(threads, rng):
+    """After the parent ran OpenMP threads, a fork()ed child (multiprocessing's default on
+    Linux) still runs the loops, single threaded, to the same bits (GNU OpenMP would hang)."""
+    import os
+    import time
+    threads.set_num_threads(2)
+    m = gl.LSTM(8, 16, backend="cpu", dtype="float32")
+    x = rng.standard_normal((5, 32, 8)).astype(np.float32)
+    y0 = m(x)[0]
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 when the result matches
+        try:
+            os._exit(0 if np.array_equal(m(x)[0], y0) else 3)
+        finally:
+            os._exit(4)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in the compiled loops")

@@ -22,6 +22,8 @@
 #include <cstring>
 #include <vector>
 #include <algorithm>
+#include <atomic>
+#include <pthread.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -221,6 +223,14 @@ static inline void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, lo
 }
 
 // ---- thread split ------------------------------------------------------------------------
+// GNU OpenMP hangs in a parallel region of a fork()ed child whose parent had used OpenMP
+// threads (multiprocessing's default start method on Linux): a forked child runs single
+// threaded, as PyTorch does.
+std::atomic<bool> g_forked{false};
+__attribute__((constructor)) void gl_register_atfork() {
+  pthread_atfork(nullptr, nullptr, [] { g_forked.store(true); });
+}
+
 // Contiguous row blocks of about B / nthreads rows, a multiple of 4 (at least 4 rows each, so
 // that every thread still runs register tiles of several rows).
 template <class F>
@@ -232,6 +242,7 @@ static void for_row_blocks(int B, int nthreads, F&& body) {
 #endif
   constexpr int TG = 4;
   nt = std::max(1, std::min(nt, B / TG));
+  if (g_forked.load(std::memory_order_relaxed)) nt = 1;
   if (nt == 1) {
     body(0, B);
     return;
