@@ -2,8 +2,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-STAMP   = $(VENV)/.installed-$(EXTRAS)
 EXTRAS ?= test
+## On a GPU machine the install adds the CuPy extra matching the CUDA driver (cuda12 / cuda13,
+## found through libcuda or nvidia-smi; empty without a driver). Override: CUDA_EXTRA=none|cuda12|cuda13.
+ifeq ($(origin CUDA_EXTRA),undefined)
+CUDA_EXTRA := $(shell $(PYTHON) gpulstm/backends/cuda_driver.py 2>/dev/null)
+endif
+comma  := ,
+ALL_EXTRAS = $(EXTRAS)$(if $(filter cuda12 cuda13,$(CUDA_EXTRA)),$(comma)$(CUDA_EXTRA))
+STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(ALL_EXTRAS))
 
 .PHONY: all run demo bench report test test-slow venv clean gpu-check wheels
 
@@ -14,7 +21,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --upgrade pip
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -e ".[$(ALL_EXTRAS)]"
 	touch $@
 
 venv: $(STAMP)

@@ -83,6 +83,8 @@ def _skip_without(cache, key=None):
 def _task_cache(task):
     if not _backend_ok():
         return _unavailable()
+    if task not in PROFILE["tasks"]:
+        return {}  # not in this profile: every point skips
     recs = run_sweep(PROFILE, tasks=[task], backend=BACKEND, workers=_workers(),
                      cache=os.environ.get("GPULSTM_SWEEP_CACHE"), progress=False)
     return {(r["cell"], r["T"], r["lr"], r["seed"]): r for r in recs}

@@ -6,6 +6,7 @@ float precisions, or truncated.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -14,6 +15,9 @@ DTYPES = ("float32", "float64")
 
 
 def check_dtype_name(dtype):
+    """A dtype name or object -> np.dtype, one of DTYPES; None means float32 (torch's default)."""
+    if dtype is None:
+        return np.dtype("float32")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -32,6 +36,41 @@ def check_int(name, value, minimum=None, maximum=None):
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}; got {value}")
     return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_dropout(p):
+    """A dropout probability in [0, 1] (torch's range; 1 zeroes every element)."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ValueError(f"dropout must be a number in [0, 1] (the probability of zeroing an "
+                         f"element); got {type(p).__name__} {p!r}")
+    return float(p)
+
+
+def check_seed(seed):
+    """None (fresh entropy) or an int >= 0 (what np.random.SeedSequence accepts)."""
+    if seed is None:
+        return None
+    return check_int("seed", seed, 0)
+
+
+@contextlib.contextmanager
+def host_memory_guard(nbytes, what):
+    """Turn a host allocation failure inside the block (NumPy's MemoryError, or its ValueError
+    for sizes beyond the address space) into a MemoryError naming ``what`` and ``nbytes``."""
+    try:
+        yield
+    except (MemoryError, ValueError) as e:
+        if isinstance(e, ValueError) and "too big" not in str(e) and "Maximum allowed" not in str(e):
+            raise
+        raise MemoryError(f"out of host memory in {what}: it needs about {nbytes} bytes "
+                          f"({nbytes / 2**30:.2f} GiB); use smaller sizes (sequence length, "
+                          f"batch, hidden size, layers). NumPy said: {e}") from e
 
 
 def check_array(name, a, shape, dtype):
@@ -60,12 +99,16 @@ def _dtype_of(name, a):
 def check_lengths(lengths, T, B):
     """Per-sequence lengths -> int32 NumPy array of shape (B,), each in [1, T]."""
     arr = np.asarray(lengths)
+    if B == 0 and arr.shape == (0,):  # an empty batch: [] (NumPy makes it float64)
+        return arr.astype(np.int32)
     if arr.dtype == bool or arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers; got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"lengths must be 1-D with one entry per sequence (B={B}); got shape {arr.shape}")
     if arr.shape[0] != B:
         raise ValueError(f"lengths must have B={B} entries; got {arr.shape[0]}")
+    if B == 0:
+        return arr.astype(np.int32)
     if arr.min() < 1:
         raise ValueError(f"lengths must be >= 1; got min {int(arr.min())}")
     if arr.max() > T:

@@ -63,7 +63,9 @@ def cmd_info(args):
     print("backends:")
     for name, why in gl.available_backends().items():
         print(f"  {name:9s} {'usable' if why is None else 'unavailable: ' + why}")
-    print(f"  auto   -> {gl.get_backend('auto').name}")
+    from .backends import explain_auto
+    name, why = explain_auto()
+    print(f"  auto   -> {name} (the main job's backend): {why}")
     return 0
 
 

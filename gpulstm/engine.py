@@ -193,6 +193,20 @@ class Context:
     state_grads: list = None  # [layer][direction] per-step dL/dh_t, dL/dc_t (when recorded)
 
 
+def private_input(ex, x, lengths):
+    """A C-contiguous copy of x [T,B,I] with the padded positions (t >= lengths[b]) set to 0.
+
+    The backward reads x in the weight-gradient GEMM dW_ih = dGx^T x: a copy keeps a caller
+    who changes their array between forward and backward from changing the gradients, and
+    zeros in the padding keep NaN/inf there (never read by the forward) out of it (dGx is 0
+    there, but 0 * NaN = NaN)."""
+    xp = ex.xp
+    x = xp.array(x, dtype=x.dtype, order="C", copy=True)
+    pad = xp.arange(x.shape[0], dtype=lengths.dtype)[:, None] >= lengths[None, :]  # [T,B]
+    xp.copyto(x, 0, where=pad[:, :, None])
+    return x
+
+
 def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=True):
     """Stacked (multi-layer, optionally bidirectional) forward.
 
@@ -207,7 +221,8 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
     D = len(params[0])
     ctx = Context(cell, params)
     h_n, c_n = [], []
-    inp = x
+    # inference never reads x again: no private copy
+    inp = private_input(ex, x, lengths) if save else x
     for layer, dirs in enumerate(params):
         ys, saved = [], []
         for d, w in enumerate(dirs):
@@ -224,7 +239,8 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
         out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
         if dropout > 0 and layer < len(params) - 1:
             keep = rng.random(out.shape) >= dropout
-            mask = ex.asarray(keep / (1.0 - dropout), out.dtype)
+            scale = 1.0 / (1.0 - dropout) if dropout < 1 else 0.0  # p = 1 zeroes all (torch)
+            mask = ex.asarray(keep * scale, out.dtype)
             if save:
                 ctx.masks.append(mask)
             out = out * mask

@@ -4,22 +4,45 @@ Parameters carry PyTorch's names and shapes (``weight_ih_l0``, ``bias_hh_l1_reve
 so ``torch.nn.LSTM(...).state_dict()`` converted to NumPy loads as is. Training is explicit:
 ``forward`` saves what ``backward`` needs; ``backward`` returns dL/dx and fills ``grads``
 (same keys as ``state_dict``) and ``grad_hx`` (the initial-state gradient).
+
+As in torch: ``x`` may be unbatched (``(T, I)`` with states ``(L*D, H)``; ``batch_first``
+does not apply), the batch may be empty (B = 0), and modules deep-copy and pickle (the
+parameters and gradients as NumPy arrays, without the execution, which is re-attached on
+load, and without the saved forward). A forward keeps private copies of ``x`` (padding
+zeroed) and of the weights, so its backward cannot be changed by later in-place edits; a
+forward or backward that raises leaves no saved forward or gradients behind.
 """
 from __future__ import annotations
+
+import numbers
+import sys
+import warnings
 
 import numpy as np
 
 from . import engine
-from ._checks import check_array, check_dtype_name, check_int, check_lengths
-from .backends import get_backend
+from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
+                      check_lengths, check_seed, host_memory_guard)
+from .backends import BackendUnavailable, get_backend
 from .cells import GRUCell, LSTMCell, RNNCell
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
                  "w_hr": "weight_hr", "peep": "weight_peep"}
 
 
+# Attributes the parameters' shapes or the saved arrays depend on: fixed once built.
+_FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bias",
+                    "bidirectional", "peephole", "dtype", "backend", "ex"})
+
+
 class _RNNBase:
     _gates = 1
+
+    def __setattr__(self, name, value):
+        if name in _FIXED and "_params" in self.__dict__:
+            raise AttributeError(f"{name} is fixed when the module is built (the parameters "
+                                 f"depend on it); build a new {type(self).__name__} instead")
+        object.__setattr__(self, name, value)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
@@ -32,26 +55,70 @@ class _RNNBase:
             raise ValueError("proj_size is supported by LSTM only")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be < hidden_size={hidden_size}; got {proj_size}")
-        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool; got {type(v).__name__} {v!r}")
-        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
-        self.dropout = float(dropout)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        self.dropout = dropout  # validated by the property
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", UserWarning,
+                          stacklevel=_user_stacklevel())
         self.dtype = check_dtype_name(dtype)
+        seed = check_seed(seed)
         self.ex = get_backend(backend)
         self.backend = self.ex.name
         self.training = True
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(drop_seq)
         self._ctx = None
+        self._ctx_error = None  # why the last forward failed (backward's message)
         self.record_state_grads = False  # set True to keep per-step dL/dh_t (state_grads)
         self.state_grads = None
         self.grads = None
         self.grad_hx = None
-        self._params = {k: self.ex.asarray(v, self.dtype)
-                        for k, v in self._init_params(np.random.default_rng(init_seq)).items()}
+        self._params = {}
+        rng = np.random.default_rng(init_seq)
+        for _, _, _, key, shape in self._keys():
+            nbytes = int(np.prod(shape, dtype=object)) * self.dtype.itemsize
+            with host_memory_guard(nbytes, f"parameter {key} of shape {shape}"):
+                self._params[key] = self.ex.asarray(self._init_param(rng, key, shape), self.dtype)
+
+    @property
+    def dropout(self):
+        """Probability of zeroing each output of every layer but the last (training only)."""
+        return self._dropout
+
+    @dropout.setter
+    def dropout(self, p):
+        self._dropout = check_dropout(p)
+
+    # -- pickling: the execution (a process-local object) is not saved ------------------------
+    def __getstate__(self):
+        """Parameters (and gradients) as NumPy arrays, without the execution and without the
+        saved forward (a pickled or deep-copied module needs a new forward before backward)."""
+        state = self.__dict__.copy()
+        ex = state.pop("ex")
+        state["_ctx"] = None
+        state["_ctx_error"] = None
+        for k in ("_params", "grads", "grad_hx", "state_grads"):
+            state[k] = _map_arrays(state[k], ex.to_numpy)
+        return state
+
+    def __setstate__(self, state):
+        """Re-attach the execution of the backend the module was saved with."""
+        self.__dict__.update(state)
+        try:
+            self.__dict__["ex"] = get_backend(self.backend)
+        except BackendUnavailable as e:
+            raise BackendUnavailable(
+                f"cannot restore this {type(self).__name__}: it was saved with backend "
+                f"{self.backend!r}, which cannot run here ({e}). Save its state_dict() "
+                "instead and load it into a module built with a backend available here "
+                "(see gpulstm.available_backends())") from e
+        conv = lambda a: self.ex.asarray(a, a.dtype)  # noqa: E731
+        for k in ("_params", "grads", "grad_hx", "state_grads"):
+            setattr(self, k, _map_arrays(getattr(self, k), conv))
 
     # -- structure ----------------------------------------------------------------------------
     @property
@@ -81,16 +148,18 @@ class _RNNBase:
     def _extra_shapes(self):
         return {}
 
-    def _init_params(self, rng):
+    def _init_param(self, rng, key, shape):
         k = 1.0 / np.sqrt(self.hidden_size)
-        return {key: rng.uniform(-k, k, size=shape) for _, _, _, key, shape in self._keys()}
+        return rng.uniform(-k, k, size=shape)
 
-    def _weights(self):
-        """[layer][direction] -> weight dict for the engine (None for absent biases)."""
+    def _weights(self, copy=False):
+        """[layer][direction] -> weight dict for the engine (None for absent biases). With
+        ``copy``, private copies: what a forward saves for its backward, so that updating the
+        parameters in place before ``backward`` cannot change the gradients of that forward."""
         ws = [[{"b_ih": None, "b_hh": None} for _ in range(self.num_directions)]
               for _ in range(self.num_layers)]
         for layer, d, short, key, _ in self._keys():
-            ws[layer][d][short] = self._params[key]
+            ws[layer][d][short] = self._params[key].copy() if copy else self._params[key]
         return ws
 
     def _make_cell(self):
@@ -102,8 +171,9 @@ class _RNNBase:
         return {key: self._params[key].copy() for _, _, _, key, _ in self._keys()}
 
     def load_state_dict(self, state_dict):
-        """Load parameters by PyTorch name. Keys must match exactly and every shape must match;
-        values are converted to the module's dtype. Nothing changes if any entry is wrong."""
+        """Load parameters by PyTorch name, copying them (the module never shares memory with
+        the caller's arrays). Keys must match exactly and every shape must match; values are
+        converted to the module's dtype. Nothing changes if any entry is wrong."""
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
         expected = {key: shape for _, _, _, key, shape in self._keys()}
@@ -118,7 +188,7 @@ class _RNNBase:
                 raise TypeError(f"state_dict[{key!r}] must be a real numeric array; got dtype {a.dtype}")
             if a.shape != shape:
                 raise ValueError(f"state_dict[{key!r}] must have shape {shape}; got {a.shape}")
-            new[key] = self.ex.asarray(a, self.dtype)
+            new[key] = self.ex.asarray(np.array(a, dtype=self.dtype, order="C", copy=True), self.dtype)
         self._params.update(new)
 
     def parameters(self):
@@ -126,65 +196,119 @@ class _RNNBase:
         return dict(self._params)
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        self.training = check_bool("mode", mode)
         return self
 
     def eval(self):
         return self.train(False)
 
     # -- forward / backward -------------------------------------------------------------------
-    def _check_state(self, name, a, B, size):
-        shape = (self.num_layers * self.num_directions, B, size)
-        return self.ex.asarray(check_array(name, self.ex.from_user(a), shape, self.dtype), self.dtype)
+    def _check_state(self, name, a, B, size, unbatched):
+        LD = self.num_layers * self.num_directions
+        a = self.ex.from_user(_no_autograd(name, a))
+        if unbatched:
+            if getattr(a, "ndim", 2) != 2:
+                raise ValueError(f"for unbatched 2-D input, {name} must also be 2-D ({LD}, {size}); "
+                                 f"got shape {tuple(a.shape)}")
+            a = check_array(name, a, (LD, size), self.dtype)[:, None, :]
+        else:
+            a = check_array(name, a, (LD, B, size), self.dtype)
+        return self.ex.asarray(a, self.dtype)
 
     def _forward(self, x, h0, c0, lengths):
+        self._ctx = None  # a failed forward leaves no saved forward behind
+        self._ctx_error = None
+        try:
+            return self._forward_impl(x, h0, c0, lengths)
+        except BaseException as e:
+            self._ctx_error = f"{type(e).__name__}: {e}"
+            raise
+
+    def _forward_impl(self, x, h0, c0, lengths):
         ex = self.ex
-        x = check_array("x", ex.from_user(x), (None, None, self.input_size), self.dtype)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
+        x = ex.from_user(_no_autograd("x", x))
+        unbatched = getattr(x, "ndim", None) == 2
+        if unbatched:  # (T, I): one sequence, batch_first does not apply (as in torch)
+            x = check_array("x", x, (None, self.input_size), self.dtype)[:, None, :]
+        else:
+            x = check_array("x", x, (None, None, self.input_size), self.dtype)
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
         T, B = x.shape[0], x.shape[1]
-        if T < 1 or B < 1:
-            raise ValueError(f"x must have at least one time step and one sequence; got shape {tuple(x.shape)}")
-        x = ex.asarray(x, self.dtype)
-        Hs, H = self._state_size, self.hidden_size
-        h0 = ex.xp.zeros((self.num_layers * self.num_directions, B, Hs), self.dtype) \
-            if h0 is None else self._check_state("h0", h0, B, Hs)
+        if T < 1:
+            raise ValueError(f"x must have at least one time step; got shape {tuple(x.shape)}")
+        Hs, H, LD = self._state_size, self.hidden_size, self.num_layers * self.num_directions
+        h0 = ex.xp.zeros((LD, B, Hs), self.dtype) if h0 is None \
+            else self._check_state("h0", h0, B, Hs, unbatched)
         if isinstance(self, LSTM):
-            c0 = ex.xp.zeros((self.num_layers * self.num_directions, B, H), self.dtype) \
-                if c0 is None else self._check_state("c0", c0, B, H)
+            c0 = ex.xp.zeros((LD, B, H), self.dtype) if c0 is None \
+                else self._check_state("c0", c0, B, H, unbatched)
         lens = np.full(B, T, np.int32) if lengths is None else check_lengths(lengths, T, B)
-        lens = ex.asarray(lens, np.int32)
-        cell = self._make_cell()
-        need = engine.saved_bytes(cell, T, B, self.input_size, H, Hs, self.num_layers,
-                                  self.num_directions, self.dtype.itemsize)
-        with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
-            y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(), x, h0, c0, lens,
-                                              self.dropout if self.training else 0.0, self._dropout_rng,
-                                              save=self.training)
+        F = self.num_directions * Hs
+        if B == 0:  # an empty batch: empty outputs, and a backward of zeros
+            y = ex.xp.zeros((T, 0, F), self.dtype)
+            h_n, c_n, ctx = h0.copy(), (c0.copy() if c0 is not None else None), _EMPTY_BATCH
+        else:
+            lens = ex.asarray(lens, np.int32)
+            cell = self._make_cell()
+            need = engine.saved_bytes(cell, T, B, self.input_size, H, Hs, self.num_layers,
+                                      self.num_directions, self.dtype.itemsize)
+            with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
+                y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(copy=True), x, h0, c0, lens,
+                                                  self.dropout if self.training else 0.0,
+                                                  self._dropout_rng, save=self.training)
         self._ctx = ctx
-        self._out_shape = (T, B, self.num_directions * Hs)
+        self._out_shape = (T, B, F)
+        self._unbatched = unbatched
+        if unbatched:
+            return y[:, 0], h_n[:, 0], (c_n[:, 0] if c_n is not None else None)
         if self.batch_first:
             y = ex.xp.ascontiguousarray(y.transpose(1, 0, 2))
         return y, h_n, c_n
 
     def _backward(self, grad_out, grad_h_n, grad_c_n):
+        self.grads = self.grad_hx = self.state_grads = None  # a failed backward leaves none
         if self._ctx is None:
-            raise RuntimeError("backward() needs a forward() first")
+            why = f"; the last forward() failed with {self._ctx_error}" if self._ctx_error else ""
+            raise RuntimeError(f"backward() needs a successful forward() first{why}")
         ex = self.ex
         T, B, F = self._out_shape
-        want = (B, T, F) if self.batch_first else (T, B, F)
-        g = check_array("grad_out", ex.from_user(grad_out), want, self.dtype)
-        if self.batch_first:
+        unbatched = self._unbatched
+        want = (T, F) if unbatched else (B, T, F) if self.batch_first else (T, B, F)
+        g = check_array("grad_out", ex.from_user(_no_autograd("grad_out", grad_out)), want, self.dtype)
+        if unbatched:
+            g = g[:, None, :]
+        elif self.batch_first:
             g = g.transpose(1, 0, 2)
         g = ex.asarray(g, self.dtype)
-        dh_n = None if grad_h_n is None else self._check_state("grad_h_n", grad_h_n, B, self._state_size)
-        dc_n = None if grad_c_n is None else self._check_state("grad_c_n", grad_c_n, B, self.hidden_size)
-        dx, dh0, dc0, grads = engine.backward(ex, self._ctx, g, dh_n, dc_n, self.record_state_grads)
-        self.state_grads = self._ctx.state_grads if self.record_state_grads else None
-        self.grads = {key: grads[layer][d][short] for layer, d, short, key, _ in self._keys()}
-        self.grad_hx = (dh0, dc0) if isinstance(self, LSTM) else dh0
-        if self.batch_first:
+        dh_n = None if grad_h_n is None else \
+            self._check_state("grad_h_n", grad_h_n, B, self._state_size, unbatched)
+        dc_n = None if grad_c_n is None else \
+            self._check_state("grad_c_n", grad_c_n, B, self.hidden_size, unbatched)
+        if self._ctx is _EMPTY_BATCH:
+            xp, LD = ex.xp, self.num_layers * self.num_directions
+            dx = xp.zeros((T, 0, self.input_size), self.dtype)
+            dh0 = xp.zeros((LD, 0, self._state_size), self.dtype)
+            dc0 = xp.zeros((LD, 0, self.hidden_size), self.dtype)
+            grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
+            state_grads = None
+        else:
+            record = check_bool("record_state_grads", self.record_state_grads)
+            H, Hs = self.hidden_size, self._state_size
+            need = engine.saved_bytes(self._ctx.cell, T, B, self.input_size, H, Hs,
+                                      self.num_layers, self.num_directions, self.dtype.itemsize)
+            with ex.memory_guard(need, f"{type(self).__name__} backward (T={T}, B={B}, H={H})"):
+                dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, record)
+            grads = {key: gl[layer][d][short] for layer, d, short, key, _ in self._keys()}
+            state_grads = self._ctx.state_grads if record else None
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = dc0[:, 0] if dc0 is not None else None
+        elif self.batch_first:
             dx = ex.xp.ascontiguousarray(dx.transpose(1, 0, 2))
+        self.state_grads = state_grads
+        self.grads = grads
+        self.grad_hx = (dh0, dc0) if isinstance(self, LSTM) else dh0
         return dx
 
     def __repr__(self):
@@ -192,12 +316,46 @@ class _RNNBase:
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
 
+def _user_stacklevel():
+    """warnings.warn's stacklevel of the first caller outside this module (the user's line),
+    for a warning raised in a constructor, whatever the depth of subclass ``__init__``s."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_EMPTY_BATCH = "empty batch"  # the saved "forward" of a B = 0 call: backward returns zeros
+
+
+def _map_arrays(obj, f):
+    """``obj`` (None, an array, or dicts/lists/tuples of them) with every array replaced by f(a)."""
+    if obj is None or isinstance(obj, (str, bool, numbers.Number)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _map_arrays(v, f) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_arrays(v, f) for v in obj)
+    return f(obj)
+
+
 def _to_numpy(a):
     if hasattr(a, "get") and not isinstance(a, np.ndarray):  # CuPy
         return a.get()
     if hasattr(a, "detach"):  # torch
         a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":  # no NumPy dtype: widen exactly to float32
+            a = a.float()
     return np.asarray(a)
+
+
+def _no_autograd(name, a):
+    """``a`` unchanged, unless it is a torch tensor that requires grad: gpulstm does not take
+    part in torch's autograd, so using it silently would cut the caller's graph."""
+    if getattr(a, "requires_grad", False) and hasattr(a, "detach"):
+        raise TypeError(f"{name} is a torch tensor that requires grad; gpulstm computes gradients "
+                        f"with backward(), not through torch's autograd: pass {name}.detach()")
+    return a
 
 
 class LSTM(_RNNBase):
@@ -211,8 +369,13 @@ class LSTM(_RNNBase):
     _gates = 4
 
     def __init__(self, *args, forget_bias=None, forget_gate=True, peephole=False, **kwargs):
-        self.forget_gate = bool(forget_gate)
-        self.peephole = bool(peephole)
+        self.forget_gate = check_bool("forget_gate", forget_gate)
+        self.peephole = check_bool("peephole", peephole)
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
+                    or not np.isfinite(forget_bias):
+                raise TypeError(f"forget_bias must be a finite real number or None; got "
+                                f"{type(forget_bias).__name__} {forget_bias!r}")
         super().__init__(*args, **kwargs)
         if forget_bias is not None:
             if not self.bias:
@@ -237,10 +400,14 @@ class LSTM(_RNNBase):
 
     def forward(self, x, hx=None, lengths=None):
         """x [T,B,I] ([B,T,I] with batch_first); hx = (h0 [L*D,B,Hs], c0 [L*D,B,H]) or None.
-        Returns out [T,B,D*Hs], (h_n, c_n)."""
+        Returns out [T,B,D*Hs], (h_n, c_n). Unbatched: x [T,I], h0 [L*D,Hs], c0 [L*D,H] give
+        out [T,D*Hs] and h_n, c_n without the batch axis."""
         if hx is None:
             h0 = c0 = None
-        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+        elif isinstance(hx, (tuple, list)):
+            if len(hx) != 2:
+                raise TypeError(f"LSTM hx must be a tuple (h0, c0) or None: expected a tuple of "
+                                f"2 arrays (h0, c0), got {len(hx)}")
             h0, c0 = hx
             if h0 is None or c0 is None:
                 raise TypeError("hx must be (h0, c0) with both arrays, or None")
@@ -279,17 +446,21 @@ class GRU(_RNNBase):
 class RNN(GRU):
     """Elman RNN layer(s): h = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu).
 
+    Positional arguments in torch's order: ``RNN(input_size, hidden_size, num_layers,
+    nonlinearity, bias, batch_first, dropout, bidirectional)``.
     ``init="identity"`` gives the IRNN of Le et al. 2015 (W_hh = I, biases 0; use with relu).
     """
     _gates = 1
 
-    def __init__(self, *args, nonlinearity="tanh", init="default", **kwargs):
-        if nonlinearity not in ("tanh", "relu"):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, init="default", **kwargs):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
-        if init not in ("default", "identity"):
+        if not isinstance(init, str) or init not in ("default", "identity"):
             raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(*args, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)
         if init == "identity":
             for key, a in self._params.items():
                 if key.startswith("weight_hh"):

@@ -48,7 +48,7 @@ import numpy as np
 
 from .train import CELLS
 
-__all__ = ["PROFILES", "Point", "budget", "profile_points", "run_point", "run_sweep",
+__all__ = ["PROFILES", "Point", "budget", "narrow", "profile_points", "run_point", "run_sweep",
            "summarize", "SCHEDULER_ENV"]
 
 SCHEDULER_ENV = "GPULSTM_DASK_SCHEDULER"
@@ -122,6 +122,42 @@ def profile_points(profile):
             for cell in p["cells"] for T in Ts for lr in p["lrs"][cell] for seed in p["seeds"]]
 
 
+def narrow(profile, *, tasks=None, cells=None, Ts=None, lrs=None, seeds=None, budget=None):
+    """A copy of ``profile`` with any of its tasks, cells, lags ``Ts`` (every task), learning
+    rates (every cell), seeds or budget (updates at every lag) replaced. Checks every value
+    (ValueError naming it) so that a typo is found before anything trains."""
+    from .tasks import TASKS
+
+    p = dict(_profile(profile))
+    for t in tasks or ():
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; expected one of {TASKS}")
+    for c in cells or ():
+        if c not in CELLS:
+            raise ValueError(f"unknown cell {c!r}; expected one of {CELLS}")
+    for T in Ts or ():
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 10:
+            raise ValueError(f"lags T must be integers >= 10; got {T!r}")
+    for lr in lrs or ():
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"learning rates must be > 0; got {lr!r}")
+    if seeds is not None and not seeds:
+        raise ValueError("seeds must not be empty")
+    if budget is not None and not (isinstance(budget, (int, np.integer)) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1; got {budget!r}")
+    if tasks is not None or Ts is not None:
+        p["tasks"] = {t: tuple(Ts) if Ts else p["tasks"].get(t, (50, 100))
+                      for t in (tasks if tasks is not None else p["tasks"])}
+    if cells is not None:
+        p["cells"] = tuple(cells)
+    p["lrs"] = {c: tuple(lrs) if lrs else p["lrs"].get(c, _GRID) for c in p["cells"]}
+    if seeds is not None:
+        p["seeds"] = tuple(seeds)
+    if budget is not None:
+        p["budget_base"], p["budget_per_T"] = int(budget), 0
+    return p
+
+
 def _settings(profile, backend):
     p = _profile(profile)
     keys = ("hidden", "batch", "clip", "optimizer", "dtype", "eval_every", "eval_size",
@@ -141,15 +177,24 @@ def run_point(point, settings):
     ``evals`` [(update, validation metric)], the training ``curve`` (loss every
     ``eval_every`` updates), wall time and, for the adding problem, the gradient flow of the
     trained cell (float64 copy of its weights)."""
-    from .memory import gradient_flow
     from .tasks import make_task
-    from .train import make_cell, train
+    from threadpoolctl import threadpool_limits
 
     _pin_device(settings["backend"])
     s = settings
     task = make_task(point.task, point.T,
                      copy_length=s["recall_length"] if point.task == "recall" else None)
     cap = int(s["budget_base"] + s["budget_per_T"] * point.T)
+    # one BLAS thread: the matrices are tiny (threads only spin), the numbers are the same on
+    # every executor, and parallelism comes from running points side by side
+    with threadpool_limits(1):
+        return _train_point(point, s, task, cap)
+
+
+def _train_point(point, s, task, cap):
+    from .memory import gradient_flow
+    from .train import make_cell, train
+
     r = train(task, point.cell, point.T, cap, batch=s["batch"], hidden=s["hidden"], lr=point.lr,
               seed=point.seed, backend=s["backend"], clip=s["clip"], optimizer=s["optimizer"],
               dtype=s["dtype"], test_size=s["test_size"], eval_every=s["eval_every"],
@@ -278,22 +323,19 @@ def _default_workers(backend):
 def run_sweep(profile="quick", *, tasks=None, cells=None, Ts=None, lrs=None, seeds=None,
               backend="numpy", workers=None, scheduler=None, cache=None, progress=True,
               points=None):
-    """Run a profile's grid (optionally narrowed to ``tasks``, ``cells``, lags ``Ts``,
-    learning rates ``lrs``, ``seeds``, or an explicit list of ``points``) and return the
-    records of every point that ran, in grid order (see :func:`run_point`).
+    """Run a profile's grid (with the replacements of :func:`narrow`, or an explicit list of
+    ``points``) and return the records of every point that ran, in grid order (see
+    :func:`run_point`).
 
     ``workers=0``: serially in this process. Otherwise on Dask: ``scheduler`` (address) or
     ``$GPULSTM_DASK_SCHEDULER``, else a LocalCluster of ``workers`` processes (None: sized to
     the machine). ``cache``: folder of finished points (module docstring). ``progress``: a
     tqdm bar over the whole grid, refreshed at least every 5 s.
     """
-    p = _profile(profile)
+    p = narrow(profile, tasks=tasks, cells=cells, Ts=Ts, lrs=lrs, seeds=seeds)
     settings = _settings(p, backend)
     if points is None:
-        points = [q for q in profile_points(p)
-                  if (tasks is None or q.task in tasks) and (cells is None or q.cell in cells)
-                  and (Ts is None or q.T in Ts) and (lrs is None or q.lr in lrs)
-                  and (seeds is None or q.seed in seeds)]
+        points = profile_points(p)
     planner = _Planner(points)
     cache = Path(cache) if cache else None
     if cache:
@@ -472,43 +514,20 @@ def run_from_args(args, out=None):
     """Validate ``args`` (from :func:`add_arguments`), run the sweep with a progress bar and
     print the updates-to-criterion table per task. Returns 0."""
     from .backends import get_backend
-    from .tasks import TASKS
 
     out = out or sys.stdout
-    p = dict(_profile(args.profile))
-    tasks = _csv("--task", str)(args.task) if args.task else list(p["tasks"])
-    for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; expected one of {TASKS}")
-    cells = _csv("--cell", str)(args.cell) if args.cell else list(p["cells"])
-    for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"unknown cell {c!r}; expected one of {CELLS}")
-    Ts = _csv("--T", int)(args.T) if args.T else None
-    for T in Ts or ():
-        if T < 10:
-            raise ValueError(f"--T values must be >= 10; got {T}")
-    lrs = _csv("--lr", float)(args.lr) if args.lr else None
-    for lr in lrs or ():
-        if not lr > 0:
-            raise ValueError(f"--lr values must be > 0; got {lr}")
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
-    if args.budget is not None and args.budget < 1:
-        raise ValueError(f"--budget must be >= 1; got {args.budget}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0; got {args.workers}")
+    p = narrow(args.profile, tasks=_csv("--task", str)(args.task) if args.task else None,
+               cells=_csv("--cell", str)(args.cell) if args.cell else None,
+               Ts=_csv("--T", int)(args.T) if args.T else None,
+               lrs=_csv("--lr", float)(args.lr) if args.lr else None,
+               seeds=range(args.seeds) if args.seeds is not None else None,
+               budget=args.budget)
+    tasks, cells = list(p["tasks"]), list(p["cells"])
     get_backend(args.backend)  # unknown or unavailable: its own clear error, before training
-    p["tasks"] = {t: tuple(Ts) if Ts else p["tasks"].get(t, (50, 100)) for t in tasks}
-    p["cells"] = tuple(cells)
-    if lrs:
-        p["lrs"] = {c: tuple(lrs) for c in cells}
-    else:
-        p["lrs"] = {c: p["lrs"].get(c, _GRID) for c in cells}
-    if args.seeds is not None:
-        p["seeds"] = tuple(range(args.seeds))
-    if args.budget is not None:
-        p["budget_base"], p["budget_per_T"] = args.budget, 0
     recs = run_sweep(p, backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                      cache=args.cache, progress=True)
     _, best = summarize(recs, len(p["seeds"]))

@@ -17,11 +17,12 @@ def x_of(rng, T=5, B=3, I=4, dtype=np.float32):
 
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,match", [
-    ((5, 4), r"shape \(\*, \*, 4\); got \(5, 4\)"),
+    ((5, 7), r"shape \(\*, 4\); got \(5, 7\)"),  # unbatched (T, I)
+    ((5,), r"shape \(\*, \*, 4\); got \(5,\)"),
     ((5, 3, 4, 1), r"got \(5, 3, 4, 1\)"),
     ((5, 3, 7), r"shape \(\*, \*, 4\); got \(5, 3, 7\)"),
     ((0, 3, 4), r"at least one time step"),
-    ((5, 0, 4), r"at least one time step"),
+    ((0, 4), r"at least one time step"),
 ])
 def test_x_shape_errors(shape, match, rng):
     with pytest.raises(ValueError, match=match):
@@ -83,11 +84,14 @@ def test_failed_call_mutates_nothing(rng):
     x = x_of(rng)
     y, _ = m(x)
     before = {k: v.copy() for k, v in m.state_dict().items()}
-    ctx = m._ctx
     with pytest.raises(ValueError):
         m(x, lengths=[9, 9, 9])
-    assert m._ctx is ctx  # the saved forward is untouched: backward still refers to it
+    # a failed forward leaves no saved forward: backward says why instead of using the old one
     gy = rng.standard_normal(y.shape).astype(np.float32)
+    with pytest.raises(RuntimeError, match=r"successful forward\(\) first; the last forward\(\) "
+                                           r"failed with ValueError: lengths must be <= T=5"):
+        m.backward(gy)
+    m(x)
     m.backward(gy)
     with pytest.raises(ValueError):
         m.load_state_dict({**before, "weight_hh_l0": np.ones((3, 3))})
@@ -117,7 +121,14 @@ def test_backward_errors(rng):
     (dict(hidden_size=2.5), TypeError, "hidden_size must be an int; got float"),
     (dict(num_layers=True), TypeError, "num_layers must be an int; got bool"),
     (dict(proj_size=6), ValueError, "proj_size must be < hidden_size=6; got 6"),
-    (dict(dropout=1.0), ValueError, r"dropout must be a number in \[0, 1\)"),
+    (dict(dropout=1.5), ValueError, r"dropout must be a number in \[0, 1\]"),
+    (dict(dropout="0.1"), ValueError, r"dropout must be a number in \[0, 1\]"),
+    (dict(seed=-1), ValueError, "seed must be >= 0; got -1"),
+    (dict(seed=1.5), TypeError, "seed must be an int; got float"),
+    (dict(forget_gate="no"), TypeError, "forget_gate must be a bool; got str 'no'"),
+    (dict(peephole="False"), TypeError, "peephole must be a bool; got str 'False'"),
+    (dict(forget_bias="a"), TypeError, "forget_bias must be a finite real number"),
+    (dict(forget_bias=float("nan")), TypeError, "forget_bias must be a finite real number"),
     (dict(dtype="float16"), TypeError, "dtype must be one of"),
     (dict(dtype="int32"), TypeError, "dtype must be one of"),
     (dict(backend="tpu"), ValueError, "unknown backend 'tpu'"),

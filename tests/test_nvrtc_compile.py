@@ -39,17 +39,19 @@ def compile_nvrtc(code, name_expressions, options):
         opts = [o.encode() for o in options]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog))
-        log = b" " * size
+        # a fresh mutable buffer: NVRTC writes into it (b" " * 1 would be CPython's shared
+        # one-byte bytes object, and overwriting it corrupts every b" " in the process)
+        log = bytearray(size)
         _check(nvrtc.nvrtcGetProgramLog(prog, log))
-        log = log.rstrip(b"\0").decode(errors="replace").strip()
+        log = bytes(log).rstrip(b"\0").decode(errors="replace").strip()
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             return False, log, {}, None
         lowered = {ne: _check(nvrtc.nvrtcGetLoweredName(prog, ne.encode())).decode()
                    for ne in name_expressions}
         size = _check(nvrtc.nvrtcGetCUBINSize(prog))
-        cubin = b" " * size
+        cubin = bytearray(size)
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin))
-        return True, log, lowered, cubin
+        return True, log, lowered, bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 

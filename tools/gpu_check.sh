@@ -48,9 +48,9 @@ log() { echo "[gpu-check $(date -u +%H:%M:%S)] $*"; }
 
 # steps ------------------------------------------------------------------------------------
 step_setup() {
-  local cuda_major want
-  cuda_major=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -1)
-  want="cupy-cuda${cuda_major:-12}x"
+  local extra want
+  extra=$("$PY" gpulstm/backends/cuda_driver.py 2>/dev/null)  # cuda12 / cuda13 from the driver
+  want="cupy-${extra:-cuda12}x"
   ensure() {  # ensure MODULE PACKAGE...: pip-install PACKAGEs from $WHEELS if MODULE is missing
     local mod=$1; shift
     if "$PY" -c "import $mod" 2>/dev/null; then echo "$mod: present"; return 0; fi

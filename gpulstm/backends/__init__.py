@@ -72,3 +72,31 @@ def available_backends():
         except BackendUnavailable as e:
             out[name] = str(e)
     return out
+
+
+def explain_auto():
+    """(name, reason): the backend ``"auto"`` picks on this machine (the one the main job,
+    ``make run``, uses) and why, with the install hint when a CUDA driver is present but CuPy
+    is missing."""
+    try:
+        ex = get_backend("cupy")
+    except BackendUnavailable as e:
+        why = f"cupy is unavailable: {e}"
+        from .cuda_driver import cupy_extra, driver_cuda_version
+        v = driver_cuda_version()
+        if v is None:
+            why += "; no NVIDIA driver found (libcuda, nvidia-smi)"
+        else:
+            extra = cupy_extra(v)
+            why += f"; the driver supports CUDA {v[0]}.{v[1]} ({v[2]})"
+            if extra:
+                why += f": `make` installs CuPy with it (pip install -e '.[{extra}]')"
+        return get_backend("numpy").name, why
+    cp = ex.xp
+    dev = cp.cuda.runtime.getDevice()
+    try:
+        gpu = cp.cuda.runtime.getDeviceProperties(dev)["name"]
+        gpu = gpu.decode() if isinstance(gpu, bytes) else str(gpu)
+    except Exception:  # the name is decoration only
+        gpu = "a CUDA GPU"
+    return ex.name, f"CuPy {cp.__version__} runs on device {dev} ({gpu}) and the kernels compile"

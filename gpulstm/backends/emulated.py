@@ -32,5 +32,5 @@ def create():
     except BackendUnavailable:
         raise
     except Exception as e:  # compiler missing or failing: the message carries the log
-        raise BackendUnavailable(f"backend 'emulated': the kernels failed to compile for the CPU: {e}") from e
+        raise BackendUnavailable(f"backend 'emulated': building or loading the kernels for the CPU failed: {e}") from e
     return HostExecution("emulated", KernelPointwise(module.get_function, np))

@@ -1,11 +1,10 @@
 """The NumPy execution: NumPy arrays, BLAS GEMMs, the reference pointwise steps."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from . import numpy_pointwise
+from .._checks import host_memory_guard
 
 
 class HostExecution:
@@ -37,8 +36,9 @@ class HostExecution:
         pass
 
     def memory_guard(self, nbytes, what="the forward pass"):
-        """Host memory errors already say enough; the CuPy execution adds the byte count."""
-        return contextlib.nullcontext()
+        """Turn a host out-of-memory error inside the block into a MemoryError that names
+        ``what`` and ``nbytes`` (the saved activations), as the CuPy execution does."""
+        return host_memory_guard(nbytes, what)
 
     def __repr__(self):
         return f"<gpulstm execution {self.name!r}>"

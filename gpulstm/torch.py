@@ -1,0 +1,499 @@
+"""Drop-in ``torch.nn.LSTM``, ``GRU`` and ``RNN`` running on gpulstm's engine.
+
+    import gpulstm.torch as gt
+    lstm = gt.LSTM(16, 32, num_layers=2, batch_first=True)   # was: torch.nn.LSTM(...)
+
+The classes are ``torch.nn.Module`` subclasses with torch's constructor signature, parameter
+names, shapes and initialisation (``torch.manual_seed`` gives the same weights as torch.nn, and
+``state_dict`` loads both ways). ``forward(input, hx=None)`` takes what torch takes (a tensor,
+``batch_first``, unbatched 2-D input, or a ``PackedSequence``) and returns what torch returns.
+
+Autograd: every call goes through its own ``torch.autograd.Function`` that runs
+:func:`gpulstm.engine.forward` and, on backward, :func:`gpulstm.engine.backward` (BPTT).
+What the backward needs is saved through ``ctx.save_for_backward``, so it is freed after the
+backward, checked against in-place edits like any torch tensor, and several forwards can
+precede one backward. Under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is kept
+after the call. Double backward (``create_graph=True`` through the layer) raises.
+
+Devices: CPU tensors run on the ``numpy`` backend and cross as zero-copy views
+(``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
+through DLPack without a copy, on the tensor's device and torch's current stream. An explicit
+``backend=`` ("numpy", "emulated", "cupy") overrides the choice; tensors on the other side are
+then copied there and the results copied back to the input's device.
+
+Only float32 and float64 are supported. ``import gpulstm`` does not import this module (nor
+torch); ``import gpulstm.torch`` does.
+"""
+from __future__ import annotations
+
+if __name__ == "torch":  # pragma: no cover - only when gpulstm/ itself is on sys.path
+    raise ImportError(
+        "gpulstm/torch.py was imported as the top-level module 'torch' because the gpulstm/ "
+        "directory is on sys.path (a script inside gpulstm/ was run by its path); run it as "
+        "'python -m gpulstm.<name>' instead")
+
+import contextlib
+import math
+import numbers
+import warnings
+from collections import namedtuple
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import engine
+from ._checks import check_array, check_dtype_name, check_int, check_lengths
+from .backends import get_backend
+from .cells import GRUCell, LSTMCell, RNNCell
+
+__all__ = ["LSTM", "GRU", "RNN"]
+
+_DOUBLE_BACKWARD = (
+    "gpulstm.torch: double backward (a gradient of a gradient, create_graph=True) through "
+    "gpulstm's LSTM/GRU/RNN is not supported: their BPTT runs in gpulstm's engine, outside "
+    "autograd. Use torch.nn.LSTM/GRU/RNN where higher-order gradients are needed.")
+
+
+# -- tensors <-> the execution's arrays -----------------------------------------------------------
+class _Bridge:
+    """Moves tensors of ``device`` to arrays of the execution ``ex`` and back.
+
+    Zero-copy whenever the memory already lies where the execution computes: CPU tensors with
+    a host execution (``Tensor.numpy()`` / ``torch.from_numpy``), CUDA tensors with the cupy
+    execution (DLPack). Otherwise one copy each way (an explicit ``backend=`` on the other
+    device)."""
+
+    def __init__(self, ex, device):
+        self.ex, self.device = ex, device
+        self.host = ex.xp is np
+
+    def array(self, t):
+        if t is None:
+            return None
+        t = t.detach()
+        if self.host:
+            return (t if t.device.type == "cpu" else t.cpu()).numpy()
+        if t.device.type == "cuda":
+            return self.ex.xp.from_dlpack(t)
+        return self.ex.xp.asarray(t.numpy())  # host tensor, explicit backend="cupy": to the GPU
+
+    def tensor(self, a, move=True):
+        """The array as a tensor without a copy; with ``move``, on the inputs' device (saved
+        activations stay where the execution computes)."""
+        t = torch.from_numpy(a) if self.host else torch.from_dlpack(a)
+        return t if not move or t.device == self.device else t.to(self.device)
+
+    @contextlib.contextmanager
+    def scope(self):
+        """CUDA tensors on the cupy execution: make the tensor's device current and run CuPy
+        on torch's current stream of that device (kernels, GEMMs, DLPack hand-overs)."""
+        if self.host or self.device.type != "cuda":
+            yield
+            return
+        cp, idx = self.ex.xp, self.device.index
+        stream = torch.cuda.current_stream(self.device)
+        with cp.cuda.Device(idx), cp.cuda.ExternalStream(stream.cuda_stream, idx):
+            yield
+
+
+class _TorchUniform:
+    """``random(shape)`` as the engine's dropout asks of its generator, drawn from torch's
+    generator of the tensors' device: ``torch.manual_seed`` reproduces the dropout masks."""
+
+    def __init__(self, bridge):
+        self.bridge = bridge
+
+    def random(self, shape):
+        dev = self.bridge.device if self.bridge.device.type == "cuda" else "cpu"
+        return self.bridge.array(torch.rand(tuple(shape), dtype=torch.float64, device=dev))
+
+
+class _Slot:
+    """Place of a saved array in the list handed to ``save_for_backward``."""
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def _pack(ectx, xp):
+    """engine.Context -> (skeleton, arrays): every array it saved, listed once per reference;
+    the skeleton keeps the rest (flags) and the slots. ``ectx.params`` is rebuilt from the
+    weights in backward and left out."""
+    arrays = []
+
+    def put(v):
+        if isinstance(v, xp.ndarray):
+            arrays.append(v)
+            return _Slot(len(arrays) - 1)
+        return v
+
+    saved = [[{k: put(v) for k, v in s.items()} for s in dirs] for dirs in ectx.saved]
+    return (saved, [put(m) for m in ectx.masks]), arrays
+
+
+def _unpack(skeleton, arrays, cell, params):
+    def get(v):
+        return arrays[v.i] if isinstance(v, _Slot) else v
+
+    saved, masks = skeleton
+    return engine.Context(cell, params, [[{k: get(v) for k, v in s.items()} for s in dirs]
+                                         for dirs in saved], [get(m) for m in masks])
+
+
+class _Call:
+    """The fixed arguments of one forward: execution, cell, weight layout, lengths, dropout."""
+
+    def __init__(self, module, ex, device, lengths, training):
+        self.ex = ex
+        self.bridge = _Bridge(ex, device)
+        self.cell = module._make_cell()
+        self.layout = module._layout()
+        self.dims = (module.input_size, module.hidden_size, module._state_size,
+                     module.num_layers, module._num_directions)
+        self.lengths = lengths  # NumPy int32 [B]
+        self.dropout = module.dropout if training else 0.0
+
+    def params(self, weights):
+        """Flat weight arrays (torch's order) -> [layer][direction] dicts for the engine."""
+        ps = [[{"b_ih": None, "b_hh": None} for _ in dirs] for dirs in self.layout]
+        it = iter(weights)
+        for layer, dirs in enumerate(self.layout):
+            for d, shorts in enumerate(dirs):
+                for short in shorts:
+                    ps[layer][d][short] = next(it)
+        return ps
+
+    def forward(self, x, h0, c0, weights):
+        """Tensors in, tensors out: (y, h_n, c_n or None, engine context). Call inside
+        ``self.bridge.scope()``."""
+        ex, b = self.ex, self.bridge
+        T, B = x.shape[0], x.shape[1]
+        I, H, Hs, L, D = self.dims
+        xa = b.array(x)
+        lens = ex.asarray(self.lengths, np.int32)
+        need = engine.saved_bytes(self.cell, T, B, I, H, Hs, L, D, xa.dtype.itemsize)
+        with ex.memory_guard(need, f"gpulstm.torch {self.cell.name} forward (T={T}, B={B}, H={H})"):
+            y, h_n, c_n, ectx = engine.forward(
+                ex, self.cell, self.params([b.array(w) for w in weights]), xa, b.array(h0),
+                b.array(c0), lens, self.dropout, _TorchUniform(b) if self.dropout else None)
+        return b.tensor(y), b.tensor(h_n), None if c_n is None else b.tensor(c_n), ectx
+
+
+def _once_differentiable(fn):
+    """Like ``torch.autograd.function.once_differentiable``, with gpulstm's message."""
+    try:
+        from torch._C import _functions
+        delayed_error = _functions.DelayedError
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer torch internals
+        return torch.autograd.function.once_differentiable(fn)
+
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            out = fn(ctx, *grads)
+        if not torch.is_grad_enabled() or not any(g is not None and g.requires_grad for g in grads):
+            return out
+        err = delayed_error(_DOUBLE_BACKWARD.encode(), len(out))
+
+        def fake(v):
+            if v is None:
+                return v
+            v = v.detach()
+            v.requires_grad = True
+            return v
+
+        res = err(*[fake(v) for v in out])
+        return res if isinstance(res, tuple) else (res,)
+
+    return wrapper
+
+
+class _EngineFunction(torch.autograd.Function):
+    """Inputs ``(call, x [T,B,I], h0, c0 or None, *weights)``; outputs ``(y, h_n[, c_n])``."""
+
+    @staticmethod
+    def forward(ctx, call, x, h0, c0, *weights):
+        with call.bridge.scope():
+            y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
+            skeleton, arrays = _pack(ectx, call.ex.xp)
+            saved = [call.bridge.tensor(a, move=False) for a in arrays]
+        ctx.call, ctx.skeleton, ctx.n_weights = call, skeleton, len(weights)
+        # x and the weights too: the engine keeps views of them, so torch's version counters
+        # must catch an in-place edit before the backward
+        ctx.save_for_backward(x, *weights, *saved)
+        ctx.set_materialize_grads(False)
+        return (y, h_n) if c_n is None else (y, h_n, c_n)
+
+    @staticmethod
+    @_once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        call, n = ctx.call, ctx.n_weights
+        tensors = ctx.saved_tensors
+        x, weights, saved = tensors[0], tensors[1:1 + n], tensors[1 + n:]
+        b, ex = call.bridge, call.ex
+        with b.scope():
+            params = call.params([b.array(w) for w in weights])
+            ectx = _unpack(ctx.skeleton, [b.array(t) for t in saved], call.cell, params)
+            T, B = x.shape[0], x.shape[1]
+            width = call.dims[4] * call.dims[2]
+            dya = ex.xp.zeros((T, B, width), ectx.saved[0][0]["S"].dtype) if dy is None else b.array(dy)
+            dx, dh0, dc0, grads = engine.backward(ex, ectx, dya, b.array(dh_n), b.array(dc_n))
+            need = ctx.needs_input_grad
+            out = [None,
+                   b.tensor(dx) if need[1] else None,
+                   b.tensor(dh0) if need[2] else None,
+                   b.tensor(dc0) if dc0 is not None and need[3] else None]
+            flat = [grads[layer][d][short] for layer, dirs in enumerate(call.layout)
+                    for d, shorts in enumerate(dirs) for short in shorts]
+            out += [b.tensor(g) if need[4 + i] else None for i, g in enumerate(flat)]
+        return tuple(out)
+
+
+# -- the modules ----------------------------------------------------------------------------------
+_Spec = namedtuple("_Spec", "shape dtype")
+_SHORT = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
+          "weight_hr": "w_hr"}
+
+
+def _spec(name, t):
+    """A tensor's shape and NumPy dtype, for the shared array checks."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    try:
+        dt = np.dtype(str(t.dtype).removeprefix("torch."))
+    except TypeError:
+        raise TypeError(f"{name} must have dtype float32 or float64; got {t.dtype}") from None
+    return _Spec(tuple(t.shape), dt)
+
+
+class _RNNBase(torch.nn.Module):
+    _gates = 1
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__()
+        self.mode = mode
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.proj_size = check_int("proj_size", proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be < hidden_size={hidden_size}; got {proj_size}")
+        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool; got {type(v).__name__} {v!r}")
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
+        self.dropout = float(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout applies after every recurrent layer but the last, so dropout="
+                          f"{dropout} does nothing with num_layers=1", stacklevel=3)
+        if backend is not None and backend != "auto":
+            get_backend(backend)  # an unknown or unusable backend fails here, with the reason
+        self.backend = backend
+        kw = {"device": device, "dtype": dtype}
+        G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self._num_directions
+        self._flat_weights_names, self._all_weights = [], []
+        for layer in range(self.num_layers):
+            I = self.input_size if layer == 0 else D * Hs
+            for d in range(D):
+                shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, Hs)}
+                if bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if self.proj_size:
+                    shapes["weight_hr"] = (self.proj_size, H)
+                names = []
+                for base, shape in shapes.items():  # torch's registration order
+                    name = f"{base}_l{layer}{'_reverse' if d else ''}"
+                    self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **kw)))
+                    names.append(name)
+                self._flat_weights_names += names
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # -- torch.nn.RNNBase's surface ---------------------------------------------------------------
+    @property
+    def _num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _state_size(self):
+        return self.proj_size or self.hidden_size
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def reset_parameters(self):
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            torch.nn.init.uniform_(w, -stdv, stdv)
+
+    def flatten_parameters(self):
+        """No-op (kept so scripts written for cuDNN run unchanged)."""
+
+    def extra_repr(self):
+        """torch.nn's repr (options shown when not their default), plus ``backend``."""
+        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
+                    "dropout": 0.0, "bidirectional": False, "backend": None}
+        opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
+        return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
+
+    def _layout(self):
+        """[layer][direction] -> engine names of the weights in torch's flat order."""
+        D = self._num_directions
+        return [[[_SHORT[n.split("_l")[0]] for n in self._all_weights[layer * D + d]]
+                 for d in range(D)] for layer in range(self.num_layers)]
+
+    def _make_cell(self):
+        raise NotImplementedError
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _execution(self, device):
+        name = self.backend
+        if name is None or name == "auto":
+            if device.type == "cpu":
+                name = "numpy"
+            elif device.type == "cuda":
+                name = "cupy"
+            else:
+                raise ValueError(f"gpulstm.torch runs CPU tensors (numpy backend) and CUDA tensors "
+                                 f"(cupy backend); got tensors on {device}")
+        return get_backend(name)
+
+    def _run(self, input, hx):
+        """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
+        weights = self._flat_weights
+        dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
+        if any(w.dtype != weights[0].dtype for w in weights):
+            raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
+        packed = isinstance(input, PackedSequence)
+        H, Hs, LD = self.hidden_size, self._state_size, self.num_layers * self._num_directions
+        if packed:
+            x, lens = pad_packed_sequence(input)  # [T,B,I] in the batch's original order
+            batched = True
+        else:
+            ndim = len(_spec("input", input).shape)
+            if ndim not in (2, 3):
+                raise ValueError(f"input must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} "
+                                 f"or 2-D (T, I) unbatched; got shape {tuple(input.shape)}")
+            batched = ndim == 3
+            x = input if not batched else (input.transpose(0, 1) if self.batch_first else input)
+            x = x if batched else x.unsqueeze(1)
+            lens = None
+        check_array("input", _spec("input", x), (None, None, self.input_size), dtype)
+        T, B = x.shape[0], x.shape[1]
+        if T < 1 or B < 1:
+            raise ValueError(f"input must have at least one time step and one sequence; got shape "
+                             f"{tuple(input.data.shape if packed else input.shape)}")
+        states = []
+        for name, h, size in (("h_0", hx[0], Hs), ("c_0", hx[1], H)):
+            if name == "c_0" and not isinstance(self, LSTM):
+                states.append(None)
+                continue
+            if h is None:
+                h = torch.zeros(LD, B, size, dtype=x.dtype, device=x.device)
+            else:
+                want = (LD, B, size) if batched else (LD, size)
+                check_array(name, _spec(name, h), want, dtype)
+                h = h if batched else h.unsqueeze(1)
+            states.append(h)
+        devices = {t.device for t in [x, *states, *weights] if t is not None}
+        if len(devices) > 1:
+            raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
+        device = x.device
+        lengths = np.full(B, T, np.int32) if lens is None else check_lengths(lens.numpy(), T, B)
+        call = _Call(self, self._execution(device), device, lengths, self.training)
+        tensors = [x, *states, *weights]
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            outs = _EngineFunction.apply(call, x, states[0], states[1], *weights)
+            y, h_n, c_n = outs if len(outs) == 3 else (*outs, None)
+        else:  # no autograd: the engine's saved context is dropped at once
+            with call.bridge.scope():
+                y, h_n, c_n, _ = call.forward(x, states[0], states[1], weights)
+        if packed:
+            idx = input.sorted_indices
+            ys = y if idx is None else y.index_select(1, idx)
+            ls = lens if idx is None else lens.index_select(0, idx.cpu())
+            data = pack_padded_sequence(ys, ls, enforce_sorted=True).data
+            y = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        elif not batched:
+            y, h_n = y.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, h_n, c_n
+
+
+class LSTM(_RNNBase):
+    """``torch.nn.LSTM`` on gpulstm's engine: same arguments, parameters and results, plus the
+    keyword ``backend=`` (None/"auto": numpy for CPU tensors, cupy for CUDA tensors)."""
+    _gates = 4
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend)
+
+    def _make_cell(self):
+        return LSTMCell()
+
+    def forward(self, input, hx=None):
+        """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
+        hx = (h_0 [L*D,B,Hs], c_0 [L*D,B,H]) or None. Returns output, (h_n, c_n)."""
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
+            raise TypeError(f"LSTM hx must be a tuple (h_0, c_0) of tensors or None; got {type(hx).__name__}")
+        y, h_n, c_n = self._run(input, tuple(hx))
+        return y, (h_n, c_n)
+
+
+class GRU(_RNNBase):
+    """``torch.nn.GRU`` on gpulstm's engine (see :class:`LSTM` for ``backend=``)."""
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+
+    def _make_cell(self):
+        return GRUCell()
+
+    def forward(self, input, hx=None):
+        """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
+        if hx is not None and not isinstance(hx, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} hx must be a tensor h_0 or None; got {type(hx).__name__}")
+        y, h_n, _ = self._run(input, (hx, None))
+        return y, h_n
+
+
+class RNN(GRU):
+    """``torch.nn.RNN`` (Elman, tanh or relu) on gpulstm's engine."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        _RNNBase.__init__(self, "RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers,
+                          bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend)
+
+    def _make_cell(self):
+        return RNNCell(self.nonlinearity)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
