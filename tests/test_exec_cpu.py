@@ -114,20 +114,31 @@ def test_engine_with_poisoned_buffers(cpu, rng, cls, kw, dtype, save):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_thread_count_gives_identical_bits(threads, rng, dtype):
     """Batch rows never interact, so the row-block split changes no rounding: 1, 2 and 3
-    threads give the same bits (B=19: blocks of unequal size, a partial 4-row tile)."""
-    m = gl.LSTM(7, 33, num_layers=2, bidirectional=True, backend="cpu", dtype=dtype, seed=2)
-    x = rng.standard_normal((8, 19, 7)).astype(dtype)
-    dy = rng.standard_normal((8, 19, 66)).astype(dtype)
-    lengths = rng.integers(1, 9, size=19)
+    threads give the same bits (B=19: blocks of unequal size, a partial 4-row tile; T*B*4H*H
+    = 28e6 multiply-adds, enough work for the library to use 3 threads)."""
+    T, B, H = 40, 19, 96
+    m = gl.LSTM(7, H, num_layers=2, bidirectional=True, backend="cpu", dtype=dtype, seed=2)
+    x = rng.standard_normal((T, B, 7)).astype(dtype)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B)
     results = []
     for n in (1, 2, 3):
         threads.set_num_threads(n)
         y, (h, c) = m(x, lengths=lengths)
         dx = m.backward(dy)
+        assert threads._library().last_threads() == n  # the split really ran n threads
         results.append([y, h, c, dx] + list(m.grads.values()))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_small_calls_stay_single_threaded(threads, rng):
+    """Below ~8e6 multiply-adds per thread a parallel region costs more than it saves."""
+    threads.set_num_threads(2)
+    m = gl.LSTM(32, 32, backend="cpu", dtype="float32")  # 100*32*128*32 = 13e6: one thread
+    m(rng.standard_normal((100, 32, 32)).astype(np.float32))
+    assert threads._library().last_threads() == 1
 
 
 def test_set_num_threads_validates(threads):
@@ -242,8 +253,8 @@ def test_forked_child_runs(threads, rng):
     import os
     import time
     threads.set_num_threads(2)
-    m = gl.LSTM(8, 16, backend="cpu", dtype="float32")
-    x = rng.standard_normal((5, 32, 8)).astype(np.float32)
+    m = gl.LSTM(8, 64, backend="cpu", dtype="float32")  # 40*32*256*64 = 21e6 MACs: 2 threads
+    x = rng.standard_normal((40, 32, 8)).astype(np.float32)
     y0 = m(x)[0]
     pid = os.fork()
     if pid == 0:  # child: exit status 0 when the result matches

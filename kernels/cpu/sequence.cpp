@@ -227,14 +227,19 @@ static inline void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, lo
 // threads (multiprocessing's default start method on Linux): a forked child runs single
 // threaded, as PyTorch does.
 std::atomic<bool> g_forked{false};
+std::atomic<int> g_last_threads{0};  // threads of the latest split (tests read it)
 __attribute__((constructor)) void gl_register_atfork() {
   pthread_atfork(nullptr, nullptr, [] { g_forked.store(true); });
 }
 
 // Contiguous row blocks of about B / nthreads rows, a multiple of 4 (at least 4 rows each, so
-// that every thread still runs register tiles of several rows).
+// that every thread still runs register tiles of several rows), and at least kMinMacs
+// multiply-adds of GEMM work per thread (``macs``: the whole call's): a parallel region costs
+// microseconds on a quiet machine and a scheduler time slice (milliseconds) on an
+// oversubscribed one, which small calls (H = 32: ~0.1 ms in all) cannot amortise.
+constexpr double kMinMacs = 8e6;
 template <class F>
-static void for_row_blocks(int B, int nthreads, F&& body) {
+static void for_row_blocks(int B, double macs, int nthreads, F&& body) {
 #ifdef _OPENMP
   int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
 #else
@@ -242,7 +247,9 @@ static void for_row_blocks(int B, int nthreads, F&& body) {
 #endif
   constexpr int TG = 4;
   nt = std::max(1, std::min(nt, B / TG));
+  nt = std::max(1, std::min(nt, (int)std::min(1e6, macs / kMinMacs)));
   if (g_forked.load(std::memory_order_relaxed)) nt = 1;
+  g_last_threads.store(nt, std::memory_order_relaxed);
   if (nt == 1) {
     body(0, B);
     return;
@@ -276,7 +283,7 @@ static void lstm_forward(int T, int B, int H, const R* gx, const R* whhT, const 
                          R* Y, int nthreads) {
   const int G = 4 * H;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
     std::vector<R> abuf((size_t)rows * G);
     R* a = abuf.data();
@@ -321,7 +328,7 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
                           R* dc_io, R* dG, int nthreads) {
   const int G = 4 * H;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     for (int s = T - 1; s >= 0; --s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
       for (int b = b0; b < b1; ++b) {
@@ -392,7 +399,7 @@ static void gru_forward(int T, int B, int H, const R* gx, const R* whhT, const R
                         int nthreads) {
   const int G = 3 * H;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
     std::vector<R> abuf((size_t)rows * G);
     R* gh = abuf.data();
@@ -430,7 +437,7 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
                          int nthreads) {
   const int G = 3 * H;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     for (int s = T - 1; s >= 0; --s) {
       const int t = st.t(s), p = st.prev(t);
       for (int b = b0; b < b1; ++b) {
@@ -465,7 +472,7 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whhT, const i
                         int reverse, R* S, R* Y, int flags, int nthreads) {
   const bool relu = flags & RNN_RELU;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * H * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
     std::vector<R> abuf((size_t)rows * H);
     R* a = abuf.data();
@@ -495,7 +502,7 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
                          const R* S, const R* dY, R* dh_io, R* dG, int flags, int nthreads) {
   const bool relu = flags & RNN_RELU;
   Steps st{T, reverse};
-  for_row_blocks(B, nthreads, [&](int b0, int b1) {
+  for_row_blocks(B, (double)T * B * H * H, nthreads, [&](int b0, int b1) {
     for (int s = T - 1; s >= 0; --s) {
       const int t = st.t(s), n = st.nxt(t);
       for (int b = b0; b < b1; ++b) {
@@ -548,7 +555,7 @@ GL_DEFINE(f64, double)
 #define GL_GEMM(SUF, R)                                                                         \
   GL_EXPORT void gemm_##SUF(int M, int K, int N, const R* A, long lda, const R* W, long ldw,  \
                             R* C, long ldc, int accumulate, int nt) {                          \
-    for_row_blocks(M, nt, [&](int b0, int b1) {                                                \
+    for_row_blocks(M, (double)M * K * N, nt, [&](int b0, int b1) {                             \
       if (!accumulate)                                                                          \
         for (int r = b0; r < b1; ++r) std::fill(C + r * ldc, C + r * ldc + N, R(0));           \
       gemm_acc<R>(A + b0 * lda, lda, W, ldw, C + b0 * ldc, ldc, b1 - b0, K, N);                 \
@@ -559,11 +566,15 @@ GL_GEMM(f64, double)
 
 // Elementwise exp/sigmoid/tanh of this library (tests compare them with NumPy's).
 GL_EXPORT void activations_f32(const float* x, long n, float* e, float* s, float* th) {
+#pragma omp simd
   for (long k = 0; k < n; ++k) { e[k] = vexp<float>(x[k]); s[k] = vsigmoid<float>(x[k]); th[k] = vtanh<float>(x[k]); }
 }
 GL_EXPORT void activations_f64(const double* x, long n, double* e, double* s, double* th) {
+#pragma omp simd
   for (long k = 0; k < n; ++k) { e[k] = vexp<double>(x[k]); s[k] = vsigmoid<double>(x[k]); th[k] = vtanh<double>(x[k]); }
 }
+
+GL_EXPORT int last_threads() { return g_last_threads.load(); }
 
 GL_EXPORT int max_threads() {
 #ifdef _OPENMP
