@@ -15,7 +15,9 @@ stepwise loop with the NumPy pointwise steps. Results equal the NumPy reference 
 (float64: ~1e-15 relative; tests/test_exec_cpu.py checks 1e-12 and 1e-5 for float32).
 
 Threads: :func:`set_num_threads` (default: OpenMP's, i.e. ``OMP_NUM_THREADS`` or the cores;
-threadpoolctl's limits apply too, as the library uses the system's libgomp).
+threadpoolctl's limits apply too). A call uses more than one thread only with at least 4 batch
+rows and ~8e6 multiply-adds per thread (smaller calls lose more to the parallel region than
+they gain), and a fork()ed child runs single threaded (GNU OpenMP would hang there).
 
 Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp`` (no fast-math:
 NaN and infinities behave), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
