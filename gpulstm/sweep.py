@@ -59,14 +59,15 @@ _COMMON = {"hidden": 32, "batch": 32, "clip": 1.0, "optimizer": "adam", "dtype":
 
 # Profiles of the long-range memory suite (bench/memory.py, ``gpulstm memory --profile``).
 # ``lrs`` maps a cell to its learning-rate grid; quick uses, per cell, the learning rates that
-# won in the committed cpu-full run (see docs/memory.md), the full profiles the whole grid.
+# won on adding or temporal order in the committed cpu-full run (results/memory/MEMORY.md),
+# the full profiles the whole grid.
 _GRID = (1e-3, 1e-2)
 PROFILES = {
     # the main job on 2 CPU cores: a few minutes of training
     "quick": dict(_COMMON, cells=("lstm_fb1", "lstm_nofg", "gru", "rnn_tanh", "irnn"),
                   seeds=(0, 1, 2),
-                  lrs={"lstm_fb1": (1e-2,), "lstm_nofg": (1e-2,), "gru": (1e-2,),
-                       "rnn_tanh": (1e-3,), "irnn": (1e-3,)},
+                  lrs={"lstm_fb1": (1e-3, 1e-2), "lstm_nofg": (1e-2,), "gru": (1e-2,),
+                       "rnn_tanh": (1e-2,), "irnn": (1e-3, 1e-2)},
                   tasks={"adding": (50, 100, 200), "temporal_order": (50, 100)},
                   budget_base=1000, budget_per_T=10,
                   flow_T=(10, 50, 100, 200), flow_seeds=(0, 1, 2)),
