@@ -12,7 +12,7 @@ comma  := ,
 ALL_EXTRAS = $(EXTRAS)$(if $(filter cuda12 cuda13,$(CUDA_EXTRA)),$(comma)$(CUDA_EXTRA))
 STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(ALL_EXTRAS))
 
-.PHONY: all run demo bench report test test-slow venv clean gpu-check wheels
+.PHONY: all run demo bench bench-commit report html test test-slow venv clean gpu-check wheels
 
 all: run
 
@@ -27,18 +27,30 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: $(STAMP)
 
 ## The main job (the README's first command): the quick asv suite on the best backend here
-## (numpy on a CPU, cupy on a GPU), then the report: speed and long-range memory tables,
-## plots written to report/.
+## (numpy on a CPU, cupy on a GPU) with one progress display, then the report comparing this
+## run with the committed reference machines: terminal tables, .gpulstm/report/report.md,
+## report.html and plots. Writes only under .gpulstm/ (ignored by git).
 run: $(STAMP)
-	$(PY) -m gpulstm.cli main --quick --out report
+	$(PY) -m gpulstm.cli main --quick
 
-## The asv suite only (quick grid), results in results/.
+## The asv suite only (quick grid), results in .gpulstm/results.
 bench: $(STAMP)
-	$(PY) -m gpulstm.benchrun --quick
+	$(PY) -m gpulstm.cli bench --quick
 
-## The report only, from the results already in results/ (committed or your own).
+## Maintainers: the quick suite into the tracked results/ (a clean tree, and a machine name
+## that is this machine's; MACHINE=name to choose it), then commit results/ yourself.
+bench-commit: $(STAMP)
+	$(PY) -m gpulstm.cli bench --quick --commit-results $(if $(MACHINE),--machine $(MACHINE))
+
+## The report only: your latest results (.gpulstm/results, when there are some) beside the
+## committed reference machines (results/); into .gpulstm/report.
 report: $(STAMP)
-	$(PY) -m gpulstm.cli report results --out report
+	$(PY) -m gpulstm.cli report
+
+## asv's own web site of your results in .gpulstm/html (asv publish); browse it with
+## `.venv/bin/python -m asv preview --html-dir .gpulstm/html` (a local web server).
+html: $(STAMP)
+	$(PY) -m gpulstm.cli html
 
 ## The test suite (CPU; GPU tests skip with their reason).
 test: $(STAMP)

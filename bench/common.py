@@ -10,6 +10,7 @@ Backends (``backend`` parameter values):
 
 ================== ===========================================================================
 numpy              gpulstm on NumPy (BLAS GEMMs, the reference pointwise steps)
+cpu                gpulstm's compiled CPU execution (whole time loop in C++, OpenMP)
 cupy               gpulstm on CuPy (cuBLAS GEMMs, the CUDA kernels in ``kernels/``)
 emulated           gpulstm's CUDA kernels emulated on the CPU: correctness only, not in the
                    default grids (GPULSTM_BENCH_BACKENDS=emulated,... to time it anyway)
@@ -29,11 +30,12 @@ computes parameter lists at import):
   {1, 16, 64, 256} x H in {128, 256, 512, 1024} at T=100, all three cells; torch-cudnn-tf32
   rows added; two asv rounds, 5-20 samples.
 
-FLOPs per layer and direction (DESIGN.md "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
+FLOPs per layer and direction (docs/design.md, "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
 gates (LSTM 4 -> 8TBH(I+H), GRU 3, RNN 1); a training step (forward + backward) about 3x that.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -49,26 +51,30 @@ try:
     import torch
 except ImportError:  # pragma: no cover - torch is optional
     torch = None
+try:  # limits the BLAS and OpenMP pools of the process (the thread-count benchmarks)
+    import threadpoolctl
+except ImportError:  # pragma: no cover - optional
+    threadpoolctl = None
 
 CELLS = ("rnn_tanh", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-GPULSTM_BACKENDS = ("numpy", "cupy", "emulated")
+GPULSTM_BACKENDS = ("numpy", "cpu", "cupy", "emulated")
 TORCH_BACKENDS = ("torch-cpu", "torch-cudnn", "torch-cudnn-tf32")
 # The PyTorch reference of each backend, timed in the same process for the speed ratios.
-REFERENCE = {"numpy": "torch-cpu", "emulated": "torch-cpu", "cupy": "torch-cudnn",
+REFERENCE = {"numpy": "torch-cpu", "cpu": "torch-cpu", "emulated": "torch-cpu", "cupy": "torch-cudnn",
              "torch-cudnn-tf32": "torch-cudnn"}
 
 PROFILES = {
     "quick": {
         "T": (10, 50, 100, 500), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
         "bh_T": 50, "bh_B": (1, 32), "bh_H": (128, 512), "bh_cells": ("lstm",),
-        "backends": ("numpy", "cupy", "torch-cpu", "torch-cudnn"),
+        "backends": ("numpy", "cpu", "cupy", "torch-cpu", "torch-cudnn"),
         "rounds": 1, "repeat": (3, 10, 1.0), "track_repeat": 5,
     },
     "full": {
         "T": (10, 50, 100, 500, 1000, 2000), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
         "bh_T": 100, "bh_B": (1, 16, 64, 256), "bh_H": (128, 256, 512, 1024), "bh_cells": CELLS,
-        "backends": ("numpy", "cupy", "torch-cpu", "torch-cudnn", "torch-cudnn-tf32"),
+        "backends": ("numpy", "cpu", "cupy", "torch-cpu", "torch-cudnn", "torch-cudnn-tf32"),
         "rounds": 2, "repeat": (5, 20, 4.0), "track_repeat": 5,
     },
 }
@@ -271,3 +277,89 @@ def best_seconds(fns, repeat=3, min_sample=0.02):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / n)
     return best
+
+
+@contextlib.contextmanager
+def thread_limit(n):
+    """Run the block with every thread pool of the process limited to ``n`` threads: BLAS and
+    OpenMP (threadpoolctl), PyTorch's intra-op pool and gpulstm's cpu execution. Raises
+    NotImplementedError (asv's skip) without threadpoolctl: NumPy's BLAS could not be limited."""
+    if threadpoolctl is None:
+        raise NotImplementedError("thread-count benchmarks need threadpoolctl "
+                                  "(pip install threadpoolctl) to limit NumPy's BLAS threads")
+    from gpulstm.backends import cpu as cpu_execution  # the setting only; builds nothing
+    old_torch = torch.get_num_threads() if torch is not None else None
+    old_cpu = cpu_execution.set_num_threads(n)
+    try:
+        with threadpoolctl.threadpool_limits(limits=n):
+            if torch is not None:
+                torch.set_num_threads(n)
+            yield
+    finally:
+        cpu_execution.set_num_threads(old_cpu)
+        if torch is not None:
+            torch.set_num_threads(old_torch)
+
+
+# -- the long-range memory training step -------------------------------------------------------
+#: the update of issue 9's adding-problem runs: lstm_fb1, H=32, B=32, T=100, Adam, clip 1
+MEMORY_STEP = {"task": "adding", "cell": "lstm_fb1", "T": 100, "batch": 32, "hidden": 32,
+               "lr": 1e-2, "clip": 1.0}
+
+
+def _gpulstm_train_runs(backend):
+    from gpulstm.train import train
+    p = MEMORY_STEP
+    try:
+        gl.get_backend(backend)
+    except gl.BackendUnavailable as e:
+        raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
+
+    def run(updates):
+        train(p["task"], p["cell"], p["T"], steps=updates, batch=p["batch"], hidden=p["hidden"],
+              lr=p["lr"], clip=p["clip"], backend=backend, eval_every=0, test_size=p["batch"])
+    return run
+
+
+def _torch_train_runs():
+    """PyTorch doing what gpulstm.train does per update: fresh adding-problem sequences from
+    the same generator, torch.nn.LSTM + Linear read-out of the last step, MSE, backward,
+    clip_grad_norm_, Adam."""
+    if torch is None:
+        raise NotImplementedError("torch is not installed")
+    from gpulstm.tasks import make_task
+    p = MEMORY_STEP
+    task = make_task(p["task"], p["T"])
+
+    def run(updates):
+        torch.manual_seed(0)
+        rnn = torch.nn.LSTM(task.input_size, p["hidden"])
+        with torch.no_grad():  # forget-gate bias 1 in total, like lstm_fb1
+            for b in (rnn.bias_ih_l0, rnn.bias_hh_l0):
+                b.zero_()
+            rnn.bias_ih_l0[p["hidden"]:2 * p["hidden"]] = 1.0
+        lin = torch.nn.Linear(p["hidden"], task.output_size)
+        params = list(rnn.parameters()) + list(lin.parameters())
+        opt = torch.optim.Adam(params, lr=p["lr"])
+        rng = np.random.default_rng(0)
+        for _ in range(updates):
+            x, target = (torch.from_numpy(a) for a in task.sample(rng, p["batch"]))
+            y, _ = rnn(x)
+            loss = torch.nn.functional.mse_loss(lin(y[-1]), target.reshape(p["batch"], -1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, p["clip"])
+            opt.step()
+    return run
+
+
+def memory_step_seconds(backend, updates=10, repeat=5):
+    """Seconds per update of the :data:`MEMORY_STEP` training run on ``backend`` (a gpulstm
+    backend or "torch-cpu"): best of ``repeat`` of a run with 1 + ``updates`` updates minus
+    the best of a run with 1 (model construction, the final test evaluation and the first
+    call's warm-up cancel), divided by ``updates``."""
+    run = _torch_train_runs() if backend == "torch-cpu" else _gpulstm_train_runs(backend)
+    run(1)  # warm-up: compile, allocate
+    best = best_seconds({1: lambda: run(1), 1 + updates: lambda: run(1 + updates)},
+                        repeat=repeat, min_sample=0.0)
+    return max(best[1 + updates] - best[1], 1e-12) / updates

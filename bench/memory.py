@@ -29,22 +29,12 @@ import numpy as np
 
 from gpulstm import BackendUnavailable, get_backend
 from gpulstm.memory import gradient_flow
-from gpulstm.sweep import PROFILES, run_sweep
+from gpulstm.sweep import PROFILES, memory_profile_name, run_sweep
 
 BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND", "numpy")
 
 
-def _profile_name():
-    name = os.environ.get("GPULSTM_MEMORY_PROFILE")
-    if name is None:
-        full = os.environ.get("GPULSTM_BENCH_PROFILE") == "full"
-        name = ("gpu-full" if BACKEND == "cupy" else "cpu-full") if full else "quick"
-    if name not in PROFILES:
-        raise ValueError(f"GPULSTM_MEMORY_PROFILE must be one of {tuple(PROFILES)}; got {name!r}")
-    return name
-
-
-PROFILE_NAME = _profile_name()
+PROFILE_NAME = memory_profile_name(backend=BACKEND)
 PROFILE = PROFILES[PROFILE_NAME]
 CELLS = list(PROFILE["cells"])
 SEEDS = list(PROFILE["seeds"])

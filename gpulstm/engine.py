@@ -1,6 +1,6 @@
 """The sequence engine: forward and BPTT loops, written once for every execution.
 
-Per layer and direction (DESIGN.md, "One math, three executions"):
+Per layer and direction (docs/design.md, "The one loop"):
 
 1. the input projection of all time steps: one GEMM ``(T*B, I) x (I, G*H)`` plus bias;
 2. for each time step: one recurrent GEMM ``(B, Hs) x (Hs, G*H)`` and ONE pointwise step
@@ -44,9 +44,14 @@ def _slots(T, reverse):
     return [(t, t, t + 1) for t in range(T)]
 
 
-def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
+def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     """One direction of one layer. x [T,B,I]; h0 [B,Hs]; c0 [B,H] (LSTM) or None;
-    lengths int32 [B] (the backend's array). Returns (y [T,B,Hs], saved dict)."""
+    lengths int32 [B] (the backend's array). Returns (y [T,B,Hs], saved dict).
+
+    With ``save=False`` (inference) the per-step gate activations go to one [B,width] slot
+    that every step overwrites (``s["gates"]`` is a zero-time-stride [T,B,width] view of it, so
+    executions index it as usual) and are dropped from the returned dict: no [T,B,G*H]
+    history is kept, and the dict serves only :func:`final_states`."""
     xp = ex.xp
     T, B, I = x.shape
     GH = w["w_ih"].shape[0]
@@ -77,14 +82,21 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse):
     if cell.name == "gru":
         s["b_hn"] = w["b_hh"][2 * H:] if w["b_hh"] is not None else xp.zeros(H, dt)
     width = cell.saved_width(H)
-    s["gates"] = xp.empty((T, B, width), dt) if width else None
+    if width and save:
+        s["gates"] = xp.empty((T, B, width), dt)
+    elif width:  # inference: one slot, time stride 0
+        slot = xp.empty((1, B, width), dt)
+        s["gates"] = xp.lib.stride_tricks.as_strided(slot, (T, B, width), (0,) + slot.strides[1:])
+    else:
+        s["gates"] = None
     s["Y"] = xp.empty((T, B, Hs), dt)
     flags = cell.flags(w)
     run = getattr(ex, "sequence_forward", None)
     if run is None or not run(cell, w, s, flags):
         for t, prev, nxt in _slots(T, reverse):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
-    for k in ("gx", "gh", "w_hh_T", "w_hr_T"):  # transients: backward needs none of them
+    transients = ("gx", "gh", "w_hh_T", "w_hr_T") + (() if save else ("gates",))
+    for k in transients:  # backward needs none of them
         s.pop(k, None)
     return s["Y"], s
 
@@ -137,11 +149,13 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     dGx = g["dGx"].reshape(TB, GH)
     dGh = g["dGh"].reshape(TB, GH)
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
+    db = dGx.sum(axis=0) if w["b_ih"] is not None else None
     grads = {
         "w_ih": dGx.T @ x.reshape(TB, I),
         "w_hh": dGh.T @ s_prev.reshape(TB, Hs),
-        "b_ih": dGx.sum(axis=0) if w["b_ih"] is not None else None,
-        "b_hh": dGh.sum(axis=0) if w["b_hh"] is not None else None,
+        "b_ih": db,
+        # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
+        "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
     }
     if proj:
         grads["w_hr"] = g["DHR"].reshape(TB, Hs).T @ s["M"].reshape(TB, H)
@@ -173,7 +187,8 @@ class Context:
     """What a stacked forward saves for its backward."""
     cell: object
     params: list  # [layer][direction] -> weight dict
-    saved: list = field(default_factory=list)  # [layer][direction] -> saved dict
+    # [layer][direction] -> saved dict; None after a forward with save=False
+    saved: list = field(default_factory=list)
     masks: list = field(default_factory=list)  # dropout mask after each layer but the last
     state_grads: list = None  # [layer][direction] per-step dL/dh_t, dL/dc_t (when recorded)
 
@@ -192,41 +207,48 @@ def private_input(ex, x, lengths):
     return x
 
 
-def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None):
+def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=True):
     """Stacked (multi-layer, optionally bidirectional) forward.
 
     params [L][D] weight dicts; x [T,B,I]; h0 [L*D,B,Hs]; c0 [L*D,B,H] or None;
     lengths int32 [B]; dropout applied to the output of every layer but the last with masks
     drawn from the NumPy Generator ``rng`` (the same numbers on every backend).
+    ``save=False`` (inference) keeps no history for a backward: no per-step gates, and
+    ``ctx.saved`` is None (:func:`backward` then raises).
     Returns (y [T,B,D*Hs], h_n, c_n, ctx).
     """
     xp = ex.xp
     D = len(params[0])
     ctx = Context(cell, params)
     h_n, c_n = [], []
-    inp = private_input(ex, x, lengths)
+    # inference never reads x again: no private copy
+    inp = private_input(ex, x, lengths) if save else x
     for layer, dirs in enumerate(params):
         ys, saved = [], []
         for d, w in enumerate(dirs):
             k = layer * D + d
             y, s = direction_forward(ex, cell, w, inp, h0[k], None if c0 is None else c0[k],
-                                     lengths, reverse=d == 1)
+                                     lengths, reverse=d == 1, save=save)
             hn, cn = final_states(cell, s)
             h_n.append(hn)
             c_n.append(cn)
             ys.append(y)
             saved.append(s)
-        ctx.saved.append(saved)
+        if save:
+            ctx.saved.append(saved)
         out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
         if dropout > 0 and layer < len(params) - 1:
             keep = rng.random(out.shape) >= dropout
             scale = 1.0 / (1.0 - dropout) if dropout < 1 else 0.0  # p = 1 zeroes all (torch)
             mask = ex.asarray(keep * scale, out.dtype)
-            ctx.masks.append(mask)
+            if save:
+                ctx.masks.append(mask)
             out = out * mask
         inp = out
     h_n = xp.stack(h_n)
     c_n = xp.stack(c_n) if cell.has_cell_state else None
+    if not save:
+        ctx.saved = None
     return inp, h_n, c_n, ctx
 
 
@@ -235,6 +257,11 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None, record_state_grads=False):
     Returns (dx [T,B,I], dh0 [L*D,B,Hs], dc0 or None, grads [L][D] dicts). With
     ``record_state_grads`` the per-step state gradients land in ``ctx.state_grads[L][D]``
     (see :func:`direction_backward`)."""
+    if ctx.saved is None:
+        raise RuntimeError(
+            "backward() needs the history a training forward saves, but the last forward ran "
+            "in inference mode (eval(), i.e. save=False) and saved nothing; call train() "
+            "before the forward you want to differentiate")
     xp = ex.xp
     cell, params = ctx.cell, ctx.params
     D = len(params[0])

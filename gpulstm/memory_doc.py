@@ -40,7 +40,7 @@ def _fmt(v, digits=3):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
-        return f"{v:.{digits}g}"
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
     return str(v)
 
 
@@ -162,14 +162,14 @@ def _comparison(best):
     fb0, fb1 = _longest(best, "adding", "lstm_fb0"), _longest(best, "adding", "lstm_fb1")
     rows.append(["Jozefowicz, Zaremba & Sutskever 2015 (abstract checked)",
                  "a forget-gate bias of 1 closes the gap between the LSTM and the GRU",
-                 f"longest adding lag solved: lstm_fb0 {fb0}, lstm_fb1 {fb1}, gru "
-                 f"{_longest(best, 'adding', 'gru')}", "-",
+                 f"longest adding lag solved: lstm_fb0 {fb0 or 'none'}, lstm_fb1 {fb1 or 'none'}, gru "
+                 f"{_longest(best, 'adding', 'gru') or 'none'}", "-",
                  "their claim is about many tasks; ours is one task at small scale"])
     irnn = _longest(best, "adding", "irnn")
     rows.append(["Le, Jaitly & Hinton 2015 (abstract checked)",
                  "the IRNN is comparable to a standard LSTM on the adding problem "
                  "(T = 150..400; per-T outcomes not checked)",
-                 f"longest adding lag solved: irnn {irnn}, lstm_fb1 {fb1}", "-",
+                 f"longest adding lag solved: irnn {irnn or 'none'}, lstm_fb1 {fb1 or 'none'}", "-",
                  "their budgets were far larger (SGD, up to ~1M updates)"])
     return ["## Published outcomes beside ours", "",
             "What each paper reported, checked as far as the \"source\" column says (details "

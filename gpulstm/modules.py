@@ -257,7 +257,7 @@ class _RNNBase:
             with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
                 y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(copy=True), x, h0, c0, lens,
                                                   self.dropout if self.training else 0.0,
-                                                  self._dropout_rng)
+                                                  self._dropout_rng, save=self.training)
         self._ctx = ctx
         self._out_shape = (T, B, F)
         self._unbatched = unbatched

@@ -48,7 +48,7 @@ import numpy as np
 
 from .train import CELLS
 
-__all__ = ["PROFILES", "Point", "budget", "narrow", "profile_points", "run_point", "run_sweep",
+__all__ = ["PROFILES", "memory_profile_name", "Point", "budget", "narrow", "profile_points", "run_point", "run_sweep",
            "summarize", "SCHEDULER_ENV"]
 
 SCHEDULER_ENV = "GPULSTM_DASK_SCHEDULER"
@@ -59,14 +59,15 @@ _COMMON = {"hidden": 32, "batch": 32, "clip": 1.0, "optimizer": "adam", "dtype":
 
 # Profiles of the long-range memory suite (bench/memory.py, ``gpulstm memory --profile``).
 # ``lrs`` maps a cell to its learning-rate grid; quick uses, per cell, the learning rates that
-# won in the committed cpu-full run (see docs/memory.md), the full profiles the whole grid.
+# won on adding or temporal order in the committed cpu-full run (results/memory/MEMORY.md),
+# the full profiles the whole grid.
 _GRID = (1e-3, 1e-2)
 PROFILES = {
     # the main job on 2 CPU cores: a few minutes of training
     "quick": dict(_COMMON, cells=("lstm_fb1", "lstm_nofg", "gru", "rnn_tanh", "irnn"),
                   seeds=(0, 1, 2),
-                  lrs={"lstm_fb1": (1e-2,), "lstm_nofg": (1e-2,), "gru": (1e-2,),
-                       "rnn_tanh": (1e-3,), "irnn": (1e-3,)},
+                  lrs={"lstm_fb1": (1e-3, 1e-2), "lstm_nofg": (1e-2,), "gru": (1e-2,),
+                       "rnn_tanh": (1e-2,), "irnn": (1e-3, 1e-2)},
                   tasks={"adding": (50, 100, 200), "temporal_order": (50, 100)},
                   budget_base=1000, budget_per_T=10,
                   flow_T=(10, 50, 100, 200), flow_seeds=(0, 1, 2)),
@@ -84,6 +85,20 @@ PROFILES = {
                      budget_base=2000, budget_per_T=20,
                      flow_T=(10, 20, 50, 100, 200, 400, 1000), flow_seeds=(0, 1, 2, 3, 4)),
 }
+
+
+def memory_profile_name(bench_profile=None, backend="numpy", env=None):
+    """The memory profile of a benchmark run: ``$GPULSTM_MEMORY_PROFILE`` when set, else
+    ``quick`` for the quick benchmark profile and ``gpu-full`` (cupy) or ``cpu-full`` for the
+    full one. Used by the asv memory suite and by the main job's sweep, so both agree."""
+    env = os.environ if env is None else env
+    name = env.get("GPULSTM_MEMORY_PROFILE")
+    if name is None:
+        full = (bench_profile or env.get("GPULSTM_BENCH_PROFILE")) == "full"
+        name = ("gpu-full" if backend == "cupy" else "cpu-full") if full else "quick"
+    if name not in PROFILES:
+        raise ValueError(f"GPULSTM_MEMORY_PROFILE must be one of {tuple(PROFILES)}; got {name!r}")
+    return name
 
 
 @dataclass(frozen=True, order=True)

@@ -237,15 +237,19 @@ def evaluate(model, readout, task, rng, n, chunk=500):
     ex, xp = model.ex, model.ex.xp
     total_loss = total_metric = 0.0
     done = 0
-    while done < n:
-        b = min(chunk, n - done)
-        x, target = _to_backend(ex, model, task, *task.sample(rng, b))
-        loss, z = _forward_loss(model, readout, task, x, target, backward=False)
-        metric = accuracy(xp, z, target.reshape(-1)) if task.metric == "accuracy" else loss
-        total_loss += float(loss) * b
-        total_metric += float(metric) * b
-        done += b
-    model._ctx = None  # drop the saved activations of the evaluation forward
+    was_training = model.training
+    model.eval()  # the inference path: the forward saves nothing for a backward
+    try:
+        while done < n:
+            b = min(chunk, n - done)
+            x, target = _to_backend(ex, model, task, *task.sample(rng, b))
+            loss, z = _forward_loss(model, readout, task, x, target, backward=False)
+            metric = accuracy(xp, z, target.reshape(-1)) if task.metric == "accuracy" else loss
+            total_loss += float(loss) * b
+            total_metric += float(metric) * b
+            done += b
+    finally:
+        model.train(was_training)
     return total_metric / n, total_loss / n
 
 

@@ -165,7 +165,8 @@ def test_kernel_dir_override(tmp_path, monkeypatch):
     """GPULSTM_KERNEL_DIR points the loader elsewhere (used to test modified kernels)."""
     from gpulstm import kernel_source as ks
     for f in kernel_dir().iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+        if f.is_file():  # the CUDA sources (kernels/cpu/ holds the CPU execution's C++)
+            (tmp_path / f.name).write_bytes(f.read_bytes())
     monkeypatch.setenv("GPULSTM_KERNEL_DIR", str(tmp_path))
     assert ks.kernel_dir() == tmp_path
     assert ks.kernel_source().code == kernel_source().code

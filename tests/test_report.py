@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -21,9 +24,10 @@ pytest.importorskip("asv")
 pytest.importorskip("matplotlib")
 
 from gpulstm.report import (  # noqa: E402
-    compare, latest, load_results, markdown_report, memory_table, plot_gradient_flow,
-    plot_task_metric, plot_time_vs_T, published_outcomes,
+    compare, latest, load_results, markdown_report, plot_gradient_flow, plot_time_vs_T,
+    published_outcomes,
 )
+from gpulstm.report.results import ResultsFileWarning  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "report_fixtures"
 COMMIT_DATE = "2024-05-01T12:00:00+00:00"
@@ -146,7 +150,63 @@ def test_corrupted_file_raises_naming_it(asv_results, tmp_path):
     dst, result_file = _copy(asv_results, tmp_path)
     result_file.write_text(result_file.read_text()[:-40])
     with pytest.raises(ValueError, match=result_file.name):
-        load_results(dst)
+        load_results(dst, errors="raise")
+
+
+def test_bad_file_is_skipped_with_a_warning_naming_it(asv_results, tmp_path):
+    """The default: one bad file does not abort the report; it is named and counted."""
+    dst, result_file = _copy(asv_results, tmp_path)
+    good = load_results(dst)
+    assert good.attrs["skipped_files"] == []
+    result_file.write_text(result_file.read_text()[:-40])
+    with pytest.warns(ResultsFileWarning, match=result_file.name):
+        df = load_results(dst)
+    assert [p for p, _ in df.attrs["skipped_files"]] == [str(result_file)]
+    assert set(df["machine"]) == {"box-cpu"}  # box-gpu's only file was skipped
+    with pytest.raises(ValueError, match="errors must be"):
+        load_results(dst, errors="ignore")
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda d: d.update(results=[1, 2]),                       # results not an object
+    lambda d: d.update(params="x"),                           # params not an object
+    lambda d: d.update(commit_hash=["a"]),                    # not a string
+    lambda d: d.update(date="yesterday"),                     # not a time
+    lambda d: d.update(date=1e30),                            # out of any calendar
+    lambda d: d.update(result_columns=[["result"], "params"]),  # names must be strings
+    lambda d: next(iter(d["results"].values())).__setitem__(0, [["x"]]),  # result not a number
+    lambda d: next(iter(d["results"].values())).__setitem__(0, [10 ** 400]),  # overflows float
+])
+def test_malformed_shapes_are_errors_naming_the_file(asv_results, tmp_path, mangle):
+    dst, result_file = _copy(asv_results, tmp_path)
+    data = json.loads(result_file.read_text())
+    mangle(data)
+    result_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(str(result_file))):
+        load_results(dst, errors="raise")
+
+
+def test_huge_parameter_product_is_refused_before_it_is_built(asv_results, tmp_path):
+    """A few KB file whose params product is 300^4 (8.1e9 points): an error naming the file,
+    quickly and without allocating the product."""
+    dst, result_file = _copy(asv_results, tmp_path)
+    data = json.loads(result_file.read_text())
+    name = next(iter(data["results"]))
+    row = data["results"][name]
+    params_at = data["result_columns"].index("params")
+    result_at = data["result_columns"].index("result")
+    row[params_at] = [[repr(i) for i in range(300)]] * 4
+    row[result_at] = None  # "whole benchmark failed": one None per point, were it built
+    result_file.write_text(json.dumps(data))
+    assert result_file.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=re.escape(str(result_file))):
+            load_results(dst, errors="raise")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
 
 
 def test_result_shape_mismatch_raises_naming_file(asv_results, tmp_path):
@@ -155,14 +215,16 @@ def test_result_shape_mismatch_raises_naming_file(asv_results, tmp_path):
     data["results"]["memory.TrackAdding.track_test_mse"][0].pop()  # 7 results for 8 points
     result_file.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=rf"{result_file.name}.*TrackAdding"):
-        load_results(dst)
+        load_results(dst, errors="raise")
 
 
 def test_missing_machine_json_raises(asv_results, tmp_path):
     dst, _ = _copy(asv_results, tmp_path)
     (dst / "box-cpu" / "machine.json").unlink()
     with pytest.raises(ValueError, match="machine.json"):
-        load_results(dst)
+        load_results(dst, errors="raise")
+    with pytest.warns(ResultsFileWarning, match="box-cpu.*machine.json"):
+        assert set(load_results(dst)["machine"]) == {"box-gpu"}
 
 
 def test_stale_benchmarks_json_falls_back_to_asv_param_names(asv_results, tmp_path):
@@ -249,89 +311,6 @@ def test_compare_on_loaded_results(df):
     assert ((out["ratio"] * out["speedup"]).round(12) == 1.0).all()
 
 
-# -- memory_table ------------------------------------------------------------------------------
-
-def _memory_frame() -> pd.DataFrame:
-    rows = []
-
-    def add(bench, cell, T, seed, value):
-        rows.append({"machine": "m1", "benchmark": f"memory.{bench}", "kind": "track",
-                     "cell": cell, "T": T, "seed": seed, "value": value, "status": "ok"})
-
-    for seed in (0, 1):
-        for T, ok_lstm, ok_rnn in ((50, 1, 1), (100, 1, seed), (200, 1, 0), (400, seed, 0)):
-            add("TrackAdding.track_success_rate", "lstm_nofg", T, seed, float(ok_lstm))
-            add("TrackAdding.track_success_rate", "rnn_tanh", T, seed, float(ok_rnn))
-            add("TrackAdding.track_test_mse", "lstm_nofg", T, seed, 0.001 * T / 50 + 0.001 * seed)
-            add("TrackAdding.track_test_mse", "rnn_tanh", T, seed, 0.01 * T / 50)
-    # No success metric: gpulstm.tasks' criterion, copy xent < 0.1 x 10 ln 8 / (T + 20).
-    for T, xent in ((10, 0.05), (80, 0.5)):
-        add("TrackCopy.track_test_xent", "gru", T, 0, xent)
-    add("TrackCopy.track_test_xent", "gru", 10, 1, float("nan"))  # skipped: ignored
-    rows[-1]["status"] = "skipped"
-    # Temporal order with an accuracy only: passes at >= 0.99 (Pascanu et al.: under 1% wrong).
-    for T, acc in ((50, 1.0), (100, 0.98), (200, 0.995)):
-        add("TrackTemporalOrder.track_test_accuracy", "lstm_fb1", T, 0, acc)
-    add("TrackGradFlow.track_log10_ratio_end", "lstm", 10, 0, 0.5)  # not a task
-    return pd.DataFrame(rows)
-
-
-def test_memory_table_exact():
-    out = memory_table(_memory_frame())
-    meas = out[out["machine"] == "m1"].set_index(["task", "cell"])
-    assert set(meas.index) == {("adding", "lstm_nofg"), ("adding", "rnn_tanh"), ("copy", "gru"),
-                               ("temporal_order", "lstm_fb1")}
-    lstm = meas.loc[("adding", "lstm_nofg")]
-    # Mean success per T over seeds 0, 1: 1, 1, 1, 0.5 -> all pass at >= 0.5; longest 400.
-    assert lstm["longest_T_passed"] == 400 and pd.isna(lstm["first_T_failed"])
-    assert lstm["max_T_tested"] == 400 and lstm["at_T"] == 400 and lstm["seeds"] == 2
-    assert lstm["success_rate"] == 0.5
-    assert lstm["metric"] == "test_mse"
-    assert lstm["metric_value"] == pytest.approx((0.008 + 0.009) / 2)
-    assert lstm["baseline"] == pytest.approx(1 / 6)
-    assert lstm["pass_rule"] == "success_rate >= 0.5"
-    rnn = meas.loc[("adding", "rnn_tanh")]
-    # rnn success: T=50 -> 1, T=100 -> (0 + 1) / 2 = 0.5 (pass), T=200 -> 0, T=400 -> 0.
-    assert rnn["longest_T_passed"] == 100 and rnn["first_T_failed"] == 200
-    assert rnn["success_rate"] == 0.5 and rnn["metric_value"] == pytest.approx(0.02)
-    copy = meas.loc[("copy", "gru")]
-    # baselines 10 ln 8 / 30 = 0.693 (0.05 < 0.0693 passes), 10 ln 8 / 100 = 0.208 (0.5 fails).
-    assert copy["longest_T_passed"] == 10 and copy["first_T_failed"] == 80
-    assert copy["seeds"] == 1 and math.isnan(copy["success_rate"])
-    assert copy["baseline"] == pytest.approx(10 * math.log(8) / 30)
-    assert copy["pass_rule"] == "test cross-entropy < 0.1 x baseline"
-    order = meas.loc[("temporal_order", "lstm_fb1")]
-    # Longest passing T is 200 even though 100 failed: first_T_failed shows the gap.
-    assert order["longest_T_passed"] == 200 and order["first_T_failed"] == 100
-    assert order["metric_value"] == 0.995 and order["baseline"] == 0.25
-    assert order["pass_rule"] == "test accuracy >= 0.99"
-    # Published outcomes beside the measurement, with how far each was verified.
-    assert lstm["published_longest_T"] == 1000
-    assert "853,000" in lstm["published_outcome"]
-    assert lstm["verified"] == "verified (transcription of the published paper)"
-    assert pd.isna(rnn["published_outcome"])
-    # Published-only cells of measured tasks are listed too (measured columns empty).
-    extra = out[out["machine"].isna()]
-    assert {"irnn", "urnn"} <= set(extra["cell"]) and extra["longest_T_passed"].isna().all()
-    pascanu = extra[(extra["task"] == "temporal_order") & (extra["cell"] == "rnn_tanh")]
-    assert pascanu["verified"].tolist() == ["verified (transcription of the published paper)"]
-    assert "long_lag_2a" not in set(out["task"])  # only tasks that were measured
-
-
-def test_memory_table_with_own_published_and_loaded(df):
-    pub = pd.DataFrame({"source": ["S"], "task": ["adding"], "cell": ["rnn"],
-                        "T": pd.array([10], dtype="Int64"),
-                        "passed": pd.array([True], dtype="boolean"),
-                        "outcome": ["passes"], "verified": ["abstract only"]})
-    out = memory_table(df, published=pub).set_index(["machine", "task", "cell"])
-    # Fixture suite: lstm succeeds at T=10 and 100, rnn only at T=10.
-    assert out.loc[("box-gpu", "adding", "lstm"), "longest_T_passed"] == 100
-    rnn = out.loc[("box-gpu", "adding", "rnn")]
-    assert rnn["longest_T_passed"] == 10 and rnn["first_T_failed"] == 100
-    assert rnn["metric_value"] == pytest.approx(0.01)
-    assert rnn["published_longest_T"] == 10 and rnn["verified"] == "abstract only"
-
-
 def test_published_outcomes_labels():
     pub = published_outcomes()
     assert set(pub["verified"]) <= {
@@ -357,18 +336,22 @@ def test_plots_write_pngs(df, tmp_path):
     assert isinstance(fig, Figure) and _png_ok(tmp_path / "t.png")
     assert "box-gpu" in fig._suptitle.get_text()
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert {t.get_text() for t in fig.axes[1].get_legend().get_texts()} == {"numpy", "torch-cpu"}
+    assert ax.get_xscale() == "log" and ax.get_title() == "forward"
+    y = [v for line in ax.get_lines() for v in line.get_ydata()]
+    assert ax.get_yscale() == ("log" if max(y) / min(y) >= 10 else "linear")
+    # one legend outside the panels: colour = cell, line style = backend, marker = machine
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert labels == {"cell lstm", "backend numpy", "backend torch-cpu"}  # box-gpu only
+    styles = {line.get_linestyle() for line in ax.get_lines()}
+    assert len(styles) == 2  # two backends, told apart without colour
+    assert len({line.get_color() for line in ax.get_lines()}) == 1  # one cell, one colour
     fig = plot_gradient_flow(df, tmp_path / "g.png")
     assert _png_ok(tmp_path / "g.png") and "distance" in fig.axes[0].get_xlabel()
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
     assert set(lines) == {"lstm", "rnn"}  # one line per cell, at initialisation
     x, y = lines["rnn"].get_data()
-    assert list(x) == [10, 100] and list(y) == pytest.approx([10 ** -2.5, 10 ** -25])
-    fig = plot_task_metric(df, tmp_path / "m.png")
-    assert _png_ok(tmp_path / "m.png")
-    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
-    assert "trivial baseline" in labels
+    assert list(x) == [10, 100] and list(y) == pytest.approx([-2.5, -25])  # log10 ratio
     with pytest.raises(ValueError):
         plot_time_vs_T(df[df["kind"] == "track"], tmp_path / "none.png")
 
@@ -376,27 +359,153 @@ def test_plots_write_pngs(df, tmp_path):
 def test_markdown_report(df, tmp_path):
     md = markdown_report(df, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == md
-    assert "| machine | benchmark |" in md and "torch-cpu" in md
-    assert "853,000" in md and "verified" in md
-    for name in ("time_vs_T.png", "task_metric_vs_T.png", "gradient_flow.png"):
+    assert "### box-gpu: TimeLSTM" in md and "| ms median [IQR] |" in md and "torch-cpu" in md
+    assert "## Long-range memory" in md and "No memory results" in md  # old-schema tracks only
+    for name in ("time_vs_T.png", "gradient_flow.png"):
         assert f"]({name})" in md and _png_ok(tmp_path / "report" / name)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 2
+    assert "src='http" not in page and "<link" not in page  # self-contained
 
 
-def test_plot_task_metric_without_task_rows_is_a_value_error(tmp_path):
-    """Results with gradient-flow tracks only (e.g. a GPU run): no task plot, a clear error."""
-    from gpulstm.report import plot_task_metric
-    df = pd.DataFrame({"machine": ["m"], "benchmark": ["memory.TrackGradFlow.track_distance_1e3"],
-                       "kind": ["track"], "status": ["ok"], "cell": ["lstm"], "T": [10],
-                       "value": [3.0], "unit": ["steps"]})
-    with pytest.raises(ValueError, match="no ok track_ task rows"):
-        plot_task_metric(df, tmp_path / "x.png")
+def test_speed_table_units_spread_and_ratios():
+    """One row per point with the time median and IQR (ms), the ratio vs torch, µs per step,
+    GFLOP/s and peak memory taken from their own benchmarks."""
+    from gpulstm.report import speed_table, machine_ratios
+
+    rows = []
+    for machine, scale in (("here", 2.0), ("ref", 1.0)):
+        for T in (10, 100):
+            for backend in ("numpy", "torch-cpu"):
+                base = {"machine": machine, "T": T, "cell": "lstm", "backend": backend,
+                        "status": "ok"}
+                t = scale * T * (2e-3 if backend == "numpy" else 1e-3)
+                rows.append({**base, "benchmark": "speed.SequenceLength.time_forward_backward",
+                             "kind": "time", "value": t, "q_25": 0.9 * t, "q_75": 1.2 * t})
+                rows.append({**base, "benchmark": "speed.SequenceLength.peakmem_forward_backward",
+                             "kind": "peakmem", "value": 3 * 2**20})
+                rows.append({**base, "benchmark": "speed.ThroughputSequenceLength.track_gflops",
+                             "kind": "track", "mode": "training", "value": 7.0})
+                rows.append({**base, "benchmark": "speed.ThroughputSequenceLength.track_gflops",
+                             "kind": "track", "mode": "forward", "value": 9.0})
+                if backend == "numpy":
+                    rows.append({**base, "kind": "track", "mode": "training", "value": 2.0,
+                                 "benchmark": "speed.RatioSequenceLength.track_time_ratio_vs_torch"})
+    table = speed_table(pd.DataFrame(rows))
+    train = table[(table["mode"] == "training") & (table["machine"] == "ref")
+                  & (table["T"] == 100) & (table["backend"] == "numpy")]
+    assert len(train) == 1
+    r = train.iloc[0]
+    assert (r["B"], r["H"], r["sweep"]) == (16, 256, "SequenceLength")
+    assert r["time_ms"] == pytest.approx(200.0) and r["q25_ms"] == pytest.approx(180.0)
+    assert r["q75_ms"] == pytest.approx(240.0) and r["peak_mib"] == pytest.approx(3.0)
+    assert r["gflops"] == 7.0 and r["ratio_vs_torch"] == 2.0
+    assert r["us_per_step"] == pytest.approx(200e-3 / 100 * 1e6)
+    fwd = table[table["mode"] == "forward"]
+    assert fwd["time_ms"].isna().all() and (fwd["gflops"] == 9.0).all()
+    ratios = machine_ratios(table, "here")
+    assert set(ratios["machine"]) == {"ref"} and (ratios["median_time_ratio"] == 2.0).all()
+    assert (ratios["points"] == 2).all()
 
 
-def test_task_rows_leave_out_speed_tracks():
-    """Speed track_ benchmarks with cell and T parameters are not long-range memory tasks."""
-    from gpulstm.report.tables import task_rows
-    df = pd.DataFrame({"machine": ["m", "m"], "kind": ["track", "track"], "status": ["ok", "ok"],
-                       "benchmark": ["speed.RatioSequenceLength.track_time_ratio_vs_torch",
-                                     "memory.TrackAdding.track_test_mse"],
-                       "cell": ["lstm", "lstm"], "T": [10, 10], "value": [1.5, 0.01]})
-    assert list(task_rows(df)["task"]) == ["adding"]
+# -- fuzzing the loader with random JSON shapes ------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=20)
+_COLUMNS = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
+            "stats_q_25", "samples", "number"]
+# A result file that is asv-shaped at the top, with random JSON in every slot.
+_result_file = st.fixed_dictionaries(
+    {"version": st.sampled_from([2, 2, 2, 1]) | _json,
+     "commit_hash": st.text(max_size=8) | _json, "env_name": st.text(max_size=8),
+     "date": st.integers(0, 2 * 10 ** 12) | _json,
+     "params": st.fixed_dictionaries({"machine": st.sampled_from(["fuzz", "other"])}) | _json,
+     "result_columns": st.just(_COLUMNS) | st.lists(st.sampled_from(_COLUMNS)) | _json,
+     "results": st.dictionaries(
+         st.sampled_from(["s.A.time_f", "m.B.track_x", "p.C.peakmem_y"]),
+         st.lists(st.lists(st.text(max_size=4), max_size=3).map(lambda p: [p])
+                  | st.lists(st.integers(0, 3) | st.floats() | st.none(), max_size=4)
+                  | _json, max_size=len(_COLUMNS)) | _json, max_size=3) | _json})
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=_result_file | _json, benchmarks=_json)
+def test_fuzz_loader_gives_a_frame_or_an_error_naming_the_file(tmp_path_factory, data,
+                                                                benchmarks):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "fuzz").mkdir()
+    (root / "fuzz" / "machine.json").write_text(json.dumps({"machine": "fuzz", "version": 1}))
+    (root / "benchmarks.json").write_text(json.dumps(benchmarks))
+    path = root / "fuzz" / "abc-env.json"
+    path.write_text(json.dumps(data))
+    tracemalloc.start()
+    try:
+        try:
+            df = load_results(root, errors="raise")
+        except ValueError as exc:
+            assert str(path) in str(exc) or "benchmarks.json" in str(exc), exc
+        else:
+            assert isinstance(df, pd.DataFrame)
+            assert set(df["status"]) <= {"ok", "skipped", "failed"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResultsFileWarning)
+            try:
+                df = load_results(root)  # warn: skip the file, or read it
+            except ValueError as exc:
+                assert "none of the 1 asv result files" in str(exc) and str(path) in str(exc)
+            else:
+                assert df.attrs["skipped_files"] == [] or len(df) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
+# -- the HTML report in a real browser ---------------------------------------------------------
+
+def _chromium():
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+
+
+def _screenshot(page: Path, png: Path) -> "np.ndarray":
+    import matplotlib.image as mpimg
+
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--window-size=1300,1800",
+                           f"--screenshot={png}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert png.is_file(), proc.stderr
+    return mpimg.imread(png)[..., :3]
+
+
+@pytest.mark.slow
+def test_html_report_shows_its_plots_in_headless_chromium(tmp_path):
+    """report.html opened from disk (file://, no server) in headless Chromium (Debian's
+    `chromium` package: apt-get install chromium): the embedded plots are drawn. Checked by
+    the plots' palette colour (the speed lines' blue, #0072B2), which nothing else on the page
+    uses: present in the screenshot, absent when the same page has its images removed."""
+    import numpy as np
+
+    if _chromium() is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    out = tmp_path / "report"
+    markdown_report(load_results(Path(__file__).parents[1] / "results"), out)
+    page = out / "report.html"
+    shot = _screenshot(page, tmp_path / "shot.png")
+    blue = np.array([0x00, 0x72, 0xB2]) / 255
+    n_blue = int((np.abs(shot - blue).max(axis=-1) < 0.08).sum())
+
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"<img [^>]*>", "", page.read_text()))
+    bare_shot = _screenshot(bare, tmp_path / "bare.png")
+    n_bare = int((np.abs(bare_shot - blue).max(axis=-1) < 0.08).sum())
+    assert shot.shape[:2] == (1800, 1300)
+    assert n_blue > 2000 and n_bare < 50, (n_blue, n_bare)

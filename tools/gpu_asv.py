@@ -174,17 +174,10 @@ def commit_and_date(explicit=None):
 
 def write_config(results_dir, tmp):
     """A copy of the project's asv.conf.json with absolute paths, results in results_dir."""
-    from asv import util as asv_util
+    from gpulstm import benchrun
 
-    conf = asv_util.load_json(os.path.join(ROOT, "asv.conf.json"), js_comments=True)
-    conf.update({"repo": ROOT, "dvcs": DVCS, "branches": ["main"],
-                 "benchmark_dir": os.path.join(ROOT, "bench"),
-                 "results_dir": os.path.abspath(results_dir),
-                 "html_dir": os.path.join(tmp, "html"), "env_dir": os.path.join(tmp, "env")})
-    path = os.path.join(tmp, "asv.conf.json")
-    with open(path, "w") as f:
-        json.dump(conf, f, indent=1)
-    return path
+    return benchrun.write_config(os.path.join(ROOT, "asv.conf.json"), results_dir, tmp,
+                                 dvcs=DVCS, branches=["main"], env_dir=os.path.join(tmp, "env"))
 
 
 def run_chunk(cmd, env, limit_s):

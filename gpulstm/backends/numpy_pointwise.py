@@ -1,7 +1,7 @@
 """The NumPy pointwise steps: the readable reference for every kernel in ``kernels/``.
 
-Each function here is one fused pointwise step of the sequence loop (DESIGN.md, "One math,
-three executions"). The CUDA kernel of the same name in ``kernels/<cell>_<forward|backward>.cu``
+Each function here is one fused pointwise step of the sequence loop (docs/design.md, "The one
+loop" and "The kernels' contract"). The CUDA kernel of the same name in ``kernels/<cell>_<forward|backward>.cu``
 takes the same arguments in the same order (plus ``B``, ``H`` and ``flags`` as ints) and must
 compute the same numbers up to rounding. Conventions shared by all steps:
 

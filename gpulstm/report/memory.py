@@ -21,18 +21,15 @@ import numpy as np
 import pandas as pd
 
 from ..sweep import summarize
+from .plots import cell_colors
 
 __all__ = ["TASK_CLASSES", "memory_points", "criterion_tables", "load_sweep_records",
            "plot_updates_to_criterion", "plot_training_curves", "plot_gradient_flow",
-           "CELL_COLORS"]
+           "criterion_wide", "plot_updates_to_criterion_of"]
 
 TASK_CLASSES = {"TrackAdding": "adding", "TrackTemporalOrder": "temporal_order",
                 "TrackRecall": "recall"}
 _TRACKS = ("updates_to_criterion", "reached", "budget", "test_metric")
-# one fixed colour per cell (enough for every variant; the same in every memory plot)
-CELL_COLORS = {"lstm_fb0": "#1f77b4", "lstm_fb1": "#2ca02c", "lstm_nofg": "#9467bd",
-               "lstm_peep": "#17becf", "gru": "#ff7f0e", "rnn_tanh": "#d62728",
-               "irnn": "#8c564b"}
 _METRIC = {"adding": "validation MSE", "temporal_order": "validation accuracy",
            "recall": "validation accuracy"}
 _LINES = {"adding": [(1 / 6, "baseline 1/6 (predict 1)"),
@@ -43,7 +40,7 @@ _LINES = {"adding": [(1 / 6, "baseline 1/6 (predict 1)"),
 
 
 def _color(cell):
-    return CELL_COLORS.get(cell, "0.3")
+    return cell_colors([cell])[cell]  # the report's fixed palette: a cell keeps its colour
 
 
 def memory_points(df: pd.DataFrame) -> pd.DataFrame:
@@ -263,3 +260,26 @@ def plot_gradient_flow(df: pd.DataFrame, path):
     ax.grid(True, alpha=0.3)
     _save(fig, path, *_legend([ax]))
     return fig
+
+
+def criterion_wide(df: pd.DataFrame) -> dict:
+    """{task: DataFrame} with one row per (machine, cell) and one column per lag T holding the
+    best learning rate's "median (min-max)" updates to criterion, "> budget" when not solved
+    or "not run": the long-range memory tables of the report."""
+    _, best = criterion_tables(df)
+    out = {}
+    for task in ("adding", "temporal_order", "recall"):
+        b = best[best["task"] == task]
+        if b.empty:
+            continue
+        wide = b.pivot_table(index=["machine", "cell"], columns="T", values="updates_text",
+                             aggfunc="first").fillna("not run")
+        wide.columns = [f"T={int(t)}" for t in wide.columns]
+        out[task] = wide.reset_index()
+    return out
+
+
+def plot_updates_to_criterion_of(df: pd.DataFrame, path):
+    """:func:`plot_updates_to_criterion` of a results DataFrame (every machine together)."""
+    _, best = criterion_tables(df)
+    return plot_updates_to_criterion(best, path)

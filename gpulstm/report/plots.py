@@ -11,9 +11,8 @@ import os
 import pandas as pd
 
 from .results import param_columns
-from .tables import is_success_metric, task_baseline, task_rows
 
-__all__ = ["plot_time_vs_T", "plot_gradient_flow", "plot_task_metric"]
+__all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "cell_colors"]
 
 
 def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
@@ -72,117 +71,114 @@ def _label(keys: list[str], key) -> str:
     return ", ".join(parts) or "all"
 
 
+# A fixed palette (Okabe & Ito's colour-blind safe eight, then four more): a cell keeps its
+# colour across figures; backends are told apart by line style, machines by marker.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+           "#F0E442", "#882255", "#44AA99", "#999933", "#AA4499")
+KNOWN_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_fb1", "lstm_nofg", "irnn",
+               "lstm_proj", "lstm_fb0", "lstm_peep")
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def cell_colors(cells) -> dict:
+    """A colour per cell name: known cells fixed, others after them in sorted order."""
+    names = list(KNOWN_CELLS) + sorted(set(map(str, cells)) - set(KNOWN_CELLS))
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(names)}
+
+
+def _styles(values, styles) -> dict:
+    return {v: styles[i % len(styles)] for i, v in enumerate(sorted(set(map(str, values))))}
+
+
+def _legend_outside(fig, colors: dict, styles: dict, markers: dict) -> None:
+    """One legend to the right of the panels: colour = cell, line style = backend, marker =
+    machine (a key shown only when it has more than one value, or for cells and backends)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2, label=f"cell {k}") for k, c in colors.items()]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.5, label=f"backend {k}")
+                for k, ls in styles.items()]
+    if len(markers) > 1:
+        handles += [Line2D([], [], color="0.3", ls="none", marker=m, label=f"machine {k}")
+                    for k, m in markers.items()]
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+
+
+def _spans_decades(values) -> bool:
+    v = pd.Series(values, dtype=float)
+    v = v[v > 0]
+    return len(v) > 1 and v.max() / v.min() >= 10
+
+
+def _speed_panels(table, column, ylabel, title, path, *, ref_line=None):
+    """Shared drawing of the speed figures: one panel per mode with at least two T values,
+    ``column`` of :func:`gpulstm.report.speed.speed_table` against T."""
+    rows = table.dropna(subset=["T", column])
+    rows = rows[rows["sweep"] == "SequenceLength"] if (rows["sweep"] == "SequenceLength").any() \
+        else rows
+    modes = [m for m, g in rows.groupby("mode", sort=True) if g["T"].nunique() >= 2]
+    if not modes:
+        raise ValueError(f"no {column} rows with at least two sequence lengths T")
+    rows = rows[rows["mode"].isin(modes)]
+    colors = {c: v for c, v in cell_colors(rows["cell"].dropna()).items()
+              if c in set(rows["cell"])}
+    styles = _styles(rows["backend"], LINE_STYLES)
+    markers = _styles(rows["machine"], MARKERS)
+    fig, axes = _figure(len(modes), width=5.0, height=4.2)
+    for ax, mode in zip(axes, modes):
+        m = rows[rows["mode"] == mode]
+        for (machine, cell, backend), g in m.groupby(["machine", "cell", "backend"], sort=True):
+            g = g.sort_values("T")
+            if len(g) < 2:
+                continue
+            ax.plot(g["T"].to_numpy(dtype=float), g[column].to_numpy(dtype=float),
+                    color=colors.get(cell, "0.5"), ls=styles[str(backend)],
+                    marker=markers[str(machine)], ms=4, lw=1.5)
+        _log_x(ax, m["T"].dropna().unique())
+        if _spans_decades(m[column]):
+            ax.set_yscale("log")
+        if ref_line is not None:
+            ax.axhline(ref_line, color="0.2", lw=0.8)
+        ax.set_xlabel("sequence length T (steps)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(mode)
+        ax.grid(True, which="both", alpha=0.3)
+    _legend_outside(fig, colors, styles, markers)
+    fixed = rows[["B", "H"]].dropna().drop_duplicates()
+    at = (f" at B={fixed.iloc[0]['B']}, H=I={fixed.iloc[0]['H']}" if len(fixed) == 1 else "")
+    fig.suptitle(f"{title}{at} on {_machines(rows)}")
+    _save(fig, path)
+    return fig
+
+
 def plot_time_vs_T(df: pd.DataFrame, path, *, benchmark: str | None = None):
-    """Time per call and µs per time step against sequence length T, one line per backend
-    (and per other varying parameter), log-log. Uses ok ``time`` rows with a ``T`` column;
-    ``benchmark`` (a substring of the name) picks one benchmark. Points averaged over seeds."""
+    """Time per call (ms, asv's median) against sequence length T: one panel per mode
+    (forward, training), colour = cell, line style = backend, marker = machine; log T axis,
+    log time axis where the times span a decade or more. ``benchmark`` (a substring of the
+    name) picks benchmarks. Raises ``ValueError`` without ok time rows over two T or more."""
+    from .speed import speed_table
+
     for col in ("T", "backend"):
         if col not in df.columns:
             raise ValueError(f"plot_time_vs_T: the DataFrame has no {col!r} column")
-    rows = _ok(df)
-    rows = rows[(rows["kind"] == "time") & rows["T"].notna() & rows["backend"].notna()]
-    if benchmark is not None:
-        rows = rows[rows["benchmark"].str.contains(benchmark, regex=False)]
-    if rows.empty:
-        raise ValueError("plot_time_vs_T: no ok time_ rows with T and backend"
-                         + (f" in benchmarks matching {benchmark!r}" if benchmark else ""))
-    fig, (ax_t, ax_s) = _figure(2)
-    keys, groups = _lines(rows, "T", ["backend"])
-    for key, g in groups:
-        g = g.groupby("T")["value"].mean().sort_index()
-        T = g.index.to_numpy(dtype=float)
-        label = _label(keys, key)
-        ax_t.plot(T, g.to_numpy(), marker="o", label=label)
-        ax_s.plot(T, g.to_numpy() / T * 1e6, marker="o", label=label)
-    for ax, ylabel in ((ax_t, "time per call (s)"), (ax_s, "time per step (µs)")):
-        _log_x(ax, rows["T"].unique())
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length T (steps)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_s.legend(fontsize="small")
-    what = benchmark or ", ".join(sorted({b.rsplit(".", 1)[-1] for b in rows["benchmark"]}))
-    fig.suptitle(f"{what} vs T on {_machines(rows)}")
-    _save(fig, path)
-    return fig
-
-
-def plot_gradient_flow(df: pd.DataFrame, path):
-    """Gradient-flow decay ||dL/dh_t|| / ||dL/dh_T|| against distance T - t, one line per cell.
-
-    Reads the ``track_*log10_ratio_end`` rows of ``bench/memory.py`` (loss at the last step;
-    the value is log10 of the ratio at the initial state, distance T): ``TrackGradFlow`` at
-    initialisation as solid lines and, where present, ``TrackAdding``'s probe of the trained
-    cell (``trained`` in the name) dashed. Median over seeds; log y axis."""
-    for col in ("cell", "T"):
-        if col not in df.columns:
-            raise ValueError(f"plot_gradient_flow: the DataFrame has no {col!r} column")
-    rows = _ok(df)
-    rows = rows[(rows["kind"] == "track") & rows["benchmark"].str.endswith("log10_ratio_end")
-                & rows["T"].notna() & rows["cell"].notna()]
-    if rows.empty:
-        raise ValueError("plot_gradient_flow: no ok track_*log10_ratio_end rows")
-    fig, (ax,) = _figure(1, width=7.0)
-    trained = rows["benchmark"].str.contains("trained")
-    colors = {c: f"C{i}" for i, c in enumerate(sorted(rows["cell"].unique()))}
-    for sub, style, suffix in ((rows[~trained], "-", ""), (rows[trained], "--", " (trained)")):
-        for cell, g in sub.groupby("cell", sort=True):
-            s = g.groupby("T")["value"].median().sort_index()
-            ax.plot(s.index.to_numpy(dtype=float), 10.0 ** s.to_numpy(dtype=float), style,
-                    marker="o", color=colors[cell], label=f"{cell}{suffix}")
-    ax.set_yscale("log")
-    _log_x(ax, sorted(rows["T"].unique()))
-    ax.set_xlabel("distance T - t (steps)")
-    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_T||")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    ax.set_title(f"gradient flow vs distance on {_machines(rows)}")
-    _save(fig, path)
-    return fig
-
-
-def plot_task_metric(df: pd.DataFrame, path, *, metric: str | None = None):
-    """Test metric against T per cell, one panel per task, with the task's trivial baseline.
-
-    Uses the ok ``track_`` task rows of :func:`gpulstm.report.memory_table`'s schema; the
-    metric is ``metric`` (name without ``track_``) or each task's first non-success metric.
-    Points are means over seeds; bars span the seeds' min..max."""
+    rows = df if benchmark is None else df[df["benchmark"].str.contains(benchmark, regex=False)]
     try:
-        rows = task_rows(df)
+        return _speed_panels(speed_table(rows), "time_ms", "time per call (ms, median)",
+                             "time vs T", path)
     except ValueError as exc:
-        raise ValueError(f"plot_task_metric: {exc}") from None
-    if metric is not None:
-        rows = rows[rows["metric"] == metric]
-    else:  # each task's first test metric (not a success fraction)
-        rows = rows[~rows["metric"].map(is_success_metric).astype(bool)]
-        first = rows.groupby("task")["metric"].min()
-        rows = rows[rows["metric"] == rows["task"].map(first)]
-    if rows.empty:
-        raise ValueError("plot_task_metric: no ok track_ task rows with cell and T"
-                         + (f" for metric {metric!r}" if metric else ""))
-    tasks = sorted(rows["task"].unique())
-    fig, axes = _figure(len(tasks))
-    for ax, task in zip(axes, tasks):
-        t_rows = rows[rows["task"] == task]
-        keys, groups = _lines(t_rows.drop(columns="task"), "T", ["cell"])
-        for key, g in groups:
-            s = g.groupby("T")["value"].agg(["mean", "min", "max"]).sort_index()
-            T = s.index.to_numpy(dtype=float)
-            ax.errorbar(T, s["mean"], yerr=[s["mean"] - s["min"], s["max"] - s["mean"]],
-                        marker="o", capsize=3, label=_label(keys, key))
-        Ts = sorted(t_rows["T"].unique())
-        name = t_rows["metric"].iloc[0]
-        base = [task_baseline(task, t, name) for t in Ts]
-        if not pd.isna(base[0]):
-            label = "chance" if "acc" in name or "err" in name else "trivial baseline"
-            ax.plot([float(t) for t in Ts], base, "k--", label=label)
-        _log_x(ax, Ts)
-        ax.set_xlabel("sequence length T (steps)")
-        unit = t_rows["unit"].dropna().unique()
-        ax.set_ylabel(name + (f" ({unit[0]})" if len(unit) == 1 and unit[0] != "unit" else ""))
-        ax.set_title(task)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"task results vs T on {_machines(rows)}")
-    _save(fig, path)
-    return fig
+        raise ValueError(f"plot_time_vs_T: {exc}"
+                         + (f" in benchmarks matching {benchmark!r}" if benchmark else "")) from None
+
+
+def plot_ratio_vs_T(df: pd.DataFrame, path):
+    """gpulstm's time over its PyTorch reference's (``track_time_ratio_vs_torch``) against T,
+    one panel per mode, a line at 1 (> 1: slower than PyTorch); styles as
+    :func:`plot_time_vs_T`. Raises ``ValueError`` without such rows over two T or more."""
+    from .speed import speed_table
+
+    try:
+        return _speed_panels(speed_table(df), "ratio_vs_torch", "time / PyTorch's time",
+                             "time ratio vs PyTorch against T", path, ref_line=1.0)
+    except ValueError as exc:
+        raise ValueError(f"plot_ratio_vs_T: {exc}") from None

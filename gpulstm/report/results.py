@@ -22,13 +22,30 @@ import itertools
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["load_results", "param_columns", "machine_columns", "FIXED_COLUMNS"]
+__all__ = ["load_results", "param_columns", "machine_columns", "FIXED_COLUMNS",
+           "ResultsFileWarning"]
 
 RESULTS_API_VERSION = 2  # asv.results.Results.api_version in asv 0.6
+
+# Bounds on what one file can make the loader allocate. A result row's parameter points are
+# checked against these (and against the row's own result list) before any product is built.
+MAX_FILE_BYTES = 64 * 2**20      # one JSON file (asv's own are a few hundred KB)
+MAX_POINTS = 100_000             # parameter points of one benchmark
+MAX_PARAM_TEXT = 1_000           # characters of one stored parameter repr decoded
+
+
+class ResultsFileWarning(UserWarning):
+    """An asv results file was skipped (``load_results(..., errors="warn")``); the message
+    names the file and the problem."""
+
+
+class _FileError(ValueError):
+    """A problem with one file; the message names it."""
 
 # Benchmark kinds by method-name prefix (asv's own prefixes), and by benchmarks.json "type".
 _KIND_BY_PREFIX = (("time_", "time"), ("peakmem_", "peakmem"), ("track_", "track"), ("mem_", "mem"))
@@ -44,7 +61,7 @@ _PER_BENCHMARK = {"started_at", "duration", "version"}
 FIXED_COLUMNS = frozenset(_HEAD + _MIDDLE + _TAIL) | _PER_BENCHMARK
 
 
-def load_results(path: str | os.PathLike = "results") -> pd.DataFrame:
+def load_results(path: str | os.PathLike = "results", *, errors: str = "warn") -> pd.DataFrame:
     """Load every asv result file under ``path`` into a tidy DataFrame.
 
     One row per measured point (benchmark x parameter combination x result file). Columns:
@@ -66,11 +83,22 @@ def load_results(path: str | os.PathLike = "results") -> pd.DataFrame:
     ``ci_99_a``/``ci_99_b``. ``df.attrs["param_columns"]`` and ``df.attrs["machine_columns"]``
     name the parameter and machine columns.
 
-    Raises ``FileNotFoundError`` when ``path`` is not a directory and ``ValueError`` naming
-    the file for a missing or unreadable ``machine.json``/``benchmarks.json``, invalid JSON,
-    an unsupported format version, or a result row whose length does not match the product
-    of its parameter lists; ``ValueError`` too when no result file is found.
+    A file that cannot be used (invalid JSON, an unsupported format version, a malformed
+    shape, a result row whose length does not match the product of its parameter lists, more
+    than ``MAX_POINTS`` points or ``MAX_FILE_BYTES`` bytes, a missing or unreadable
+    ``machine.json`` for the files of its directory) is an error that names the file:
+
+    - ``errors="warn"`` (default): the file is skipped with a :class:`ResultsFileWarning`;
+      ``df.attrs["skipped_files"]`` lists ``(path, reason)`` of every file skipped. An
+      unreadable ``benchmarks.json`` is warned about and asv's default parameter names
+      (``param1``, ...) are used.
+    - ``errors="raise"``: the first such problem raises ``ValueError``.
+
+    Raises ``FileNotFoundError`` when ``path`` is not a directory, ``ValueError`` when it
+    holds no result file, or when every result file was skipped (naming the first reasons).
     """
+    if errors not in ("raise", "warn"):
+        raise ValueError(f"load_results: errors must be 'raise' or 'warn', got {errors!r}")
     root = os.fspath(path)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"asv results directory {root!r} does not exist")
@@ -80,29 +108,68 @@ def load_results(path: str | os.PathLike = "results") -> pd.DataFrame:
         mdir = os.path.join(root, entry)
         if not os.path.isdir(mdir):
             continue
-        files = sorted(f for f in os.listdir(mdir) if f.endswith(".json") and f != "machine.json")
+        files = sorted(f for f in os.listdir(mdir) if f.endswith(".json") and f != "machine.json"
+                       and os.path.isfile(os.path.join(mdir, f)))
         if files:
             machine_dirs.append((mdir, files))
     if not machine_dirs:
         raise ValueError(
             f"no asv result files under {root!r}: expected {root}/<machine>/<commit>-<env>.json "
-            "(run `asv run` first, or pass the results directory)"
+            "(run `gpulstm bench` or `asv run` first, or pass the results directory)"
         )
 
-    benchmarks = _load_benchmarks(os.path.join(root, "benchmarks.json"))
+    skipped: list[tuple[str, str]] = []
+
+    def problem(fpath: str, exc: BaseException) -> None:
+        msg = str(exc) if isinstance(exc, _FileError) else (
+            f"asv file {fpath!r} could not be read: {type(exc).__name__}: {exc}")
+        if errors == "raise":
+            raise ValueError(msg) from (None if isinstance(exc, _FileError) else exc)
+        skipped.append((fpath, msg))
+        warnings.warn(f"skipped: {msg}", ResultsFileWarning, stacklevel=3)
+
+    bpath = os.path.join(root, "benchmarks.json")
+    try:
+        benchmarks = _load_benchmarks(bpath)
+    except Exception as exc:  # noqa: BLE001 - named and re-raised or warned about
+        if errors == "raise":
+            problem(bpath, exc)
+        warnings.warn(f"{exc}; using asv's default parameter names", ResultsFileWarning,
+                      stacklevel=2)
+        benchmarks = {}
+
     records: list[dict[str, Any]] = []
     machine_keys: list[str] = []
     param_names_seen: list[str] = []
+    n_files = 0
     for mdir, files in machine_dirs:
-        machine = _load_machine(os.path.join(mdir, "machine.json"))
-        machine_keys += [k for k in machine if k not in machine_keys]
+        n_files += len(files)
+        mpath = os.path.join(mdir, "machine.json")
+        try:
+            machine = _load_machine(mpath)
+        except Exception as exc:  # noqa: BLE001
+            for fname in files:
+                problem(os.path.join(mdir, fname), _FileError(
+                    f"asv result file {os.path.join(mdir, fname)!r} skipped: {exc}"))
+            continue
         for fname in files:
             fpath = os.path.join(mdir, fname)
-            for rec, pnames in _read_result_file(fpath, machine, benchmarks):
+            try:
+                got = list(_read_result_file(fpath, machine, benchmarks))
+            except (Exception, RecursionError) as exc:  # noqa: BLE001
+                problem(fpath, exc)
+                continue
+            machine_keys += [k for k in machine if k not in machine_keys]
+            for rec, pnames in got:
                 records.append(rec)
                 param_names_seen += [p for p in pnames if p not in param_names_seen]
 
-    return _to_frame(records, machine_keys, param_names_seen)
+    if skipped and len(skipped) == n_files:
+        raise ValueError(f"none of the {n_files} asv result files under {root!r} could be "
+                         f"read; first: {skipped[0][1]}")
+    df = _to_frame(records, machine_keys, param_names_seen)
+    df.attrs["skipped_files"] = skipped
+    return df
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:
@@ -123,6 +190,7 @@ def machine_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in df.columns]
 
 
+_RESERVED = frozenset(_HEAD + _MIDDLE + _TAIL)
 _STAT_NAMES = {"ci_99_a", "ci_99_b", "q_25", "q_75", "number", "repeat", "samples"}
 _KNOWN_MACHINE_KEYS = ["machine", "os", "arch", "cpu", "num_cpu", "ram",
                        "gpu", "driver", "cuda", "cupy"]
@@ -130,26 +198,41 @@ _KNOWN_MACHINE_KEYS = ["machine", "os", "arch", "cpu", "num_cpu", "ram",
 
 def _load_json(path: str, what: str) -> Any:
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise _FileError(f"{what} {path!r} has {size} bytes, more than the "
+                             f"{MAX_FILE_BYTES} a results file may have")
         with open(path, encoding="utf-8") as fd:
             return json.load(fd)
     except FileNotFoundError:
-        raise ValueError(f"{what} {path!r} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{what} {path!r} is not valid JSON: {exc}") from None
+        raise _FileError(f"{what} {path!r} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _FileError(f"{what} {path!r} is not valid JSON: {type(exc).__name__}: "
+                         f"{exc}") from None
 
 
 def _load_benchmarks(path: str) -> dict[str, dict]:
     data = _load_json(path, "asv benchmarks file")
     if not isinstance(data, dict):
-        raise ValueError(f"asv benchmarks file {path!r}: expected a JSON object, got "
+        raise _FileError(f"asv benchmarks file {path!r}: expected a JSON object, got "
                          f"{type(data).__name__}")
-    return {k: v for k, v in data.items() if isinstance(v, dict)}
+    out = {}
+    for name, info in data.items():
+        if not isinstance(info, dict):
+            continue
+        names = info.get("param_names")
+        out[name] = {
+            "param_names": names if isinstance(names, list)
+            and all(isinstance(n, str) for n in names) else [],
+            "type": info.get("type") if isinstance(info.get("type"), str) else None,
+            "unit": info.get("unit") if isinstance(info.get("unit"), str) else None}
+    return out
 
 
 def _load_machine(path: str) -> dict[str, Any]:
     data = _load_json(path, "asv machine file")
     if not isinstance(data, dict) or not isinstance(data.get("machine"), str):
-        raise ValueError(f"asv machine file {path!r}: expected an object with a 'machine' name")
+        raise _FileError(f"asv machine file {path!r}: expected an object with a 'machine' name")
     # "version" is the file-format version, not a property of the machine.
     return {k: v for k, v in data.items() if k != "version"}
 
@@ -157,6 +240,8 @@ def _load_machine(path: str) -> dict[str, Any]:
 def _decode_param(text: Any) -> Any:
     """asv stores parameter values as repr strings: "64" -> 64, "'lstm'" -> 'lstm'."""
     if not isinstance(text, str):
+        return text
+    if len(text) > MAX_PARAM_TEXT:  # literal_eval of a huge or deeply nested repr: keep text
         return text
     try:
         return ast.literal_eval(text)
@@ -177,29 +262,42 @@ def _kind(name: str, info: dict | None) -> str:
 def _js_time(ms: Any) -> pd.Timestamp | None:
     if ms is None or (isinstance(ms, float) and math.isnan(ms)):
         return None
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
+        raise TypeError(f"expected a time in ms since 1970, got {type(ms).__name__}")
     return pd.Timestamp(int(ms), unit="ms", tz="UTC")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _read_result_file(path: str, machine: dict, benchmarks: dict):
-    """Yield (record, param_names) for every point in one asv result file."""
+    """Yield (record, param_names) for every point in one asv result file. Every problem is a
+    ``_FileError`` naming the file (the caller wraps anything unforeseen the same way)."""
     d = _load_json(path, "asv result file")
     if not isinstance(d, dict):
-        raise ValueError(f"asv result file {path!r}: expected a JSON object")
+        raise _FileError(f"asv result file {path!r}: expected a JSON object")
     if d.get("version") != RESULTS_API_VERSION:
-        raise ValueError(
+        raise _FileError(
             f"asv result file {path!r} has format version {d.get('version')!r}, expected "
             f"{RESULTS_API_VERSION} (asv 0.6; older files are upgraded by `asv update`)")
     missing = [k for k in ("commit_hash", "env_name", "date", "result_columns", "results")
                if k not in d]
     if missing:
-        raise ValueError(f"asv result file {path!r} lacks the keys {missing}")
+        raise _FileError(f"asv result file {path!r} lacks the keys {missing}")
     columns = d["result_columns"]
     if not isinstance(columns, list) or "result" not in columns or "params" not in columns:
-        raise ValueError(f"asv result file {path!r}: result_columns {columns!r} lacks "
+        raise _FileError(f"asv result file {path!r}: result_columns {columns!r:.200} lacks "
                          "'result' or 'params'")
     env_params = d.get("params") or {}
+    if not isinstance(env_params, dict) or not isinstance(d["results"], dict):
+        raise _FileError(f"asv result file {path!r}: 'params' and 'results' must be objects")
+    if not all(isinstance(c, str) for c in columns):
+        raise _FileError(f"asv result file {path!r}: result_columns must be names")
+    if not isinstance(d["commit_hash"], str) or not isinstance(d["env_name"], str):
+        raise _FileError(f"asv result file {path!r}: commit_hash and env_name must be strings")
     if env_params.get("machine", machine["machine"]) != machine["machine"]:
-        raise ValueError(f"asv result file {path!r} is for machine {env_params['machine']!r}, "
+        raise _FileError(f"asv result file {path!r} is for machine {env_params['machine']!r}, "
                          f"but its directory's machine.json names {machine['machine']!r}")
     common = {
         "commit": d["commit_hash"],
@@ -210,23 +308,31 @@ def _read_result_file(path: str, machine: dict, benchmarks: dict):
 
     for name, row in d["results"].items():
         if not isinstance(row, list) or len(row) > len(columns):
-            raise ValueError(f"asv result file {path!r}: benchmark {name!r} has a row of "
+            raise _FileError(f"asv result file {path!r}: benchmark {name!r} has a row of "
                              f"{len(row) if isinstance(row, list) else type(row).__name__} "
                              f"entries for {len(columns)} result_columns")
         entry = dict(zip(columns, row))  # asv drops trailing None entries
         params = entry.get("params") or []
         if not isinstance(params, list) or not all(isinstance(p, list) for p in params):
-            raise ValueError(f"asv result file {path!r}: benchmark {name!r} has params "
-                             f"{params!r}, expected a list of lists")
-        points = list(itertools.product(*params))
+            raise _FileError(f"asv result file {path!r}: benchmark {name!r} has params "
+                             f"{params!r:.200}, expected a list of lists")
+        # Size first: the product of the parameter lists is built only once it is known to
+        # match the row's own result list (so its size is bounded by the file's).
+        n_points = math.prod(len(p) for p in params) if len(params) < 64 else MAX_POINTS + 1
         results = entry.get("result")
-        if results is None:
-            results = [None] * len(points)  # whole benchmark failed (or build failure)
-        if not isinstance(results, list) or len(results) != len(points):
-            raise ValueError(
+        if results is None and n_points <= MAX_POINTS:
+            results = [None] * n_points  # whole benchmark failed (or build failure)
+        if not isinstance(results, list) or len(results) != n_points:
+            raise _FileError(
                 f"asv result file {path!r}: benchmark {name!r} has "
                 f"{len(results) if isinstance(results, list) else 'no list of'} results for "
-                f"{len(points)} parameter combinations {[len(p) for p in params]}")
+                f"{n_points} parameter combinations {[len(p) for p in params][:8]}")
+        bad = next((v for v in results if v is not None and not _is_number(v)), None)
+        if bad is not None:
+            raise _FileError(f"asv result file {path!r}: benchmark {name!r} has a result "
+                             f"{bad!r:.60}, expected numbers or null")
+        results = [None if v is None else float(v) for v in results]  # OverflowError: named
+        points = itertools.product(*params)
 
         info = benchmarks.get(name)
         names = list(info.get("param_names") or []) if info else []
@@ -241,14 +347,19 @@ def _read_result_file(path: str, machine: dict, benchmarks: dict):
             if key in ("result", "params", "profile"):
                 continue
             out = key[len("stats_"):] if key.startswith("stats_") else key
+            if out in _RESERVED or out.startswith("_"):
+                continue  # a column name of the frame itself: not a statistic
             if key.startswith("stats_") or key == "samples":
                 if value is None:
                     continue
-                if not isinstance(value, list) or len(value) != len(points):
-                    raise ValueError(f"asv result file {path!r}: benchmark {name!r} column "
+                if not isinstance(value, list) or len(value) != n_points:
+                    raise _FileError(f"asv result file {path!r}: benchmark {name!r} column "
                                      f"{key!r} does not have one entry per parameter point")
                 if key == "samples":
                     value = [len(s) if isinstance(s, list) else None for s in value]
+                elif not all(v is None or _is_number(v) for v in value):
+                    raise _FileError(f"asv result file {path!r}: benchmark {name!r} column "
+                                     f"{key!r} holds something other than numbers")
                 per_point[out] = value
             elif key == "started_at":
                 per_bench[out] = _js_time(value)
@@ -319,9 +430,11 @@ def _typed(values: list) -> pd.Series:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if vals and all(isinstance(v, bool) for v in vals):
         return col.astype("boolean")
-    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+    if vals and all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+                    for v in vals):
         return col.astype("Int64")
-    if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+    if vals and all(isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)
+                                             and abs(v) < 2**1000) for v in vals):
         return col.astype(float)
     if vals and all(isinstance(v, str) for v in vals):
         return col.astype("str")

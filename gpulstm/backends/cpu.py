@@ -1,0 +1,264 @@
+"""The CPU execution: NumPy arrays, whole-sequence time loops compiled with the host C++
+compiler (``kernels/cpu/sequence.cpp``).
+
+Each layer and direction runs its time loop in one call into a shared library (the engine's
+``sequence_forward`` / ``sequence_backward`` hooks): per time step a register-tiled
+small-matrix GEMM for the recurrent product (at H = 32 a BLAS call costs more than the whole
+step) and one fused, vectorised pointwise pass (polynomial exp and tanh that the compiler
+vectorises; libm's scalar ones would dominate). Batch rows never interact in the recurrence,
+so the batch is split into row blocks run by OpenMP threads without any barrier. The input
+projection and the whole-sequence weight-gradient GEMMs stay in the engine (NumPy, BLAS).
+
+What it runs: every LSTM (with or without forget gate, peepholes), GRU and RNN (tanh, relu)
+direction, with ``lengths``; an LSTM with ``proj_size`` is declined and runs the engine's
+stepwise loop with the NumPy pointwise steps. Results equal the NumPy reference up to rounding
+(float64: ~1e-15 relative; tests/test_exec_cpu.py checks 1e-12 and 1e-5 for float32).
+
+Threads: :func:`set_num_threads` (default: OpenMP's, i.e. ``OMP_NUM_THREADS`` or the cores;
+threadpoolctl's limits apply too). A call uses more than one thread only with at least 4 batch
+rows and ~8e6 multiply-adds per thread (smaller calls lose more to the parallel region than
+they gain), and a fork()ed child runs single threaded (GNU OpenMP would hang there).
+
+Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp`` (no fast-math:
+NaN and infinities behave), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
+``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, published
+atomically. :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
+compiler log when the build fails.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import BackendUnavailable, numpy_pointwise
+from .numpy import HostExecution
+from .numpy_pointwise import LSTM_PROJ
+
+SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
+FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
+         "-fvisibility=hidden", "-fno-math-errno")
+_lock = threading.Lock()
+_num_threads = 0  # 0: OpenMP's default
+
+
+def set_num_threads(n):
+    """Threads of the compiled time loops (0: OpenMP's default). Returns the previous value."""
+    global _num_threads
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"num_threads must be an int >= 0 (0: OpenMP's default); got {n!r}")
+    old, _num_threads = _num_threads, int(n)
+    return old
+
+
+def get_num_threads():
+    """Threads the compiled loops use now (resolving 0 to OpenMP's default)."""
+    return _num_threads or int(_library().max_threads())
+
+
+def _cpu_identity():
+    """What ``-march=native`` depends on: the CPU model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "\n".join(dict.fromkeys(keep))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _build(src: Path) -> Path:
+    from ..emulator._build import cache_dir, compiler, compiler_identity  # same compiler choice
+    cxx = compiler()
+    text = src.read_text()
+    key = hashlib.sha256("\0".join([text, *FLAGS, compiler_identity(cxx), _cpu_identity()])
+                         .encode()).hexdigest()[:32]
+    dest = cache_dir().parent / "cpu" / f"sequence-{key}.so"
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
+        out = Path(tmp) / dest.name
+        cmd = [cxx, *FLAGS, "-o", str(out), str(src)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
+                                     f"exit status {res.returncode}:\n{res.stderr}{res.stdout}")
+        os.replace(out, dest)  # atomic publish
+    return dest
+
+
+_lib = None
+_failure = None  # the BackendUnavailable of a failed build, raised again without rebuilding
+
+
+def _library():
+    global _lib, _failure
+    with _lock:
+        if _failure is not None:
+            raise _failure
+        if _lib is None:
+            from ..kernel_source import kernel_dir
+            try:
+                src = kernel_dir() / SOURCE
+            except FileNotFoundError as e:
+                raise BackendUnavailable(f"backend 'cpu': {e}") from e
+            if not src.is_file():
+                raise BackendUnavailable(f"backend 'cpu': source {src} not found")
+            try:
+                _lib = _bind(ctypes.CDLL(str(_build(src))))
+            except BackendUnavailable as e:
+                _failure = e
+                raise
+            except (OSError, RuntimeError, AttributeError) as e:
+                _failure = BackendUnavailable(f"backend 'cpu': building or loading the library "
+                                              f"failed: {e}")
+                raise _failure from e
+        return _lib
+
+
+# argument kinds: p pointer, i int, l long
+_SIGS = {
+    "lstm_forward": "iiipppipppplpii",
+    "lstm_backward": "iiippipppppppii",
+    "gru_forward": "iiippppipplpi",
+    "gru_backward": "iiippippppppi",
+    "rnn_forward": "iiipppippii",
+    "rnn_backward": "iiippippppii",
+    "gemm": "iiiplplplii",
+}
+_CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
+
+
+def _bind(dll):
+    for name, sig in _SIGS.items():
+        for suf in ("f32", "f64"):
+            f = getattr(dll, f"{name}_{suf}")
+            f.argtypes = [_CT[c] for c in sig]
+            f.restype = None
+    for suf in ("f32", "f64"):
+        getattr(dll, f"activations_{suf}").argtypes = [ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 3
+    dll.max_threads.restype = ctypes.c_int
+    dll.last_threads.restype = ctypes.c_int
+    return dll
+
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _p(a):
+    """Data pointer of a C-contiguous array (checked: the library indexes densely)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("the cpu execution needs C-contiguous buffers")
+    return a.ctypes.data
+
+
+def _time_stride(a):
+    """Elements between time steps of a [T,B,W] buffer: 0 for the engine's one-slot scratch
+    of the inference path (a zero-stride view), else B*W."""
+    if a.strides[0] == 0:
+        if not a[0].flags.c_contiguous:
+            raise ValueError("the cpu execution needs C-contiguous buffers")
+        return 0
+    _p(a)
+    return a.shape[1] * a.shape[2]
+
+
+def activations(x):
+    """(exp, sigmoid, tanh) of a float32/float64 array as the compiled loops compute them."""
+    x = np.ascontiguousarray(x)
+    out = [np.empty_like(x) for _ in range(3)]
+    getattr(_library(), f"activations_{_SUFFIX[x.dtype]}")(_p(x), x.size, *(_p(o) for o in out))
+    return tuple(out)
+
+
+class CpuExecution(HostExecution):
+    """The NumPy execution plus whole-sequence compiled time loops."""
+
+    def __init__(self, lib):
+        super().__init__("cpu", numpy_pointwise)
+        self._lib = lib
+
+    def _gemm(self, a, b, out, accumulate):
+        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype
+        and row-contiguous; False otherwise (the caller then uses NumPy's)."""
+        suf = _SUFFIX.get(out.dtype)
+        if (suf is None or a.ndim != 2 or b.ndim != 2 or out.ndim != 2
+                or not a.dtype == b.dtype == out.dtype
+                or any(m.strides[1] != m.itemsize for m in (a, b, out))
+                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
+            return False
+        M, K = a.shape
+        N = b.shape[1]
+        step = out.itemsize
+        getattr(self._lib, f"gemm_{suf}")(M, K, N, a.ctypes.data, a.strides[0] // step,
+                                          b.ctypes.data, b.strides[0] // step, out.ctypes.data,
+                                          out.strides[0] // step, int(accumulate), _num_threads)
+        return True
+
+    def matmul(self, a, b, out):
+        if not self._gemm(a, b, out, False):
+            np.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out):
+        if not self._gemm(a, b, out, True):
+            out += a @ b
+
+    def _fn(self, cell, what, dtype):
+        kind = "lstm" if cell.name == "lstm" else "gru" if cell.name == "gru" else "rnn"
+        suf = _SUFFIX.get(np.dtype(dtype))
+        return None if suf is None else getattr(self._lib, f"{kind}_{what}_{suf}")
+
+    def sequence_forward(self, cell, w, s, flags):
+        if cell.name == "lstm" and flags & LSTM_PROJ:
+            return False  # projection: the stepwise loop (BLAS GEMMs, NumPy pointwise)
+        S, Y, gx = s["S"], s["Y"], s["gx"]
+        f = self._fn(cell, "forward", gx.dtype)
+        if f is None:
+            return False
+        T, B, _ = gx.shape
+        H = S.shape[2]
+        L = np.ascontiguousarray(s["L"], dtype=np.int32)
+        common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
+        nt = _num_threads
+        if cell.name == "lstm":
+            f(*common, _p(L), int(s["reverse"]), _p(S), _p(s["C"]),
+              _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data, _time_stride(s["gates"]),
+              _p(Y), flags, nt)
+        elif cell.name == "gru":
+            f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), _p(S),
+              s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
+        else:
+            f(*common, _p(L), int(s["reverse"]), _p(S), _p(Y), flags, nt)
+        return True
+
+    def sequence_backward(self, cell, w, s, g, flags):
+        if cell.name == "lstm" and flags & LSTM_PROJ:
+            return False
+        S, dY, dh = s["S"], g["dY"], g["dh"]
+        f = self._fn(cell, "backward", S.dtype)
+        if f is None:
+            return False
+        T, B, H = dY.shape
+        L = np.ascontiguousarray(s["L"], dtype=np.int32)
+        whh = np.ascontiguousarray(w["w_hh"])
+        head = (T, B, H, _p(whh), _p(L), int(s["reverse"]))
+        nt = _num_threads
+        if cell.name == "lstm":
+            f(*head, _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), _p(s["gates"]), _p(dY),
+              _p(dh), _p(g["dc"]), _p(g["dGx"]), flags, nt)
+        elif cell.name == "gru":
+            f(*head, _p(S), _p(s["gates"]), _p(dY), _p(dh), _p(g["dGx"]), _p(g["dGh"]), nt)
+        else:
+            f(*head, _p(S), _p(dY), _p(dh), _p(g["dGx"]), flags, nt)
+        return True
+
+
+def create():
+    return CpuExecution(_library())

@@ -1,0 +1,274 @@
+"""The compiled CPU execution (backend "cpu", kernels/cpu/sequence.cpp) against the NumPy
+reference: every cell and option through the public API (outputs, final states, dx, every
+gradient, grad_hx) at hidden sizes that exercise every GEMM panel width and the scalar
+remainder; the whole engine with NaN-poisoned buffers; thread counts; the inference path that
+saves nothing; the vectorised exp/sigmoid/tanh."""
+import numpy as np
+import pytest
+
+import gpulstm as gl
+from gpulstm import engine
+from gpulstm.backends import BackendUnavailable, get_backend
+from gpulstm.backends.numpy_pointwise import sigmoid
+
+from kernel_cases import MODULE_CASES, RTOL, check_module
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    try:
+        return get_backend("cpu")
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def threads(cpu):
+    """Restore the thread setting after a test that changes it."""
+    from gpulstm.backends import cpu as mod
+    old = mod.set_num_threads(0)
+    mod.set_num_threads(old)
+    yield mod
+    mod.set_num_threads(old)
+
+
+# H: 37 (odd: every GEMM falls to the scalar remainder columns), 32 (whole vectors),
+# 70 (4H = 280: 4-, 2- and 1-vector panels plus a scalar tail)
+@pytest.mark.parametrize("H", [37, 32, 70])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", MODULE_CASES, ids=[c[0] for c in MODULE_CASES])
+def test_module_vs_numpy(cpu, rng, case, dtype, H):
+    check_module("cpu", case, dtype, rng, H=H)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B", [1, 5, 9, 23])
+def test_batch_row_blocks(cpu, rng, B, dtype):
+    """Batch sizes around the 4-row GEMM tile, with lengths (rows ending at different steps)."""
+    for case in [("lstm-peep", "LSTM", {"peephole": True, "bidirectional": True}, 6, B, True),
+                 ("gru", "GRU", {"bidirectional": True}, 6, B, True),
+                 ("rnn", "RNN", {"nonlinearity": "tanh"}, 6, B, True)]:
+        check_module("cpu", case, dtype, rng, H=21)
+
+
+class _PoisonXP:
+    """NumPy, except that ``empty`` returns NaN-filled arrays: a buffer element the engine or
+    an execution forgets to write stays NaN and shows in the results."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype)
+
+
+def _engine_run(ex, m, x, h0, c0, lengths, dy, save=True):
+    cell = m._make_cell()
+    y, hn, cn, ctx = engine.forward(ex, cell, m._weights(), x, h0, c0, lengths, save=save)
+    if not save:
+        return [y, hn] + ([cn] if cn is not None else [])
+    dx, dh0, dc0, grads = engine.backward(ex, ctx, dy)
+    flat = [y, hn, dx, dh0] + ([cn, dc0] if cn is not None else [])
+    for per_dir in grads:
+        for gd in per_dir:
+            flat += [v for _, v in sorted(gd.items()) if v is not None]
+    return flat
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls,kw", [("LSTM", {}), ("LSTM", {"forget_gate": False, "peephole": True}),
+                                    ("LSTM", {"proj_size": 4}), ("GRU", {}),
+                                    ("RNN", {"nonlinearity": "relu"})],
+                         ids=["lstm", "lstm-nofg-peep", "lstm-proj", "gru", "rnn-relu"])
+@pytest.mark.parametrize("save", [True, False], ids=["train", "inference"])
+def test_engine_with_poisoned_buffers(cpu, rng, cls, kw, dtype, save):
+    """Every buffer the engine allocates starts as NaN (forward and backward, both directions,
+    two layers, lengths): the compiled loops write every element the reference writes."""
+    from gpulstm.backends.cpu import CpuExecution
+    from gpulstm.backends.numpy import HostExecution
+    from gpulstm.backends import numpy_pointwise
+    T, B, I, H = 5, 6, 3, 9
+    m = getattr(gl, cls)(I, H, num_layers=2, bidirectional=True, backend="numpy", dtype=dtype,
+                         seed=3, **kw)
+    Hs = kw.get("proj_size") or H
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((4, B, Hs)).astype(dtype)
+    c0 = rng.standard_normal((4, B, H)).astype(dtype) if cls == "LSTM" else None
+    lengths = np.array([5, 1, 3, 5, 2, 4], np.int32)
+    dy = rng.standard_normal((T, B, 2 * Hs)).astype(dtype)
+    poisoned = CpuExecution(cpu._lib)
+    poisoned.xp = _PoisonXP()
+    ref = HostExecution("numpy", numpy_pointwise)
+    ref.xp = _PoisonXP()
+    want = _engine_run(ref, m, x, h0, c0, lengths, dy, save)
+    got = _engine_run(poisoned, m, x, h0, c0, lengths, dy, save)
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert np.isfinite(w).all(), f"reference result {k} not finite"
+        assert np.isfinite(g).all(), f"result {k}: {int((~np.isfinite(g)).sum())} elements never written"
+        err = float(np.abs(g - w).max())
+        assert err <= RTOL[dtype] * max(1.0, float(np.abs(w).max())), f"result {k}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_thread_count_gives_identical_bits(threads, rng, dtype):
+    """Batch rows never interact, so the row-block split changes no rounding: 1, 2 and 3
+    threads give the same bits (B=19: blocks of unequal size, a partial 4-row tile; T*B*4H*H
+    = 28e6 multiply-adds, enough work for the library to use 3 threads)."""
+    T, B, H = 40, 19, 96
+    m = gl.LSTM(7, H, num_layers=2, bidirectional=True, backend="cpu", dtype=dtype, seed=2)
+    x = rng.standard_normal((T, B, 7)).astype(dtype)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B)
+    results = []
+    for n in (1, 2, 3):
+        threads.set_num_threads(n)
+        y, (h, c) = m(x, lengths=lengths)
+        dx = m.backward(dy)
+        assert threads._library().last_threads() == n  # the split really ran n threads
+        results.append([y, h, c, dx] + list(m.grads.values()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_small_calls_stay_single_threaded(threads, rng):
+    """Below ~8e6 multiply-adds per thread a parallel region costs more than it saves."""
+    threads.set_num_threads(2)
+    m = gl.LSTM(32, 32, backend="cpu", dtype="float32")  # 100*32*128*32 = 13e6: one thread
+    m(rng.standard_normal((100, 32, 32)).astype(np.float32))
+    assert threads._library().last_threads() == 1
+
+
+def test_set_num_threads_validates(threads):
+    with pytest.raises(ValueError, match="num_threads must be an int >= 0"):
+        threads.set_num_threads(-1)
+    with pytest.raises(ValueError, match="num_threads must be an int >= 0"):
+        threads.set_num_threads(1.5)
+    threads.set_num_threads(2)
+    assert threads.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("cls,kw", [("LSTM", {"peephole": True}), ("LSTM", {"proj_size": 3}),
+                                    ("GRU", {}), ("RNN", {})])
+def test_inference_saves_nothing(cpu, rng, backend, cls, kw):
+    """eval(): the same outputs and final states as a training forward, no saved history
+    (no per-step gates), and backward() refuses with the reason."""
+    m = getattr(gl, cls)(4, 6, num_layers=2, bidirectional=True, backend=backend,
+                         dtype="float64", seed=1, **kw)
+    x = rng.standard_normal((5, 3, 4))
+    lengths = [5, 2, 4]
+    y_train, s_train = m(x, lengths=lengths)
+    m.eval()
+    y_eval, s_eval = m(x, lengths=lengths)
+    np.testing.assert_array_equal(y_eval, y_train)
+    for a, b in zip(np.atleast_1d(s_eval) if cls != "LSTM" else s_eval,
+                    np.atleast_1d(s_train) if cls != "LSTM" else s_train):
+        np.testing.assert_array_equal(a, b)
+    assert m._ctx.saved is None
+    with pytest.raises(RuntimeError, match="eval"):
+        m.backward(np.ones_like(y_eval))
+    m.train()
+    m(x, lengths=lengths)
+    m.backward(np.ones_like(y_eval))  # a training forward can be differentiated again
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_vs_numpy(cpu, dtype):
+    """The loops' polynomial exp, sigmoid and tanh: within a few ulps of NumPy's (tanh also
+    in relative terms near 0), saturating in the tails, NaN in -> NaN out."""
+    from gpulstm.backends.cpu import activations
+    eps = np.finfo(dtype).eps
+    x = np.concatenate([np.linspace(-30, 30, 100001), np.geomspace(1e-8, 30, 2000),
+                        -np.geomspace(1e-8, 30, 2000), [-1e4, -1000, -100, 100, 1000, 1e4]]).astype(dtype)
+    e, s, t = activations(x)
+    with np.errstate(over="ignore"):
+        want_e = np.exp(x)
+    normal = (np.abs(x) < 80)
+    assert np.all(np.abs(e[normal] - want_e[normal]) <= 4 * eps * want_e[normal])
+    np.testing.assert_allclose(s, sigmoid(x), rtol=0, atol=4 * eps)
+    np.testing.assert_allclose(t, np.tanh(x), rtol=8 * eps, atol=0)
+    assert np.all(np.abs(s[x >= 40] - 1) <= eps) and np.all(s[x <= -1000] < 1e-30)
+    assert np.all(t[x >= 20] == 1) and np.all(t[x <= -20] == -1)
+    e, s, t = activations(np.array([np.nan], dtype))
+    assert np.isnan(e).all() and np.isnan(s).all() and np.isnan(t).all()
+
+
+def test_auto_prefers_cpu_without_gpu(cpu):
+    if gl.available_backends()["cupy"] is None:
+        pytest.skip("a GPU is usable here: auto picks cupy")
+    assert gl.get_backend("auto").name == "cpu"
+    assert gl.LSTM(2, 3).backend == "cpu"
+
+
+def test_float64_close_to_torch(cpu, rng):
+    """The compiled loops against torch.nn.LSTM directly (not only via the NumPy reference)."""
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.LSTM(5, 32, num_layers=2, bidirectional=True).double()
+    m = gl.LSTM(5, 32, num_layers=2, bidirectional=True, backend="cpu", dtype="float64")
+    m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x = rng.standard_normal((7, 4, 5))
+    dy = rng.standard_normal((7, 4, 64))
+    y, _ = m(x)
+    dx = m.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = ref(xt)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-12)
+    for k, p in ref.named_parameters():
+        np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=0, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul(cpu, rng, dtype):
+    """The execution's GEMM (input projection; the stepwise loop's GEMMs): every row-tile and
+    column-panel size, k blocks (K > 256), row-strided views, NaN-poisoned output;
+    matmul_acc adds."""
+    tol = RTOL[dtype]
+    for M, K, N in [(1, 1, 1), (7, 3, 5), (33, 300, 70), (64, 17, 129), (2, 40, 300), (9, 600, 16)]:
+        a = rng.standard_normal((M, K + 2)).astype(dtype)[:, 1:K + 1]  # row stride K + 2
+        b = rng.standard_normal((K, N)).astype(dtype)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        out = np.full((M, N), np.nan, dtype)
+        cpu.matmul(a, b, out)
+        scale = np.sqrt(K) * max(1.0, float(np.abs(want).max()))
+        assert np.abs(out - want).max() <= tol * scale, (M, K, N)
+        c = rng.standard_normal((M, N)).astype(dtype)
+        acc = c.copy()
+        cpu.matmul_acc(a, b, acc)
+        assert np.abs(acc - (c + want)).max() <= tol * scale, (M, K, N)
+    x = rng.standard_normal((4, 3))  # float64 @ float32: not the library's case, NumPy's
+    out = np.empty((4, 2))
+    cpu.matmul(x, rng.standard_normal((3, 2)).astype(np.float32), out)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_runs(threads, rng):
+    """After the parent ran OpenMP threads, a fork()ed child (multiprocessing's default on
+    Linux) still runs the loops, single threaded, to the same bits (GNU OpenMP would hang)."""
+    import os
+    import time
+    threads.set_num_threads(2)
+    m = gl.LSTM(8, 64, backend="cpu", dtype="float32")  # 40*32*256*64 = 21e6 MACs: 2 threads
+    x = rng.standard_normal((40, 32, 8)).astype(np.float32)
+    y0 = m(x)[0]
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 when the result matches
+        try:
+            os._exit(0 if np.array_equal(m(x)[0], y0) else 3)
+        finally:
+            os._exit(4)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in the compiled loops")
