@@ -9,11 +9,16 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+def backend_or_skip(name):
+    """The execution ``name``; skips the test with the reason when it cannot run here."""
+    from gpulstm.backends import BackendUnavailable, get_backend
+    try:
+        return get_backend(name)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+
+
 @pytest.fixture(scope="module")
 def emulated():
     """The emulated execution (kernels/ compiled for the CPU); skips with the reason without it."""
-    from gpulstm.backends import BackendUnavailable, get_backend
-    try:
-        return get_backend("emulated")
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
+    return backend_or_skip("emulated")

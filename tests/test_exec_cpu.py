@@ -8,18 +8,16 @@ import pytest
 
 import gpulstm as gl
 from gpulstm import engine
-from gpulstm.backends import BackendUnavailable, get_backend
 from gpulstm.backends.numpy_pointwise import sigmoid
 
+from conftest import backend_or_skip
 from kernel_cases import MODULE_CASES, RTOL, check_module
 
 
 @pytest.fixture(scope="module")
 def cpu():
-    try:
-        return get_backend("cpu")
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
+    """The compiled CPU execution; skips with the reason when it cannot build here."""
+    return backend_or_skip("cpu")
 
 
 @pytest.fixture
