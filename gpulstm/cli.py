@@ -150,7 +150,8 @@ def report_frame(results, reference):
         if results:
             run = _load(results, "results")
             machines = _machines_of(run)
-            if len(machines) == 1:
+            committed = os.path.abspath(results) == os.path.abspath(REFERENCE_RESULTS)
+            if len(machines) == 1 and not committed:  # the committed folder is no "run"
                 this = machines[0]
                 if ref is not None and this in set(ref["machine"]):
                     this = f"{this} (this run)"

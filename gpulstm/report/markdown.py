@@ -81,8 +81,10 @@ def _speed_display(table: pd.DataFrame) -> pd.DataFrame:
 
     out = pd.DataFrame({
         "machine": table["machine"], "sweep": table["sweep"],
-        "T": table["T"], "B": table["B"], "H=I": table["H"], "cell": table["cell"],
-        "backend": table["backend"], "mode": table["mode"],
+        "T": table["T"], "B": table["B"], "H=I": table["H"],
+        "shape": table["shape"].fillna(""), "threads": table["threads"].map(
+            lambda v: "" if pd.isna(v) or v == "" else str(int(v))),
+        "cell": table["cell"].fillna(""), "backend": table["backend"], "mode": table["mode"],
         "ms median [IQR]": table.apply(time_cell, axis=1),
         "×torch": table["ratio_vs_torch"].map(lambda v: _g(v, ".2f")),
         "µs/step": table["us_per_step"].map(_g),
@@ -91,7 +93,8 @@ def _speed_display(table: pd.DataFrame) -> pd.DataFrame:
     })
     for col in ("T", "B", "H=I"):
         out[col] = out[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    empty = [c for c in ("×torch", "GFLOP/s", "peak MiB", "B", "H=I", "T")
+    empty = [c for c in ("×torch", "GFLOP/s", "peak MiB", "B", "H=I", "T", "shape", "threads",
+                         "cell")
              if (out[c] == "").all()]
     return out.drop(columns=empty)
 

@@ -29,7 +29,8 @@ __all__ = ["speed_table", "machine_ratios", "SPEED_COLUMNS"]
 # (bench/common.py PROFILES: seq_B=16, seq_H=256 in both profiles); filled in here so its rows
 # say which B and H they measured.
 _SWEEP_CONSTANTS = {"SequenceLength": {"B": 16, "H": 256}}
-_KEYS = ["machine", "sweep", "T", "B", "H", "cell", "backend", "mode"]
+# shape and threads: the CpuVsTorch grid (a shape name per point, 1 or 2 threads)
+_KEYS = ["machine", "sweep", "T", "B", "H", "shape", "threads", "cell", "backend", "mode"]
 SPEED_COLUMNS = _KEYS + ["time_ms", "q25_ms", "q75_ms", "ratio_vs_torch", "us_per_step",
                          "gflops", "peak_mib"]
 _TRACKS = {"time_ratio_vs_torch": "ratio_vs_torch", "us_per_step": "us_per_step",
@@ -42,8 +43,9 @@ def _sweep(benchmark: str) -> str:
     return re.sub(r"^(Throughput|Ratio)", "", cls)
 
 
-def _mode_of(method: str) -> str:
-    return "training" if "backward" in method or "training" in method else "forward"
+def _mode_of(benchmark: str) -> str:
+    name = benchmark.lower()
+    return "training" if "backward" in name or "training" in name else "forward"
 
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -57,11 +59,11 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=SPEED_COLUMNS)
     method = rows["benchmark"].str.rsplit(".", n=1).str[-1]
     rows["sweep"] = rows["benchmark"].map(_sweep)
-    mode = method.map(_mode_of)
+    mode = rows["benchmark"].map(_mode_of)
     if "mode" in rows.columns:
         mode = rows["mode"].astype(object).where(rows["mode"].notna(), mode)
     rows["mode"] = mode
-    for col in ("T", "B", "H", "cell"):
+    for col in ("T", "B", "H", "shape", "threads", "cell"):
         if col not in rows.columns:
             rows[col] = pd.NA
     for sweep, fixed in _SWEEP_CONSTANTS.items():
@@ -102,7 +104,8 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     out = out[SPEED_COLUMNS].replace("", pd.NA)
     num = {c: pd.to_numeric(out[c], errors="coerce") for c in ("T", "B", "H")}
     order = out.assign(**{f"_{c}": v for c, v in num.items()}).sort_values(
-        ["machine", "sweep", "cell", "backend", "mode", "_T", "_B", "_H"], kind="stable",
+        ["machine", "sweep", "cell", "backend", "mode", "shape", "threads", "_T", "_B", "_H"],
+        kind="stable",
         na_position="first").index
     out = out.loc[order].reset_index(drop=True)
     for c in ("T", "B", "H"):
