@@ -163,7 +163,9 @@ def plot_updates_to_criterion(best: pd.DataFrame, path, *, title=""):
                 for T, b in zip(bad["T"], bad["budget"]):
                     ax.annotate("", xy=(T, b * 1.8), xytext=(T, b),
                                 arrowprops=dict(arrowstyle="->", color=c, lw=1.2))
-        ax.scatter([], [], marker="^", color="0.5", edgecolors="k", label="> budget (not solved)")
+        if not rows["solved"].all():
+            ax.scatter([], [], marker="^", color="0.5", edgecolors="k",
+                       label="> budget (not solved)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         top = max(float(rows["budget"].max()) * 2.2, float(rows["updates_max"].max()) * 1.5)
@@ -247,7 +249,8 @@ def plot_gradient_flow(df: pd.DataFrame, path):
         if under.any():
             ax.scatter(g["T"][under], np.full(under.sum(), floor), marker="v", s=60,
                        color=_color(cell), edgecolors="k", linewidths=0.5, zorder=3)
-    ax.scatter([], [], marker="v", color="0.5", edgecolors="k", label="underflow (ratio 0)")
+    if not np.isfinite(med["value"]).all():
+        ax.scatter([], [], marker="v", color="0.5", edgecolors="k", label="underflow (ratio 0)")
     ax.set_xscale("log")
     Ts = sorted(med["T"].unique())
     ax.set_xticks(Ts)
