@@ -101,13 +101,6 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     return s["Y"], s
 
 
-def _gemm(ex, a, b):
-    """a @ b into a new array through ``ex.matmul`` (NumPy's execution: exactly ``a @ b``)."""
-    out = ex.xp.empty((a.shape[0], b.shape[1]), a.dtype)
-    ex.matmul(a, b, out=out)
-    return out
-
-
 def final_states(cell, s):
     i = 0 if s["reverse"] else s["S"].shape[0] - 1
     return s["S"][i], (s["C"][i] if cell.has_cell_state else None)
@@ -157,10 +150,9 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     dGh = g["dGh"].reshape(TB, GH)
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
     db = dGx.sum(axis=0) if w["b_ih"] is not None else None
-    # the whole-sequence GEMMs go through the execution (its own GEMM where it has one)
     grads = {
-        "w_ih": _gemm(ex, dGx.T, x.reshape(TB, I)),
-        "w_hh": _gemm(ex, dGh.T, s_prev.reshape(TB, Hs)),
+        "w_ih": dGx.T @ x.reshape(TB, I),
+        "w_hh": dGh.T @ s_prev.reshape(TB, Hs),
         "b_ih": db,
         # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
         "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
@@ -176,7 +168,7 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
             (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
             (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
         ])
-    dx = _gemm(ex, dGx, w["w_ih"]).reshape(T, B, I)
+    dx = (dGx @ w["w_ih"]).reshape(T, B, I)
     return dx, g["dh"], g.get("dc"), grads
 
 
