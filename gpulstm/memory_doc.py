@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from .report import load_results
+from .report.markdown import to_markdown
 from .report.memory import (criterion_tables, load_sweep_records, plot_gradient_flow,
                             plot_training_curves, plot_updates_to_criterion)
-from .sweep import PROFILES, seeds_needed
+from .sweep import PROFILES, seeds_needed, updates_wide
 
 __all__ = ["render", "build", "main"]
 
@@ -45,9 +46,7 @@ def _fmt(v, digits=3):
 
 
 def _table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    return to_markdown(pd.DataFrame(rows, columns=header).astype(str))
 
 
 def _profile_of(per_lr):
@@ -63,20 +62,7 @@ def _profile_of(per_lr):
 
 
 def _task_tables(task, per, best):
-    b = best[best["task"] == task]
-    Ts = sorted(per.loc[per["task"] == task, "T"].unique())
-    rows = []
-    for cell in sorted(b["cell"].unique()):
-        row = [cell]
-        for T in Ts:
-            r = b[(b["cell"] == cell) & (b["T"] == T)]
-            if r.empty:
-                row.append("not run")
-                continue
-            r = r.iloc[0]
-            row.append(r.updates_text + (f" @ {r.lr:g}" if r.solved else ""))
-        rows.append(row)
-    head = ["cell"] + [f"T={T}" for T in Ts]
+    wide = updates_wide(best[best["task"] == task])
     detail = per[per["task"] == task].sort_values(["cell", "T", "lr"])
     drows = [[r.cell, r.T, f"{r.lr:g}", f"{r.reached}/{r.seeds}", "yes" if r.solved else "no",
               _fmt(r.updates_median) if r.solved else f"> {r.budget}",
@@ -86,7 +72,7 @@ def _task_tables(task, per, best):
             f"Criterion: {_CRITERIA.get(task, '-')}. Cells: median Adam updates to criterion "
             "over the seeds (range over the seeds that reached it) at the best learning rate; "
             "\"> N\": not solved within the budget of N updates (a lower bound).", "",
-            _table(head, rows), "",
+            to_markdown(wide), "",
             "<details><summary>Every learning rate</summary>", "",
             _table(["cell", "T", "lr", "seeds at criterion", "solved", "median updates",
                     "range", "budget", "test metric (median)"], drows), "", "</details>", ""]

@@ -49,7 +49,7 @@ import numpy as np
 from .train import CELLS
 
 __all__ = ["PROFILES", "memory_profile_name", "Point", "budget", "narrow", "profile_points", "run_point", "run_sweep",
-           "summarize", "SCHEDULER_ENV"]
+           "summarize", "updates_wide", "SCHEDULER_ENV"]
 
 SCHEDULER_ENV = "GPULSTM_DASK_SCHEDULER"
 
@@ -480,6 +480,18 @@ def summarize(records, n_seeds=None):
     return per_lr, best
 
 
+def updates_wide(best, keys=("cell",)):
+    """The best-learning-rate table of :func:`summarize` laid out for reading: one row per
+    ``keys``, one column ``T=...`` per lag holding ``updates_text`` (with " @ lr" where the
+    lag is solved) or "not run" where the lag did not run."""
+    lr = best["lr"].map(lambda v: f" @ {v:g}")
+    text = best["updates_text"] + lr.where(best["solved"].astype(bool), "")
+    wide = best.assign(_text=text).pivot_table(index=list(keys), columns="T", values="_text",
+                                               aggfunc="first").fillna("not run")
+    wide.columns = [f"T={int(t)}" for t in wide.columns]
+    return wide.reset_index()
+
+
 def updates_text(row):
     """"median (min-max)" over the seeds that reached the criterion, "> budget" when fewer
     than needed did (a lower bound, never a value)."""
@@ -550,16 +562,7 @@ def run_from_args(args, out=None):
         b = best[best["task"] == task]
         if b.empty:
             continue
-        Ts_run = sorted(b["T"].unique())
         print(f"\n{task}: Adam updates to criterion (median over {len(p['seeds'])} seeds, "
               f"best learning rate; '> N' = not within the budget of N updates)", file=out)
-        print(f"{'cell':10s}" + "".join(f"{'T=' + str(T):>26s}" for T in Ts_run), file=out)
-        for cell in [c for c in cells if c in set(b["cell"])]:
-            line = f"{cell:10s}"
-            for T in Ts_run:
-                r = b[(b["cell"] == cell) & (b["T"] == T)]
-                text = "not run" if r.empty else r.iloc[0].updates_text + (
-                    f" @{r.iloc[0].lr:g}" if r.iloc[0].solved else "")
-                line += f"{text[:25]:>26s}"
-            print(line, file=out)
+        print(updates_wide(b).to_string(index=False), file=out)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sweep import summarize
+from ..sweep import summarize, updates_wide
 from .plots import cell_colors
 
 __all__ = ["TASK_CLASSES", "memory_points", "criterion_tables", "load_sweep_records",
@@ -266,19 +266,14 @@ def plot_gradient_flow(df: pd.DataFrame, path):
 
 
 def criterion_wide(df: pd.DataFrame) -> dict:
-    """{task: DataFrame} with one row per (machine, cell) and one column per lag T holding the
-    best learning rate's "median (min-max)" updates to criterion, "> budget" when not solved
-    or "not run": the long-range memory tables of the report."""
+    """{task: DataFrame} with one row per (machine, cell) and one column per lag T
+    (:func:`gpulstm.sweep.updates_wide`): the long-range memory tables of the report."""
     _, best = criterion_tables(df)
     out = {}
     for task in ("adding", "temporal_order", "recall"):
         b = best[best["task"] == task]
-        if b.empty:
-            continue
-        wide = b.pivot_table(index=["machine", "cell"], columns="T", values="updates_text",
-                             aggfunc="first").fillna("not run")
-        wide.columns = [f"T={int(t)}" for t in wide.columns]
-        out[task] = wide.reset_index()
+        if not b.empty:
+            out[task] = updates_wide(b, ("machine", "cell"))
     return out
 
 
