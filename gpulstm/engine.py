@@ -10,8 +10,10 @@ Per layer and direction (docs/design.md, "The one loop"):
    (deterministic: no atomics).
 
 Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``ex.xp`` the
-array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)`` and
-``ex.matmul_acc(a, b, out)`` (``out += a @ b``). Buffers are allocated once per call; the
+array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)``,
+``ex.matmul_acc(a, b, out)`` (``out += a @ b``), ``ex.linear(a, b, bias, out)``
+(``out = a @ b + bias``, bias a row or None) and ``ex.transposed(a)`` (a C-contiguous copy of
+``a.T``). Buffers are allocated once per call; the
 loop allocates nothing.
 
 Where the time loop runs is the execution's choice. The Python loop below (one recurrent GEMM
@@ -61,14 +63,13 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     s = {"x": x, "L": lengths, "reverse": reverse}
     # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop
-    s["w_hh_T"] = xp.ascontiguousarray(w["w_hh"].T)
+    s["w_hh_T"] = ex.transposed(w["w_hh"])
     if w.get("w_hr") is not None:
-        s["w_hr_T"] = xp.ascontiguousarray(w["w_hr"].T)
+        s["w_hr_T"] = ex.transposed(w["w_hr"])
     gx = xp.empty((T, B, GH), dt)
-    ex.matmul(x.reshape(T * B, I), xp.ascontiguousarray(w["w_ih"].T), out=gx.reshape(T * B, GH))
-    bias = cell.fold_bias(xp, w)
-    if bias is not None:
-        gx += bias
+    # the input projection of every time step in one GEMM, the folded bias added
+    ex.linear(x.reshape(T * B, I), ex.transposed(w["w_ih"]), cell.fold_bias(xp, w),
+              out=gx.reshape(T * B, GH))
     s["gx"] = gx
     s["gh"] = xp.empty((B, GH), dt)
     s["S"] = xp.empty((T + 1, B, Hs), dt)
@@ -151,14 +152,14 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
     db = dGx.sum(axis=0) if w["b_ih"] is not None else None
     grads = {
-        "w_ih": dGx.T @ x.reshape(TB, I),
-        "w_hh": dGh.T @ s_prev.reshape(TB, Hs),
+        "w_ih": _matmul(ex, dGx.T, x.reshape(TB, I)),
+        "w_hh": _matmul(ex, dGh.T, s_prev.reshape(TB, Hs)),
         "b_ih": db,
         # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
         "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
     }
     if proj:
-        grads["w_hr"] = g["DHR"].reshape(TB, Hs).T @ s["M"].reshape(TB, H)
+        grads["w_hr"] = _matmul(ex, g["DHR"].reshape(TB, Hs).T, s["M"].reshape(TB, H))
     if w.get("peep") is not None:
         C = s["C"]
         c_prev, c_new = (C[1:], C[:-1]) if reverse else (C[:-1], C[1:])
@@ -168,8 +169,16 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
             (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
             (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
         ])
-    dx = (dGx @ w["w_ih"]).reshape(T, B, I)
+    dx = _matmul(ex, dGx, w["w_ih"]).reshape(T, B, I)
     return dx, g["dh"], g.get("dc"), grads
+
+
+def _matmul(ex, a, b):
+    """a @ b [M,N] into a new array, through the execution's GEMM (``a`` may be a transposed
+    view: the weight gradients read dG^T as stored)."""
+    out = ex.xp.empty((a.shape[0], b.shape[1]), a.dtype)
+    ex.matmul(a, b, out=out)
+    return out
 
 
 def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize):

@@ -244,6 +244,30 @@ def test_matmul(cpu, rng, dtype):
     assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_transposed_a_and_bias(cpu, rng, dtype):
+    """The weight-gradient GEMMs read dG^T as stored (a column-major view of A), the input
+    projection starts from the bias row: several row blocks (M > 128), k blocks (K > 256),
+    panel remainders, NaN-poisoned outputs; transposed() is an exact transpose."""
+    tol = RTOL[dtype]
+    for M, K, N in [(300, 260, 48), (37, 600, 70), (129, 5, 17), (8, 1, 33)]:
+        at = rng.standard_normal((K, M + 3)).astype(dtype)[:, 2:M + 2]  # row stride M + 3
+        a = at.T  # [M, K], column-major
+        b = rng.standard_normal((K, N)).astype(dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        scale = np.sqrt(K) * max(1.0, float(np.abs(want).max()))
+        out = np.full((M, N), np.nan, dtype)
+        cpu.matmul(a, b, out)
+        assert np.abs(out - want).max() <= tol * scale, (M, K, N)
+        out = np.full((M, N), np.nan, dtype)
+        cpu.linear(np.ascontiguousarray(a), b, bias, out)
+        assert np.abs(out - (want + bias)).max() <= tol * scale, (M, K, N)
+        got = cpu.transposed(at)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, at.T)
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_forked_child_runs(threads, rng):
     """After the parent ran OpenMP threads, a fork()ed child (multiprocessing's default on

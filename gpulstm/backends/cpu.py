@@ -131,7 +131,8 @@ _SIGS = {
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppippii",
     "rnn_backward": "iiippippppii",
-    "gemm": "iiiplplplii",
+    "gemm": "iiiiplplplpli",
+    "transpose": "iiplp",
 }
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
 
@@ -185,21 +186,35 @@ class CpuExecution(HostExecution):
         super().__init__("cpu", numpy_pointwise)
         self._lib = lib
 
-    def _gemm(self, a, b, out, accumulate):
-        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype
-        and row-contiguous; False otherwise (the caller then uses NumPy's)."""
+    def _gemm(self, a, b, out, accumulate, c0=None):
+        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype,
+        ``b`` and ``out`` row-contiguous, ``a`` row- or column-contiguous (a transposed view),
+        and ``out`` at least one vector wide; False otherwise (the caller then uses NumPy's:
+        for a narrow ``out``, e.g. dx with 2 inputs, OpenBLAS is the faster)."""
         suf = _SUFFIX.get(out.dtype)
         if (suf is None or a.ndim != 2 or b.ndim != 2 or out.ndim != 2
                 or not a.dtype == b.dtype == out.dtype
-                or any(m.strides[1] != m.itemsize for m in (a, b, out))
-                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
+                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])
+                or out.shape[1] * out.itemsize < 64):
+            return False
+        step = out.itemsize
+        if b.strides[1] != step or out.strides[1] != step:
+            return False
+        if a.strides[1] == step:
+            ta, lda = 0, a.strides[0] // step
+        elif a.strides[0] == step:
+            ta, lda = 1, a.strides[1] // step
+        else:
             return False
         M, K = a.shape
         N = b.shape[1]
-        step = out.itemsize
-        getattr(self._lib, f"gemm_{suf}")(M, K, N, a.ctypes.data, a.strides[0] // step,
-                                          b.ctypes.data, b.strides[0] // step, out.ctypes.data,
-                                          out.strides[0] // step, int(accumulate), _num_threads)
+        if c0 is not None:  # one row (the bias), broadcast: row stride 0
+            c0, ld0 = c0.ctypes.data, 0
+        else:
+            c0, ld0 = (out.ctypes.data if accumulate else None), out.strides[0] // step
+        getattr(self._lib, f"gemm_{suf}")(M, K, N, ta, a.ctypes.data, lda, b.ctypes.data,
+                                          b.strides[0] // step, c0, ld0, out.ctypes.data,
+                                          out.strides[0] // step, _num_threads)
         return True
 
     def matmul(self, a, b, out):
@@ -209,6 +224,26 @@ class CpuExecution(HostExecution):
     def matmul_acc(self, a, b, out):
         if not self._gemm(a, b, out, True):
             out += a @ b
+
+    def linear(self, a, b, bias, out):
+        """out = a @ b + bias: the bias row is the GEMM's initial value (no second pass)."""
+        if bias is None:
+            return self.matmul(a, b, out)
+        if not (bias.ndim == 1 and bias.dtype == out.dtype and bias.strides[0] == bias.itemsize
+                and bias.shape[0] == out.shape[-1] and self._gemm(a, b, out, False, c0=bias)):
+            np.matmul(a, b, out=out)
+            out += bias
+
+    def transposed(self, a):
+        """A C-contiguous copy of a.T (2-D float), by the library's blocked transpose."""
+        suf = _SUFFIX.get(a.dtype)
+        if suf is None or a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+            return np.ascontiguousarray(a.T)
+        out = np.empty(a.shape[::-1], a.dtype)
+        rows, cols = a.shape
+        getattr(self._lib, f"transpose_{suf}")(rows, cols, a.ctypes.data,
+                                               a.strides[0] // a.itemsize, out.ctypes.data)
+        return out
 
     def _fn(self, cell, what, dtype):
         kind = "lstm" if cell.name == "lstm" else "gru" if cell.name == "gru" else "rnn"

@@ -136,6 +136,16 @@ class CupyExecution(KernelLoop):
         else:
             out += a @ b
 
+    def linear(self, a, b, bias, out):
+        """out = a @ b + bias (bias: one row, or None)."""
+        self.xp.matmul(a, b, out=out)
+        if bias is not None:
+            out += bias
+
+    def transposed(self, a):
+        """A C-contiguous copy of a.T."""
+        return self.xp.ascontiguousarray(a.T)
+
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 

@@ -32,6 +32,16 @@ class HostExecution:
     def matmul_acc(self, a, b, out):
         out += a @ b
 
+    def linear(self, a, b, bias, out):
+        """out = a @ b + bias (bias: one row, or None)."""
+        self.matmul(a, b, out=out)
+        if bias is not None:
+            out += bias
+
+    def transposed(self, a):
+        """A C-contiguous copy of a.T."""
+        return self.xp.ascontiguousarray(a.T)
+
     def synchronize(self):
         pass
 

@@ -23,6 +23,7 @@
 #include <vector>
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <pthread.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -120,13 +121,19 @@ static inline R vtanh(R x) {
   return ax < Fp<R>::small ? Fp<R>::tanh_small(x) : big;
 }
 
-// ---- small-matrix GEMM: C[rows, N] += A[rows, K] @ W[K, N] --------------------------------
-// A register tile of RN rows x NV vectors of C stays in vector registers while k runs over a
-// block of KC (a KC x panel slice of W stays in L1/L2 across the row tiles). 8 rows x 2
-// vectors (16 accumulators, 2 loads of W and 8 broadcasts per k) measured fastest on an
-// AVX-512 core (90-130 GMAC/s float for M in 8..64, K, N in 32..2048, vs 45-50 for 4 x 4 and
-// ~55 for NumPy's OpenBLAS); fewer than 4 rows (B = 1) use 8-vector tiles to hide the FMA
-// latency. BLAS call overhead (~1 us) exceeds the whole step at H = 32.
+// ---- GEMM: C[M, N] = C0 + op(A)[M, K] @ W[K, N] -------------------------------------------
+// op(A) is A [M, K] (row stride lda) or, with ``ta``, the transpose of A [K, M] (the weight
+// gradients dW = dG^T @ x read dG as stored). C0 is C itself (accumulate), another matrix
+// (row stride ld0; 0 broadcasts one row: the bias), or null (zeros).
+// Blocking: k in blocks of KC, rows in blocks of MC; each (k, row) block of op(A) is packed
+// into row tiles ([k][RN] interleaved, so a tile's multiplier column is one contiguous
+// load) that stay in L1/L2 while every column panel of W passes over them. A register tile
+// of RN rows x NV vectors of C stays in vector registers while k runs over the block. 8 rows
+// x 3 vectors (24 accumulators; 3 loads of W and 8 broadcasts per 24 FMAs) measured fastest
+// on an AVX-512 core (~200 GFLOP/s float per core at large sizes, NumPy's OpenBLAS ~120);
+// fewer than 4 rows (B = 1) use 8-vector tiles to hide the FMA latency. Narrow remainders
+// of rows use tiles of 4, 2, 1 rows, and of columns 2 and 1 vectors and a scalar loop.
+// BLAS call overhead (~1 us) would exceed the whole time step at H = 32, hence our own.
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
 #elif defined(__AVX__)
@@ -134,7 +141,16 @@ constexpr int kVecBytes = 32;
 #else
 constexpr int kVecBytes = 16;
 #endif
-constexpr int KC = 256;   // k block
+#ifndef GL_RM
+#define GL_RM 8
+#endif
+#ifndef GL_NV
+#define GL_NV 3
+#endif
+constexpr int KC = 256;        // k block
+constexpr int RM = GL_RM;      // rows of the main register tile
+constexpr int NVM = GL_NV;     // vectors of the main register tile
+constexpr int MC = 16 * RM;    // row block
 
 // GCC/Clang vector extension: one native SIMD register of R
 template <class R> struct VecOf;
@@ -148,20 +164,20 @@ static inline Vec<R> vload(const R* p) { Vec<R> v; std::memcpy(&v, p, sizeof(v))
 template <class R>
 static inline void vstore(R* p, Vec<R> v) { std::memcpy(p, &v, sizeof(v)); }
 
-// C = C0 + A @ W on a tile (C0 may be C itself: accumulate in place)
+// C = C0 + P @ W on an RN x NV-vector tile; P the packed tile ([k][RN]); C0 null: zeros
 template <class R, int RN, int NV>
-static inline void tile(const R* __restrict A, long lda, const R* __restrict W, long ldw,
-                        const R* C0, long ld0, R* C, long ldc, int K) {
+static inline void tile(const R* __restrict P, const R* __restrict W, long ldw, const R* C0,
+                        long ld0, R* C, long ldc, int K) {
   constexpr int VL = kVecBytes / sizeof(R);
   Vec<R> acc[RN][NV];
   for (int r = 0; r < RN; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vload(C0 + r * ld0 + v * VL);
+    for (int v = 0; v < NV; ++v) acc[r][v] = C0 ? vload(C0 + r * ld0 + v * VL) : Vec<R>{};
   for (int k = 0; k < K; ++k) {
     const R* w = W + (long)k * ldw;
     Vec<R> wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
     for (int r = 0; r < RN; ++r) {
-      R a = A[r * lda + k];
+      R a = P[k * RN + r];
       for (int v = 0; v < NV; ++v) acc[r][v] += a * wv[v];
     }
   }
@@ -169,57 +185,113 @@ static inline void tile(const R* __restrict A, long lda, const R* __restrict W, 
     for (int v = 0; v < NV; ++v) vstore(C + r * ldc + v * VL, acc[r][v]);
 }
 
-// every row of the column panel [j0, j0 + NV vectors): tiles of 8, 4, 2, 1 rows
-template <class R, int NV>
-static inline void panel(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
-                         R* C, long ldc, int rows, int K, int j0) {
+// the row tiles of a block of ``rows``: RM rows while they last, then 4, 2, 1
+template <class F>
+static inline void row_tiles(int rows, F&& f) {
   int r = 0;
-#define GL_TILE(RN) tile<R, RN, NV>(A + r * lda, lda, W + j0, ldw, C0 + r * ld0 + j0, ld0, \
-                                    C + r * ldc + j0, ldc, K)
-  for (; r + 8 <= rows; r += 8) GL_TILE(8);
-  if (r + 4 <= rows) { GL_TILE(4); r += 4; }
-  if (r + 2 <= rows) { GL_TILE(2); r += 2; }
-  if (r < rows) GL_TILE(1);
-#undef GL_TILE
+  for (; r + RM <= rows; r += RM) f(r, std::integral_constant<int, RM>());
+  for (; r + 4 <= rows; r += 4) f(r, std::integral_constant<int, 4>());
+  if (r + 2 <= rows) { f(r, std::integral_constant<int, 2>()); r += 2; }
+  if (r < rows) f(r, std::integral_constant<int, 1>());
 }
 
-// C[rows, N] = C0 + A[rows, K] @ W[K, N]; C0 = C (ld0 = ldc) accumulates in place
+// pack rows [m0, m0 + rows) and k [k0, k0 + kn) of op(A): the tile at row r at P + r * kn
 template <class R>
-static void gemm_add(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0, R* C,
-                     long ldc, int rows, int K, int N) {
+static void pack(bool ta, const R* A, long lda, int m0, int rows, int k0, int kn, R* P) {
+  row_tiles(rows, [&](int r, auto rn_c) {
+    constexpr int RN = decltype(rn_c)::value;
+    R* p = P + (long)r * kn;
+    if (ta) {
+      for (int k = 0; k < kn; ++k) {
+        const R* a = A + (long)(k0 + k) * lda + m0 + r;
+        for (int i = 0; i < RN; ++i) p[k * RN + i] = a[i];
+      }
+    } else {
+      for (int i = 0; i < RN; ++i) {
+        const R* a = A + (long)(m0 + r + i) * lda + k0;
+        for (int k = 0; k < kn; ++k) p[k * RN + i] = a[k];
+      }
+    }
+  });
+}
+
+// every row tile of the packed block on the column panel [j0, j0 + NV vectors)
+template <class R, int NV>
+static inline void panel(const R* P, const R* W, long ldw, const R* C0, long ld0, R* C,
+                         long ldc, int rows, int K, int j0) {
+  row_tiles(rows, [&](int r, auto rn_c) {
+    constexpr int RN = decltype(rn_c)::value;
+    tile<R, RN, NV>(P + (long)r * K, W + j0, ldw, C0 ? C0 + r * ld0 + j0 : nullptr, ld0,
+                    C + r * ldc + j0, ldc, K);
+  });
+}
+
+template <class R>
+static R* pack_buffer() {
+  thread_local std::vector<R> buf;  // MC x KC, per thread, grown once
+  if (buf.size() < (size_t)MC * KC) buf.resize((size_t)MC * KC);
+  return buf.data();
+}
+
+template <class R>
+static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
+                 R* C, long ldc, int M, int K, int N) {
   constexpr int VL = kVecBytes / (int)sizeof(R);
-  if (K <= 0 && C0 != C)  // nothing to add: C = C0
-    for (int r = 0; r < rows; ++r) std::copy(C0 + r * ld0, C0 + r * ld0 + N, C + r * ldc);
+  if (K <= 0) {  // nothing to add: C = C0
+    for (int r = 0; r < M; ++r) {
+      R* c = C + (long)r * ldc;
+      if (!C0) std::fill(c, c + N, R(0));
+      else if (C0 != C) std::copy(C0 + r * ld0, C0 + r * ld0 + N, c);
+    }
+    return;
+  }
+  R* P = pack_buffer<R>();
   for (int k0 = 0; k0 < K; k0 += KC) {
     const int kn = std::min(KC, K - k0);
-    const R* Ak = A + k0;
     const R* Wk = W + (long)k0 * ldw;
-    const R* Ck = k0 == 0 ? C0 : C;  // later k blocks add to what the first wrote
-    const long ldk = k0 == 0 ? ld0 : ldc;
-    int j0 = 0;
-    if (rows < 4)
-      for (; j0 + 8 * VL <= N; j0 += 8 * VL) panel<R, 8>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
-    for (; j0 + 2 * VL <= N; j0 += 2 * VL) panel<R, 2>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
-    for (; j0 + VL <= N; j0 += VL) panel<R, 1>(Ak, lda, Wk, ldw, Ck, ldk, C, ldc, rows, kn, j0);
-    if (j0 < N) {  // the last < 1 vector of columns
-      for (int r = 0; r < rows; ++r) {
-        R* c = C + r * ldc;
-        if (k0 == 0 && C0 != C)
-          for (int j = j0; j < N; ++j) c[j] = C0[r * ld0 + j];
-        for (int k = 0; k < kn; ++k) {
-          R a = Ak[r * lda + k];
-          const R* w = Wk + (long)k * ldw;
-          for (int j = j0; j < N; ++j) c[j] += a * w[j];
-        }
+    for (int m0 = 0; m0 < M; m0 += MC) {
+      const int rows = std::min(MC, M - m0);
+      pack<R>(ta, A, lda, m0, rows, k0, kn, P);
+      // the first k block starts from C0, later ones add to what it wrote
+      const R* Ck = k0 == 0 ? (C0 ? C0 + m0 * ld0 : nullptr) : C + (long)m0 * ldc;
+      const long ldk = k0 == 0 ? ld0 : ldc;
+      R* Cm = C + (long)m0 * ldc;
+      int j0 = 0;
+      if (rows < 4)
+        for (; j0 + 8 * VL <= N; j0 += 8 * VL) panel<R, 8>(P, Wk, ldw, Ck, ldk, Cm, ldc, rows, kn, j0);
+      for (; j0 + NVM * VL <= N; j0 += NVM * VL)
+        panel<R, NVM>(P, Wk, ldw, Ck, ldk, Cm, ldc, rows, kn, j0);
+      for (; j0 + VL <= N; j0 += VL) panel<R, 1>(P, Wk, ldw, Ck, ldk, Cm, ldc, rows, kn, j0);
+      if (j0 < N) {  // the last < 1 vector of columns
+        row_tiles(rows, [&](int r, auto rn_c) {
+          constexpr int RN = decltype(rn_c)::value;
+          const R* p = P + (long)r * kn;
+          for (int i = 0; i < RN; ++i) {
+            R* c = Cm + (long)(r + i) * ldc;
+            const R* c0 = Ck ? Ck + (r + i) * ldk : nullptr;
+            for (int j = j0; j < N; ++j) {
+              R s = c0 ? c0[j] : R(0);
+              for (int k = 0; k < kn; ++k) s += p[k * RN + i] * Wk[(long)k * ldw + j];
+              c[j] = s;
+            }
+          }
+        });
       }
     }
   }
 }
 
+// C[rows, N] = C0 + A[rows, K] @ W[K, N]; C0 = C (ld0 = ldc) accumulates in place
+template <class R>
+static inline void gemm_add(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
+                            R* C, long ldc, int rows, int K, int N) {
+  gemm<R>(false, A, lda, W, ldw, C0, ld0, C, ldc, rows, K, N);
+}
+
 template <class R>
 static inline void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, long ldc, int rows,
                             int K, int N) {
-  gemm_add<R>(A, lda, W, ldw, C, ldc, C, ldc, rows, K, N);
+  gemm<R>(false, A, lda, W, ldw, C, ldc, C, ldc, rows, K, N);
 }
 
 // ---- thread split ------------------------------------------------------------------------
@@ -405,8 +477,7 @@ static void gru_forward(int T, int B, int H, const R* gx, const R* whhT, const R
     R* gh = abuf.data();
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      std::fill(gh, gh + (size_t)rows * G, R(0));
-      gemm_acc<R>(S + ((long)p * B + b0) * H, H, whhT, G, gh, G, rows, H, G);
+      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, nullptr, 0, gh, G, rows, H, G);
       for (int b = b0; b < b1; ++b) {
         const R* ghr = gh + (long)(b - b0) * G;
         const R* x = gx + ((long)t * B + b) * G;
@@ -550,19 +621,36 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 GL_DEFINE(f32, float)
 GL_DEFINE(f64, double)
 
-// C[M,N] (+)= A[M,K] @ W[K,N] (row strides lda, ldw, ldc), rows split over threads: the
-// execution's matmul (the input projection of every time step in one GEMM)
+// C[M,N] = C0 + op(A) @ W (op(A) = A [M,K], or with ta the transpose of A [K,M]; row strides
+// lda, ldw, ld0, ldc; C0 null: zeros, C0 = C: accumulate, ld0 = 0: one row broadcast), rows
+// split over threads: the execution's matmul (the input projection of every time step in
+// one GEMM, the weight and input gradients of the whole sequence)
 #define GL_GEMM(SUF, R)                                                                         \
-  GL_EXPORT void gemm_##SUF(int M, int K, int N, const R* A, long lda, const R* W, long ldw,  \
-                            R* C, long ldc, int accumulate, int nt) {                          \
+  GL_EXPORT void gemm_##SUF(int M, int K, int N, int ta, const R* A, long lda, const R* W,     \
+                            long ldw, const R* C0, long ld0, R* C, long ldc, int nt) {         \
     for_row_blocks(M, (double)M * K * N, nt, [&](int b0, int b1) {                             \
-      if (!accumulate)                                                                          \
-        for (int r = b0; r < b1; ++r) std::fill(C + r * ldc, C + r * ldc + N, R(0));           \
-      gemm_acc<R>(A + b0 * lda, lda, W, ldw, C + b0 * ldc, ldc, b1 - b0, K, N);                 \
+      gemm<R>(ta, ta ? A + b0 : A + b0 * lda, lda, W, ldw,                                      \
+              C0 ? C0 + b0 * ld0 : nullptr, ld0, C + b0 * ldc, ldc, b1 - b0, K, N);             \
     });                                                                                         \
   }
 GL_GEMM(f32, float)
 GL_GEMM(f64, double)
+
+// dst[cols, rows] = src[rows, cols]^T (src row stride lds; dst C-contiguous), in 16 x 16
+// blocks (NumPy's copy of a transposed view walks one of the two with a large stride: the
+// engine transposes the weights on every call)
+#define GL_TRANSPOSE(SUF, R)                                                                    \
+  GL_EXPORT void transpose_##SUF(int rows, int cols, const R* src, long lds, R* dst) {         \
+    constexpr int TB = 16;                                                                      \
+    for (int r0 = 0; r0 < rows; r0 += TB)                                                       \
+      for (int c0 = 0; c0 < cols; c0 += TB) {                                                   \
+        const int r1 = std::min(rows, r0 + TB), c1 = std::min(cols, c0 + TB);                  \
+        for (int c = c0; c < c1; ++c)                                                           \
+          for (int r = r0; r < r1; ++r) dst[(long)c * rows + r] = src[(long)r * lds + c];      \
+      }                                                                                         \
+  }
+GL_TRANSPOSE(f32, float)
+GL_TRANSPOSE(f64, double)
 
 // Elementwise exp/sigmoid/tanh of this library (tests compare them with NumPy's).
 GL_EXPORT void activations_f32(const float* x, long n, float* e, float* s, float* th) {
