@@ -109,12 +109,14 @@ def test_engine_with_poisoned_buffers(cpu, rng, cls, kw, dtype, save):
         assert err <= RTOL[dtype] * max(1.0, float(np.abs(w).max())), f"result {k}: error {err:.3g}"
 
 
+@pytest.mark.parametrize("B", [19, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_thread_count_gives_identical_bits(threads, rng, dtype):
-    """Batch rows never interact, so the row-block split changes no rounding: 1, 2 and 3
-    threads give the same bits (B=19: blocks of unequal size, a partial 4-row tile; T*B*4H*H
-    = 28e6 multiply-adds, enough work for the library to use 3 threads)."""
-    T, B, H = 40, 19, 96
+def test_thread_count_gives_identical_bits(threads, rng, dtype, B):
+    """Batch rows never interact, so the row-block split changes no rounding, and the split
+    of a few rows' forward over hidden units sums every GEMM element in the same order: 1, 2
+    and 3 threads give the same bits (B=19: row blocks of unequal size, a partial 4-row tile,
+    T*B*4H*H = 28e6 multiply-adds; B=3: the forward split over units, 96 = 3 x 2 vectors)."""
+    T, H = 40, 96
     m = gl.LSTM(7, H, num_layers=2, bidirectional=True, backend="cpu", dtype=dtype, seed=2)
     x = rng.standard_normal((T, B, 7)).astype(dtype)
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
@@ -124,7 +126,15 @@ def test_thread_count_gives_identical_bits(threads, rng, dtype):
         threads.set_num_threads(n)
         y, (h, c) = m(x, lengths=lengths)
         dx = m.backward(dy)
-        assert threads._library().last_threads() == n  # the split really ran n threads
+        # the split really ran n threads (B=3: the backward's row split runs one; the
+        # forward's unit split is the last one with n)
+        if B == 19:
+            assert threads._library().last_threads() == n
+        else:
+            m.eval()
+            m(x, lengths=lengths)
+            assert threads._library().last_threads() == n
+            m.train()
         results.append([y, h, c, dx] + list(m.grads.values()))
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -132,11 +142,14 @@ def test_thread_count_gives_identical_bits(threads, rng, dtype):
 
 
 def test_small_calls_stay_single_threaded(threads, rng):
-    """Below ~8e6 multiply-adds per thread a parallel region costs more than it saves."""
+    """Below ~4e6 multiply-adds per thread a parallel region costs more than it saves."""
     threads.set_num_threads(2)
-    m = gl.LSTM(32, 32, backend="cpu", dtype="float32")  # 100*32*128*32 = 13e6: one thread
-    m(rng.standard_normal((100, 32, 32)).astype(np.float32))
+    m = gl.LSTM(16, 16, backend="cpu", dtype="float32")  # 100*32*64*16 = 3.3e6: one thread
+    m(rng.standard_normal((100, 32, 16)).astype(np.float32))
     assert threads._library().last_threads() == 1
+    m = gl.LSTM(32, 32, backend="cpu", dtype="float32")  # 100*32*128*32 = 13e6: two
+    m(rng.standard_normal((100, 32, 32)).astype(np.float32))
+    assert threads._library().last_threads() == 2
 
 
 def test_set_num_threads_validates(threads):

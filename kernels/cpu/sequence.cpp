@@ -352,18 +352,23 @@ __attribute__((constructor)) void gl_register_atfork() {
 // multiply-adds of GEMM work per thread (``macs``: the whole call's): a parallel region costs
 // microseconds on a quiet machine and a scheduler time slice (milliseconds) on an
 // oversubscribed one, which small calls (H = 32: ~0.1 ms in all) cannot amortise.
-constexpr double kMinMacs = 8e6;
-template <class F>
-static void for_row_blocks(int B, double macs, int nthreads, F&& body) {
+constexpr double kMinMacs = 4e6;
+constexpr double kMinMacsUnits = 1e6;  // the split over hidden units (below): no region per call is cheaper
+static int requested_threads(int nthreads) {
 #ifdef _OPENMP
   int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
 #else
   int nt = 1;
 #endif
+  return g_forked.load(std::memory_order_relaxed) ? 1 : nt;
+}
+
+template <class F>
+static void for_row_blocks(int B, double macs, int nthreads, F&& body) {
+  int nt = requested_threads(nthreads);
   constexpr int TG = 4;
   nt = std::max(1, std::min(nt, B / TG));
   nt = std::max(1, std::min(nt, (int)std::min(1e6, macs / kMinMacs)));
-  if (g_forked.load(std::memory_order_relaxed)) nt = 1;
   g_last_threads.store(nt, std::memory_order_relaxed);
   if (nt == 1) {
     body(0, B);
@@ -392,11 +397,92 @@ struct Steps {
 enum { LSTM_NO_FORGET = 1, LSTM_PEEPHOLE = 2, LSTM_PROJ = 4, RNN_RELU = 1 };
 
 // ---- LSTM ---------------------------------------------------------------------------------
+// One time step of the LSTM pointwise forward for batch row b and units [j0, j1): ``a`` the
+// gate pre-activations of the row (gate q of unit j at a[q * gs + j - ja])
+template <class R, bool pp, bool nf>
+static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, int j1,
+                              const R* a, long gs, int ja, const int* L, R* S, R* C,
+                              const R* peep, R* gates, long gates_ts, R* Y) {
+  const int G = 4 * H;
+  const R* cp = C + ((long)p * B + b) * H;
+  const R* hp = S + ((long)p * B + b) * H;
+  R* cn = C + ((long)n * B + b) * H;
+  R* hn = S + ((long)n * B + b) * H;
+  R* y = Y + ((long)t * B + b) * H;
+  R* gt = gates + (long)t * gates_ts + (long)b * G;
+  const R* a0 = a - ja;
+  const bool act = t < L[b];
+#pragma omp simd
+  for (int j = j0; j < j1; ++j) {
+    R c0 = cp[j];
+    R ai = a0[j], af = a0[gs + j], ag = a0[2 * gs + j], ao = a0[3 * gs + j];
+    if (pp) { ai += peep[j] * c0; af += peep[H + j] * c0; }
+    R i = vsigmoid<R>(ai);
+    R f = nf ? R(1) : vsigmoid<R>(af);
+    R g = vtanh<R>(ag);
+    R c = f * c0 + i * g;
+    if (pp) ao += peep[2 * H + j] * c;
+    R o = vsigmoid<R>(ao);
+    R h = o * vtanh<R>(c);
+    gt[j] = i; gt[H + j] = f; gt[2 * H + j] = g; gt[3 * H + j] = o;
+    cn[j] = act ? c : c0;
+    hn[j] = act ? h : hp[j];
+    y[j] = act ? h : R(0);
+  }
+}
+
+// Threads over hidden units, for few batch rows (B = 1..7: row blocks would leave a thread
+// with a register tile of 1-4 rows re-streaming all of W_hh): thread k owns units
+// [j0, j1) (whole vectors), computes the 4 gate slices of those units from the whole h_{t-1}
+// and writes their h_t, c_t; one barrier per step publishes h_t. Every GEMM element sums in
+// the same order as in the one-thread loop, so the bits do not depend on the split.
+template <class R, bool pp, bool nf>
+static bool lstm_forward_units(int T, int B, int H, const R* gx, const R* whhT, const int* L,
+                               int reverse, R* S, R* C, const R* peep, R* gates, long gates_ts,
+                               R* Y, int nthreads) {
+#ifdef _OPENMP
+  constexpr int VL = kVecBytes / (int)sizeof(R);
+  int nt = requested_threads(nthreads);
+  nt = std::min(nt, H / (2 * VL));  // at least 2 vectors of units each
+  if (nt < 2 || B > 8 || (double)T * B * 4 * H * H < kMinMacsUnits * nt) return false;
+  g_last_threads.store(nt, std::memory_order_relaxed);
+  const int G = 4 * H;
+  Steps st{T, reverse};
+#pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num(), n = omp_get_num_threads();
+    const int vecs = (H + VL - 1) / VL, per = (vecs + n - 1) / n;
+    const int j0 = std::min(H, id * per * VL), j1 = std::min(H, j0 + per * VL);
+    const int nj = j1 - j0;
+    std::vector<R> abuf((size_t)B * 4 * std::max(nj, 1));
+    R* a = abuf.data();
+    for (int s = 0; s < T; ++s) {
+      const int t = st.t(s), p = st.prev(t), nx = st.nxt(t);
+      if (nj > 0) {
+        for (int q = 0; q < 4; ++q)
+          gemm_add<R>(S + (long)p * B * H, H, whhT + q * H + j0, G,
+                      gx + (long)t * B * G + q * H + j0, G, a + q * nj, 4 * nj, B, H, nj);
+        for (int b = 0; b < B; ++b)
+          lstm_point<R, pp, nf>(B, H, t, p, nx, b, j0, j1, a + (long)b * 4 * nj, nj, j0, L, S, C,
+                                peep, gates, gates_ts, Y);
+      }
+#pragma omp barrier
+    }
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
 template <class R, bool pp, bool nf>
 static void lstm_forward(int T, int B, int H, const R* gx, const R* whhT, const int* L,
                          int reverse, R* S, R* C, const R* peep, R* gates, long gates_ts,
                          R* Y, int nthreads) {
   const int G = 4 * H;
+  if (lstm_forward_units<R, pp, nf>(T, B, H, gx, whhT, L, reverse, S, C, peep, gates, gates_ts,
+                                    Y, nthreads))
+    return;
   Steps st{T, reverse};
   for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
@@ -406,33 +492,9 @@ static void lstm_forward(int T, int B, int H, const R* gx, const R* whhT, const 
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
       gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, gx + ((long)t * B + b0) * G, G, a, G,
                   rows, H, G);
-      for (int b = b0; b < b1; ++b) {
-        R* ar = a + (long)(b - b0) * G;
-        const R* cp = C + ((long)p * B + b) * H;
-        const R* hp = S + ((long)p * B + b) * H;
-        R* cn = C + ((long)n * B + b) * H;
-        R* hn = S + ((long)n * B + b) * H;
-        R* y = Y + ((long)t * B + b) * H;
-        R* gt = gates + (long)t * gates_ts + (long)b * G;
-        const bool act = t < L[b];
-#pragma omp simd
-        for (int j = 0; j < H; ++j) {
-          R c0 = cp[j];
-          R ai = ar[j], af = ar[H + j], ag = ar[2 * H + j], ao = ar[3 * H + j];
-          if (pp) { ai += peep[j] * c0; af += peep[H + j] * c0; }
-          R i = vsigmoid<R>(ai);
-          R f = nf ? R(1) : vsigmoid<R>(af);
-          R g = vtanh<R>(ag);
-          R c = f * c0 + i * g;
-          if (pp) ao += peep[2 * H + j] * c;
-          R o = vsigmoid<R>(ao);
-          R h = o * vtanh<R>(c);
-          gt[j] = i; gt[H + j] = f; gt[2 * H + j] = g; gt[3 * H + j] = o;
-          cn[j] = act ? c : c0;
-          hn[j] = act ? h : hp[j];
-          y[j] = act ? h : R(0);
-        }
-      }
+      for (int b = b0; b < b1; ++b)
+        lstm_point<R, pp, nf>(B, H, t, p, n, b, 0, H, a + (long)(b - b0) * G, H, 0, L, S, C,
+                              peep, gates, gates_ts, Y);
     }
   });
 }
