@@ -9,7 +9,9 @@
 //
 // Threads: row b of every state depends only on row b of the previous state (the recurrence
 // never mixes batch rows), so the batch is split into contiguous row blocks, one per OpenMP
-// thread, and every thread runs the whole time loop on its rows without any barrier.
+// thread, and every thread runs the whole time loop on its rows without any barrier. The
+// LSTM forward of 1-8 rows splits the hidden units instead (one barrier per step).
+// The exported gemm_* and transpose_* serve the execution's whole-sequence GEMMs.
 //
 // Layouts (row-major, C-contiguous):
 //   gx [T,B,G*H]   w_hh_T [Hs,G*H] (forward GEMM)   w_hh [G*H,Hs] (backward GEMM)
