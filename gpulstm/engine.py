@@ -32,7 +32,12 @@ An execution may run a whole direction's time loop itself by defining
     ``g["dc"]`` holding dL/dh0 / dL/dc0.
 
 Either returns False to decline (an option it does not implement); the engine then runs the
-stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here.
+stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here,
+except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
+True, promising that its ``sequence_forward`` runs that direction and projects the input
+itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` and ``s["bias"]`` (the folded
+bias or None) are there instead (the cpu execution projects a few time steps at a time into a
+buffer that stays in cache).
 """
 from __future__ import annotations
 
@@ -66,12 +71,6 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     s["w_hh_T"] = ex.transposed(w["w_hh"])
     if w.get("w_hr") is not None:
         s["w_hr_T"] = ex.transposed(w["w_hr"])
-    gx = xp.empty((T, B, GH), dt)
-    # the input projection of every time step in one GEMM, the folded bias added
-    ex.linear(x.reshape(T * B, I), ex.transposed(w["w_ih"]), cell.fold_bias(xp, w),
-              out=gx.reshape(T * B, GH))
-    s["gx"] = gx
-    s["gh"] = xp.empty((B, GH), dt)
     s["S"] = xp.empty((T + 1, B, Hs), dt)
     s["S"][T if reverse else 0] = h0
     if cell.has_cell_state:
@@ -92,11 +91,21 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
         s["gates"] = None
     s["Y"] = xp.empty((T, B, Hs), dt)
     flags = cell.flags(w)
+    w_ih_T, bias = ex.transposed(w["w_ih"]), cell.fold_bias(xp, w)
+    own = getattr(ex, "projects_input", None)
+    if own is not None and own(cell, s, flags):
+        s["w_ih_T"], s["bias"] = w_ih_T, bias  # the execution's loop projects x itself
+    else:
+        # the input projection of every time step in one GEMM, the folded bias added
+        gx = xp.empty((T, B, GH), dt)
+        ex.linear(x.reshape(T * B, I), w_ih_T, bias, out=gx.reshape(T * B, GH))
+        s["gx"] = gx
+    s["gh"] = xp.empty((B, GH), dt)
     run = getattr(ex, "sequence_forward", None)
     if run is None or not run(cell, w, s, flags):
         for t, prev, nxt in _slots(T, reverse):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
-    transients = ("gx", "gh", "w_hh_T", "w_hr_T") + (() if save else ("gates",))
+    transients = ("gx", "gh", "w_hh_T", "w_hr_T", "w_ih_T", "bias") + (() if save else ("gates",))
     for k in transients:  # backward needs none of them
         s.pop(k, None)
     return s["Y"], s

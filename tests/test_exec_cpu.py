@@ -49,6 +49,19 @@ def test_batch_row_blocks(cpu, rng, B, dtype):
         check_module("cpu", case, dtype, rng, H=21)
 
 
+@pytest.mark.parametrize("threads_n", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("T, B, H", [(37, 20, 64), (200, 3, 64)])
+def test_chunked_input_projection(threads, rng, dtype, T, B, H, threads_n):
+    """The LSTM forward projects the input a chunk of time steps at a time (T=37, B=20, H=64:
+    chunks of 12 steps and a remainder of 1, per-step projections for a row block of two
+    threads; T=200, B=3: chunks of 85 steps and a remainder of 30, the split over hidden
+    units), both directions, with lengths, against the NumPy reference."""
+    threads.set_num_threads(threads_n)
+    case = ("lstm-bi", "LSTM", {"bidirectional": True, "num_layers": 2}, T, B, True)
+    check_module("cpu", case, dtype, rng, I=9, H=H, poison=True)
+
+
 class _PoisonXP:
     """NumPy, except that ``empty`` returns NaN-filled arrays: a buffer element the engine or
     an execution forgets to write stays NaN and shows in the results."""

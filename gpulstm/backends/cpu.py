@@ -131,7 +131,7 @@ def _library():
 
 # argument kinds: p pointer, i int, l long
 _SIGS = {
-    "lstm_forward": "iiipppipppplpii",
+    "lstm_forward": "iiippippppipppplpii",
     "lstm_backward": "iiippipppppppii",
     "gru_forward": "iiippppipplpi",
     "gru_backward": "iiippippppppi",
@@ -256,23 +256,38 @@ class CpuExecution(HostExecution):
         suf = _SUFFIX.get(np.dtype(dtype))
         return None if suf is None else getattr(self._lib, f"{kind}_{what}_{suf}")
 
+    def projects_input(self, cell, s, flags):
+        """True: the LSTM's compiled forward projects the input itself, a chunk of time steps
+        at a time (the engine then allocates no [T,B,4H] projection)."""
+        return (cell.name == "lstm" and not flags & LSTM_PROJ
+                and s["x"].dtype in _SUFFIX and s["S"].dtype == s["x"].dtype)
+
     def sequence_forward(self, cell, w, s, flags):
         if cell.name == "lstm" and flags & LSTM_PROJ:
             return False  # projection: the stepwise loop (BLAS GEMMs, NumPy pointwise)
-        S, Y, gx = s["S"], s["Y"], s["gx"]
-        f = self._fn(cell, "forward", gx.dtype)
+        S, Y = s["S"], s["Y"]
+        f = self._fn(cell, "forward", S.dtype)
         if f is None:
             return False
-        T, B, _ = gx.shape
-        H = S.shape[2]
+        T, B, H = Y.shape
         L = np.ascontiguousarray(s["L"], dtype=np.int32)
-        common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
         nt = _num_threads
         if cell.name == "lstm":
-            f(*common, _p(L), int(s["reverse"]), _p(S), _p(s["C"]),
+            gx = s.get("gx")
+            if gx is not None:
+                inp = (_p(gx), None, 0, None, None)
+            else:  # x, W_ih^T and the bias: the loop projects chunks of time steps itself
+                x = np.ascontiguousarray(s["x"])
+                bias = s["bias"]
+                bias = None if bias is None else _p(np.ascontiguousarray(bias, dtype=S.dtype))
+                inp = (None, _p(x), x.shape[2], _p(s["w_ih_T"]), bias)
+            f(T, B, H, *inp, _p(s["w_hh_T"]), _p(L), int(s["reverse"]), _p(S), _p(s["C"]),
               _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data, _time_stride(s["gates"]),
               _p(Y), flags, nt)
-        elif cell.name == "gru":
+            return True
+        gx = s["gx"]
+        common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
+        if cell.name == "gru":
             f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), _p(S),
               s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
         else:

@@ -433,22 +433,47 @@ static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, 
   }
 }
 
-// Threads over hidden units, for few batch rows (B = 1..7: row blocks would leave a thread
+// The input of an LSTM forward: the projection gx [T,B,G] precomputed (bias folded), or null
+// and then x [T,B,I] with W_ih^T [I,G] and the folded bias [G] (null: none), projected here
+// a chunk of time steps at a time into a buffer that stays in L1/L2 (no [T,B,G] array: at
+// B=64, H=512 that is 52 MB written and read again, and fresh pages on every call).
+template <class R>
+struct LstmInput {
+  const R* gx;
+  const R* x;
+  const R* wihT;
+  const R* bias;
+  int I;
+};
+
+// time steps per projection chunk for ``rows`` rows: about 256 KB of gates, at least 64 rows
+// of GEMM (fewer make the projection's register tiles starve), at most T
+template <class R>
+static int chunk_steps(int T, int rows, int G) {
+  const long per_step = (long)rows * G * (long)sizeof(R);
+  int c = (int)std::max<long>(1, (256L << 10) / std::max<long>(1, per_step));
+  c = std::max(c, (64 + rows - 1) / rows);
+  return std::max(1, std::min(c, T));
+}
+
+// Threads over hidden units, for few batch rows (B = 1..8: row blocks would leave a thread
 // with a register tile of 1-4 rows re-streaming all of W_hh): thread k owns units
 // [j0, j1) (whole vectors), computes the 4 gate slices of those units from the whole h_{t-1}
 // and writes their h_t, c_t; one barrier per step publishes h_t. Every GEMM element sums in
 // the same order as in the one-thread loop, so the bits do not depend on the split.
 template <class R, bool pp, bool nf>
-static bool lstm_forward_units(int T, int B, int H, const R* gx, const R* whhT, const int* L,
-                               int reverse, R* S, R* C, const R* peep, R* gates, long gates_ts,
-                               R* Y, int nthreads) {
+static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+                               const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                               long gates_ts, R* Y, int nthreads) {
 #ifdef _OPENMP
   constexpr int VL = kVecBytes / (int)sizeof(R);
   int nt = requested_threads(nthreads);
   nt = std::min(nt, H / (2 * VL));  // at least 2 vectors of units each
-  if (nt < 2 || B > 8 || (double)T * B * 4 * H * H < kMinMacsUnits * nt) return false;
+  const double macs = (double)T * B * 4 * H * (H + (in.gx ? 0 : in.I));
+  if (nt < 2 || B > 8 || macs < kMinMacsUnits * nt) return false;
   g_last_threads.store(nt, std::memory_order_relaxed);
   const int G = 4 * H;
+  const int c = in.gx ? 1 : chunk_steps<R>(T, B, G);
   Steps st{T, reverse};
 #pragma omp parallel num_threads(nt)
   {
@@ -456,19 +481,31 @@ static bool lstm_forward_units(int T, int B, int H, const R* gx, const R* whhT, 
     const int vecs = (H + VL - 1) / VL, per = (vecs + n - 1) / n;
     const int j0 = std::min(H, id * per * VL), j1 = std::min(H, j0 + per * VL);
     const int nj = j1 - j0;
-    std::vector<R> abuf((size_t)B * 4 * std::max(nj, 1));
-    R* a = abuf.data();
-    for (int s = 0; s < T; ++s) {
-      const int t = st.t(s), p = st.prev(t), nx = st.nxt(t);
-      if (nj > 0) {
+    const long slot = (long)B * 4 * nj;  // one time step of this thread's gates
+    std::vector<R> abuf((size_t)c * std::max(slot, 1L));
+    for (int s0 = 0; s0 < T; s0 += c) {
+      const int cn = std::min(c, T - s0);
+      const int tlo = reverse ? T - s0 - cn : s0;  // the chunk's time steps: [tlo, tlo + cn)
+      if (nj > 0 && !in.gx)
         for (int q = 0; q < 4; ++q)
-          gemm_add<R>(S + (long)p * B * H, H, whhT + q * H + j0, G,
-                      gx + (long)t * B * G + q * H + j0, G, a + q * nj, 4 * nj, B, H, nj);
-        for (int b = 0; b < B; ++b)
-          lstm_point<R, pp, nf>(B, H, t, p, nx, b, j0, j1, a + (long)b * 4 * nj, nj, j0, L, S, C,
-                                peep, gates, gates_ts, Y);
-      }
+          gemm_add<R>(in.x + (long)tlo * B * in.I, in.I, in.wihT + q * H + j0, G,
+                      in.bias ? in.bias + q * H + j0 : nullptr, 0, abuf.data() + q * nj,
+                      4 * nj, cn * B, in.I, nj);
+      for (int s = s0; s < s0 + cn; ++s) {
+        const int t = st.t(s), p = st.prev(t), nx = st.nxt(t);
+        R* a = abuf.data() + (in.gx ? 0 : (long)(t - tlo) * slot);
+        if (nj > 0) {
+          for (int q = 0; q < 4; ++q) {
+            const R* c0 = in.gx ? in.gx + (long)t * B * G + q * H + j0 : a + q * nj;
+            gemm_add<R>(S + (long)p * B * H, H, whhT + q * H + j0, G, c0, in.gx ? G : 4 * nj,
+                        a + q * nj, 4 * nj, B, H, nj);
+          }
+          for (int b = 0; b < B; ++b)
+            lstm_point<R, pp, nf>(B, H, t, p, nx, b, j0, j1, a + (long)b * 4 * nj, nj, j0, L, S,
+                                  C, peep, gates, gates_ts, Y);
+        }
 #pragma omp barrier
+      }
     }
   }
   return true;
@@ -478,25 +515,41 @@ static bool lstm_forward_units(int T, int B, int H, const R* gx, const R* whhT, 
 }
 
 template <class R, bool pp, bool nf>
-static void lstm_forward(int T, int B, int H, const R* gx, const R* whhT, const int* L,
-                         int reverse, R* S, R* C, const R* peep, R* gates, long gates_ts,
-                         R* Y, int nthreads) {
+static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+                         const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                         long gates_ts, R* Y, int nthreads) {
   const int G = 4 * H;
-  if (lstm_forward_units<R, pp, nf>(T, B, H, gx, whhT, L, reverse, S, C, peep, gates, gates_ts,
+  if (lstm_forward_units<R, pp, nf>(T, B, H, in, whhT, L, reverse, S, C, peep, gates, gates_ts,
                                     Y, nthreads))
     return;
   Steps st{T, reverse};
-  for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
+  const double macs = (double)T * B * G * (H + (in.gx ? 0 : in.I));
+  for_row_blocks(B, macs, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
-    std::vector<R> abuf((size_t)rows * G);
-    R* a = abuf.data();
-    for (int s = 0; s < T; ++s) {
-      const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, gx + ((long)t * B + b0) * G, G, a, G,
-                  rows, H, G);
-      for (int b = b0; b < b1; ++b)
-        lstm_point<R, pp, nf>(B, H, t, p, n, b, 0, H, a + (long)(b - b0) * G, H, 0, L, S, C,
-                              peep, gates, gates_ts, Y);
+    const int c = in.gx ? 1 : chunk_steps<R>(T, rows, G);
+    const long slot = (long)rows * G;
+    std::vector<R> abuf((size_t)c * slot);
+    for (int s0 = 0; s0 < T; s0 += c) {
+      const int cn = std::min(c, T - s0);
+      const int tlo = reverse ? T - s0 - cn : s0;
+      if (!in.gx) {  // the chunk's input projection: one GEMM when the rows are the whole batch
+        if (rows == B)
+          gemm_add<R>(in.x + (long)tlo * B * in.I, in.I, in.wihT, G, in.bias, 0, abuf.data(), G,
+                      cn * B, in.I, G);
+        else
+          for (int q = 0; q < cn; ++q)
+            gemm_add<R>(in.x + ((long)(tlo + q) * B + b0) * in.I, in.I, in.wihT, G, in.bias, 0,
+                        abuf.data() + q * slot, G, rows, in.I, G);
+      }
+      for (int s = s0; s < s0 + cn; ++s) {
+        const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
+        R* a = abuf.data() + (in.gx ? 0 : (long)(t - tlo) * slot);
+        const R* c0 = in.gx ? in.gx + ((long)t * B + b0) * G : a;
+        gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, c0, G, a, G, rows, H, G);
+        for (int b = b0; b < b1; ++b)
+          lstm_point<R, pp, nf>(B, H, t, p, n, b, 0, H, a + (long)(b - b0) * G, H, 0, L, S, C,
+                                peep, gates, gates_ts, Y);
+      }
     }
   });
 }
@@ -556,10 +609,10 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
   }
 
 template <class R>
-static void lstm_forward_any(int T, int B, int H, const R* gx, const R* whhT, const int* L,
-                             int reverse, R* S, R* C, const R* peep, R* gates, long gates_ts,
-                             R* Y, int flags, int nthreads) {
-  GL_LSTM_DISPATCH(lstm_forward, T, B, H, gx, whhT, L, reverse, S, C, peep, gates, gates_ts, Y,
+static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+                             const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                             long gates_ts, R* Y, int flags, int nthreads) {
+  GL_LSTM_DISPATCH(lstm_forward, T, B, H, in, whhT, L, reverse, S, C, peep, gates, gates_ts, Y,
                    nthreads)
 }
 
@@ -706,9 +759,11 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 
 // ---- C exports: <cell>_<forward|backward>_<f32|f64> ---------------------------------------
 #define GL_DEFINE(SUF, R)                                                                      \
-  GL_EXPORT void lstm_forward_##SUF(int T, int B, int H, const R* gx, const R* whhT,          \
-      const int* L, int rev, R* S, R* C, const R* peep, R* gates, long gts, R* Y, int flags,  \
-      int nt) { lstm_forward_any<R>(T, B, H, gx, whhT, L, rev, S, C, peep, gates, gts, Y, flags, nt); } \
+  GL_EXPORT void lstm_forward_##SUF(int T, int B, int H, const R* gx, const R* x, int I,      \
+      const R* wihT, const R* bias, const R* whhT, const int* L, int rev, R* S, R* C,           \
+      const R* peep, R* gates, long gts, R* Y, int flags, int nt) {                             \
+    lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wihT, bias, I}, whhT, L, rev, S, C, peep,   \
+                        gates, gts, Y, flags, nt); }                                            \
   GL_EXPORT void lstm_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, int flags, \
       int nt) { lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, flags, nt); } \
