@@ -354,6 +354,9 @@ __attribute__((constructor)) void gl_register_atfork() {
 // multiply-adds of GEMM work per thread (``macs``: the whole call's): a parallel region costs
 // microseconds on a quiet machine and a scheduler time slice (milliseconds) on an
 // oversubscribed one, which small calls (H = 32: ~0.1 ms in all) cannot amortise.
+#ifndef GL_UNITS_MAXB
+#define GL_UNITS_MAXB 8
+#endif
 constexpr double kMinMacs = 4e6;
 constexpr double kMinMacsUnits = 1e6;  // the split over hidden units (below): no region per call is cheaper
 static int requested_threads(int nthreads) {
@@ -470,7 +473,7 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
   int nt = requested_threads(nthreads);
   nt = std::min(nt, H / (2 * VL));  // at least 2 vectors of units each
   const double macs = (double)T * B * 4 * H * (H + (in.gx ? 0 : in.I));
-  if (nt < 2 || B > 8 || macs < kMinMacsUnits * nt) return false;
+  if (nt < 2 || B > GL_UNITS_MAXB || macs < kMinMacsUnits * nt) return false;
   g_last_threads.store(nt, std::memory_order_relaxed);
   const int G = 4 * H;
   const int c = in.gx ? 1 : chunk_steps<R>(T, B, G);
