@@ -293,8 +293,10 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
       const long ldk = k0 == 0 ? ld0 : ldc;
       R* Cm = C + (long)m0 * ldc;
       int j0 = 0;
-      if (rows < 4)
+      if (rows < 4) {  // few rows: wide panels keep enough independent FMA chains in flight
         for (; j0 + 8 * VL <= N; j0 += 8 * VL) panel<R, 8>(ab, Wk, ldw, Ck, ldk, Cm, ldc, rows, kn, j0);
+        for (; j0 + 4 * VL <= N; j0 += 4 * VL) panel<R, 4>(ab, Wk, ldw, Ck, ldk, Cm, ldc, rows, kn, j0);
+      }
       // NVM-vector panels, but a lone 1-vector remainder (slow: 8 accumulators) is avoided:
       // 3 + 1 vectors run as 2 + 2
       int nv = (N - j0) / VL;
