@@ -208,9 +208,12 @@ static inline void row_tiles(int rows, F&& f) {
   if (r < rows) f(r, std::integral_constant<int, 1>());
 }
 
-// pack rows [m0, m0 + rows) and k [k0, k0 + kn) of op(A): the tile at row r at P + r * kn
+// pack rows [m0, m0 + rows) and k [k0, k0 + kn) of op(A): the tile at row r at P + r * kn.
+// grp > 0 (A not transposed): A's rows come in groups of grp rows, group g starting at
+// A + g * ldg (the row block of one thread across the time steps of a chunk of x [T,B,I])
 template <class R>
-static void pack(bool ta, const R* A, long lda, int m0, int rows, int k0, int kn, R* P) {
+static void pack(bool ta, const R* A, long lda, int m0, int rows, int k0, int kn, R* P,
+                 int grp, long ldg) {
   row_tiles(rows, [&](int r, auto rn_c) {
     constexpr int RN = decltype(rn_c)::value;
     R* p = P + (long)r * kn;
@@ -221,7 +224,8 @@ static void pack(bool ta, const R* A, long lda, int m0, int rows, int k0, int kn
       }
     } else {
       for (int i = 0; i < RN; ++i) {
-        const R* a = A + (long)(m0 + r + i) * lda + k0;
+        const long m = m0 + r + i;
+        const R* a = (grp > 0 ? A + (m / grp) * ldg + (m % grp) * lda : A + m * lda) + k0;
         for (int k = 0; k < kn; ++k) p[k * RN + i] = a[k];
       }
     }
@@ -259,7 +263,7 @@ static R* pack_buffer() {
 
 template <class R>
 static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
-                 R* C, long ldc, int M, int K, int N) {
+                 R* C, long ldc, int M, int K, int N, int grp = 0, long ldg = 0) {
   constexpr int VL = kVecBytes / (int)sizeof(R);
   if (K <= 0) {  // nothing to add: C = C0
     for (int r = 0; r < M; ++r) {
@@ -271,7 +275,7 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
   }
   // A small enough to stay in L1/L2 as it is (the per-step GEMMs of the time loops) is read
   // in place; a larger one is packed block by block
-  const bool in_place = (long)M * K <= kInPlace;
+  const bool in_place = (long)M * K <= kInPlace && grp == 0;
   R* P = in_place ? nullptr : pack_buffer<R>();
   for (int k0 = 0; k0 < K; k0 += KC) {
     const int kn = std::min(KC, K - k0);
@@ -285,7 +289,7 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
         ab.sk = ta ? lda : 1;
         ab.P = A + m0 * ab.sr + k0 * ab.sk;
       } else {
-        pack<R>(ta, A, lda, m0, rows, k0, kn, P);
+        pack<R>(ta, A, lda, m0, rows, k0, kn, P, grp, ldg);
         ab = ABlock{P, 0, 0, true};
       }
       // the first k block starts from C0, later ones add to what it wrote
@@ -537,14 +541,10 @@ static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* w
     for (int s0 = 0; s0 < T; s0 += c) {
       const int cn = std::min(c, T - s0);
       const int tlo = reverse ? T - s0 - cn : s0;
-      if (!in.gx) {  // the chunk's input projection: one GEMM when the rows are the whole batch
-        if (rows == B)
-          gemm_add<R>(in.x + (long)tlo * B * in.I, in.I, in.wihT, G, in.bias, 0, abuf.data(), G,
-                      cn * B, in.I, G);
-        else
-          for (int q = 0; q < cn; ++q)
-            gemm_add<R>(in.x + ((long)(tlo + q) * B + b0) * in.I, in.I, in.wihT, G, in.bias, 0,
-                        abuf.data() + q * slot, G, rows, in.I, G);
+      if (!in.gx) {  // the chunk's input projection: one GEMM
+        // rows b0..b1 of every step of the chunk: groups of ``rows`` rows, B * I apart
+        gemm<R>(false, in.x + ((long)tlo * B + b0) * in.I, in.I, in.wihT, G, in.bias, 0,
+                abuf.data(), G, cn * rows, in.I, G, rows == B ? 0 : rows, (long)B * in.I);
       }
       for (int s = s0; s < s0 + cn; ++s) {
         const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
