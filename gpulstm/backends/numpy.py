@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _malloc
 from . import numpy_pointwise
 from .._checks import host_memory_guard
 
@@ -15,6 +16,7 @@ class HostExecution:
     def __init__(self, name, pw):
         self.name = name
         self.pw = pw
+        _malloc.tune()  # fresh pages on every call otherwise (see gpulstm._malloc)
 
     def asarray(self, a, dtype):
         return np.ascontiguousarray(a, dtype=dtype)
