@@ -110,6 +110,10 @@ class _RNNBase:
     def __setstate__(self, state):
         """Re-attach the execution of the backend the module was saved with."""
         self.__dict__.update(state)
+        if "_dropout_stream" not in state:  # saved before the Philox masks: seed from its Generator
+            rng = self.__dict__.pop("_dropout_rng", None)
+            seed = int(rng.bit_generator.random_raw()) if rng is not None else 0
+            self.__dict__["_dropout_stream"] = engine.DropoutStream(seed)
         try:
             self.__dict__["ex"] = get_backend(self.backend)
         except BackendUnavailable as e:

