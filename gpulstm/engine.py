@@ -13,8 +13,9 @@ Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``
 array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)``,
 ``ex.matmul_acc(a, b, out)`` (``out += a @ b``), ``ex.linear(a, b, bias, out)``
 (``out = a @ b + bias``, bias a row or None) and ``ex.transposed(a)`` (a C-contiguous copy of
-``a.T``). Buffers are allocated once per call; the
-loop allocates nothing.
+``a.T``), ``ex.dropout_mask(shape, p, seed, offset, dtype)`` (the scaled keep mask of the
+Philox stream (seed, offset), :mod:`gpulstm.backends.philox`). Buffers are allocated once per
+call; the loop allocates nothing.
 
 Where the time loop runs is the execution's choice. The Python loop below (one recurrent GEMM
 and one pointwise step per time step, :mod:`gpulstm.cells`) is the reference and the default.
@@ -225,12 +226,51 @@ def private_input(ex, x, lengths):
     return x
 
 
+class DropoutStream:
+    """Where the dropout masks come from: a 64-bit Philox seed and the counter (offset) of the
+    next unused Philox block. Each mask of ``n`` elements takes ``ceil(n / 4)`` blocks
+    (:meth:`take`), so successive masks are fresh and a given (seed, offset) reproduces one;
+    the masks themselves are drawn by the execution (``ex.dropout_mask``): the same bits on
+    every backend."""
+
+    def __init__(self, seed, offset=0):
+        self.seed = int(seed) & (2**64 - 1)
+        self.offset = int(offset) & (2**64 - 1)
+
+    def take(self, n):
+        """(seed, offset) of a mask of ``n`` elements; advances the offset past its blocks."""
+        offset = self.offset
+        self.offset = (offset + (int(n) + 3) // 4) & (2**64 - 1)
+        return self.seed, offset
+
+    def __repr__(self):
+        return f"DropoutStream(seed={self.seed:#x}, offset={self.offset})"
+
+
+def dropout_mask(ex, rng, shape, p, dtype):
+    """The scaled keep mask (1 / (1 - p) where kept, 0 elsewhere; all 0 for p = 1, as torch)
+    of ``shape``. ``rng`` a :class:`DropoutStream`: drawn by the execution from Philox (on the
+    device for the kernel executions). Any other ``rng`` is a host generator whose
+    ``random(shape)`` gives uniforms in [0, 1) (``gpulstm.torch`` draws torch's), kept where
+    >= p and uploaded."""
+    if isinstance(rng, DropoutStream):
+        n = 1
+        for d in shape:
+            n *= int(d)
+        seed, offset = rng.take(n)
+        return ex.dropout_mask(shape, p, seed, offset, dtype)
+    keep = rng.random(shape) >= p
+    scale = 1.0 / (1.0 - p) if p < 1 else 0.0  # p = 1 zeroes all (torch)
+    return ex.asarray(keep * scale, dtype)
+
+
 def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=True):
     """Stacked (multi-layer, optionally bidirectional) forward.
 
     params [L][D] weight dicts; x [T,B,I]; h0 [L*D,B,Hs]; c0 [L*D,B,H] or None;
     lengths int32 [B]; dropout applied to the output of every layer but the last with masks
-    drawn from the NumPy Generator ``rng`` (the same numbers on every backend).
+    from ``rng`` (see :func:`dropout_mask`: a :class:`DropoutStream` gives the same masks on
+    every backend).
     ``save=False`` (inference) keeps no history for a backward: no per-step gates, and
     ``ctx.saved`` is None (:func:`backward` then raises).
     Returns (y [T,B,D*Hs], h_n, c_n, ctx).
@@ -256,9 +296,7 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
             ctx.saved.append(saved)
         out = ys[0] if D == 1 else xp.concatenate(ys, axis=2)
         if dropout > 0 and layer < len(params) - 1:
-            keep = rng.random(out.shape) >= dropout
-            scale = 1.0 / (1.0 - dropout) if dropout < 1 else 0.0  # p = 1 zeroes all (torch)
-            mask = ex.asarray(keep * scale, out.dtype)
+            mask = dropout_mask(ex, rng, out.shape, dropout, out.dtype)
             if save:
                 ctx.masks.append(mask)
             out = out * mask

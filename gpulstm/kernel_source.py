@@ -32,6 +32,7 @@ KERNEL_FILES = (
     "rnn_backward.cu",
     "fused_step.cu",
     "persistent.cu",
+    "dropout.cu",
 )
 #: every kernel (each named like its reference in gpulstm.backends.numpy_pointwise)
 KERNELS = (
@@ -60,6 +61,12 @@ LOOP_KERNELS = (
     "rnn_persistent_forward",
     "rnn_persistent_backward",
 )
+#: the random-number kernels; each has its NumPy twin in gpulstm.backends.philox
+RNG_KERNELS = (
+    "dropout_mask",
+)
+#: every kernel of the source, in the order of its name expressions
+ALL_KERNELS = KERNELS + LOOP_KERNELS + RNG_KERNELS
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: NVRTC options of every compile (CuPy adds the architecture and ``-ftz=true`` itself).
@@ -76,8 +83,8 @@ class KernelSource(NamedTuple):
 
 def name_expression(kernel, dtype):
     """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``."""
-    if kernel not in KERNELS and kernel not in LOOP_KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS + LOOP_KERNELS}")
+    if kernel not in ALL_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {ALL_KERNELS}")
     try:
         ctype = CTYPES[str(dtype)]
     except KeyError:
@@ -86,7 +93,7 @@ def name_expression(kernel, dtype):
 
 
 def name_expressions():
-    return tuple(name_expression(k, d) for k in KERNELS + LOOP_KERNELS for d in CTYPES)
+    return tuple(name_expression(k, d) for k in ALL_KERNELS for d in CTYPES)
 
 
 def _candidates():

@@ -71,7 +71,8 @@ class _RNNBase:
         self.backend = self.ex.name
         self.training = True
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
-        self._dropout_rng = np.random.default_rng(drop_seq)
+        # dropout masks: Philox stream (seed from the module seed, offset advancing per mask)
+        self._dropout_stream = engine.DropoutStream(int(drop_seq.generate_state(1, np.uint64)[0]))
         self._ctx = None
         self._ctx_error = None  # why the last forward failed (backward's message)
         self.record_state_grads = False  # set True to keep per-step dL/dh_t (state_grads)
@@ -109,6 +110,10 @@ class _RNNBase:
     def __setstate__(self, state):
         """Re-attach the execution of the backend the module was saved with."""
         self.__dict__.update(state)
+        if "_dropout_stream" not in state:  # saved before the Philox masks: seed from its Generator
+            rng = self.__dict__.pop("_dropout_rng", None)
+            seed = int(rng.bit_generator.random_raw()) if rng is not None else 0
+            self.__dict__["_dropout_stream"] = engine.DropoutStream(seed)
         try:
             self.__dict__["ex"] = get_backend(self.backend)
         except BackendUnavailable as e:
@@ -257,7 +262,7 @@ class _RNNBase:
             with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
                 y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(copy=True), x, h0, c0, lens,
                                                   self.dropout if self.training else 0.0,
-                                                  self._dropout_rng, save=self.training)
+                                                  self._dropout_stream, save=self.training)
         self._ctx = ctx
         self._out_shape = (T, B, F)
         self._unbatched = unbatched

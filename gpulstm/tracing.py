@@ -218,7 +218,7 @@ def launch_trace(module, x, backward=True, algo=None):
     with np.errstate(all="ignore"):
         y, _, _, ctx = engine.forward(ex, cell, params, xs, h0, c0, lengths,
                                       module.dropout if module.training else 0.0,
-                                      np.random.default_rng(0))
+                                      engine.DropoutStream(0))
         if backward:
             ex.rec.phase = "backward"
             engine.backward(ex, ctx, np.zeros(y.shape, dt).view(_Array))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gpulstm as gl
+from gpulstm import engine
 from numgrad import numeric_grad
 
 def _build(cell, I, H, **kw):
@@ -17,7 +18,7 @@ def _build(cell, I, H, **kw):
 
 def _loss_fn(m, x, h0, c0, lengths, gy, gh, gc, dropout_seed):
     def loss():
-        m._dropout_rng = np.random.default_rng(dropout_seed)  # same dropout mask every call
+        m._dropout_stream = engine.DropoutStream(dropout_seed)  # same dropout mask every call
         if c0 is not None:
             y, (hn, cn) = m(x, (h0, c0), lengths=lengths)
             return np.sum(y * gy) + np.sum(hn * gh) + np.sum(cn * gc)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpulstm.backends import numpy_pointwise
-from gpulstm.kernel_source import KERNELS, LOOP_KERNELS, NVRTC_OPTIONS, kernel_dir, kernel_source
+from gpulstm.kernel_source import (KERNELS, LOOP_KERNELS, NVRTC_OPTIONS, RNG_KERNELS, kernel_dir,
+                                   kernel_source)
 
 nvrtc = pytest.importorskip(
     "cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install 'gpulstm[nvrtc]')")
@@ -133,9 +134,9 @@ def test_nvrtc_compiles_without_warnings(source, arch, tmp_path):
 def test_source_is_self_contained(source):
     assert not re.search(r"^\s*#\s*include", source.code, re.M), "includes left in the source"
     assert source.code.count("#ifndef GPULSTM_COMMON_CUH") == 1
-    for k in KERNELS:
+    for k in KERNELS + RNG_KERNELS:
         assert re.search(rf"__global__\s+void\s+{k}\s*\(", source.code), k
-    assert len(source.name_expressions) == 2 * (len(KERNELS) + len(LOOP_KERNELS))
+    assert len(source.name_expressions) == 2 * (len(KERNELS) + len(LOOP_KERNELS) + len(RNG_KERNELS))
 
 
 def test_flag_values_match_numpy_reference():

@@ -114,10 +114,19 @@ def _steps(T, reverse):
 
 class KernelLoop:
     """Mixin of an execution whose ``pw`` is a :class:`~.kernel_pointwise.KernelPointwise`:
-    adds the algorithm choice and the device time loop. ``algo`` is a class default;
+    adds the algorithm choice, the device time loop and the dropout masks drawn on the
+    device (:meth:`dropout_mask`). ``algo`` is a class default;
     :meth:`with_algo` returns a copy of the execution with another one."""
 
     algo = "auto"
+
+    def dropout_mask(self, shape, p, seed, offset, dtype):
+        """The scaled dropout keep mask of ``shape`` for probability ``p`` from the Philox
+        stream (seed, offset), written on the device by ``kernels/dropout.cu`` (the same bits
+        as :func:`gpulstm.backends.philox.dropout_mask` on the host executions)."""
+        mask = self.xp.empty(tuple(shape), dtype)
+        self.pw.dropout_mask(mask, p, seed, offset)
+        return mask
 
     def with_algo(self, algo):
         """This execution with time-loop algorithm ``algo`` (a shallow copy sharing the

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import philox
 from ..kernel_source import name_expression
 
 #: threads per block of every pointwise launch
 BLOCK = 256
 
 _i32 = np.int32
+_i64 = np.int64
+_u32 = np.uint32
+_u64 = np.uint64
 
 
 class KernelPointwise:
@@ -98,3 +102,19 @@ class KernelPointwise:
         B, H = h.shape
         self._launch("rnn_backward", h.dtype, B, H,
                      (h, dh_next, dy, lengths, _i32(t), dgates, _i32(B), _i32(H), _i32(flags)))
+
+    # -- dropout ------------------------------------------------------------------------------
+    def dropout_mask(self, mask, p, seed, offset):
+        """Fill ``mask`` (C-contiguous, any shape) with the scaled keep mask of dropout
+        probability ``p`` from the Philox stream (seed, offset): ``kernels/dropout.cu``, one
+        thread per Philox block of 4 elements; the NumPy twin is
+        :func:`gpulstm.backends.philox.dropout_mask`."""
+        n = int(mask.size)
+        if n == 0:
+            return
+        threads = philox.blocks(n)
+        dt = np.dtype(mask.dtype)
+        self.kernel("dropout_mask", dt)(
+            ((threads + BLOCK - 1) // BLOCK,), (BLOCK,),
+            (mask, _i64(n), _u64(int(seed) & (2**64 - 1)), _u64(int(offset) & (2**64 - 1)),
+             _u32(philox.threshold(p)), dt.type(philox.scale(p))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _malloc
-from . import numpy_pointwise
+from . import numpy_pointwise, philox
 from .._checks import host_memory_guard
 
 
@@ -43,6 +43,11 @@ class HostExecution:
     def transposed(self, a):
         """A C-contiguous copy of a.T."""
         return self.xp.ascontiguousarray(a.T)
+
+    def dropout_mask(self, shape, p, seed, offset, dtype):
+        """The scaled dropout keep mask of ``shape`` for probability ``p`` from the Philox
+        stream (seed, offset) (:mod:`.philox`; the kernel executions draw the same bits)."""
+        return philox.dropout_mask(shape, p, seed, offset, dtype)
 
     def synchronize(self):
         pass
