@@ -1,7 +1,10 @@
 """Cell definitions: how each cell's step maps onto GEMMs and one pointwise step.
 
-A cell knows its gate count, which buffers its forward saves for backward, and how one time
-step calls the execution's pointwise ops. The loop over time lives in :mod:`gpulstm.engine`;
+A cell knows its gate count, which buffers its forward and backward need beyond the ones every
+cell has (:meth:`Cell.init_forward`, :meth:`Cell.init_backward`), which gradients it adds to
+the whole-sequence ones (:meth:`Cell.extra_grads`) and how one time step calls the
+execution's pointwise ops. The engine never asks which cell it runs: the loop over time lives
+in :mod:`gpulstm.engine`;
 the pointwise math lives in :mod:`gpulstm.backends.numpy_pointwise` (reference) and in
 ``kernels/`` (CUDA). Per direction and layer the weights are a dict::
 
@@ -19,11 +22,36 @@ from .backends.numpy_pointwise import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, 
 
 class Cell:
     name = ""
+    kind = ""  # the kernels' prefix: "lstm", "gru" or "rnn" (executions pick kernels by it)
     gates = 1  # G: gate blocks in w_ih / w_hh
     has_cell_state = False
+    #: entries of the saved dict that :meth:`init_forward` adds and backward never reads
+    forward_transients = ()
 
     def flags(self, w):
         return 0
+
+    def init_forward(self, ex, w, s, c0):
+        """Add this cell's buffers and constants to the saved dict ``s`` of one direction's
+        forward (the engine has put ``S`` [T+1,B,Hs] with its initial slot, ``x``, ``L`` and
+        ``reverse`` there). ``c0`` [B,H] the initial cell state, or None."""
+
+    def init_backward(self, ex, w, s, g, dc_n):
+        """Add this cell's buffers to the gradient dict ``g`` of one direction's backward (the
+        engine has put ``dY``, ``dh`` and ``dGx`` [T,B,G*H] there): ``dGh``, the gradient of
+        the recurrent pre-activations, is ``dGx`` itself unless the cell says otherwise.
+        ``dc_n`` [B,H] the gradient w.r.t. the final cell state, or None."""
+        g["dGh"] = g["dGx"]
+
+    def extra_grads(self, ex, w, s, g):
+        """Gradients of the cell's own parameters beyond w_ih, w_hh and the biases, after the
+        backward loop: {key of ``w``: array}."""
+        return {}
+
+    def saved_elements(self, T, B, H, Hs):
+        """Elements one direction's forward keeps for backward: S, Y, the gates (and the
+        cell's own buffers)."""
+        return (T + 1) * B * Hs + T * B * Hs + T * B * self.saved_width(H)
 
     def fold_bias(self, xp, w):
         """Bias added to the whole-sequence input projection (None without bias)."""
@@ -36,10 +64,19 @@ class Cell:
         return self.gates * H
 
 
+def product(ex, a, b):
+    """a @ b [M,N] into a new array through the execution's GEMM (``a`` may be a transposed
+    view)."""
+    out = ex.xp.empty((a.shape[0], b.shape[1]), a.dtype)
+    ex.matmul(a, b, out=out)
+    return out
+
+
 class LSTMCell(Cell):
-    name = "lstm"
+    name = kind = "lstm"
     gates = 4
     has_cell_state = True
+    forward_transients = ("w_hr_T",)
 
     def __init__(self, forget_gate=True, peephole=False):
         self.forget_gate = forget_gate
@@ -52,6 +89,48 @@ class LSTMCell(Cell):
         if w.get("w_hr") is not None:
             f |= LSTM_PROJ
         return f
+
+    def init_forward(self, ex, w, s, c0):
+        xp, S = ex.xp, s["S"]
+        T, B = S.shape[0] - 1, S.shape[1]
+        H = w["w_hh"].shape[0] // self.gates
+        s["C"] = xp.empty((T + 1, B, H), S.dtype)
+        s["C"][T if s["reverse"] else 0] = c0
+        s["peep"] = w["peep"] if w.get("peep") is not None else xp.zeros((3, H), S.dtype)
+        if w.get("w_hr") is not None:  # proj_size: m = o * tanh(c) saved, h = m W_hr^T
+            s["w_hr_T"] = ex.transposed(w["w_hr"])
+            s["M"] = xp.empty((T, B, H), S.dtype)
+
+    def init_backward(self, ex, w, s, g, dc_n):
+        xp, dGx = ex.xp, g["dGx"]
+        T, B = dGx.shape[:2]
+        H = dGx.shape[2] // self.gates
+        g["dGh"] = dGx
+        g["dc"] = xp.zeros((B, H), dGx.dtype) if dc_n is None else dc_n.copy()
+        if w.get("w_hr") is not None:
+            g["DHR"] = xp.empty((T, B, s["S"].shape[2]), dGx.dtype)
+            g["dm"] = xp.empty((B, H), dGx.dtype)
+
+    def extra_grads(self, ex, w, s, g):
+        out = {}
+        T, B, GH = g["dGx"].shape
+        H = GH // self.gates
+        if w.get("w_hr") is not None:
+            Hs = g["DHR"].shape[2]
+            out["w_hr"] = product(ex, g["DHR"].reshape(T * B, Hs).T, s["M"].reshape(T * B, H))
+        if w.get("peep") is not None:
+            C, d = s["C"], g["dGx"]
+            c_prev, c_new = (C[1:], C[:-1]) if s["reverse"] else (C[:-1], C[1:])
+            out["peep"] = ex.xp.stack([
+                (d[..., :H] * c_prev).sum(axis=(0, 1)),
+                (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
+                (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
+            ])
+        return out
+
+    def saved_elements(self, T, B, H, Hs):
+        # + C, and M when projecting
+        return super().saved_elements(T, B, H, Hs) + (T + 1) * B * H + (T * B * H if Hs != H else 0)
 
     def step_forward(self, ex, w, s, t, prev, nxt, flags):
         pw, S, C = ex.pw, s["S"], s["C"]
@@ -79,8 +158,16 @@ class LSTMCell(Cell):
 
 
 class GRUCell(Cell):
-    name = "gru"
+    name = kind = "gru"
     gates = 3
+
+    def init_forward(self, ex, w, s, c0):
+        H = w["w_hh"].shape[0] // self.gates
+        # b_hn stays inside r * (W_hn h + b_hn): the step adds it, not the projection
+        s["b_hn"] = w["b_hh"][2 * H:] if w["b_hh"] is not None else ex.xp.zeros(H, s["S"].dtype)
+
+    def init_backward(self, ex, w, s, g, dc_n):
+        g["dGh"] = ex.xp.empty_like(g["dGx"])  # r * dn differs from dn on the hidden side
 
     def fold_bias(self, xp, w):
         # b_hr and b_hz fold into the input projection; b_hn stays inside r * (W_hn h + b_hn)
@@ -107,6 +194,7 @@ class GRUCell(Cell):
 
 
 class RNNCell(Cell):
+    kind = "rnn"
     gates = 1
 
     def __init__(self, nonlinearity="tanh"):

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .cells import product
+
 
 def _slots(T, reverse):
     """(t, prev, nxt) for the steps in processing order."""
@@ -70,18 +72,9 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop
     s["w_hh_T"] = ex.transposed(w["w_hh"])
-    if w.get("w_hr") is not None:
-        s["w_hr_T"] = ex.transposed(w["w_hr"])
     s["S"] = xp.empty((T + 1, B, Hs), dt)
     s["S"][T if reverse else 0] = h0
-    if cell.has_cell_state:
-        s["C"] = xp.empty((T + 1, B, H), dt)
-        s["C"][T if reverse else 0] = c0
-        s["peep"] = w["peep"] if w.get("peep") is not None else xp.zeros((3, H), dt)
-        if w.get("w_hr") is not None:
-            s["M"] = xp.empty((T, B, H), dt)
-    if cell.name == "gru":
-        s["b_hn"] = w["b_hh"][2 * H:] if w["b_hh"] is not None else xp.zeros(H, dt)
+    cell.init_forward(ex, w, s, c0)  # C, peepholes, projection, GRU's b_hn: the cell's own
     width = cell.saved_width(H)
     if width and save:
         s["gates"] = xp.empty((T, B, width), dt)
@@ -106,7 +99,8 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     if run is None or not run(cell, w, s, flags):
         for t, prev, nxt in _slots(T, reverse):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
-    transients = ("gx", "gh", "w_hh_T", "w_hr_T", "w_ih_T", "bias") + (() if save else ("gates",))
+    transients = ("gx", "gh", "w_hh_T", "w_ih_T", "bias") + cell.forward_transients \
+        + (() if save else ("gates",))
     for k in transients:  # backward needs none of them
         s.pop(k, None)
     return s["Y"], s
@@ -134,13 +128,7 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     g = {"dY": dy}
     g["dh"] = xp.zeros((B, Hs), dt) if dh_n is None else dh_n.copy()
     g["dGx"] = xp.empty((T, B, GH), dt)
-    g["dGh"] = xp.empty((T, B, GH), dt) if cell.name == "gru" else g["dGx"]
-    proj = w.get("w_hr") is not None
-    if cell.has_cell_state:
-        g["dc"] = xp.zeros((B, H), dt) if dc_n is None else dc_n.copy()
-        if proj:
-            g["DHR"] = xp.empty((T, B, Hs), dt)
-            g["dm"] = xp.empty((B, H), dt)
+    cell.init_backward(ex, w, s, g, dc_n)  # dGh, dc and the cell's own buffers
     flags = cell.flags(w)
     if record is not None:
         record["dh"] = xp.empty((T, B, Hs), dt)
@@ -162,42 +150,21 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
     db = dGx.sum(axis=0) if w["b_ih"] is not None else None
     grads = {
-        "w_ih": _matmul(ex, dGx.T, x.reshape(TB, I)),
-        "w_hh": _matmul(ex, dGh.T, s_prev.reshape(TB, Hs)),
+        "w_ih": product(ex, dGx.T, x.reshape(TB, I)),
+        "w_hh": product(ex, dGh.T, s_prev.reshape(TB, Hs)),
         "b_ih": db,
         # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
         "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
     }
-    if proj:
-        grads["w_hr"] = _matmul(ex, g["DHR"].reshape(TB, Hs).T, s["M"].reshape(TB, H))
-    if w.get("peep") is not None:
-        C = s["C"]
-        c_prev, c_new = (C[1:], C[:-1]) if reverse else (C[:-1], C[1:])
-        d = g["dGx"]
-        grads["peep"] = xp.stack([
-            (d[..., :H] * c_prev).sum(axis=(0, 1)),
-            (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
-            (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
-        ])
-    dx = _matmul(ex, dGx, w["w_ih"]).reshape(T, B, I)
+    grads.update(cell.extra_grads(ex, w, s, g))
+    dx = product(ex, dGx, w["w_ih"]).reshape(T, B, I)
     return dx, g["dh"], g.get("dc"), grads
-
-
-def _matmul(ex, a, b):
-    """a @ b [M,N] into a new array, through the execution's GEMM (``a`` may be a transposed
-    view: the weight gradients read dG^T as stored)."""
-    out = ex.xp.empty((a.shape[0], b.shape[1]), a.dtype)
-    ex.matmul(a, b, out=out)
-    return out
 
 
 def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize):
     """Device bytes a stacked forward keeps for its backward (plus its largest transient, the
     input projection of one direction): what an out-of-memory message reports."""
-    per_dir = (T + 1) * B * Hs + T * B * Hs + T * B * cell.saved_width(H)  # S, Y, gates
-    if cell.has_cell_state:
-        per_dir += (T + 1) * B * H + (T * B * H if Hs != H else 0)  # C, M (proj)
-    per_layer = D * per_dir + T * B * D * Hs  # + concatenated/dropped-out layer output
+    per_layer = D * cell.saved_elements(T, B, H, Hs) + T * B * D * Hs  # + concatenated/dropped-out layer output
     return itemsize * (num_layers * per_layer + T * B * cell.gates * H)
 
 

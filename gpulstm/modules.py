@@ -37,6 +37,10 @@ _FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bia
 
 class _RNNBase:
     _gates = 1
+    #: a cell state c next to h (LSTM): c0/c_n/grad_c_n exist and grad_hx is (dh0, dc0)
+    _has_cell_state = False
+    #: proj_size accepted (LSTM)
+    _projects = False
 
     def __setattr__(self, name, value):
         if name in _FIXED and "_params" in self.__dict__:
@@ -51,8 +55,8 @@ class _RNNBase:
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.proj_size = check_int("proj_size", proj_size, 0)
-        if self.proj_size and not isinstance(self, LSTM):
-            raise ValueError("proj_size is supported by LSTM only")
+        if self.proj_size and not self._projects:
+            raise ValueError(f"proj_size is supported by LSTM only, not {type(self).__name__}")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be < hidden_size={hidden_size}; got {proj_size}")
         self.bias = check_bool("bias", bias)
@@ -246,7 +250,7 @@ class _RNNBase:
         Hs, H, LD = self._state_size, self.hidden_size, self.num_layers * self.num_directions
         h0 = ex.xp.zeros((LD, B, Hs), self.dtype) if h0 is None \
             else self._check_state("h0", h0, B, Hs, unbatched)
-        if isinstance(self, LSTM):
+        if self._has_cell_state:
             c0 = ex.xp.zeros((LD, B, H), self.dtype) if c0 is None \
                 else self._check_state("c0", c0, B, H, unbatched)
         lens = np.full(B, T, np.int32) if lengths is None else check_lengths(lengths, T, B)
@@ -314,7 +318,7 @@ class _RNNBase:
             dx = ex.xp.ascontiguousarray(dx.transpose(1, 0, 2))
         self.state_grads = state_grads
         self.grads = grads
-        self.grad_hx = (dh0, dc0) if isinstance(self, LSTM) else dh0
+        self.grad_hx = (dh0, dc0) if self._has_cell_state else dh0
         return dx
 
     def __repr__(self):
@@ -373,6 +377,8 @@ class LSTM(_RNNBase):
     parameters ``weight_peep_l{k}`` of shape (3, H): p_i, p_f, p_o).
     """
     _gates = 4
+    _has_cell_state = True
+    _projects = True
 
     def __init__(self, *args, forget_bias=None, forget_gate=True, peephole=False, **kwargs):
         self.forget_gate = check_bool("forget_gate", forget_gate)

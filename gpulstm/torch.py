@@ -269,6 +269,7 @@ def _spec(name, t):
 
 class _RNNBase(torch.nn.Module):
     _gates = 1
+    _has_cell_state = False  # LSTM: a c_0 next to h_0
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
@@ -396,7 +397,7 @@ class _RNNBase(torch.nn.Module):
                              f"{tuple(input.data.shape if packed else input.shape)}")
         states = []
         for name, h, size in (("h_0", hx[0], Hs), ("c_0", hx[1], H)):
-            if name == "c_0" and not isinstance(self, LSTM):
+            if name == "c_0" and not self._has_cell_state:
                 states.append(None)
                 continue
             if h is None:
@@ -437,6 +438,7 @@ class LSTM(_RNNBase):
     """``torch.nn.LSTM`` on gpulstm's engine: same arguments, parameters and results, plus the
     keyword ``backend=`` (None/"auto": numpy for CPU tensors, cupy for CUDA tensors)."""
     _gates = 4
+    _has_cell_state = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,

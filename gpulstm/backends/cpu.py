@@ -252,18 +252,17 @@ class CpuExecution(HostExecution):
         return out
 
     def _fn(self, cell, what, dtype):
-        kind = "lstm" if cell.name == "lstm" else "gru" if cell.name == "gru" else "rnn"
         suf = _SUFFIX.get(np.dtype(dtype))
-        return None if suf is None else getattr(self._lib, f"{kind}_{what}_{suf}")
+        return None if suf is None else getattr(self._lib, f"{cell.kind}_{what}_{suf}")
 
     def projects_input(self, cell, s, flags):
         """True: the LSTM's compiled forward projects the input itself, a chunk of time steps
         at a time (the engine then allocates no [T,B,4H] projection)."""
-        return (cell.name == "lstm" and not flags & LSTM_PROJ
+        return (cell.kind == "lstm" and not flags & LSTM_PROJ
                 and s["x"].dtype in _SUFFIX and s["S"].dtype == s["x"].dtype)
 
     def sequence_forward(self, cell, w, s, flags):
-        if cell.name == "lstm" and flags & LSTM_PROJ:
+        if cell.kind == "lstm" and flags & LSTM_PROJ:
             return False  # projection: the stepwise loop (BLAS GEMMs, NumPy pointwise)
         S, Y = s["S"], s["Y"]
         f = self._fn(cell, "forward", S.dtype)
@@ -272,7 +271,7 @@ class CpuExecution(HostExecution):
         T, B, H = Y.shape
         L = np.ascontiguousarray(s["L"], dtype=np.int32)
         nt = _num_threads
-        if cell.name == "lstm":
+        if cell.kind == "lstm":
             gx = s.get("gx")
             if gx is not None:
                 inp = (_p(gx), None, 0, None, None)
@@ -287,7 +286,7 @@ class CpuExecution(HostExecution):
             return True
         gx = s["gx"]
         common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
-        if cell.name == "gru":
+        if cell.kind == "gru":
             f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), _p(S),
               s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
         else:
@@ -295,7 +294,7 @@ class CpuExecution(HostExecution):
         return True
 
     def sequence_backward(self, cell, w, s, g, flags):
-        if cell.name == "lstm" and flags & LSTM_PROJ:
+        if cell.kind == "lstm" and flags & LSTM_PROJ:
             return False
         S, dY, dh = s["S"], g["dY"], g["dh"]
         f = self._fn(cell, "backward", S.dtype)
@@ -306,10 +305,10 @@ class CpuExecution(HostExecution):
         whh = np.ascontiguousarray(w["w_hh"])
         head = (T, B, H, _p(whh), _p(L), int(s["reverse"]))
         nt = _num_threads
-        if cell.name == "lstm":
+        if cell.kind == "lstm":
             f(*head, _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), _p(s["gates"]), _p(dY),
               _p(dh), _p(g["dc"]), _p(g["dGx"]), flags, nt)
-        elif cell.name == "gru":
+        elif cell.kind == "gru":
             f(*head, _p(S), _p(s["gates"]), _p(dY), _p(dh), _p(g["dGx"]), _p(g["dGh"]), nt)
         else:
             f(*head, _p(S), _p(dY), _p(dh), _p(g["dGx"]), flags, nt)

@@ -186,7 +186,7 @@ class KernelLoop:
             return False
         if algo == "persistent" and s["gates"] is not None and s["gates"].strides[0] == 0:
             algo = "fused"  # inference: one gate slot for all steps, which only fused indexes
-        kind = cell.name.split("_")[0]
+        kind = cell.kind
         if algo == "persistent":
             launch = self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
             n, rev = _i32(T), _i32(s["reverse"])
@@ -221,7 +221,7 @@ class KernelLoop:
         algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
         if algo == "stepwise":
             return False
-        kind = cell.name.split("_")[0]
+        kind = cell.kind
         if algo == "persistent":
             launch = self._persistent(kind + "_persistent_backward", S.dtype, B, H, cell.gates)
             n, rev, w_hh = _i32(T), _i32(s["reverse"]), w["w_hh"]
