@@ -50,7 +50,7 @@ class _RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
-                 dtype="float32", seed=None, algo="auto"):
+                 dtype="float32", seed=None, algo="auto", allow_tf32=False):
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
@@ -70,7 +70,8 @@ class _RNNBase:
                           stacklevel=_user_stacklevel())
         self.dtype = check_dtype_name(dtype)
         seed = check_seed(seed)
-        self.ex = get_backend(backend, algo)  # algo: the time loop, see backends.kernel_loop
+        # algo: the time loop (backends.kernel_loop); allow_tf32: the GEMMs' compute type
+        self.ex = get_backend(backend, algo).with_tf32(check_bool("allow_tf32", allow_tf32))
         self.algo = algo
         self.backend = self.ex.name
         self.training = True
@@ -91,6 +92,19 @@ class _RNNBase:
                 self._params[key] = self.ex.asarray(self._init_param(rng, key, shape), self.dtype)
 
     @property
+    def allow_tf32(self):
+        """Whether the float32 cuBLAS GEMMs of this module (input projection, the stepwise
+        loop's recurrent products, weight and input gradients: all of them alike) may round
+        their inputs to TF32 on tensor cores; False (full float32) by default. Only the
+        ``cupy`` backend runs TF32 (``emulated`` imitates its rounding); ``numpy`` and ``cpu``
+        compute float32 either way. May be changed at any time."""
+        return self.ex.allow_tf32
+
+    @allow_tf32.setter
+    def allow_tf32(self, allow):
+        object.__setattr__(self, "ex", self.ex.with_tf32(check_bool("allow_tf32", allow)))
+
+    @property
     def dropout(self):
         """Probability of zeroing each output of every layer but the last (training only)."""
         return self._dropout
@@ -105,6 +119,7 @@ class _RNNBase:
         saved forward (a pickled or deep-copied module needs a new forward before backward)."""
         state = self.__dict__.copy()
         ex = state.pop("ex")
+        state["_allow_tf32"] = ex.allow_tf32
         state["_ctx"] = None
         state["_ctx_error"] = None
         for k in ("_params", "grads", "grad_hx", "state_grads"):
@@ -113,13 +128,15 @@ class _RNNBase:
 
     def __setstate__(self, state):
         """Re-attach the execution of the backend the module was saved with."""
+        allow_tf32 = state.pop("_allow_tf32", False)
         self.__dict__.update(state)
         if "_dropout_stream" not in state:  # saved before the Philox masks: seed from its Generator
             rng = self.__dict__.pop("_dropout_rng", None)
             seed = int(rng.bit_generator.random_raw()) if rng is not None else 0
             self.__dict__["_dropout_stream"] = engine.DropoutStream(seed)
         try:
-            self.__dict__["ex"] = get_backend(self.backend)
+            self.__dict__["ex"] = get_backend(self.backend, self.__dict__.get("algo", "auto")) \
+                .with_tf32(allow_tf32)
         except BackendUnavailable as e:
             raise BackendUnavailable(
                 f"cannot restore this {type(self).__name__}: it was saved with backend "

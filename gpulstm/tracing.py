@@ -41,6 +41,7 @@ class Call(NamedTuple):
     shared_mem: int = 0  # dynamic shared bytes of the launch
     shape: tuple = None  # gemm: (m, n, k); op: the output shape
     cooperative: bool = False  # kernels: a cooperative launch (grid-wide barriers inside)
+    tf32: bool = False  # gemm: cuBLAS may round the float32 inputs to TF32 (allow_tf32)
 
 
 class LaunchTrace:
@@ -72,6 +73,10 @@ class LaunchTrace:
 class _Recorder:
     def __init__(self):
         self.calls, self.phase, self.in_loop = [], "forward", False
+        self.tf32 = False  # the module's allow_tf32
+
+    def gemm(self, m, n, k, dtype):
+        self.add("gemm", "gemm", shape=(m, n, k), tf32=self.tf32 and dtype == np.float32)
 
     def add(self, kind, name, **kw):
         self.calls.append(Call(kind, name, self.phase, self.in_loop, **kw))
@@ -89,7 +94,7 @@ class _Array(np.ndarray):
 
     def __matmul__(self, other):
         a, b = np.asarray(self), np.asarray(other)
-        self.rec.add("gemm", "gemm", shape=(a.shape[0], b.shape[-1], a.shape[-1]))
+        self.rec.gemm(a.shape[0], b.shape[-1], a.shape[-1], np.result_type(a, b))
         return np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b)).view(_Array)
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kw):
@@ -158,7 +163,7 @@ class _TracingExecution(KernelLoop, HostExecution):
         return np.ascontiguousarray(a, dtype=dtype).view(_Array)
 
     def matmul(self, a, b, out):
-        self.rec.add("gemm", "gemm", shape=(a.shape[0], b.shape[1], a.shape[1]))
+        self.rec.gemm(a.shape[0], b.shape[1], a.shape[1], a.dtype)
 
     matmul_acc = matmul
 
@@ -195,7 +200,8 @@ class _LoopCell:
 def launch_trace(module, x, backward=True, algo=None):
     """The kernel launches and cuBLAS calls a forward (and, with ``backward``, a backward) of
     ``module`` on input ``x`` ([T, B, I], or [B, T, I] with ``batch_first``) issues on the
-    cupy backend, with the module's ``algo`` (or ``algo`` given here). Computed on any backend
+    cupy backend, with the module's ``algo`` (or ``algo`` given here); each GEMM says whether
+    it may use TF32 (the module's ``allow_tf32``, float32 only). Computed on any backend
     without running anything on a GPU and without touching the module's state. Returns a
     :class:`LaunchTrace`."""
     algo = check_algo(module.algo if algo is None else algo)
@@ -204,6 +210,7 @@ def launch_trace(module, x, backward=True, algo=None):
         raise ValueError(f"x must have 3 dimensions ([T, B, I] or [B, T, I]); got shape {shape}")
     T, B = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
     ex = _TracingExecution(algo)
+    ex.rec.tf32 = module.allow_tf32
     _Array.rec = ex.rec
     dt = module.dtype
     to_np = module.ex.to_numpy

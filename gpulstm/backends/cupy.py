@@ -6,8 +6,13 @@ assembled source, so a second process loads the cubin from disk). ``create()`` r
 :class:`~gpulstm.backends.BackendUnavailable` naming what is missing: CuPy, a CUDA device, or
 kernels that compile (with the NVRTC log).
 
-GEMMs go through cuBLAS in CuPy's default math mode: full FP32, no TF32 unless the user sets
-``CUPY_TF32=1`` before importing CuPy.
+Every GEMM of a module (input projection, the stepwise loop's recurrent products, weight and
+input gradients) goes through one call, ``cublasGemmEx`` (:meth:`CupyExecution._gemm_ex`),
+whose compute type follows the module's ``allow_tf32``: ``CUBLAS_COMPUTE_32F`` (full float32,
+the default) or ``CUBLAS_COMPUTE_32F_FAST_TF32`` (tensor cores round the inputs to TF32 and
+accumulate in float32); float64 uses ``CUBLAS_COMPUTE_64F``. CuPy's own ``CUPY_TF32``
+setting does not reach these calls, so the flag is the same for the forward and backward
+GEMMs.
 """
 from __future__ import annotations
 
@@ -22,6 +27,25 @@ from ..kernel_source import NVRTC_OPTIONS, kernel_source
 
 #: DLPack device types whose memory CuPy can use without a copy (kDLCUDA, kDLCUDAManaged)
 _DLPACK_CUDA = (2, 13)
+
+# cuBLAS / CUDA enum values (cublas_api.h, library_types.h)
+_OP_N, _OP_T = 0, 1
+_R_32F, _R_64F = 0, 1
+_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
+_GEMM_DEFAULT = -1
+_POINTER_MODE_HOST = 0
+
+
+def _blas_operand(a):
+    """(op, leading dimension) of a 2-D row-major operand read as column-major storage: a
+    C-ordered matrix is its transpose stored column-major (op N on the swapped product), an
+    F-ordered one (a transposed view) is itself (op T); None for other layouts."""
+    item = a.itemsize
+    if a.strides[1] == item and a.strides[0] >= max(1, a.shape[1]) * item:
+        return _OP_N, max(1, a.strides[0] // item)
+    if a.strides[0] == item and a.strides[1] >= max(1, a.shape[0]) * item:
+        return _OP_T, max(1, a.strides[1] // item)
+    return None
 
 _modules = {}  # (device id, cooperative) -> compiled cupy.RawModule
 _limits = {}  # device id -> (SM count, opt-in shared bytes per block)
@@ -84,9 +108,11 @@ class CupyExecution(KernelLoop):
 
     name = "cupy"
 
-    def __init__(self, cp):
+    def __init__(self, cp, cublas=None):
         self.xp = cp
-        self._gemm = cp.cublas.gemm
+        if cublas is None:  # CuPy's cuBLAS binding (a stand-in in the tests)
+            from cupy_backends.cuda.libs import cublas
+        self._cublas = cublas
         self._oom = cp.cuda.memory.OutOfMemoryError
         self.pw = KernelPointwise(lambda name: _DeviceKernel(cp, name), cp)
 
@@ -125,22 +151,65 @@ class CupyExecution(KernelLoop):
     def to_numpy(self, a):
         return self.xp.asnumpy(a)
 
+    def _gemm_ex(self, a, b, out, beta):
+        """out = a @ b + beta * out for 2-D a [M,K], b [K,N] and a C-ordered out [M,N] of one
+        float dtype: one cublasGemmEx on the current stream, in the compute type of
+        ``allow_tf32`` (module docstring). Row-major C = A B is column-major C^T = B^T A^T, so
+        the operands go in swapped. An operand in neither C nor F order is copied first."""
+        cp, blas = self.xp, self._cublas
+        if out.dtype not in (np.float32, np.float64) or not a.dtype == b.dtype == out.dtype:
+            raise TypeError(f"GEMM operands must share float32 or float64; got {a.dtype}, "
+                            f"{b.dtype} -> {out.dtype}")
+        if out.strides[1] != out.itemsize:
+            raise ValueError("the GEMM's output must have unit column stride")
+        M, K = a.shape
+        N = b.shape[1]
+        if M == 0 or N == 0:
+            return
+        if K == 0:
+            out *= beta
+            return
+        opa, opb = _blas_operand(a), _blas_operand(b)
+        if opa is None:
+            a = cp.ascontiguousarray(a)
+            opa = _blas_operand(a)
+        if opb is None:
+            b = cp.ascontiguousarray(b)
+            opb = _blas_operand(b)
+        f64 = out.dtype == np.float64
+        dtype, compute = (_R_64F, _COMPUTE_64F) if f64 else \
+            (_R_32F, _COMPUTE_32F_FAST_TF32 if self.allow_tf32 else _COMPUTE_32F)
+        scal = np.array([1.0, beta], out.dtype)  # alpha, beta on the host
+        handle = cp.cuda.device.get_cublas_handle()
+        mode = blas.getPointerMode(handle)
+        blas.setPointerMode(handle, _POINTER_MODE_HOST)
+        try:
+            blas.gemmEx(handle, opb[0], opa[0], N, M, K, scal.ctypes.data, b.data.ptr, dtype,
+                        opb[1], a.data.ptr, dtype, opa[1], scal.ctypes.data + scal.itemsize,
+                        out.data.ptr, dtype, out.strides[0] // out.itemsize, compute,
+                        _GEMM_DEFAULT)
+        finally:
+            blas.setPointerMode(handle, mode)
+
     def matmul(self, a, b, out):
-        self.xp.matmul(a, b, out=out)
+        """out = a @ b (2-D: one cuBLAS GEMM in the module's compute type)."""
+        if a.ndim == 2 and b.ndim == 2 and out.ndim == 2:
+            self._gemm_ex(a, b, out, 0.0)
+        else:
+            self.xp.matmul(a, b, out=out)
 
     def matmul_acc(self, a, b, out):
-        """out += a @ b, as one cuBLAS GEMM with beta = 1 (no temporary) for 2-D operands."""
-        if (a.ndim == 2 and b.ndim == 2 and out.ndim == 2 and a.dtype == b.dtype == out.dtype
-                and (out.flags.c_contiguous or out.flags.f_contiguous)):
-            self._gemm("N", "N", a, b, out=out, alpha=1.0, beta=1.0)
-        else:
-            out += a @ b
+        """out += a @ b, as one cuBLAS GEMM with beta = 1 (no temporary)."""
+        self._gemm_ex(a, b, out, 1.0)
 
     def linear(self, a, b, bias, out):
-        """out = a @ b + bias (bias: one row, or None)."""
-        self.xp.matmul(a, b, out=out)
-        if bias is not None:
-            out += bias
+        """out = a @ b + bias (bias: one row, or None): the bias broadcast into ``out``, then
+        one GEMM with beta = 1."""
+        if bias is None:
+            self._gemm_ex(a, b, out, 0.0)
+        else:
+            out[...] = bias
+            self._gemm_ex(a, b, out, 1.0)
 
     def transposed(self, a):
         """A C-contiguous copy of a.T."""

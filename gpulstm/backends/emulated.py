@@ -14,11 +14,25 @@ from . import BackendUnavailable
 from .kernel_loop import KernelLoop
 from .kernel_pointwise import KernelPointwise
 from .numpy import HostExecution
+from .options import tf32_round
 
 
 class EmulatedExecution(KernelLoop, HostExecution):
     """NumPy arrays and GEMMs; pointwise steps and the device time loop (``algo``) from the
-    kernels compiled for the CPU."""
+    kernels compiled for the CPU. With ``allow_tf32`` its GEMMs (the ones cuBLAS runs on the
+    cupy execution) round float32 inputs to TF32 and accumulate in float32, as cuBLAS's
+    ``CUBLAS_COMPUTE_32F_FAST_TF32`` does on tensor cores; the kernels' own products (fused,
+    persistent) stay float32, on the GPU too."""
+
+    def matmul(self, a, b, out):
+        if self.allow_tf32:
+            a, b = tf32_round(a), tf32_round(b)
+        np.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out):
+        if self.allow_tf32:
+            a, b = tf32_round(a), tf32_round(b)
+        out += a @ b
 
 
 def create():

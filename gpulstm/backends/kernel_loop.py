@@ -39,6 +39,7 @@ import copy
 import numpy as np
 
 from .numpy_pointwise import LSTM_PROJ
+from .options import ExecutionOptions
 
 #: maximum units per block (blockDim.x; the fused kernels' tile), maximum batch rows per block
 #: (blockDim.y) and maximum threads per block; must match FUSED_TILE / FUSED_ROWS /
@@ -112,7 +113,7 @@ def _steps(T, reverse):
     return [(t, t, t + 1) for t in range(T)]
 
 
-class KernelLoop:
+class KernelLoop(ExecutionOptions):
     """Mixin of an execution whose ``pw`` is a :class:`~.kernel_pointwise.KernelPointwise`:
     adds the algorithm choice, the device time loop and the dropout masks drawn on the
     device (:meth:`dropout_mask`). ``algo`` is a class default;

@@ -6,10 +6,13 @@ import numpy as np
 from .. import _malloc
 from . import numpy_pointwise, philox
 from .._checks import host_memory_guard
+from .options import ExecutionOptions
 
 
-class HostExecution:
-    """An execution on NumPy arrays; ``pw`` supplies the pointwise steps."""
+class HostExecution(ExecutionOptions):
+    """An execution on NumPy arrays; ``pw`` supplies the pointwise steps. Its GEMMs compute
+    full float32 whatever ``allow_tf32`` says (TF32 is a GPU tensor-core format; torch ignores
+    the flag on the CPU too)."""
 
     xp = np
 
