@@ -19,7 +19,9 @@ Devices: CPU tensors run on the ``numpy`` backend and cross as zero-copy views
 (``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
 through DLPack without a copy, on the tensor's device and torch's current stream. An explicit
 ``backend=`` ("numpy", "emulated", "cupy") overrides the choice; tensors on the other side are
-then copied there and the results copied back to the input's device.
+then copied there and the results copied back to the input's device. The GEMMs use TF32 as
+torch's own matmuls do: when ``torch.backends.cuda.matmul.allow_tf32`` is set (off by default;
+read at every forward; it matters on the cupy backend only).
 
 Only float32 and float64 are supported. ``import gpulstm`` does not import this module (nor
 torch); ``import gpulstm.torch`` does.
@@ -368,7 +370,8 @@ class _RNNBase(torch.nn.Module):
             else:
                 raise ValueError(f"gpulstm.torch runs CPU tensors (numpy backend) and CUDA tensors "
                                  f"(cupy backend); got tensors on {device}")
-        return get_backend(name)
+        # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
+        return get_backend(name).with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
 
     def _run(self, input, hx):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""

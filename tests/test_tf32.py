@@ -238,3 +238,17 @@ def test_cupy_gemm_ex_operands_and_leading_dimensions(dtype, a_layout, b_layout)
         compute = 70 if dtype == np.float64 else (77 if allow else 68)
         assert ex._cublas.computes == [compute] * 3
         assert ex._cublas.mode == 1  # the handle's pointer mode restored
+
+
+def test_torch_dropin_follows_torchs_matmul_tf32_flag():
+    torch = pytest.importorskip("torch")
+    import gpulstm.torch as gt
+
+    m = gt.LSTM(3, 4)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for flag in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = flag
+            assert m._execution(torch.device("cpu")).allow_tf32 is flag
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
