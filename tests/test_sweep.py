@@ -125,3 +125,31 @@ def test_dask_local_cluster_matches_serial():
     dask = run_sweep(p, workers=2, progress=False)
     assert len(serial) > 6
     assert strip(dask) == strip(serial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["gru", "lstm_fb1", "rnn_tanh"])
+def test_committed_memory_points_rerun_bit_for_bit(cell):
+    """A point of the committed long-range memory sweep (results/sweep, profile cpu-full,
+    numpy backend) trained again at this commit gives the same record: the same updates,
+    validation metrics, loss curve and gradient flow, to the last bit. Fails when a change
+    alters the numbers the committed results came from (then rerun the sweep), or on a CPU
+    whose BLAS rounds differently from the machine that produced them."""
+    import glob
+    import json
+    from pathlib import Path
+
+    from gpulstm.sweep import _settings, run_point
+
+    root = Path(__file__).resolve().parents[1] / "results" / "sweep"
+    files = sorted(glob.glob(str(root / "*" / "*.json")))
+    if not files:
+        pytest.skip("no committed sweep results")
+    recs = [json.loads(Path(f).read_text()) for f in files]
+    want = next(r for r in recs if r["task"] == "adding" and r["cell"] == cell and r["T"] == 50
+                and r["lr"] == 0.01 and r["seed"] == 0)
+    point = Point(**{k: want[k] for k in Point.__dataclass_fields__})
+    got = run_point(point, _settings("cpu-full", "numpy"))
+    for k in ("updates", "updates_to_criterion", "evals", "curve", "test_metric", "test_loss",
+              "grad_distance_1e3", "grad_log10_ratio_end"):
+        assert got[k] == want[k], k
