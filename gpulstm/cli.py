@@ -184,9 +184,14 @@ def cmd_report(args):
     df, this = report_frame(results, reference)
     import matplotlib
     matplotlib.use("Agg")
+    from .report.gpu import load_algo_runs
     from .report.markdown import build_report, print_report, write_report
 
-    report = build_report(df, args.out, this_machine=this)
+    try:
+        gpu_runs = load_algo_runs(results, reference)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    report = build_report(df, args.out, this_machine=this, gpu_runs=gpu_runs)
     print_report(report)
     _, md_path, html_path = write_report(report)
     print()

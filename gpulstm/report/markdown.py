@@ -124,10 +124,13 @@ _MEMORY_NOTE = {
 }
 
 
-def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) -> Report:
+def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
+                 gpu_runs: pd.DataFrame | None = None) -> Report:
     """Compute the report of ``df`` (each machine's newest results, :func:`latest`) and write
     its plots into ``out_dir``. ``this_machine`` names the machine of this run: its speed table
-    comes first and is compared with every other (reference) machine."""
+    comes first and is compared with every other (reference) machine. ``gpu_runs``
+    (:func:`gpulstm.report.gpu.load_algo_runs`): the GPU time-loop measurements to set beside
+    the performance model; an empty frame shows the model alone, None leaves the section out."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     df = latest(df)
@@ -188,6 +191,13 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None) 
         for task, table in mem.items():
             sections.append(Section(task.replace("_", " "), _MEMORY_NOTE.get(task, ""), table,
                                     terminal=True, level=3))
+
+    if gpu_runs is not None:
+        from .gpu import gpu_loop_table
+        table, note = gpu_loop_table(gpu_runs)
+        # on the terminal only once a GPU has measured something
+        sections.append(Section("GPU time loop: measurement and model", note, table,
+                                terminal=len(gpu_runs) > 0))
 
     plots = []
     for plot, name, title in _plots():
