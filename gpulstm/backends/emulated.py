@@ -18,7 +18,20 @@ from .numpy import HostExecution
 
 class EmulatedExecution(KernelLoop, HostExecution):
     """NumPy arrays and GEMMs; pointwise steps and the device time loop (``algo``) from the
-    kernels compiled for the CPU."""
+    kernels compiled for the CPU. Graphs (``with_graphs``) are the emulator's: the launches
+    recorded during a capture (kernel, grid, block, argument bytes: the same pointers), replayed
+    as recorded (:class:`gpulstm.emulator.EmulatedGraph`)."""
+
+    def _begin_capture(self):
+        from ..emulator import begin_capture
+        begin_capture()
+
+    def _end_capture(self):
+        from ..emulator import end_capture
+        return end_capture()
+
+    def _launch_graph(self, graph):
+        graph.launch()
 
 
 def create():

@@ -18,6 +18,7 @@ documents what CUDA it emulates and how; ``_build`` documents compilation and th
     [0.0, 2.0, 4.0, 6.0, 8.0]
 """
 from ._errors import EmulatorError
-from ._module import EmulatedModule
+from ._module import EmulatedGraph, EmulatedModule, begin_capture, end_capture, is_capturing
 
-__all__ = ["EmulatedModule", "EmulatorError"]
+__all__ = ["EmulatedGraph", "EmulatedModule", "EmulatorError", "begin_capture", "end_capture",
+           "is_capturing"]
