@@ -193,7 +193,7 @@ class _TracingExecution(KernelLoop, HostExecution):
                      shared_mem=first.shared_mem, shape=(len(graph.calls),))
 
     def _copy_in(self, dst, src):
-        self.rec.add("op", "copy", shape=tuple(np.shape(dst)))
+        self.rec.add("op", "arena_copy", shape=tuple(np.shape(dst)))
 
 
 class _LoopCell:
@@ -228,8 +228,8 @@ def launch_trace(module, x, backward=True, algo=None, graphs=None):
 
     With graphs, the trace is that of a call after the first of its shape: each fused loop is
     one ``kind="graph"`` call per direction and phase (``shape`` = its kernel nodes), after the
-    copies into its arena (``"op"`` ``"copy"``); the first call also captures the graphs
-    (T launches recorded per loop, none issued) before replaying them."""
+    copies into its arena (``"op"`` calls named ``"arena_copy"``); the first call also captures
+    the graphs (T launches recorded per loop, none issued) before replaying them."""
     algo = check_algo(module.algo if algo is None else algo)
     graphs = getattr(module, "cuda_graphs", False) if graphs is None else graphs
     if not isinstance(graphs, (bool, np.bool_)):

@@ -351,6 +351,10 @@ def test_launch_trace_with_graphs(emulated, rng):
         assert len(graphs) == 4 and all(c.name == name and c.shape == (T,) for c in graphs)
         assert tr.count(phase=phase, kind="kernel", in_loop=True) == 0
         assert tr.count(phase=phase, kind="gemm", in_loop=True) == 0
+    # copies into the arenas: forward w_hh_T, lengths, h0, c0, peepholes; backward w_hh,
+    # lengths, dY, dh, dc, peepholes; per direction and layer
+    assert tr.count(phase="forward", kind="op", name="arena_copy") == 4 * 5
+    assert tr.count(phase="backward", kind="op", name="arena_copy") == 4 * 6
     plain = gl.launch_trace(m, x, graphs=False)
     assert plain.count(kind="graph") == 0 and plain.count(kind="kernel", in_loop=True) == 2 * 4 * T
     # GEMMs are the same with and without graphs (the input projection into the arena included)

@@ -272,7 +272,9 @@ def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
     import gpu_algos
     assert gpu_algos.main([str(tmp_path), "--backend", "emulated", "--tiny", "--reps", "1"]) == 0
     data = json.loads((tmp_path / "algos.json").read_text())
-    assert {r["impl"] for r in data["rows"]} == {"stepwise", "fused", "persistent"}
+    assert {r["impl"] for r in data["rows"]} == {"stepwise", "fused", "fused+graphs", "persistent"}
+    (graphs,) = [r for r in data["rows"] if r["impl"] == "fused+graphs"]
+    assert graphs["graph_stats"]["captures"] == {"forward": 1, "backward": 1}
     sys.modules.pop("gpu_algos", None)
 
 
