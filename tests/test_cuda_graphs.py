@@ -53,7 +53,7 @@ def _run(m, p):
         dx = m.backward(p["gy"], p["gh"])
         out = dict(y=y, h_n=hn, dx=dx, dh0=m.grad_hx)
     out.update({"grad." + k: v for k, v in m.grads.items()})
-    return {k: np.array(v, copy=True) for k, v in out.items()}
+    return {k: np.array(m.ex.to_numpy(v), copy=True) for k, v in out.items()}
 
 
 def _assert_identical(got, want, where):
@@ -489,3 +489,28 @@ def test_cupy_capture_glue_on_a_fake_cupy(emulated, monkeypatch, rng):
     assert events.count("begin") == events.count("end") == 4  # 2 directions x 2 phases
     assert [e for e in events if isinstance(e, tuple) and e[0] == "launch"] == [("launch", 7)] * 8
     assert {k[-2:] for k, _ in ex.graph_pool.arenas()} == {(0, 7)}
+
+
+# -- on a real GPU (make gpu-check; skips here) ---------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls, kw", [("LSTM", {"peephole": True, "num_layers": 2}),
+                                     ("GRU", {"bidirectional": True})])
+def test_cupy_graphs_bit_identical(rng, cls, kw):
+    """CuPy stream capture of the fused loop: graphs on vs off bit for bit over three calls
+    with new data, one capture per phase and arena, the arenas' leased views released."""
+    from conftest import backend_or_skip
+    backend_or_skip("cupy")
+    kwargs = dict(backend="cupy", dtype="float32", seed=5, algo="fused")
+    plain = getattr(gl, cls)(4, 37, **kw, **kwargs)
+    m = getattr(gl, cls)(4, 37, **kw, **kwargs, cuda_graphs=True)
+    for i in range(3):
+        p = _problem(rng, m, 6, 3, True, "float32")
+        _assert_identical(_run(m, p), _run(plain, p), f"cupy call {i}")
+        m._ctx = plain._ctx = None
+    pool = m.ex.graph_pool
+    LD = m.num_layers * m.num_directions
+    assert pool.replays == {"forward": 3 * LD, "backward": 3 * LD}
+    assert pool.captures["forward"] <= 2 * LD
+    gc.collect()
+    assert pool.stats()["in_use"] == 0
