@@ -23,7 +23,7 @@ import numpy as np
 from . import engine
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
                       check_lengths, check_seed, host_memory_guard)
-from .backends import BackendUnavailable, get_backend
+from .backends import BackendUnavailable, get_backend, with_graphs
 from .cells import GRUCell, LSTMCell, RNNCell
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -32,7 +32,8 @@ _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b
 
 # Attributes the parameters' shapes or the saved arrays depend on: fixed once built.
 _FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bias",
-                    "bidirectional", "peephole", "dtype", "backend", "ex", "algo"})
+                    "bidirectional", "peephole", "dtype", "backend", "ex", "algo",
+                    "cuda_graphs"})
 
 
 class _RNNBase:
@@ -50,7 +51,7 @@ class _RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
-                 dtype="float32", seed=None, algo="auto", allow_tf32=False):
+                 dtype="float32", seed=None, algo="auto", allow_tf32=False, cuda_graphs=False):
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
@@ -73,6 +74,9 @@ class _RNNBase:
         # algo: the time loop (backends.kernel_loop); allow_tf32: the GEMMs' compute type
         self.ex = get_backend(backend, algo).with_tf32(check_bool("allow_tf32", allow_tf32))
         self.algo = algo
+        self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
+        if self.cuda_graphs:  # the fused loop captured into CUDA graphs (backends.graphs)
+            self.ex = with_graphs(self.ex)
         self.backend = self.ex.name
         self.training = True
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
@@ -137,6 +141,8 @@ class _RNNBase:
         try:
             self.__dict__["ex"] = get_backend(self.backend, self.__dict__.get("algo", "auto")) \
                 .with_tf32(allow_tf32)
+            if self.__dict__.get("cuda_graphs"):
+                self.__dict__["ex"] = with_graphs(self.ex)
         except BackendUnavailable as e:
             raise BackendUnavailable(
                 f"cannot restore this {type(self).__name__}: it was saved with backend "

@@ -11,8 +11,9 @@ predicted microseconds per time step of one layer and direction from
   (the recurrent product dominates: ``2 B H G H`` FLOPs per step forward, the same backward).
 
 Per step: ``max(host time, device time)`` for the stepwise and fused loops (asynchronous
-launches overlap host and device), device time plus one grid-wide barrier for the persistent
-kernel (no host work inside the loop). Device time of a fused or persistent step: a launch
+launches overlap host and device; with CUDA graphs the host time is one graph launch and the
+copies into its arena per direction and phase, amortized over the T steps), device time plus
+one grid-wide barrier for the persistent kernel (no host work inside the loop). Device time of a fused or persistent step: a launch
 gap (or a grid barrier) plus the block's partial-sum barriers plus the largest of FLOPs /
 (peak x active-SM fraction), L2 bytes / L2 bandwidth (weights not resident), the block's
 shared-memory wavefronts and its FMAs (one block per SM); of a stepwise step: two launch gaps,
@@ -44,6 +45,8 @@ class Device:
     host_kernel_us: float = 8.0  # host time of one CuPy RawKernel launch: ASSUMED
     host_gemm_us: float = 20.0  # host time of one cupy.matmul / cublas.gemm call: ASSUMED
     host_op_us: float = 8.0  # host time of one other CuPy operation: ASSUMED
+    host_graph_us: float = 10.0  # host time of one cupy.cuda.Graph.launch: ASSUMED
+    graph_gap_us: float = 1.0  # device gap between dependent kernel nodes of a graph: ASSUMED
 
 
 #: H100 SXM5 and H200 SXM (132 SMs each; the H200 has the faster HBM3e)
@@ -96,7 +99,8 @@ def _device_step_us(dev, algo, B, H, G, item, plan=None, forward=True):
     sms = min(blocks, dev.sm_count)
     l2 = 0.0 if resident else row_groups * w_bytes / (dev.l2_tbs * 1e6)
     compute = flops / (peak * sms / dev.sm_count)
-    gap = dev.grid_barrier_us if algo == "persistent" else dev.launch_gap_us
+    gap = {"persistent": dev.grid_barrier_us, "fused+graphs": dev.graph_gap_us}.get(
+        algo, dev.launch_gap_us)
     return gap + reduce + max(smem, fma, l2, compute)
 
 
@@ -105,21 +109,25 @@ def predict(module, x, device="H200", backward=True):
     on input ``x`` ([T, B, I]) on ``device`` ("H100", "H200" or a :class:`Device`).
 
     Returns {algo: dict(us_per_step, host_us, device_us, launches_per_step, gemms_per_step,
-    note)} for "stepwise", "fused" and, where its grid is co-resident, "persistent"; plus
-    "auto": the algorithm the module's rule picks. A MODEL: see the module docstring."""
+    note)} for "stepwise", "fused", "fused+graphs" (the fused loop replayed as one CUDA graph
+    per direction and phase, ``cuda_graphs=True``: its host calls -- the graph launch and the
+    copies into its arena -- amortized over the T steps, ``graph_gap_us`` between nodes) and,
+    where its grid is co-resident, "persistent"; plus "auto": the algorithm the module's rule
+    picks. A MODEL: see the module docstring."""
     dev = DEVICES[device] if isinstance(device, str) else device
     T, B = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
     H, G, item = module.hidden_size, module._make_cell().gates, module.dtype.itemsize
     dirs = module.num_layers * module.num_directions
     out = {}
-    for algo in ("stepwise", "fused", "persistent"):
+    for algo in ("stepwise", "fused", "fused+graphs", "persistent"):
         plan = persistent_plan(B, H, G, item, dev.sm_count)
         if algo == "persistent" and plan is None:
             continue
         # calls per step do not depend on T: trace a short sequence of the same shape
         Tt = min(T, 4)
         xs = x[:, :Tt] if module.batch_first else x[:Tt]
-        tr = launch_trace(module, xs, backward=backward, algo=algo)
+        graphs = algo == "fused+graphs"
+        tr = launch_trace(module, xs, backward=backward, algo=algo.split("+")[0], graphs=graphs)
         per = Tt * dirs  # steps of all layers and directions
         k = tr.count(kind="kernel", in_loop=True) / per
         gm = tr.count(kind="gemm", in_loop=True) / per
@@ -129,6 +137,11 @@ def predict(module, x, device="H200", backward=True):
         devt = sum(_device_step_us(dev, algo, B, H, G, item, p, forward=f)
                    for f in ((True, False) if backward else (True,)))
         note = ""
+        if graphs:
+            # per direction and phase: one graph launch and the copies into its arena
+            host = (tr.count(kind="graph") * dev.host_graph_us
+                    + tr.count(kind="op", name="arena_copy") * dev.host_op_us) / (T * dirs)
+            note = "one graph replay per direction and phase (captured on the first call)"
         if algo == "persistent":
             # launched once per direction: its host time amortized over the T steps
             host = tr.count(kind="kernel") * dev.host_kernel_us / (T * dirs)

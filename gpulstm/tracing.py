@@ -32,23 +32,24 @@ from .backends.numpy import HostExecution
 
 
 class Call(NamedTuple):
-    kind: str  # "kernel" (ours), "gemm" (cuBLAS), "op" (another CuPy kernel)
-    name: str  # kernel name expression, "gemm", or the NumPy/CuPy operation
+    kind: str  # "kernel" (ours), "gemm" (cuBLAS), "op" (another CuPy kernel), "graph" (replay)
+    name: str  # kernel name expression, "gemm", the NumPy/CuPy operation, or a graph's kernel
     phase: str  # "forward" or "backward"
     in_loop: bool  # issued by a time step (inside a time loop)
     grid: tuple = None  # kernels: (x, y, z)
     block: tuple = None
     shared_mem: int = 0  # dynamic shared bytes of the launch
-    shape: tuple = None  # gemm: (m, n, k); op: the output shape
+    shape: tuple = None  # gemm: (m, n, k); op: the output shape; graph: (kernel nodes,)
     cooperative: bool = False  # kernels: a cooperative launch (grid-wide barriers inside)
     tf32: bool = False  # gemm: cuBLAS may round the float32 inputs to TF32 (allow_tf32)
 
 
 class LaunchTrace:
-    """The calls of one traced forward (and backward), in issue order (``calls``)."""
+    """The calls of one traced forward (and backward), in issue order (``calls``). With
+    ``graphs``: the calls of a call after the first (the loops' graphs captured, replayed)."""
 
-    def __init__(self, calls, T, B, algo):
-        self.calls, self.T, self.B, self.algo = calls, T, B, algo
+    def __init__(self, calls, T, B, algo, graphs=False):
+        self.calls, self.T, self.B, self.algo, self.graphs = calls, T, B, algo, graphs
 
     def count(self, **where):
         """Number of calls whose fields equal ``where`` (e.g. ``kind="gemm", in_loop=True``)."""
@@ -63,7 +64,8 @@ class LaunchTrace:
         return out
 
     def __str__(self):
-        lines = [f"launch trace: T={self.T} B={self.B} algo={self.algo}, {len(self.calls)} calls"]
+        lines = [f"launch trace: T={self.T} B={self.B} algo={self.algo}"
+                 f"{' with CUDA graphs (replays)' if self.graphs else ''}, {len(self.calls)} calls"]
         for (phase, kind, loop), n in sorted(self.summary().items()):
             lines.append(f"  {phase:8s} {kind:6s} {'in loop' if loop else 'outside':8s} {n:6d}"
                          + (f"  ({n / self.T:.2f} per step)" if loop else ""))
@@ -74,12 +76,21 @@ class _Recorder:
     def __init__(self):
         self.calls, self.phase, self.in_loop = [], "forward", False
         self.tf32 = False  # the module's allow_tf32
+        self.capturing = None  # the calls of the graph being captured, or None
 
     def gemm(self, m, n, k, dtype):
         self.add("gemm", "gemm", shape=(m, n, k), tf32=self.tf32 and dtype == np.float32)
 
     def add(self, kind, name, **kw):
-        self.calls.append(Call(kind, name, self.phase, self.in_loop, **kw))
+        call = Call(kind, name, self.phase, self.in_loop, **kw)
+        (self.calls if self.capturing is None else self.capturing).append(call)
+
+
+class _Graph:
+    """A captured graph of the trace: its kernel calls (recorded, not issued)."""
+
+    def __init__(self, calls):
+        self.calls = calls
 
 
 def _dims(d):
@@ -173,6 +184,22 @@ class _TracingExecution(KernelLoop, HostExecution):
             yield st
         self.rec.in_loop = False
 
+    # graphs: a capture records the launches into the graph; a replay is one "graph" call
+    def _begin_capture(self):
+        self.rec.capturing = []
+
+    def _end_capture(self):
+        graph, self.rec.capturing = _Graph(self.rec.capturing), None
+        return graph
+
+    def _launch_graph(self, graph):
+        first = graph.calls[0]
+        self.rec.add("graph", first.name, grid=first.grid, block=first.block,
+                     shared_mem=first.shared_mem, shape=(len(graph.calls),))
+
+    def _copy_in(self, dst, src):
+        self.rec.add("op", "arena_copy", shape=tuple(np.shape(dst)))
+
 
 class _LoopCell:
     """A cell whose step methods mark their calls as inside the time loop."""
@@ -197,20 +224,30 @@ class _LoopCell:
         self._in_loop(self._cell.step_backward, *a)
 
 
-def launch_trace(module, x, backward=True, algo=None):
+def launch_trace(module, x, backward=True, algo=None, graphs=None):
     """The kernel launches and cuBLAS calls a forward (and, with ``backward``, a backward) of
     ``module`` on input ``x`` ([T, B, I], or [B, T, I] with ``batch_first``) issues on the
-    cupy backend, with the module's ``algo`` (or ``algo`` given here); each GEMM says whether
-    it may use TF32 (the module's ``allow_tf32``, float32 only). Computed on any backend
-    without running anything on a GPU and without touching the module's state. Returns a
-    :class:`LaunchTrace`."""
+    cupy backend, with the module's ``algo`` (or ``algo`` given here) and its ``cuda_graphs``
+    (or ``graphs`` given here); each GEMM says whether it may use TF32 (the module's
+    ``allow_tf32``, float32 only). Computed on any backend without running anything on a GPU
+    and without touching the module's state. Returns a :class:`LaunchTrace`.
+
+    With graphs, the trace is that of a call after the first of its shape: each fused loop is
+    one ``kind="graph"`` call per direction and phase (``shape`` = its kernel nodes), after the
+    copies into its arena (``"op"`` calls named ``"arena_copy"``); the first call also captures
+    the graphs (T launches recorded per loop, none issued) before replaying them."""
     algo = check_algo(module.algo if algo is None else algo)
+    graphs = getattr(module, "cuda_graphs", False) if graphs is None else graphs
+    if not isinstance(graphs, (bool, np.bool_)):
+        raise TypeError(f"graphs must be a bool or None; got {type(graphs).__name__}")
     shape = np.shape(x)
     if len(shape) != 3:
         raise ValueError(f"x must have 3 dimensions ([T, B, I] or [B, T, I]); got shape {shape}")
     T, B = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
     ex = _TracingExecution(algo)
     ex.rec.tf32 = module.allow_tf32
+    if graphs:
+        ex = ex.with_graphs(True)
     _Array.rec = ex.rec
     dt = module.dtype
     to_np = module.ex.to_numpy
@@ -222,12 +259,20 @@ def launch_trace(module, x, backward=True, algo=None):
     h0 = np.zeros((LD, B, Hs), dt).view(_Array)
     c0 = np.zeros((LD, B, H), dt).view(_Array) if cell.has_cell_state else None
     lengths = np.full(B, T, np.int32).view(_Array)
-    with np.errstate(all="ignore"):
+    def run():
+        ex.rec.calls, ex.rec.phase = [], "forward"
         y, _, _, ctx = engine.forward(ex, cell, params, xs, h0, c0, lengths,
                                       module.dropout if module.training else 0.0,
                                       engine.DropoutStream(0))
         if backward:
             ex.rec.phase = "backward"
             engine.backward(ex, ctx, np.zeros(y.shape, dt).view(_Array))
-    _Array.rec = None
-    return LaunchTrace(ex.rec.calls, T, B, algo)
+
+    try:
+        with np.errstate(all="ignore"):
+            if graphs:
+                run()  # the first call captures; its arenas are free again once it returns
+            run()
+    finally:
+        _Array.rec = None
+    return LaunchTrace(ex.rec.calls, T, B, algo, bool(graphs))

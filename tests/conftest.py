@@ -22,3 +22,10 @@ def backend_or_skip(name):
 def emulated():
     """The emulated execution (kernels/ compiled for the CPU); skips with the reason without it."""
     return backend_or_skip("emulated")
+
+
+def numpy_gemm_ex(a, b, out, beta):
+    """A NumPy stand-in for CupyExecution._gemm_ex (out = a @ b + beta * out; out not read
+    when beta = 0, as cuBLAS), for tests that drive the cupy execution through a fake CuPy
+    (tests/test_tf32.py checks the cublasGemmEx call itself)."""
+    out[...] = a @ b + (beta * out if beta else 0)

@@ -10,6 +10,7 @@ import gpulstm as gl
 from gpulstm.backends import get_backend
 from gpulstm.backends.kernel_loop import ROWS, TILE, fused_launch_shape, persistent_plan
 
+from conftest import numpy_gemm_ex
 from kernel_cases import MODULE_CASES, check_module
 
 
@@ -272,7 +273,10 @@ def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
     import gpu_algos
     assert gpu_algos.main([str(tmp_path), "--backend", "emulated", "--tiny", "--reps", "1"]) == 0
     data = json.loads((tmp_path / "algos.json").read_text())
-    assert {r["impl"] for r in data["rows"]} == {"stepwise", "fused", "persistent"}
+    assert {r["impl"] for r in data["rows"]} == {"stepwise", "stepwise+tf32", "fused",
+                                                 "fused+graphs", "persistent"}
+    (graphs,) = [r for r in data["rows"] if r["impl"] == "fused+graphs"]
+    assert graphs["graph_stats"]["captures"] == {"forward": 1, "backward": 1}
     sys.modules.pop("gpu_algos", None)
 
 
@@ -353,9 +357,7 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
     monkeypatch.setattr(cupy_backend, "_modules", {})
     monkeypatch.setattr(cupy_backend, "_limits", {})
     ex = cupy_backend.CupyExecution(fake, cublas=object()).with_algo(algo)
-    # the GEMMs in NumPy, C not read when beta = 0 as cuBLAS (tests/test_tf32.py checks the
-    # cublasGemmEx call itself)
-    ex._gemm_ex = lambda a, b, out, beta: out.__setitem__(Ellipsis, a @ b + (beta * out if beta else 0))
+    ex._gemm_ex = numpy_gemm_ex
     ref = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
     m = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)
     object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard

@@ -22,7 +22,15 @@ def test_host_time_follows_the_trace():
     assert p["stepwise"]["host_us"] == 2 * dev.host_gemm_us + 2 * dev.host_kernel_us
     assert p["fused"]["gemms_per_step"] == 0 and p["fused"]["launches_per_step"] == 2
     assert p["persistent"]["launches_per_step"] == 0
-    for algo in ("stepwise", "fused", "persistent"):
+    # fused with graphs: no launch in the loop; per direction and phase one graph launch and
+    # the copies into its arena (forward: w_hh_T, lengths, h0, c0, peepholes; backward: w_hh,
+    # lengths, dY, dh, dc, peepholes), amortized over T = 50 steps
+    g = p["fused+graphs"]
+    assert g["launches_per_step"] == 0 and g["gemms_per_step"] == 0
+    assert g["host_us"] == (2 * dev.host_graph_us + 11 * dev.host_op_us) / 50
+    assert g["device_us"] < p["fused"]["device_us"]  # graph_gap_us < launch_gap_us
+    assert g["us_per_step"] <= p["fused"]["us_per_step"]
+    for algo in ("stepwise", "fused", "fused+graphs", "persistent"):
         assert p[algo]["us_per_step"] >= p[algo]["device_us"] > 0
     assert p["auto"] == "persistent"
     # forward only: less device work, the same kernels per step in the forward phase

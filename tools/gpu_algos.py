@@ -1,5 +1,9 @@
 """Every time-loop algorithm vs cuDNN, for tools/gpu_check.sh (step "algos"): FP32 LSTM forward
-and forward+backward, gpulstm ``algo`` in stepwise / fused / persistent (where it applies) vs
+and forward+backward, gpulstm ``algo`` in stepwise / fused / fused with CUDA graphs
+(``cuda_graphs=True``, row "fused+graphs"; the graphs captured in the warm-up call, so the
+timed calls replay them) / persistent (where it applies), and stepwise with ``allow_tf32=True``
+(row "stepwise+tf32": every cuBLAS GEMM on TF32 tensor cores, the fair peer of cuDNN with
+TF32) vs
 cuDNN through torch.nn.LSTM with TF32 off and on, timed with CUDA events after warm-up; each
 gpulstm row also checks its output against cuDNN's (TF32 off) and shows the performance
 model's prediction (gpulstm.perfmodel) next to the measurement.
@@ -20,7 +24,7 @@ import numpy as np
 GRID = sorted(((T, B, H) for T in (100, 1000) for B in (1, 8, 64) for H in (128, 512, 1024)),
               key=lambda s: s[0] * s[1] * s[2] * s[2])
 TINY = [(3, 2, 8)]
-ALGOS = ("stepwise", "fused", "persistent")
+ALGOS = ("stepwise", "stepwise+tf32", "fused", "fused+graphs", "persistent")
 
 
 def _timer(backend):
@@ -45,7 +49,10 @@ def _timer(backend):
 def run_ours(backend, algo, T, B, H, reps, timer):
     import gpulstm as gl
     from gpulstm.backends.kernel_loop import persistent_plan
-    m = gl.LSTM(H, H, backend=backend, dtype="float32", seed=0, algo=algo)
+    algo, *options = algo.split("+")
+    graphs = "graphs" in options
+    m = gl.LSTM(H, H, backend=backend, dtype="float32", seed=0, algo=algo, cuda_graphs=graphs,
+                allow_tf32="tf32" in options)
     if algo == "persistent":
         limits = m.ex.device_limits()
         if persistent_plan(B, H, 4, 4, *limits) is None:
@@ -60,6 +67,8 @@ def run_ours(backend, algo, T, B, H, reps, timer):
     row = {"forward_ms": timer(lambda: m(x), reps), "forward+backward_ms": timer(fb, reps)}
     row["y"] = m.ex.to_numpy(m(x)[0])
     row["state"] = {k: m.ex.to_numpy(v) for k, v in m.state_dict().items()}
+    if graphs:
+        row["graphs"] = m.ex.graph_pool.stats()  # captures once per phase, then replays
     return row
 
 
@@ -126,6 +135,8 @@ def main(argv=None):
                        forward_backward_ms=r["forward+backward_ms"],
                        us_per_step=1e3 * r["forward+backward_ms"] / T, model_us_per_step=m,
                        max_abs_diff_vs_cudnn=err)
+            if "graphs" in r:
+                row["graph_stats"] = r["graphs"]
             rows.append(row)
             print(f"{T:5d} {B:3d} {H:5d} {impl:22} {row['forward_ms']:9.3f} "
                   f"{row['forward_backward_ms']:11.3f} {row['us_per_step']:8.2f} {m:13.2f} {err:12.2e}")

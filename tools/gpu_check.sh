@@ -13,7 +13,7 @@
 #             chunks that fit the step's time; asv results (benchmarks.json,
 #             <machine>/machine.json, <machine>/<commit>-*.json) in OUT_DIR/asv-results
 #   speed     LSTM forward and forward+backward, gpulstm cupy vs cuDNN (TF32 off/on)
-#   algos     every time-loop algorithm (stepwise, fused, persistent) vs cuDNN (TF32 off/on)
+#   algos     every time-loop algorithm (stepwise, fused, fused+graphs, persistent) vs cuDNN (TF32 off/on)
 #             with the performance model's prediction alongside (tools/gpu_algos.py)
 # Every step logs to OUT_DIR/<step>.log; OUT_DIR/steps.tsv records status and seconds. A
 # failing step does not stop the others; the exit status is 1 if any step failed.

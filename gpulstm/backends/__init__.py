@@ -73,6 +73,17 @@ def get_backend(name="auto", algo="auto"):
                      f"emulated); backend {name!r} runs its one loop (algo='auto')")
 
 
+def with_graphs(ex):
+    """``ex`` with its fused time loop captured into CUDA graphs (a copy with its own arena
+    pool, :mod:`.graphs`). Raises ValueError for an execution without a device loop (numpy,
+    cpu) and for ``algo="stepwise"`` (a cuBLAS GEMM per step cannot be captured)."""
+    if not hasattr(ex, "with_graphs"):
+        raise ValueError(f"cuda_graphs=True needs a backend whose time loop launches CUDA kernels "
+                         f"(cupy, or emulated on the CPU); backend {ex.name!r} has none to "
+                         f"capture")
+    return ex.with_graphs(True)
+
+
 def available_backends():
     """{name: None if usable else the reason it is not} for every backend."""
     out = {}

@@ -49,6 +49,7 @@ def _blas_operand(a):
 
 _modules = {}  # (device id, cooperative) -> compiled cupy.RawModule
 _limits = {}  # device id -> (SM count, opt-in shared bytes per block)
+_capture_streams = {}  # device id -> the non-blocking stream graphs are captured on
 
 
 def _import_cupy():
@@ -91,12 +92,18 @@ class _DeviceKernel:
     def __init__(self, cp, name):
         self._cp, self._name, self._fns = cp, name, {}
 
-    def __call__(self, grid, block, args, shared_mem=0, cooperative=False):
+    def prepare(self, cooperative=False):
+        """The function for the current device, compiled and loaded now (a graph capture must
+        not compile, load modules or set attributes: KernelLoop._capture calls this first)."""
         dev = self._cp.cuda.runtime.getDevice()
         f = self._fns.get((dev, cooperative))
         if f is None:
             f = self._fns[(dev, cooperative)] = compiled_module(
                 self._cp, dev, cooperative).get_function(self._name)
+        return f
+
+    def __call__(self, grid, block, args, shared_mem=0, cooperative=False):
+        f = self.prepare(cooperative)
         if shared_mem > 48 * 1024 and f.max_dynamic_shared_size_bytes < shared_mem:
             f.max_dynamic_shared_size_bytes = shared_mem  # the opt-in above 48 KiB
         f(grid, block, args, shared_mem=shared_mem)
@@ -124,6 +131,43 @@ class CupyExecution(KernelLoop):
             a = self.xp.cuda.Device(dev).attributes
             limits = _limits[dev] = (a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"])
         return limits
+
+    # -- CUDA graphs of the fused loop (kernel_loop.KernelLoop.with_graphs) -------------------
+    # The loop's launches are captured on a private non-blocking stream (capture cannot run on
+    # the legacy default stream; nothing executes while capturing), the graph is replayed on
+    # the current stream, so it is ordered after the copies into its arena and before the
+    # GEMMs that read its results, as the launches were. Arenas are keyed by device and stream.
+    def _graph_scope(self):
+        cp = self.xp
+        return (cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr)
+
+    def _begin_capture(self):
+        cp = self.xp
+        dev = cp.cuda.runtime.getDevice()
+        stream = _capture_streams.get(dev)
+        if stream is None:
+            stream = _capture_streams[dev] = cp.cuda.Stream(non_blocking=True)
+        stream.__enter__()  # the current stream: RawKernel launches go to it
+        stream.begin_capture()  # relaxed mode (CuPy's default)
+
+    def _end_capture(self):
+        stream = _capture_streams[self.xp.cuda.runtime.getDevice()]
+        try:
+            return stream.end_capture()  # a cupy.cuda.Graph, instantiated
+        finally:
+            stream.__exit__(None, None, None)
+
+    def _launch_graph(self, graph):
+        graph.launch(self.xp.cuda.get_current_stream())
+
+    def _leased(self, a, lease):
+        """A CuPy view of arena array ``a`` whose memory is owned by ``(lease, a)``: every
+        array derived from it shares that memory object, so keeps the lease alive."""
+        cp = self.xp
+        mem = a.data.mem  # the whole allocation
+        owned = cp.cuda.UnownedMemory(mem.ptr, mem.size, (lease, a), a.device.id)
+        ptr = cp.cuda.MemoryPointer(owned, a.data.ptr - mem.ptr)
+        return cp.ndarray(a.shape, a.dtype, ptr, strides=a.strides)
 
     def asarray(self, a, dtype):
         """NumPy or CuPy input -> C-contiguous CuPy array of ``dtype`` (copies only if needed)."""

@@ -22,7 +22,10 @@ class EmulatedExecution(KernelLoop, HostExecution):
     kernels compiled for the CPU. With ``allow_tf32`` its GEMMs (the ones cuBLAS runs on the
     cupy execution) round float32 inputs to TF32 and accumulate in float32, as cuBLAS's
     ``CUBLAS_COMPUTE_32F_FAST_TF32`` does on tensor cores; the kernels' own products (fused,
-    persistent) stay float32, on the GPU too."""
+    persistent) stay float32, on the GPU too.
+    Graphs (``with_graphs``) are the emulator's: the launches recorded during a capture
+    (kernel, grid, block, argument bytes: the same pointers), replayed as recorded
+    (:class:`gpulstm.emulator.EmulatedGraph`)."""
 
     def matmul(self, a, b, out):
         if self.allow_tf32:
@@ -33,6 +36,17 @@ class EmulatedExecution(KernelLoop, HostExecution):
         if self.allow_tf32:
             a, b = tf32_round(a), tf32_round(b)
         out += a @ b
+
+    def _begin_capture(self):
+        from ..emulator import begin_capture
+        begin_capture()
+
+    def _end_capture(self):
+        from ..emulator import end_capture
+        return end_capture()
+
+    def _launch_graph(self, graph):
+        graph.launch()
 
 
 def create():

@@ -29,15 +29,26 @@ Algorithms (module option ``algo``; ``docs/gpu.md`` has the details):
 LSTM with ``proj_size`` always runs stepwise (the projection GEMM sits between two steps);
 so does a backward that records per-step state gradients (the engine asks no hook then).
 
+CUDA graphs (execution option ``graphs``, :meth:`KernelLoop.with_graphs`; module option
+``cuda_graphs``): the fused loop of a direction is captured once per shape into a graph on a
+fixed buffer arena (:mod:`.graphs`) and replayed afterwards: one graph launch per direction and
+phase instead of T kernel launches. The execution supplies three primitives,
+``_begin_capture()``, ``_end_capture() -> graph`` and ``_launch_graph(graph)`` (CuPy stream
+capture, or the emulator's recorded launches); everything else is shared here. The stepwise
+loop (a cuBLAS GEMM per step, which CuPy cannot capture) and the persistent kernels (one
+cooperative launch already) are not captured.
+
 Both executions launch the same kernels with the same grid, block and arguments; only the
 launcher differs (``cupy.RawModule`` or :class:`gpulstm.emulator.EmulatedModule`).
 """
 from __future__ import annotations
 
 import copy
+import weakref
 
 import numpy as np
 
+from .graphs import Arena, GraphPool, Lease, leased_numpy
 from .numpy_pointwise import LSTM_PROJ
 from .options import ExecutionOptions
 
@@ -120,6 +131,9 @@ class KernelLoop(ExecutionOptions):
     :meth:`with_algo` returns a copy of the execution with another one."""
 
     algo = "auto"
+    #: capture the fused loop into CUDA graphs (:meth:`with_graphs`)
+    graphs = False
+    _graph_pool = None
 
     def dropout_mask(self, shape, p, seed, offset, dtype):
         """The scaled dropout keep mask of ``shape`` for probability ``p`` from the Philox
@@ -138,6 +152,60 @@ class KernelLoop(ExecutionOptions):
         ex = copy.copy(self)
         ex.algo = algo
         return ex
+
+    def with_graphs(self, flag=True, per_shape=None, max_free=None):
+        """This execution with the fused loop captured into CUDA graphs (``flag``) or not: a
+        shallow copy sharing the compiled kernels, with a pool of buffer arenas of its own
+        (:class:`~.graphs.GraphPool`; ``per_shape`` / ``max_free`` bound it). The same object
+        when ``flag`` is False and graphs are already off."""
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"graphs must be a bool; got {type(flag).__name__} {flag!r}")
+        if not flag:
+            if not self.graphs:
+                return self
+            ex = copy.copy(self)
+            ex.graphs, ex._graph_pool = False, None
+            return ex
+        if self.algo == "stepwise":
+            raise ValueError("CUDA graphs capture the fused time loop; algo='stepwise' issues a "
+                             "cuBLAS GEMM per step, which CuPy cannot capture (use algo='auto' "
+                             "or 'fused')")
+        if type(self)._begin_capture is KernelLoop._begin_capture:
+            raise ValueError(f"execution {getattr(self, 'name', type(self).__name__)!r} cannot "
+                             "capture graphs")
+        ex = copy.copy(self)
+        ex.graphs = True
+        ex._graph_pool = GraphPool(**{k: v for k, v in (("per_shape", per_shape),
+                                                        ("max_free", max_free)) if v is not None})
+        return ex
+
+    @property
+    def graph_pool(self):
+        """The :class:`~.graphs.GraphPool` of this execution (None without graphs): its
+        arenas, capture and replay counts (``stats()``)."""
+        return self._graph_pool
+
+    # -- the primitives an execution supplies for graphs (see the module docstring) -----------
+    def _begin_capture(self):
+        raise NotImplementedError
+
+    def _end_capture(self):
+        raise NotImplementedError
+
+    def _launch_graph(self, graph):
+        raise NotImplementedError
+
+    def _graph_scope(self):
+        """What else an arena is keyed by (cupy: the device and the stream it replays on)."""
+        return ()
+
+    def _leased(self, a, lease):
+        """A view of arena array ``a`` that keeps ``lease`` alive (NumPy arrays here)."""
+        return leased_numpy(a, lease)
+
+    def _copy_in(self, dst, src):
+        """dst[...] = src on the device (into an arena, before a replay)."""
+        self.xp.copyto(dst, src)
 
     def device_limits(self):
         """(SM count, shared bytes per block) of the device the persistent kernels run on."""
@@ -178,17 +246,26 @@ class KernelLoop(ExecutionOptions):
                              f"indexing (4 * B * H must be < 2**31)")
         return self.pw.kernel(name, dtype), fused_launch_shape(B, H)
 
-    def sequence_forward(self, cell, w, s, flags):
-        S, gx, L, Y = s["S"], s["gx"], s["L"], s["Y"]
-        T, B, _ = gx.shape
-        H = S.shape[2]
-        algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
-        if algo == "stepwise":
-            return False
+    def _forward_algo(self, cell, s, flags, T, B, H):
+        algo = self.loop_algo(cell, flags, T, B, H, s["S"].dtype.itemsize)
         if algo == "persistent" and s["gates"] is not None and s["gates"].strides[0] == 0:
             algo = "fused"  # inference: one gate slot for all steps, which only fused indexes
+        return algo
+
+    def sequence_forward(self, cell, w, s, flags):
         kind = cell.kind
+        lease = s.get("graph_lease")
+        if lease is not None and "gx" not in s:  # projects_input took an arena
+            self._graph_forward(s, flags, kind, lease)
+            return True
+        S, gx = s["S"], s["gx"]
+        T, B, _ = gx.shape
+        H = S.shape[2]
+        algo = self._forward_algo(cell, s, flags, T, B, H)
+        if algo == "stepwise":
+            return False
         if algo == "persistent":
+            L, Y = s["L"], s["Y"]
             launch = self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
             n, rev = _i32(T), _i32(s["reverse"])
             if kind == "lstm":
@@ -201,20 +278,25 @@ class KernelLoop(ExecutionOptions):
                 launch((gx, s["w_hh_T"], S, L, n, rev, s["gh"], Y, _i32(B), _i32(H), _i32(flags)))
             return True
         k, (grid, block) = self._fused(kind + "_fused_forward", S.dtype, B, H)
-        wT, gh = s["w_hh_T"], s["gh"]
-        for t, prev, nxt in self._loop(_steps(T, s["reverse"])):
+        self._fused_forward_steps(k, grid, block, kind, T, B, H, flags, s["reverse"], s)
+        return True
+
+    def _fused_forward_steps(self, k, grid, block, kind, T, B, H, flags, reverse, a):
+        """The T launches of the fused forward on the buffers of ``a`` (the saved dict, or an
+        arena's arrays under the same names)."""
+        gx, wT, S, L, gh, Y = a["gx"], a["w_hh_T"], a["S"], a["L"], a["gh"], a["Y"]
+        for t, prev, nxt in self._loop(_steps(T, reverse)):
             if kind == "lstm":
-                C = s["C"]
-                args = (gx[t], wT, C[prev], S[prev], L, _i32(t), s["peep"], gh, s["gates"][t],
+                C = a["C"]
+                args = (gx[t], wT, C[prev], S[prev], L, _i32(t), a["peep"], gh, a["gates"][t],
                         C[nxt], S[nxt], Y[t], _i32(B), _i32(H), _i32(flags))
             elif kind == "gru":
-                args = (gx[t], wT, s["b_hn"], S[prev], L, _i32(t), gh, s["gates"][t], S[nxt],
+                args = (gx[t], wT, a["b_hn"], S[prev], L, _i32(t), gh, a["gates"][t], S[nxt],
                         Y[t], _i32(B), _i32(H))
             else:
                 args = (gx[t], wT, S[prev], L, _i32(t), gh, S[nxt], Y[t], _i32(B), _i32(H),
                         _i32(flags))
             k(grid, block, args)
-        return True
 
     def sequence_backward(self, cell, w, s, g, flags):
         S, L, dY = s["S"], s["L"], g["dY"]
@@ -237,24 +319,173 @@ class KernelLoop(ExecutionOptions):
             first = T - 1 if s["reverse"] else 0  # the step processed last
             self.matmul_acc(g["dGh"][first], w_hh, out=g["dh"])  # dL/dh_0
             return True
+        lease = s.get("graph_lease")
+        if lease is not None and self.graphs and self._graph_backward(w, s, g, flags, kind, lease):
+            return True
         k, (grid, block) = self._fused(kind + "_fused_backward", S.dtype, B, H)
-        w_hh, dh = w["w_hh"], g["dh"]
-        dGx, dGh = g["dGx"], g["dGh"]  # the same array except for the GRU
+        a = dict(s, **g)
+        a["w_hh"] = w["w_hh"]
+        last = self._fused_backward_steps(k, grid, block, kind, T, B, H, flags, s["reverse"], a)
+        self.matmul_acc(g["dGh"][last], w["w_hh"], out=g["dh"])  # dL/dh_0: the first step's term
+        return True
+
+    def _fused_backward_steps(self, k, grid, block, kind, T, B, H, flags, reverse, a):
+        """The T launches of the fused backward on the buffers of ``a`` (saved and gradient
+        dicts with ``w_hh``, or an arena's arrays); returns the step processed last."""
+        w_hh, S, L, dh, dY = a["w_hh"], a["S"], a["L"], a["dh"], a["dY"]
+        dGx, dGh = a["dGx"], a["dGh"]  # the same array except for the GRU
         last = None  # the step processed before this one
-        for t, prev, nxt in self._loop(_steps(T, s["reverse"])[::-1]):
+        for t, prev, nxt in self._loop(_steps(T, reverse)[::-1]):
             dg_prev = dGh[t if last is None else last]
             has = _i32(last is not None)
             if kind == "lstm":
-                C = s["C"]
-                args = (dg_prev, has, w_hh, s["gates"][t], C[nxt], C[prev], dh, dY[t], g["dc"],
-                        L, _i32(t), s["peep"], dGx[t], _i32(B), _i32(H), _i32(flags))
+                C = a["C"]
+                args = (dg_prev, has, w_hh, a["gates"][t], C[nxt], C[prev], dh, dY[t], a["dc"],
+                        L, _i32(t), a["peep"], dGx[t], _i32(B), _i32(H), _i32(flags))
             elif kind == "gru":
-                args = (dg_prev, has, w_hh, s["gates"][t], S[prev], dh, dY[t], L, _i32(t),
+                args = (dg_prev, has, w_hh, a["gates"][t], S[prev], dh, dY[t], L, _i32(t),
                         dGx[t], dGh[t], _i32(B), _i32(H))
             else:
                 args = (dg_prev, has, w_hh, S[nxt], dh, dY[t], L, _i32(t), dGx[t], _i32(B),
                         _i32(H), _i32(flags))
             k(grid, block, args)
             last = t
-        self.matmul_acc(dGh[last], w_hh, out=dh)  # dL/dh_0: the first step's recurrent term
+        return last
+
+    # -- CUDA graphs of the fused loop (module docstring; gpulstm.backends.graphs) -------------
+    def projects_input(self, cell, s, flags):
+        """The engine's hook (gpulstm.engine): True where this direction's fused loop runs as a
+        graph on an arena, whose input projection ``sequence_forward`` then writes straight into
+        the arena's ``gx`` (no copy). Takes the arena here (a lease in ``s["graph_lease"]``);
+        False without graphs, for another algorithm, or when every arena of the shape is in
+        use (the ordinary fused loop then runs)."""
+        if not self.graphs:
+            return False
+        S, gates = s["S"], s["gates"]
+        T, B, _ = s["x"].shape
+        H = S.shape[2]
+        if self._forward_algo(cell, s, flags, T, B, H) != "fused":
+            return False
+        kind = cell.kind
+        self._fused(kind + "_fused_forward", S.dtype, B, H)  # the size check, before allocating
+        inference = gates is not None and gates.strides[0] == 0
+        width = 0 if gates is None else gates.shape[2]
+        GH = s["w_hh_T"].shape[1]
+        key = (kind, S.dtype.name, T, B, H, bool(s["reverse"]), int(flags), inference) \
+            + tuple(self._graph_scope())
+        lease = self._graph_pool.acquire(
+            key, lambda: self._new_arena(key, kind, S.dtype, T, B, H, GH, width, inference))
+        if lease is None:
+            return False
+        s["graph_lease"] = lease
+        return True
+
+    def _new_arena(self, key, kind, dt, T, B, H, GH, width, inference):
+        """The forward buffers of one loop shape, named as in the saved dict (the gradient
+        buffers come with the first backward)."""
+        e = self.xp.empty
+        a = dict(gx=e((T, B, GH), dt), w_hh_T=e((H, GH), dt), S=e((T + 1, B, H), dt),
+                 L=e((B,), np.int32), gh=e((B, GH), dt), Y=e((T, B, H), dt), gates=None)
+        if kind == "lstm":
+            a["C"], a["peep"] = e((T + 1, B, H), dt), e((3, H), dt)
+        elif kind == "gru":
+            a["b_hn"] = e((H,), dt)
+        if width and inference:  # one gate slot, time stride 0, as the engine's
+            slot = a["gates_slot"] = e((1, B, width), dt)
+            a["gates"] = self.xp.lib.stride_tricks.as_strided(
+                slot, (T, B, width), (0,) + tuple(slot.strides[1:]))
+        elif width:
+            a["gates"] = e((T, B, width), dt)
+        return Arena(key, a)
+
+    def _capture(self, k, launches):
+        """The graph of the launches ``launches()`` makes (nothing runs while capturing)."""
+        prepare = getattr(k, "prepare", None)
+        if prepare is not None:
+            prepare()  # load the kernel for this device now: never inside a capture
+        self._begin_capture()
+        try:
+            launches()
+        except BaseException:
+            self._end_capture()  # end the capture, drop its graph
+            raise
+        return self._end_capture()
+
+    def _graph_forward(self, s, flags, kind, lease):
+        """One direction's forward as a graph replay on the leased arena: the input projection
+        into its gx (a GEMM, outside the graph), the inputs copied in, the graph (captured on
+        this arena's first forward), then the arena's S, C, gates and Y handed to ``s``."""
+        arena, pool = lease.arena, self._graph_pool
+        a = arena.arrays
+        x = s["x"]
+        T, B, I = x.shape
+        H, GH = a["S"].shape[2], a["gx"].shape[2]
+        self.linear(x.reshape(T * B, I), s["w_ih_T"], s["bias"], out=a["gx"].reshape(T * B, GH))
+        first = T if s["reverse"] else 0
+        self._copy_in(a["w_hh_T"], s["w_hh_T"])
+        self._copy_in(a["L"], s["L"])
+        self._copy_in(a["S"][first], s["S"][first])
+        if kind == "lstm":
+            self._copy_in(a["C"][first], s["C"][first])
+            self._copy_in(a["peep"], s["peep"])
+        elif kind == "gru":
+            self._copy_in(a["b_hn"], s["b_hn"])
+        graph = arena.graphs.get("forward")
+        if graph is None:
+            k, (grid, block) = self._fused(kind + "_fused_forward", a["S"].dtype, B, H)
+            graph = self._capture(k, lambda: self._fused_forward_steps(
+                k, grid, block, kind, T, B, H, flags, s["reverse"], a))
+            arena.graphs["forward"] = graph
+            pool.captures["forward"] += 1
+        self._launch_graph(graph)
+        pool.replays["forward"] += 1
+        for name in ("S", "C", "gates", "Y"):
+            if a.get(name) is not None:
+                s[name] = self._leased(a[name], lease)
+
+    def _graph_backward(self, w, s, g, flags, kind, lease):
+        """One direction's backward as a graph replay on the arena of its forward: dY, dh, dc,
+        W_hh (and L, peepholes) copied in, the graph (captured on this arena's first backward),
+        the dL/dh_0 GEMM (outside the graph), the arena's gradient buffers handed to ``g``.
+        False (the ordinary fused loop runs) while an earlier backward's gradients handed out
+        from this arena are still alive."""
+        arena, pool = lease.arena, self._graph_pool
+        if arena.lease is None or arena.lease() is not lease or not arena.grads_free():
+            pool.exhausted += 1
+            return False
+        a = arena.arrays
+        T, B, H = g["dY"].shape
+        GH, dt = a["gx"].shape[2], a["S"].dtype
+        if "dGx" not in a:
+            e = self.xp.empty
+            a.update(dY=e((T, B, H), dt), dh=e((B, H), dt), dGx=e((T, B, GH), dt),
+                     w_hh=e((GH, H), dt))
+            a["dGh"] = e((T, B, GH), dt) if kind == "gru" else a["dGx"]
+            if kind == "lstm":
+                a["dc"] = e((B, H), dt)
+        self._copy_in(a["w_hh"], w["w_hh"])
+        self._copy_in(a["L"], s["L"])
+        self._copy_in(a["dY"], g["dY"])
+        self._copy_in(a["dh"], g["dh"])
+        if kind == "lstm":
+            self._copy_in(a["dc"], g["dc"])
+            self._copy_in(a["peep"], s["peep"])
+        graph = arena.graphs.get("backward")
+        if graph is None:
+            k, (grid, block) = self._fused(kind + "_fused_backward", dt, B, H)
+            graph = self._capture(k, lambda: self._fused_backward_steps(
+                k, grid, block, kind, T, B, H, flags, s["reverse"], a))
+            arena.graphs["backward"] = graph
+            pool.captures["backward"] += 1
+        self._launch_graph(graph)
+        pool.replays["backward"] += 1
+        last = T - 1 if s["reverse"] else 0  # the step processed last
+        self.matmul_acc(a["dGh"][last], a["w_hh"], out=a["dh"])  # dL/dh_0
+        glease = Lease(arena)
+        arena.grad_lease = weakref.ref(glease)
+        g["dGx"] = self._leased(a["dGx"], glease)
+        g["dGh"] = g["dGx"] if a["dGh"] is a["dGx"] else self._leased(a["dGh"], glease)
+        g["dh"] = self._leased(a["dh"], glease)
+        if kind == "lstm":
+            g["dc"] = self._leased(a["dc"], glease)
         return True

@@ -2,7 +2,10 @@
 
 ``EmulatedModule`` mirrors ``cupy.RawModule``: the same source string, name expressions and
 launch arguments (grid, block, args tuple, shared_mem) as the GPU path, so CI compares the
-exact kernel source with the NumPy reference. ``cuda_on_cpu.h`` (next to this file)
+exact kernel source with the NumPy reference. ``begin_capture()`` / ``end_capture()`` record
+the launches made in between into an ``EmulatedGraph`` instead of running them (CUDA stream
+capture); ``graph.launch()`` replays them with the same argument bytes (pointers) and raises
+if an array they point into was freed. ``cuda_on_cpu.h`` (next to this file)
 documents what CUDA it emulates and how; ``_build`` documents compilation and the cache.
 
     >>> import numpy as np
@@ -18,6 +21,7 @@ documents what CUDA it emulates and how; ``_build`` documents compilation and th
     [0.0, 2.0, 4.0, 6.0, 8.0]
 """
 from ._errors import EmulatorError
-from ._module import EmulatedModule
+from ._module import EmulatedGraph, EmulatedModule, begin_capture, end_capture, is_capturing
 
-__all__ = ["EmulatedModule", "EmulatorError"]
+__all__ = ["EmulatedGraph", "EmulatedModule", "EmulatorError", "begin_capture", "end_capture",
+           "is_capturing"]

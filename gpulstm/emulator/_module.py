@@ -12,6 +12,7 @@ import ctypes
 import operator
 import struct
 import threading
+import weakref
 
 import numpy as np
 
@@ -112,9 +113,19 @@ class EmulatedKernel:
             raise TypeError(f"kernel {self.name} takes {self.num_params} arguments "
                             f"({', '.join(map(_describe, self.param_types))}), got {len(args)}")
         packed = self._pack_all(args)
+        mode = 2 if cooperative else int(self.module.fibers)  # 2: cuda_on_cpu.h's cooperative
+        captured = getattr(_CAPTURE, "launches", None)
+        if captured is not None:  # recorded into the graph being captured, not run
+            if cooperative:
+                raise EmulatorError(f"kernel {self.name}: cooperative launches are not "
+                                    "captured into graphs by gpulstm")
+            captured.append(_Launch(self, mode, g, b, packed, shared_mem, args))
+            return
+        self._run(mode, g, b, packed, shared_mem)
+
+    def _run(self, mode, g, b, packed, shared_mem):
         launch = self.module._lib.launch
         with _LAUNCH_LOCK:
-            mode = 2 if cooperative else int(self.module.fibers)  # 2: cuda_on_cpu.h's cooperative
             if launch(self._index, mode, *g, *b, packed, shared_mem, _ERRBUF,
                       _ERRLEN):
                 message = _ERRBUF.value.decode(errors="replace")
@@ -212,3 +223,82 @@ class EmulatedModule:
                     "listed in name_expressions, spelled exactly as passed)")
             kernel = self._kernels[name] = EmulatedKernel(self, name, info)
         return kernel
+
+
+# -- graphs: the emulated counterpart of CUDA stream capture ------------------------------------
+_CAPTURE = threading.local()  # .launches: the list being captured on this thread, or None
+
+
+def _owner(a):
+    """The array that owns the memory ``a`` points into (NumPy collapses view chains to it,
+    except through a non-array base such as ``as_strided``'s: then ``a`` itself)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+class _Launch:
+    """One captured launch: the kernel, its launch shape and its packed argument bytes (raw
+    pointers, as a CUDA graph node keeps them), with weak references to the arrays those
+    pointers point into, so a replay after one of them was freed raises instead of writing
+    into freed memory (on a GPU: silent corruption)."""
+
+    __slots__ = ("kernel", "mode", "grid", "block", "packed", "shared_mem", "owners")
+
+    def __init__(self, kernel, mode, grid, block, packed, shared_mem, args):
+        self.kernel, self.mode, self.grid, self.block = kernel, mode, grid, block
+        self.packed, self.shared_mem = packed, shared_mem
+        self.owners = tuple((i, weakref.ref(_owner(a))) for i, a in enumerate(args)
+                            if isinstance(a, np.ndarray))
+
+    def run(self):
+        for i, ref in self.owners:
+            if ref() is None:
+                raise EmulatorError(
+                    f"graph replay: argument {i} of kernel {self.kernel.name} points into an "
+                    "array freed since the capture (a dangling pointer in a CUDA graph)")
+        self.kernel._run(self.mode, self.grid, self.block, self.packed, self.shared_mem)
+
+
+class EmulatedGraph:
+    """The launches recorded between :func:`begin_capture` and :func:`end_capture`, in order;
+    :meth:`launch` runs exactly them again (the same kernels, launch shapes and argument bytes,
+    hence the same pointers), as ``cupy.cuda.Graph.launch`` replays a captured CUDA graph."""
+
+    def __init__(self, launches):
+        self._launches = tuple(launches)
+
+    def __len__(self):
+        return len(self._launches)
+
+    @property
+    def kernels(self):
+        """The kernel name of every node, in order."""
+        return [l.kernel.name for l in self._launches]
+
+    def launch(self, stream=None):
+        """Replay every node in order (``stream`` accepted for CuPy compatibility)."""
+        for launch in self._launches:
+            launch.run()
+
+
+def begin_capture():
+    """Start capturing on this thread: kernel launches are checked and recorded, not run, until
+    :func:`end_capture` (CUDA stream capture: nothing executes during a capture)."""
+    if getattr(_CAPTURE, "launches", None) is not None:
+        raise EmulatorError("begin_capture: this thread is already capturing")
+    _CAPTURE.launches = []
+
+
+def end_capture():
+    """Stop capturing; returns the :class:`EmulatedGraph` of the launches recorded since
+    :func:`begin_capture`."""
+    launches = getattr(_CAPTURE, "launches", None)
+    if launches is None:
+        raise EmulatorError("end_capture: this thread is not capturing")
+    _CAPTURE.launches = None
+    return EmulatedGraph(launches)
+
+
+def is_capturing():
+    return getattr(_CAPTURE, "launches", None) is not None
