@@ -415,7 +415,7 @@ class KernelLoop(ExecutionOptions):
         """One direction's forward as a graph replay on the leased arena: the input projection
         into its gx (a GEMM, outside the graph), the inputs copied in, the graph (captured on
         this arena's first forward), then the arena's S, C, gates and Y handed to ``s``."""
-        arena, pool = lease.arena, self._graph_pool
+        arena = lease.arena
         a = arena.arrays
         x = s["x"]
         T, B, I = x.shape
@@ -430,18 +430,25 @@ class KernelLoop(ExecutionOptions):
             self._copy_in(a["peep"], s["peep"])
         elif kind == "gru":
             self._copy_in(a["b_hn"], s["b_hn"])
-        graph = arena.graphs.get("forward")
-        if graph is None:
-            k, (grid, block) = self._fused(kind + "_fused_forward", a["S"].dtype, B, H)
-            graph = self._capture(k, lambda: self._fused_forward_steps(
-                k, grid, block, kind, T, B, H, flags, s["reverse"], a))
-            arena.graphs["forward"] = graph
-            pool.captures["forward"] += 1
-        self._launch_graph(graph)
-        pool.replays["forward"] += 1
+        self._replay(arena, "forward", kind, a["S"].dtype, B, H,
+                     lambda k, grid, block: self._fused_forward_steps(
+                         k, grid, block, kind, T, B, H, flags, s["reverse"], a))
         for name in ("S", "C", "gates", "Y"):
             if a.get(name) is not None:
                 s[name] = self._leased(a[name], lease)
+
+    def _replay(self, arena, phase, kind, dtype, B, H, steps):
+        """Launch the arena's graph of ``phase`` ("forward" / "backward"), capturing it first
+        from ``steps(kernel, grid, block)`` (the fused loop's launches) on first use."""
+        pool = self._graph_pool
+        graph = arena.graphs.get(phase)
+        if graph is None:
+            k, (grid, block) = self._fused(f"{kind}_fused_{phase}", dtype, B, H)
+            graph = self._capture(k, lambda: steps(k, grid, block))
+            arena.graphs[phase] = graph
+            pool.captures[phase] += 1
+        self._launch_graph(graph)
+        pool.replays[phase] += 1
 
     def _graph_backward(self, w, s, g, flags, kind, lease):
         """One direction's backward as a graph replay on the arena of its forward: dY, dh, dc,
@@ -470,15 +477,9 @@ class KernelLoop(ExecutionOptions):
         if kind == "lstm":
             self._copy_in(a["dc"], g["dc"])
             self._copy_in(a["peep"], s["peep"])
-        graph = arena.graphs.get("backward")
-        if graph is None:
-            k, (grid, block) = self._fused(kind + "_fused_backward", dt, B, H)
-            graph = self._capture(k, lambda: self._fused_backward_steps(
-                k, grid, block, kind, T, B, H, flags, s["reverse"], a))
-            arena.graphs["backward"] = graph
-            pool.captures["backward"] += 1
-        self._launch_graph(graph)
-        pool.replays["backward"] += 1
+        self._replay(arena, "backward", kind, dt, B, H,
+                     lambda k, grid, block: self._fused_backward_steps(
+                         k, grid, block, kind, T, B, H, flags, s["reverse"], a))
         last = T - 1 if s["reverse"] else 0  # the step processed last
         self.matmul_acc(a["dGh"][last], a["w_hh"], out=a["dh"])  # dL/dh_0
         glease = Lease(arena)
