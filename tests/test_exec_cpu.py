@@ -122,14 +122,16 @@ def test_engine_with_poisoned_buffers(cpu, rng, cls, kw, dtype, save):
         assert err <= RTOL[dtype] * max(1.0, float(np.abs(w).max())), f"result {k}: error {err:.3g}"
 
 
-@pytest.mark.parametrize("B", [19, 3])
+@pytest.mark.parametrize("B, H", [(19, 96), (3, 96), (3, 70)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_thread_count_gives_identical_bits(threads, rng, dtype, B):
+def test_thread_count_gives_identical_bits(threads, rng, dtype, B, H):
     """Batch rows never interact, so the row-block split changes no rounding, and the split
     of a few rows' forward over hidden units sums every GEMM element in the same order: 1, 2
     and 3 threads give the same bits (B=19: row blocks of unequal size, a partial 4-row tile,
-    T*B*4H*H = 28e6 multiply-adds; B=3: the forward split over units, 96 = 3 x 2 vectors)."""
-    T, H = 40, 96
+    T*B*4H*H = 28e6 multiply-adds; B=3: the forward split over units, 96 = 3 x 2 vectors;
+    H=70: a thread's units end inside a vector, so the packed columns of its 4 gate slices
+    meet inside a GEMM panel)."""
+    T = 40
     m = gl.LSTM(7, H, num_layers=2, bidirectional=True, backend="cpu", dtype=dtype, seed=2)
     x = rng.standard_normal((T, B, 7)).astype(dtype)
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
@@ -143,6 +145,12 @@ def test_thread_count_gives_identical_bits(threads, rng, dtype, B):
         # forward's unit split is the last one with n)
         if B == 19:
             assert threads._library().last_threads() == n
+        elif H % 16:  # 70 units: as many threads as have 2 vectors of units each (2-3)
+            m.eval()
+            m(x, lengths=lengths)
+            got = threads._library().last_threads()
+            assert (got == 1) if n == 1 else (2 <= got <= n), (n, got)
+            m.train()
         else:
             m.eval()
             m(x, lengths=lengths)
@@ -268,6 +276,42 @@ def test_matmul(cpu, rng, dtype):
     out = np.empty((4, 2))
     cpu.matmul(x, rng.standard_normal((3, 2)).astype(np.float32), out)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_packing_changes_no_bit(threads, rng, dtype):
+    """A GEMM of many rows packs W (one k block at a time) into column panels; every element
+    still sums in the same order, so the rows come out bit for bit as from GEMMs of fewer rows
+    that read W in place (K = 600: 3 k blocks; N = 70: 3-, 1-vector panels and a scalar tail
+    in float, more in double)."""
+    threads.set_num_threads(1)
+    M, K, N = 300, 600, 70
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    whole = np.full((M, N), np.nan, dtype)
+    threads.create().matmul(a, b, whole)
+    parts = np.full((M, N), np.nan, dtype)
+    for r0, r1 in [(0, 100), (100, 200), (200, 300)]:  # 100 rows: below the packing threshold
+        threads.create().matmul(a[r0:r1], b, parts[r0:r1])
+    np.testing.assert_array_equal(whole, parts)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(whole - want).max() <= RTOL[dtype] * np.sqrt(K) * np.abs(want).max()
+
+
+def test_weights_above_the_kept_scratch(threads, rng):
+    """Packed weights of more than 4 MB go to a buffer of the call's own (the per-thread one
+    keeps at most 4 MB between calls): an LSTM with H = 600 (W_hh^T 600 x 2400 floats, 5.8 MB)
+    against the reference, and a GEMM whose k block (256 x 4200 floats) is packed the same way."""
+    threads.set_num_threads(1)
+    case = ("lstm-wide", "LSTM", {}, 4, 4, True)  # T*B = 16: the loop packs its weights
+    check_module("cpu", case, "float32", rng, I=3, H=600, poison=True)
+    M, K, N = 256, 300, 4200
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    threads.create().matmul(a, b, out)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(out - want).max() <= RTOL["float32"] * np.sqrt(K) * np.abs(want).max()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
