@@ -3,7 +3,8 @@ host C++ compiler (``kernels/cpu/sequence.cpp``).
 
 Each layer and direction runs its time loop in one call into a shared library (the engine's
 ``sequence_forward`` / ``sequence_backward`` hooks): per time step a register-tiled GEMM for
-the recurrent product (at H = 32 a BLAS call costs more than the whole step) and one fused,
+the recurrent product (at H = 32 a BLAS call costs more than the whole step; the loop's
+weights are packed once per call into contiguous column panels) and one fused,
 vectorised pointwise pass (polynomial exp and tanh that the compiler vectorises; libm's
 scalar ones would dominate). The whole-sequence GEMMs of the engine (the input projection with
 the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
