@@ -260,7 +260,9 @@ def test_matmul(cpu, rng, dtype):
     column-panel size, k blocks (K > 256), row-strided views, NaN-poisoned output;
     matmul_acc adds."""
     tol = RTOL[dtype]
-    for M, K, N in [(1, 1, 1), (7, 3, 5), (33, 300, 70), (64, 17, 129), (2, 40, 300), (9, 600, 16)]:
+    # (150, 520, 37): more than 65536 elements of A, packed row block by row block
+    for M, K, N in [(1, 1, 1), (7, 3, 5), (33, 300, 70), (64, 17, 129), (2, 40, 300), (9, 600, 16),
+                    (150, 520, 37)]:
         a = rng.standard_normal((M, K + 2)).astype(dtype)[:, 1:K + 1]  # row stride K + 2
         b = rng.standard_normal((K, N)).astype(dtype)
         want = a.astype(np.float64) @ b.astype(np.float64)

@@ -157,9 +157,12 @@ inline float vsigmoid<float>(float x) { return 0.5f + 0.5f * vtanh<float>(0.5f *
 // op(A) is A [M, K] (row stride lda) or, with ``ta``, the transpose of A [K, M] (the weight
 // gradients dW = dG^T @ x read dG as stored). C0 is C itself (accumulate), another matrix
 // (row stride ld0; 0 broadcasts one row: the bias), or null (zeros).
-// Blocking: k in blocks of KC, rows in blocks of MC; each (k, row) block of op(A) is packed
-// into row tiles ([k][RN] interleaved, so a tile's multiplier column is one contiguous
-// load) that stay in L1/L2 while every column panel of W passes over them. A register tile
+// Blocking: k in blocks of KC, rows in blocks of MC; each (k, row) block of op(A) stays in
+// L1/L2 while every column panel of W passes over it. op(A) is read in place: the hardware
+// prefetchers follow a tile's 8 row streams, and packing it into [k][RN] tiles first
+// measured slower at every size tried (4e3 to 1.3e7 elements of A: 0-30 %; the weight
+// gradients of a T = 100, B = 32, H = 32 step 30 %). Only the row groups of a chunk of time
+// steps (grp, below) are packed. W is packed (pack_w). A register tile
 // of RN rows x NV vectors of C stays in vector registers while k runs over the block. 8 rows
 // x 3 vectors (24 accumulators; 3 loads of W and 8 broadcasts per 24 FMAs) measured fastest
 // on an AVX-512 core (~200 GFLOP/s float per core at large sizes, NumPy's OpenBLAS ~120);
@@ -186,10 +189,6 @@ constexpr int KC = GL_KC;      // k block
 constexpr int RM = GL_RM;      // rows of the main register tile
 constexpr int NVM = GL_NV;     // vectors of the main register tile
 constexpr int MC = 16 * RM;    // row block
-#ifndef GL_INPLACE
-#define GL_INPLACE 4096
-#endif
-constexpr long kInPlace = GL_INPLACE;  // op(A) of at most this many elements is not packed
 
 // GCC/Clang vector extension: one native SIMD register of R
 template <class R> struct VecOf;
@@ -235,35 +234,22 @@ GL_INLINE void row_tiles(int rows, F&& f) {
   if (r < rows) f(r, std::integral_constant<int, 1>());
 }
 
-// pack rows [m0, m0 + rows) and k [k0, k0 + kn) of op(A): the tile at row r at P + r * kn.
-// grp > 0 (A not transposed): A's rows come in groups of grp rows, group g starting at
-// A + g * ldg (the row block of one thread across the time steps of a chunk of x [T,B,I])
+// Rows [m0, m0 + rows) and k [k0, k0 + kn) of A (not transposed) whose rows come in groups
+// of grp rows, group g starting at A + g * ldg (the row block of one thread across the time
+// steps of a chunk of x [T,B,I]), gathered into P [rows, kn]
 template <class R>
-static void pack(bool ta, const R* A, long lda, int m0, int rows, int k0, int kn, R* P,
-                 int grp, long ldg) {
-  row_tiles(rows, [&](int r, auto rn_c) {
-    constexpr int RN = decltype(rn_c)::value;
-    R* p = P + (long)r * kn;
-    if (ta) {
-      for (int k = 0; k < kn; ++k) {
-        const R* a = A + (long)(k0 + k) * lda + m0 + r;
-        for (int i = 0; i < RN; ++i) p[k * RN + i] = a[i];
-      }
-    } else {
-      for (int i = 0; i < RN; ++i) {
-        const long m = m0 + r + i;
-        const R* a = (grp > 0 ? A + (m / grp) * ldg + (m % grp) * lda : A + m * lda) + k0;
-        for (int k = 0; k < kn; ++k) p[k * RN + i] = a[k];
-      }
-    }
-  });
+static void gather_rows(const R* A, long lda, int m0, int rows, int k0, int kn, R* P, int grp,
+                        long ldg) {
+  for (int i = 0; i < rows; ++i) {
+    const long m = m0 + i;
+    std::memcpy(P + (long)i * kn, A + (m / grp) * ldg + (m % grp) * lda + k0, kn * sizeof(R));
+  }
 }
 
-// A block as the tiles read it: packed (P, its tile at row r at P + r * K) or in place
+// A block as the tiles read it: A(r, k) = P[r * sr + k * sk]
 struct ABlock {
   const void* P;
-  long sr, sk;   // in place: element strides of A's rows and k; packed: unused
-  bool packed;
+  long sr, sk;
 };
 
 // every row tile of the block on the column panel [j0, j0 + NV vectors); Wj: the panel's
@@ -275,10 +261,7 @@ GL_INLINE void panel(const ABlock& a, const R* Wj, long ldw, const R* C0, long l
   row_tiles(rows, [&](int r, auto rn_c) {
     constexpr int RN = decltype(rn_c)::value;
     const R* C0r = C0 ? C0 + r * ld0 + j0 : nullptr;
-    if (a.packed)
-      tile<R, RN, NV>(P + (long)r * K, 1, RN, Wj, ldw, C0r, ld0, C + r * ldc + j0, ldc, K);
-    else
-      tile<R, RN, NV>(P + r * a.sr, a.sr, a.sk, Wj, ldw, C0r, ld0, C + r * ldc + j0, ldc, K);
+    tile<R, RN, NV>(P + r * a.sr, a.sr, a.sk, Wj, ldw, C0r, ld0, C + r * ldc + j0, ldc, K);
   });
 }
 
@@ -389,9 +372,8 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
     }
     return;
   }
-  // A small enough to stay in L1/L2 as it is (the per-step GEMMs of the time loops) is read
-  // in place; a larger one is packed block by block
-  const bool in_place = (long)M * K <= kInPlace && grp == 0;
+  // op(A) in place, but rows in groups (grp) packed block by block
+  const bool in_place = grp == 0;
   R* P = in_place ? nullptr : pack_buffer<R>();
   // W not packed by the caller but reused by many rows: each k block is packed here
   const bool pack_blocks = !wp && M >= kPackMinRowsGemm;
@@ -414,13 +396,12 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
       const int rows = std::min(MC, M - m0);
       ABlock ab;
       if (in_place) {
-        ab.packed = false;
         ab.sr = ta ? 1 : lda;
         ab.sk = ta ? lda : 1;
         ab.P = A + m0 * ab.sr + k0 * ab.sk;
       } else {
-        pack<R>(ta, A, lda, m0, rows, k0, kn, P, grp, ldg);
-        ab = ABlock{P, 0, 0, true};
+        gather_rows<R>(A, lda, m0, rows, k0, kn, P, grp, ldg);
+        ab = ABlock{P, kn, 1};
       }
       // the first k block starts from C0, later ones add to what it wrote
       const R* Ck = k0 == 0 ? (C0 ? C0 + m0 * ld0 : nullptr) : C + (long)m0 * ldc;
@@ -436,14 +417,13 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
         const R* Wj = wcol(j0, N - j0, lw);
         row_tiles(rows, [&](int r, auto rn_c) {
           constexpr int RN = decltype(rn_c)::value;
-          const R* p = ab.packed ? P + (long)r * kn : nullptr;
           for (int i = 0; i < RN; ++i) {
             R* c = Cm + (long)(r + i) * ldc;
             const R* c0 = Ck ? Ck + (r + i) * ldk : nullptr;
             for (int j = j0; j < N; ++j) {
               R s = c0 ? c0[j] : R(0);
               for (int k = 0; k < kn; ++k) {
-                R a = p ? p[k * RN + i] : static_cast<const R*>(ab.P)[(r + i) * ab.sr + k * ab.sk];
+                R a = static_cast<const R*>(ab.P)[(r + i) * ab.sr + k * ab.sk];
                 s += a * Wj[(long)k * lw + (j - j0)];
               }
               c[j] = s;
