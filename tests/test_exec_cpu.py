@@ -257,7 +257,7 @@ def test_float64_close_to_torch(cpu, rng):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matmul(cpu, rng, dtype):
     """The execution's GEMM (input projection; the stepwise loop's GEMMs): every row-tile and
-    column-panel size, k blocks (K > 256), row-strided views, NaN-poisoned output;
+    column-panel size, k blocks (K > 512), row-strided views, NaN-poisoned output;
     matmul_acc adds."""
     tol = RTOL[dtype]
     # (150, 520, 37): more than 65536 elements of A, packed row block by row block
@@ -284,7 +284,7 @@ def test_matmul(cpu, rng, dtype):
 def test_matmul_packing_changes_no_bit(threads, rng, dtype):
     """A GEMM of many rows packs W (one k block at a time) into column panels; every element
     still sums in the same order, so the rows come out bit for bit as from GEMMs of fewer rows
-    that read W in place (K = 600: 3 k blocks; N = 70: 3-, 1-vector panels and a scalar tail
+    that read W in place (K = 600: 2 k blocks; N = 70: 3-, 1-vector panels and a scalar tail
     in float, more in double)."""
     threads.set_num_threads(1)
     M, K, N = 300, 600, 70
@@ -301,13 +301,14 @@ def test_matmul_packing_changes_no_bit(threads, rng, dtype):
 
 
 def test_weights_above_the_kept_scratch(threads, rng):
-    """Packed weights of more than 4 MB go to a buffer of the call's own (the per-thread one
-    keeps at most 4 MB between calls): an LSTM with H = 600 (W_hh^T 600 x 2400 floats, 5.8 MB)
-    against the reference, and a GEMM whose k block (256 x 4200 floats) is packed the same way."""
+    """Packed weights of more than 16 MB go to a buffer of the call's own (the per-thread one
+    keeps at most 16 MB between calls): an LSTM with H = 1100 (W_hh^T 1100 x 4400 floats,
+    19 MB) against the reference, and a GEMM whose k block (512 x 8300 floats) is packed the
+    same way."""
     threads.set_num_threads(1)
     case = ("lstm-wide", "LSTM", {}, 4, 4, True)  # T*B = 16: the loop packs its weights
-    check_module("cpu", case, "float32", rng, I=3, H=600, poison=True)
-    M, K, N = 256, 300, 4200
+    check_module("cpu", case, "float32", rng, I=3, H=1100, poison=True)
+    M, K, N = 256, 600, 8300
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     out = np.full((M, N), np.nan, np.float32)
@@ -319,7 +320,7 @@ def test_weights_above_the_kept_scratch(threads, rng):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matmul_transposed_a_and_bias(cpu, rng, dtype):
     """The weight-gradient GEMMs read dG^T as stored (a column-major view of A), the input
-    projection starts from the bias row: several row blocks (M > 128), k blocks (K > 256),
+    projection starts from the bias row: several row blocks (M > 128), k blocks (K > 512),
     panel remainders, NaN-poisoned outputs; transposed() is an exact transpose."""
     tol = RTOL[dtype]
     for M, K, N in [(300, 260, 48), (37, 600, 70), (129, 5, 17), (8, 1, 33)]:
