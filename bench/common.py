@@ -255,17 +255,24 @@ def _torch_workload(backend, cell, T, B, I, H, seed):
     return Workload(backend, cell, T, B, I, H, forward, forward_backward, sync)
 
 
-def best_seconds(fns, repeat=3, min_sample=0.02):
+def best_seconds(fns, repeat=3, min_sample=0.02, settle=0.1):
     """timeit-style minimum seconds per call of each callable in ``fns`` ({name: fn}).
 
     One callable after the other: a first call (after another library's work) calibrates
     ``number``, the calls per sample, so that a sample lasts at least ``min_sample`` s; then
     ``repeat`` samples. Returns {name: min over samples of sample time / number}.
     Not interleaved: on a CPU the spinning worker threads of one library (OpenBLAS, OpenMP)
-    slow the next call of the other; PyTorch's LSTM lost 2x that way on 2 cores.
+    slow the next call of the other; PyTorch's LSTM lost 2x that way on 2 cores. For the same
+    reason each callable starts after ``settle`` seconds of sleep: OpenBLAS's idle workers
+    spin (yielding) for 2^28 cycles, ~0.07 s, before they sleep. Measured on 2 cores right
+    after NumPy's BLAS, without it: PyTorch's LSTM forward at B=1 0.47 ms instead of 0.30
+    (training 1.7-1.9 ms instead of 0.9); in the asv suite gpulstm's cpu forward at B=1 (a
+    barrier per step, timed after NumPy's) 1.36x PyTorch's time instead of 0.77x.
     """
     best = {}
     for name, fn in fns.items():
+        if settle:
+            time.sleep(settle)  # the previous library's worker threads go idle
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0

@@ -92,7 +92,7 @@ def test_flops_anchor():
 def test_best_seconds_one_callable_after_the_other():
     order = []
     out = common.best_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                              repeat=2, min_sample=0.0)
+                              repeat=2, min_sample=0.0, settle=0.0)
     assert set(out) == {"a", "b"} and all(0 <= v < 1 for v in out.values())
     assert order == ["a"] * 3 + ["b"] * 3  # calibration + 2 samples each, not interleaved
 
