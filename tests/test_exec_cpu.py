@@ -306,7 +306,7 @@ def test_weights_above_the_kept_scratch(threads, rng):
     19 MB) against the reference, and a GEMM whose k block (512 x 8300 floats) is packed the
     same way."""
     threads.set_num_threads(1)
-    case = ("lstm-wide", "LSTM", {}, 4, 4, True)  # T*B = 16: the loop packs its weights
+    case = ("lstm-wide", "LSTM", {}, 32, 4, True)  # T*B = 128: the loop packs its weights
     check_module("cpu", case, "float32", rng, I=3, H=1100, poison=True)
     M, K, N = 256, 600, 8300
     a = rng.standard_normal((M, K)).astype(np.float32)
