@@ -62,6 +62,20 @@ def test_chunked_input_projection(threads, rng, dtype, T, B, H, threads_n):
     check_module("cpu", case, dtype, rng, I=9, H=H, poison=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_unit_split_short_loop(threads, rng, dtype, bias):
+    """The forward's split over hidden units on a loop too short for the row split to pack its
+    weights (T*B = 120): each thread still packs its 4 gate slices (and bias row, when there
+    is one) side by side; with lengths, against the NumPy reference."""
+    threads.set_num_threads(2)
+    case = ("lstm-units", "LSTM", {"bias": bias}, 20, 6, True)
+    check_module("cpu", case, dtype, rng, I=9, H=64, poison=True)
+    m = gl.LSTM(9, 64, bias=bias, backend="cpu", dtype=dtype).eval()
+    m(rng.standard_normal((20, 6, 9)).astype(dtype))
+    assert threads._library().last_threads() == 2  # the unit split (rows: 1 thread at B = 6)
+
+
 class _PoisonXP:
     """NumPy, except that ``empty`` returns NaN-filled arrays: a buffer element the engine or
     an execution forgets to write stays NaN and shows in the results."""

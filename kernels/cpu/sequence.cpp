@@ -467,10 +467,13 @@ struct LoopWeights {
   const WPack<R>* get() const { return wp.P ? &wp : nullptr; }
 };
 
+// always: pack however short the loop (the LSTM's unit split, which needs its gate slices
+// side by side anyway)
 template <class R, int slot>
 static void pack_loop_weights(LoopWeights<R>& lw, const R* W, long ldw, int K, int N, int T,
-                              int B, int segw = 0, long segstride = 0) {
-  if ((long)T * B < (B < 4 ? kPackMinRows : kPackMinRowsWide) || K <= 0 || N <= 0) return;
+                              int B, int segw = 0, long segstride = 0, bool always = false) {
+  if (K <= 0 || N <= 0) return;
+  if (!always && (long)T * B < (B < 4 ? kPackMinRows : kPackMinRowsWide)) return;
   lw.wp = pack_w<R>(W, ldw, K, N, B < 4, scratch<R, slot>((size_t)K * N, lw.own), segw,
                     segstride);
 }
@@ -630,29 +633,19 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
     const int nj = j1 - j0, nw = 4 * nj;
     const long slot = (long)B * nw;  // one time step of this thread's gates
     std::vector<R> abuf((size_t)c * std::max(slot, 1L));
-    // this thread's columns of the weights (and bias): the 4 gate slices of its units side by
-    // side, one GEMM of 4 * nj columns per step
-    LoopWeights<R> ph, pi;
-    if (nj > 0) pack_loop_weights<R, 2>(ph, whhT + j0, G, H, nw, T, B, nj, H);
-    if (nj > 0 && !in.gx) pack_loop_weights<R, 3>(pi, in.wihT + j0, G, in.I, nw, T, B, nj, H);
+    // this thread's columns of the weights and the bias: the 4 gate slices of its units side
+    // by side (packed; the bias, one row, packs into that row), one GEMM of 4 * nj columns
+    LoopWeights<R> ph, pi, pb;
+    if (nj > 0) pack_loop_weights<R, 2>(ph, whhT + j0, G, H, nw, T, B, nj, H, true);
+    if (nj > 0 && !in.gx) pack_loop_weights<R, 3>(pi, in.wihT + j0, G, in.I, nw, T, B, nj, H, true);
+    if (nj > 0 && !in.gx && in.bias) pack_loop_weights<R, 4>(pb, in.bias + j0, 0, 1, nw, T, B, nj, H, true);
     const WPack<R>*whp = ph.get(), *wip = pi.get();
-    // unpacked (short loops): the columns gathered once, as the bias
-    std::vector<R> whcols, wicols, bcols;
-    auto gather = [&](const R* src, long ld, int rows, std::vector<R>& dst) {
-      dst.resize((size_t)rows * nw);
-      for (int k = 0; k < rows; ++k)
-        for (int q = 0; q < 4; ++q)
-          std::memcpy(dst.data() + (long)k * nw + q * nj, src + k * ld + q * H + j0, nj * sizeof(R));
-    };
-    if (nj > 0 && !whp) gather(whhT, G, H, whcols);
-    if (nj > 0 && !in.gx && !wip) gather(in.wihT, G, in.I, wicols);
-    if (nj > 0 && !in.gx && in.bias) gather(in.bias, 0, 1, bcols);
     for (int s0 = 0; s0 < T; s0 += c) {
       const int cn = std::min(c, T - s0);
       const int tlo = reverse ? T - s0 - cn : s0;  // the chunk's time steps: [tlo, tlo + cn)
       if (nj > 0 && !in.gx)
-        gemm_add<R>(in.x + (long)tlo * B * in.I, in.I, wicols.data(), nw,
-                    in.bias ? bcols.data() : nullptr, 0, abuf.data(), nw, cn * B, in.I, nw, wip);
+        gemm_add<R>(in.x + (long)tlo * B * in.I, in.I, nullptr, 0, pb.wp.P, 0, abuf.data(), nw,
+                    cn * B, in.I, nw, wip);
       for (int s = s0; s < s0 + cn; ++s) {
         const int t = st.t(s), p = st.prev(t), nx = st.nxt(t);
         R* a = abuf.data() + (in.gx ? 0 : (long)(t - tlo) * slot);
@@ -662,7 +655,7 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
               for (int q = 0; q < 4; ++q)
                 std::memcpy(a + (long)b * nw + q * nj, in.gx + ((long)t * B + b) * G + q * H + j0,
                             nj * sizeof(R));
-          gemm_add<R>(S + (long)p * B * H, H, whcols.data(), nw, a, nw, a, nw, B, H, nw, whp);
+          gemm_add<R>(S + (long)p * B * H, H, nullptr, 0, a, nw, a, nw, B, H, nw, whp);
           for (int b = 0; b < B; ++b)
             lstm_point<R, pp, nf>(B, H, t, p, nx, b, j0, j1, a + (long)b * nw, nj, j0, L, S, C,
                                   peep, gates, gates_ts, Y);
