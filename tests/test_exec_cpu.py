@@ -381,3 +381,18 @@ def test_forked_child_runs(threads, rng):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung in the compiled loops")
+
+
+def test_data_pointers(cpu):
+    """The pointers handed to the library: the buffer-protocol route gives what
+    ``a.ctypes.data`` gives for C-contiguous views at an offset, read-only and empty arrays
+    take ``a.ctypes``, and a strided view is refused."""
+    from gpulstm.backends.cpu import _p
+    a = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    ro = np.arange(5.0)
+    ro.flags.writeable = False
+    for v in [a, a[1], a[2:], a[1, 2], a.reshape(20, 6)[3:7], ro, np.zeros(0, np.float32),
+              np.arange(3, dtype=np.int32)]:
+        assert _p(v) == v.ctypes.data, v.shape
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _p(a[:, ::2])

@@ -160,10 +160,17 @@ def _bind(dll):
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
+_BYTE = ctypes.c_char * 1
+
+
 def _p(a):
-    """Data pointer of a C-contiguous array (checked: the library indexes densely)."""
+    """Data pointer of a C-contiguous array (checked: the library indexes densely). Through
+    the buffer protocol where it can (0.4 us; ``a.ctypes.data`` builds a helper object, 0.8 us,
+    a dozen times per call), else ``a.ctypes`` (read-only or empty arrays)."""
     if not a.flags.c_contiguous:
         raise ValueError("the cpu execution needs C-contiguous buffers")
+    if a.flags.writeable and a.nbytes:
+        return ctypes.addressof(_BYTE.from_buffer(a))
     return a.ctypes.data
 
 
