@@ -8,7 +8,8 @@ weights are packed once per call into contiguous column panels) and one fused,
 vectorised pointwise pass (polynomial exp and tanh that the compiler vectorises; libm's
 scalar ones would dominate). The whole-sequence GEMMs of the engine (the input projection with
 the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
-(packed row blocks, 8 rows x 3 vectors of accumulators; ~90 % of an AVX-512 core's FMA peak,
+(A read in place, W packed into column panels, 8 rows x 3 vectors of accumulators; ~90 % of
+an AVX-512 core's FMA peak,
 NumPy's OpenBLAS about half), except outputs narrower than one vector (dx of a 2-input
 task), which NumPy's BLAS does faster; the weights are transposed once per call by an
 AVX-512 register transpose.
