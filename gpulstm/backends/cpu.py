@@ -10,8 +10,8 @@ scalar ones would dominate). The whole-sequence GEMMs of the engine (the input p
 the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
 (A read in place, W packed into column panels, 8 rows x 3 vectors of accumulators; ~90 % of
 an AVX-512 core's FMA peak, NumPy's OpenBLAS about half), except outputs narrower than one
-vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights are transposed once per call by an
-AVX-512 register transpose.
+vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights are transposed
+once per call by an AVX-512 register transpose.
 
 What it runs: every LSTM (with or without forget gate, peepholes), GRU and RNN (tanh, relu)
 direction, with ``lengths``; an LSTM with ``proj_size`` is declined and runs the engine's
