@@ -224,7 +224,7 @@ def test_inference_saves_nothing(cpu, rng, backend, cls, kw):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_activations_vs_numpy(cpu, dtype):
     """The loops' polynomial exp, sigmoid and tanh: within a few ulps of NumPy's (tanh also
-    in relative terms near 0), saturating in the tails, NaN in -> NaN out."""
+    in relative terms near 0), saturating in the tails, odd, NaN in -> NaN out."""
     from gpulstm.backends.cpu import activations
     eps = np.finfo(dtype).eps
     x = np.concatenate([np.linspace(-30, 30, 100001), np.geomspace(1e-8, 30, 2000),
@@ -238,6 +238,9 @@ def test_activations_vs_numpy(cpu, dtype):
     np.testing.assert_allclose(t, np.tanh(x), rtol=8 * eps, atol=0)
     assert np.all(np.abs(s[x >= 40] - 1) <= eps) and np.all(s[x <= -1000] < 1e-30)
     assert np.all(t[x >= 20] == 1) and np.all(t[x <= -20] == -1)
+    # odd to the bit (float: evaluated on |x|, the sign put back), -0 stays -0
+    np.testing.assert_array_equal(activations(-x)[2], -t)
+    assert np.signbit(activations(np.array([-0.0], dtype))[2]).all()
     e, s, t = activations(np.array([np.nan], dtype))
     assert np.isnan(e).all() and np.isnan(s).all() and np.isnan(t).all()
 

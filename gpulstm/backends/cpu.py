@@ -26,8 +26,9 @@ the forward of 1-8 rows instead splits the hidden units over the threads (each t
 four gate slices of its units, one barrier per step). The bits do not depend on the thread
 count. A fork()ed child runs single threaded (GNU OpenMP would hang there).
 
-Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp`` (no fast-math:
-NaN and infinities behave), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
+Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp -fno-trapping-math``
+(no fast-math: NaN and infinities behave; the floating-point exception flags are not kept,
+so both arms of a select are computed and blended), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
 ``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, published
 atomically. :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
 compiler log when the build fails.
@@ -51,7 +52,7 @@ from .numpy_pointwise import LSTM_PROJ
 
 SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
-         "-fvisibility=hidden", "-fno-math-errno")
+         "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math")
 _lock = threading.Lock()
 _num_threads = 0  # 0: OpenMP's default
 
