@@ -64,6 +64,19 @@ class Cell:
         return self.gates * H
 
 
+def state_slot(s, i):
+    """Where state i (0..T) of a direction's saved dict lives in ``s["S"]`` / ``s["C"]``:
+    slot i of the whole history [T+1,B,*], or i % 2 in the inference ring [2,B,*]."""
+    return i % s["S"].shape[0]
+
+
+def zero_stride(xp, T, B, width, dt):
+    """A [T,B,width] view of ONE [B,width] slot (time stride 0): what every step of an
+    inference forward overwrites instead of keeping a history."""
+    slot = xp.empty((1, B, width), dt)
+    return xp.lib.stride_tricks.as_strided(slot, (T, B, width), (0,) + slot.strides[1:])
+
+
 def product(ex, a, b):
     """a @ b [M,N] into a new array through the execution's GEMM (``a`` may be a transposed
     view)."""
@@ -92,14 +105,15 @@ class LSTMCell(Cell):
 
     def init_forward(self, ex, w, s, c0):
         xp, S = ex.xp, s["S"]
-        T, B = S.shape[0] - 1, S.shape[1]
+        T, B = s["x"].shape[0], S.shape[1]
         H = w["w_hh"].shape[0] // self.gates
-        s["C"] = xp.empty((T + 1, B, H), S.dtype)
-        s["C"][T if s["reverse"] else 0] = c0
+        s["C"] = xp.empty(S.shape[:2] + (H,), S.dtype)  # the history, or the inference ring
+        s["C"][state_slot(s, T if s["reverse"] else 0)] = c0
         s["peep"] = w["peep"] if w.get("peep") is not None else xp.zeros((3, H), S.dtype)
         if w.get("w_hr") is not None:  # proj_size: m = o * tanh(c) saved, h = m W_hr^T
             s["w_hr_T"] = ex.transposed(w["w_hr"])
-            s["M"] = xp.empty((T, B, H), S.dtype)
+            ring = S.shape[0] < T + 1  # inference: one slot, like the gates
+            s["M"] = zero_stride(xp, T, B, H, S.dtype) if ring else xp.empty((T, B, H), S.dtype)
 
     def init_backward(self, ex, w, s, g, dc_n):
         xp, dGx = ex.xp, g["dGx"]

@@ -44,24 +44,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cells import product
+from .cells import product, state_slot, zero_stride
 
 
-def _slots(T, reverse):
-    """(t, prev, nxt) for the steps in processing order."""
+def _slots(T, reverse, n=None):
+    """(t, prev, nxt) for the steps in processing order; state slots modulo ``n`` (the
+    2-slot ring of the inference path; None: the whole history)."""
     if reverse:
-        return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
-    return [(t, t, t + 1) for t in range(T)]
+        steps = [(t, t + 1, t) for t in range(T - 1, -1, -1)]
+    else:
+        steps = [(t, t, t + 1) for t in range(T)]
+    return steps if n is None else [(t, p % n, q % n) for t, p, q in steps]
 
 
 def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     """One direction of one layer. x [T,B,I]; h0 [B,Hs]; c0 [B,H] (LSTM) or None;
     lengths int32 [B] (the backend's array). Returns (y [T,B,Hs], saved dict).
 
-    With ``save=False`` (inference) the per-step gate activations go to one [B,width] slot
-    that every step overwrites (``s["gates"]`` is a zero-time-stride [T,B,width] view of it, so
-    executions index it as usual) and are dropped from the returned dict: no [T,B,G*H]
-    history is kept, and the dict serves only :func:`final_states`."""
+    With ``save=False`` (inference) nothing is kept per time step but the output: the gate
+    activations go to one [B,width] slot that every step overwrites (``s["gates"]`` is a
+    zero-time-stride [T,B,width] view of it, so executions index it as usual; LSTM
+    ``proj_size``: ``s["M"]`` likewise), and the states ``s["S"]`` / ``s["C"]`` are a ring of
+    2 slots, state i in slot i % 2 (:func:`state_slot`), wherever the stepwise loop runs or
+    the execution sets ``ring_states = True`` (its ``sequence_forward`` then takes slot
+    indices modulo ``s["S"].shape[0]``); other executions get the whole [T+1,B,*] history.
+    The dict then serves only :func:`final_states`."""
     xp = ex.xp
     T, B, I = x.shape
     GH = w["w_ih"].shape[0]
@@ -72,15 +79,16 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop
     s["w_hh_T"] = ex.transposed(w["w_hh"])
-    s["S"] = xp.empty((T + 1, B, Hs), dt)
-    s["S"][T if reverse else 0] = h0
+    run = getattr(ex, "sequence_forward", None)
+    ring = not save and T > 1 and (run is None or getattr(ex, "ring_states", False))
+    s["S"] = xp.empty((2 if ring else T + 1, B, Hs), dt)
+    s["S"][state_slot(s, T if reverse else 0)] = h0
     cell.init_forward(ex, w, s, c0)  # C, peepholes, projection, GRU's b_hn: the cell's own
     width = cell.saved_width(H)
     if width and save:
         s["gates"] = xp.empty((T, B, width), dt)
     elif width:  # inference: one slot, time stride 0
-        slot = xp.empty((1, B, width), dt)
-        s["gates"] = xp.lib.stride_tricks.as_strided(slot, (T, B, width), (0,) + slot.strides[1:])
+        s["gates"] = zero_stride(xp, T, B, width, dt)
     else:
         s["gates"] = None
     s["Y"] = xp.empty((T, B, Hs), dt)
@@ -95,9 +103,8 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
         ex.linear(x.reshape(T * B, I), w_ih_T, bias, out=gx.reshape(T * B, GH))
         s["gx"] = gx
     s["gh"] = xp.empty((B, GH), dt)
-    run = getattr(ex, "sequence_forward", None)
     if run is None or not run(cell, w, s, flags):
-        for t, prev, nxt in _slots(T, reverse):
+        for t, prev, nxt in _slots(T, reverse, s["S"].shape[0]):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
     transients = ("gx", "gh", "w_hh_T", "w_ih_T", "bias") + cell.forward_transients \
         + (() if save else ("gates",))
@@ -107,7 +114,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
 
 
 def final_states(cell, s):
-    i = 0 if s["reverse"] else s["S"].shape[0] - 1
+    i = state_slot(s, 0 if s["reverse"] else s["x"].shape[0])
     return s["S"][i], (s["C"][i] if cell.has_cell_state else None)
 
 

@@ -399,3 +399,34 @@ def test_data_pointers(cpu):
         assert _p(v) == v.ctypes.data, v.shape
     with pytest.raises(ValueError, match="C-contiguous"):
         _p(a[:, ::2])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("cls,kw", [("LSTM", {"peephole": True}), ("LSTM", {"proj_size": 3}),
+                                    ("GRU", {}), ("RNN", {})])
+def test_inference_states_in_a_two_slot_ring(cpu, rng, backend, cls, kw):
+    """An inference forward keeps its states in a ring of 2 slots ([2,B,*], not the [T+1,B,*]
+    history; LSTM proj_size: one slot of m): the outputs and final states equal a training
+    forward's to the bit for odd and even T (the final state ends in the other slot), both
+    directions, with lengths."""
+    ex = gl.get_backend(backend)
+    m = getattr(gl, cls)(4, 6, backend=backend, dtype="float64", seed=1, **kw)
+    cell, w = m._make_cell(), m._weights()[0][0]
+    Hs = kw.get("proj_size") or 6
+    for T in (6, 7):
+        x = rng.standard_normal((T, 3, 4))
+        h0 = rng.standard_normal((3, Hs))
+        c0 = rng.standard_normal((3, 6)) if cls == "LSTM" else None
+        L = np.array([T, 2, T - 1], np.int32)
+        for reverse in (False, True):
+            y_t, s_t = engine.direction_forward(ex, cell, w, x, h0, c0, L, reverse, save=True)
+            y_i, s_i = engine.direction_forward(ex, cell, w, x, h0, c0, L, reverse, save=False)
+            assert s_t["S"].shape[0] == T + 1 and s_i["S"].shape == (2, 3, Hs)
+            if cls == "LSTM":
+                assert s_i["C"].shape == (2, 3, 6)
+            if kw.get("proj_size"):
+                assert s_i["M"].strides[0] == 0
+            np.testing.assert_array_equal(y_i, y_t)
+            for a, b in zip(engine.final_states(cell, s_i), engine.final_states(cell, s_t)):
+                if a is not None:
+                    np.testing.assert_array_equal(a, b)

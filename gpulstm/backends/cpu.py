@@ -133,11 +133,11 @@ def _library():
 
 # argument kinds: p pointer, i int, l long
 _SIGS = {
-    "lstm_forward": "iiippippppipppplpii",
+    "lstm_forward": "iiippippppiipppplpii",
     "lstm_backward": "iiippipppppppii",
-    "gru_forward": "iiippppipplpi",
+    "gru_forward": "iiippppiipplpi",
     "gru_backward": "iiippippppppi",
-    "rnn_forward": "iiipppippii",
+    "rnn_forward": "iiipppiippii",
     "rnn_backward": "iiippippppii",
     "gemm": "iiiiplplplpli",
     "transpose": "iiplp",
@@ -196,6 +196,8 @@ def activations(x):
 
 class CpuExecution(HostExecution):
     """The NumPy execution plus whole-sequence compiled time loops."""
+
+    ring_states = True  # an inference forward keeps its states in a ring of 2 slots (engine)
 
     def __init__(self, lib):
         super().__init__("cpu", numpy_pointwise)
@@ -278,6 +280,7 @@ class CpuExecution(HostExecution):
         if f is None:
             return False
         T, B, H = Y.shape
+        slots = S.shape[0]  # T + 1, or the inference ring's 2
         L = np.ascontiguousarray(s["L"], dtype=np.int32)
         nt = _num_threads
         if cell.kind == "lstm":
@@ -289,17 +292,17 @@ class CpuExecution(HostExecution):
                 bias = s["bias"]
                 bias = None if bias is None else _p(np.ascontiguousarray(bias, dtype=S.dtype))
                 inp = (None, _p(x), x.shape[2], _p(s["w_ih_T"]), bias)
-            f(T, B, H, *inp, _p(s["w_hh_T"]), _p(L), int(s["reverse"]), _p(S), _p(s["C"]),
-              _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data, _time_stride(s["gates"]),
-              _p(Y), flags, nt)
+            f(T, B, H, *inp, _p(s["w_hh_T"]), _p(L), int(s["reverse"]), slots, _p(S),
+              _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data,
+              _time_stride(s["gates"]), _p(Y), flags, nt)
             return True
         gx = s["gx"]
         common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
         if cell.kind == "gru":
-            f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), _p(S),
-              s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
+            f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), slots,
+              _p(S), s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
         else:
-            f(*common, _p(L), int(s["reverse"]), _p(S), _p(Y), flags, nt)
+            f(*common, _p(L), int(s["reverse"]), slots, _p(S), _p(Y), flags, nt)
         return True
 
     def sequence_backward(self, cell, w, s, g, flags):

@@ -18,9 +18,10 @@
 //   gx [T,B,G*H]   w_hh_T [Hs,G*H] (forward GEMM)   w_hh [G*H,Hs] (backward GEMM)
 //   S [T+1,B,Hs]   C [T+1,B,H]   gates [T,B,W] with time stride gates_ts (0: one scratch
 //   slot reused by every step, the inference path that saves nothing)   Y [T,B,Hs]
+//   (a forward's S and C may instead be a ring of 2 slots, the inference path: ``slots``)
 //   lengths int32 [B]: row b is active at time t when t < lengths[b].
 // Step order: step s processes t = s (forward) or t = T-1-s (reverse); it reads state slot
-// prev = t (forward) / t+1 (reverse) and writes slot nxt = t+1 / t.
+// prev = t (forward) / t+1 (reverse) and writes slot nxt = t+1 / t (modulo slots).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -534,11 +535,13 @@ static void for_row_blocks(int B, double macs, int nthreads, F&& body) {
   }
 }
 
+// slots: state slots of S / C, T + 1 (the whole history) or 2 (the inference ring: state i
+// in slot i % 2)
 struct Steps {
-  int T, reverse;
+  int T, reverse, slots;
   inline int t(int s) const { return reverse ? T - 1 - s : s; }
-  inline int prev(int t) const { return reverse ? t + 1 : t; }
-  inline int nxt(int t) const { return reverse ? t : t + 1; }
+  inline int prev(int t) const { return (reverse ? t + 1 : t) % slots; }
+  inline int nxt(int t) const { return (reverse ? t : t + 1) % slots; }
 };
 
 enum { LSTM_NO_FORGET = 1, LSTM_PEEPHOLE = 2, LSTM_PROJ = 4, RNN_RELU = 1 };
@@ -616,7 +619,8 @@ static int chunk_steps(int T, int rows, int G) {
 // the same order as in the one-thread loop, so the bits do not depend on the split.
 template <class R, bool pp, bool nf>
 static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
-                               const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                               const int* L, int reverse, int slots, R* S, R* C,
+                               const R* peep, R* gates,
                                long gates_ts, R* Y, int nthreads) {
 #ifdef _OPENMP
   constexpr int VL = kVecBytes / (int)sizeof(R);
@@ -627,7 +631,7 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
   g_last_threads.store(nt, std::memory_order_relaxed);
   const int G = 4 * H;
   const int c = in.gx ? 1 : chunk_steps<R>(T, B, G);
-  Steps st{T, reverse};
+  Steps st{T, reverse, slots};
 #pragma omp parallel num_threads(nt)
   {
     const int id = omp_get_thread_num(), n = omp_get_num_threads();
@@ -675,13 +679,14 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
 
 template <class R, bool pp, bool nf>
 static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
-                         const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                         const int* L, int reverse, int slots, R* S, R* C,
+                         const R* peep, R* gates,
                          long gates_ts, R* Y, int nthreads) {
   const int G = 4 * H;
-  if (lstm_forward_units<R, pp, nf>(T, B, H, in, whhT, L, reverse, S, C, peep, gates, gates_ts,
-                                    Y, nthreads))
+  if (lstm_forward_units<R, pp, nf>(T, B, H, in, whhT, L, reverse, slots, S, C, peep, gates,
+                                    gates_ts, Y, nthreads))
     return;
-  Steps st{T, reverse};
+  Steps st{T, reverse, slots};
   const double macs = (double)T * B * G * (H + (in.gx ? 0 : in.I));
   LoopWeights<R> ph, pi;  // packed once, shared by the threads
   pack_loop_weights<R, 2>(ph, whhT, G, H, G, T, B);
@@ -718,7 +723,7 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
                           const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
                           R* dc_io, R* dG, int nthreads) {
   const int G = 4 * H;
-  Steps st{T, reverse};
+  Steps st{T, reverse, T + 1};
   LoopWeights<R> pw;
   pack_loop_weights<R, 2>(pw, whh, H, G, H, T, B);
   const WPack<R>* wp = pw.get();
@@ -773,10 +778,11 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
 
 template <class R>
 static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
-                             const int* L, int reverse, R* S, R* C, const R* peep, R* gates,
+                             const int* L, int reverse, int slots, R* S, R* C,
+                             const R* peep, R* gates,
                              long gates_ts, R* Y, int flags, int nthreads) {
-  GL_LSTM_DISPATCH(lstm_forward, T, B, H, in, whhT, L, reverse, S, C, peep, gates, gates_ts, Y,
-                   nthreads)
+  GL_LSTM_DISPATCH(lstm_forward, T, B, H, in, whhT, L, reverse, slots, S, C, peep, gates,
+                   gates_ts, Y, nthreads)
 }
 
 template <class R>
@@ -790,10 +796,11 @@ static void lstm_backward_any(int T, int B, int H, const R* whh, const int* L, i
 // ---- GRU ----------------------------------------------------------------------------------
 template <class R>
 static void gru_forward(int T, int B, int H, const R* gx, const R* whhT, const R* b_hn,
-                        const int* L, int reverse, R* S, R* gates, long gates_ts, R* Y,
+                        const int* L, int reverse, int slots, R* S, R* gates, long gates_ts,
+                        R* Y,
                         int nthreads) {
   const int G = 3 * H;
-  Steps st{T, reverse};
+  Steps st{T, reverse, slots};
   LoopWeights<R> pw;
   pack_loop_weights<R, 2>(pw, whhT, G, H, G, T, B);
   const WPack<R>* wp = pw.get();
@@ -833,7 +840,7 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
                          const R* S, const R* gates, const R* dY, R* dh_io, R* dGx, R* dGh,
                          int nthreads) {
   const int G = 3 * H;
-  Steps st{T, reverse};
+  Steps st{T, reverse, T + 1};
   LoopWeights<R> pw;
   pack_loop_weights<R, 2>(pw, whh, H, G, H, T, B);
   const WPack<R>* wp = pw.get();
@@ -870,9 +877,9 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
 // ---- simple RNN ---------------------------------------------------------------------------
 template <class R>
 static void rnn_forward(int T, int B, int H, const R* gx, const R* whhT, const int* L,
-                        int reverse, R* S, R* Y, int flags, int nthreads) {
+                        int reverse, int slots, R* S, R* Y, int flags, int nthreads) {
   const bool relu = flags & RNN_RELU;
-  Steps st{T, reverse};
+  Steps st{T, reverse, slots};
   LoopWeights<R> pw;
   pack_loop_weights<R, 2>(pw, whhT, H, H, H, T, B);
   const WPack<R>* wp = pw.get();
@@ -905,7 +912,7 @@ template <class R>
 static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
                          const R* S, const R* dY, R* dh_io, R* dG, int flags, int nthreads) {
   const bool relu = flags & RNN_RELU;
-  Steps st{T, reverse};
+  Steps st{T, reverse, T + 1};
   LoopWeights<R> pw;
   pack_loop_weights<R, 2>(pw, whh, H, H, H, T, B);
   const WPack<R>* wp = pw.get();
@@ -937,22 +944,22 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 // ---- C exports: <cell>_<forward|backward>_<f32|f64> ---------------------------------------
 #define GL_DEFINE(SUF, R)                                                                      \
   GL_EXPORT void lstm_forward_##SUF(int T, int B, int H, const R* gx, const R* x, int I,      \
-      const R* wihT, const R* bias, const R* whhT, const int* L, int rev, R* S, R* C,           \
-      const R* peep, R* gates, long gts, R* Y, int flags, int nt) {                             \
-    lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wihT, bias, I}, whhT, L, rev, S, C, peep,   \
-                        gates, gts, Y, flags, nt); }                                            \
+      const R* wihT, const R* bias, const R* whhT, const int* L, int rev, int slots, R* S,      \
+      R* C, const R* peep, R* gates, long gts, R* Y, int flags, int nt) {                       \
+    lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wihT, bias, I}, whhT, L, rev, slots, S, C, \
+                        peep, gates, gts, Y, flags, nt); }                                      \
   GL_EXPORT void lstm_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, int flags, \
       int nt) { lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, flags, nt); } \
   GL_EXPORT void gru_forward_##SUF(int T, int B, int H, const R* gx, const R* whhT,           \
-      const R* b_hn, const int* L, int rev, R* S, R* gates, long gts, R* Y, int nt) {          \
-    gru_forward<R>(T, B, H, gx, whhT, b_hn, L, rev, S, gates, gts, Y, nt); }                    \
+      const R* b_hn, const int* L, int rev, int slots, R* S, R* gates, long gts, R* Y, int nt) { \
+    gru_forward<R>(T, B, H, gx, whhT, b_hn, L, rev, slots, S, gates, gts, Y, nt); }             \
   GL_EXPORT void gru_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* S, const R* gates, const R* dY, R* dh, R* dGx, R* dGh, int nt) {               \
     gru_backward<R>(T, B, H, whh, L, rev, S, gates, dY, dh, dGx, dGh, nt); }                   \
   GL_EXPORT void rnn_forward_##SUF(int T, int B, int H, const R* gx, const R* whhT,           \
-      const int* L, int rev, R* S, R* Y, int flags, int nt) {                                  \
-    rnn_forward<R>(T, B, H, gx, whhT, L, rev, S, Y, flags, nt); }                              \
+      const int* L, int rev, int slots, R* S, R* Y, int flags, int nt) {                       \
+    rnn_forward<R>(T, B, H, gx, whhT, L, rev, slots, S, Y, flags, nt); }                       \
   GL_EXPORT void rnn_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* S, const R* dY, R* dh, R* dG, int flags, int nt) {                              \
     rnn_backward<R>(T, B, H, whh, L, rev, S, dY, dh, dG, flags, nt); }
