@@ -24,9 +24,11 @@ An execution may run a whole direction's time loop itself by defining
 ``ex.sequence_forward(cell, w, s, flags) -> bool``
     Fill, in place, the buffers of the saved dict ``s`` for every step of one direction,
     exactly as the stepwise loop does: reads ``s["gx"]`` [T,B,G*H] (input projection, bias
-    folded), ``s["w_hh_T"]``, ``s["L"]``, ``s["reverse"]``, the initial slot of ``s["S"]``
-    (and ``s["C"]``, ``s["peep"]``, ``s["b_hn"]``, ``s["w_hr_T"]`` where the cell has them);
-    writes the other slots of ``S``/``C``, ``s["gates"]``, ``s["Y"]`` (and ``s["M"]``).
+    folded), ``s["w_hh_T"]`` (absent when the execution sets ``stored_weights = True``: it
+    then reads ``w["w_hh"]`` as stored), ``s["L"]``, ``s["reverse"]``, the initial slot of
+    ``s["S"]`` (and ``s["C"]``, ``s["peep"]``, ``s["b_hn"]``, ``s["w_hr_T"]`` where the cell
+    has them); writes the other slots of ``S``/``C``, ``s["gates"]``, ``s["Y"]`` (and
+    ``s["M"]``).
 ``ex.sequence_backward(cell, w, s, g, flags) -> bool``
     The reverse loop: from ``g["dY"]``, ``g["dh"]`` (and ``g["dc"]``) as left by the caller,
     fill ``g["dGx"]`` (and ``g["dGh"]``, ``g["DHR"]``) for every step and leave ``g["dh"]`` /
@@ -36,8 +38,8 @@ Either returns False to decline (an option it does not implement); the engine th
 stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here,
 except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
 True, promising that its ``sequence_forward`` runs that direction and projects the input
-itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` and ``s["bias"]`` (the folded
-bias or None) are there instead (the cpu execution projects a few time steps at a time into a
+itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
+absent, ``w["w_ih"]`` as stored) and ``s["bias"]`` (the folded bias or None) are there instead (the cpu execution projects a few time steps at a time into a
 buffer that stays in cache).
 """
 from __future__ import annotations
@@ -76,10 +78,13 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     Hs = w["w_hh"].shape[1]
     dt = x.dtype
     s = {"x": x, "L": lengths, "reverse": reverse}
-    # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
-    # makes NumPy fall back to a slow loop); one copy per call, outside the time loop
-    s["w_hh_T"] = ex.transposed(w["w_hh"])
     run = getattr(ex, "sequence_forward", None)
+    # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
+    # makes NumPy fall back to a slow loop); one copy per call, outside the time loop, unless
+    # the execution's own loop reads the weights as stored
+    stored = run is not None and getattr(ex, "stored_weights", False)
+    if not stored:
+        s["w_hh_T"] = ex.transposed(w["w_hh"])
     ring = not save and T > 1 and (run is None or getattr(ex, "ring_states", False))
     s["S"] = xp.empty((2 if ring else T + 1, B, Hs), dt)
     s["S"][state_slot(s, T if reverse else 0)] = h0
@@ -93,17 +98,21 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
         s["gates"] = None
     s["Y"] = xp.empty((T, B, Hs), dt)
     flags = cell.flags(w)
-    w_ih_T, bias = ex.transposed(w["w_ih"]), cell.fold_bias(xp, w)
+    bias = cell.fold_bias(xp, w)
     own = getattr(ex, "projects_input", None)
     if own is not None and own(cell, s, flags):
-        s["w_ih_T"], s["bias"] = w_ih_T, bias  # the execution's loop projects x itself
+        s["bias"] = bias  # the execution's loop projects x itself
+        if not stored:
+            s["w_ih_T"] = ex.transposed(w["w_ih"])
     else:
         # the input projection of every time step in one GEMM, the folded bias added
         gx = xp.empty((T, B, GH), dt)
-        ex.linear(x.reshape(T * B, I), w_ih_T, bias, out=gx.reshape(T * B, GH))
+        ex.linear(x.reshape(T * B, I), ex.transposed(w["w_ih"]), bias, out=gx.reshape(T * B, GH))
         s["gx"] = gx
     s["gh"] = xp.empty((B, GH), dt)
     if run is None or not run(cell, w, s, flags):
+        if "w_hh_T" not in s:  # the execution declined: the stepwise loop's GEMMs need it
+            s["w_hh_T"] = ex.transposed(w["w_hh"])
         for t, prev, nxt in _slots(T, reverse, s["S"].shape[0]):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
     transients = ("gx", "gh", "w_hh_T", "w_ih_T", "bias") + cell.forward_transients \

@@ -4,14 +4,16 @@ host C++ compiler (``kernels/cpu/sequence.cpp``).
 Each layer and direction runs its time loop in one call into a shared library (the engine's
 ``sequence_forward`` / ``sequence_backward`` hooks): per time step a register-tiled GEMM for
 the recurrent product (at H = 32 a BLAS call costs more than the whole step; the loop's
-weights are packed once per call into contiguous column panels) and one fused,
+weights are read as the model stores them and packed, transposed, once per call into
+contiguous column panels) and one fused,
 vectorised pointwise pass (polynomial exp and tanh that the compiler vectorises; libm's
 scalar ones would dominate). The whole-sequence GEMMs of the engine (the input projection with
 the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
 (A read in place, W packed into column panels, 8 rows x 3 vectors of accumulators; ~90 % of
 an AVX-512 core's FMA peak, NumPy's OpenBLAS about half), except outputs narrower than one
-vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights are transposed
-once per call by an AVX-512 register transpose.
+vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights they need
+transposed are copied once per call by an AVX-512 register transpose. An inference forward
+keeps its states in a ring of 2 slots (the engine's ``ring_states``).
 
 What it runs: every LSTM (with or without forget gate, peepholes), GRU and RNN (tanh, relu)
 direction, with ``lengths``; an LSTM with ``proj_size`` is declined and runs the engine's
@@ -175,6 +177,11 @@ def _p(a):
     return a.ctypes.data
 
 
+def _dense(a, dtype):
+    """``a`` as a C-contiguous array of ``dtype`` (itself when it already is one)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def _time_stride(a):
     """Elements between time steps of a [T,B,W] buffer: 0 for the engine's one-slot scratch
     of the inference path (a zero-stride view), else B*W."""
@@ -198,6 +205,7 @@ class CpuExecution(HostExecution):
     """The NumPy execution plus whole-sequence compiled time loops."""
 
     ring_states = True  # an inference forward keeps its states in a ring of 2 slots (engine)
+    stored_weights = True  # the loops pack W_hh (and W_ih) transposed from the model's layout
 
     def __init__(self, lib):
         super().__init__("cpu", numpy_pointwise)
@@ -291,13 +299,13 @@ class CpuExecution(HostExecution):
                 x = np.ascontiguousarray(s["x"])
                 bias = s["bias"]
                 bias = None if bias is None else _p(np.ascontiguousarray(bias, dtype=S.dtype))
-                inp = (None, _p(x), x.shape[2], _p(s["w_ih_T"]), bias)
-            f(T, B, H, *inp, _p(s["w_hh_T"]), _p(L), int(s["reverse"]), slots, _p(S),
+                inp = (None, _p(x), x.shape[2], _p(_dense(w["w_ih"], S.dtype)), bias)
+            f(T, B, H, *inp, _p(_dense(w["w_hh"], S.dtype)), _p(L), int(s["reverse"]), slots, _p(S),
               _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data,
               _time_stride(s["gates"]), _p(Y), flags, nt)
             return True
         gx = s["gx"]
-        common = (T, B, H, _p(gx), _p(s["w_hh_T"]))
+        common = (T, B, H, _p(gx), _p(_dense(w["w_hh"], S.dtype)))
         if cell.kind == "gru":
             f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), slots,
               _p(S), s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)

@@ -15,7 +15,8 @@
 // The exported gemm_* and transpose_* serve the execution's whole-sequence GEMMs.
 //
 // Layouts (row-major, C-contiguous):
-//   gx [T,B,G*H]   w_hh_T [Hs,G*H] (forward GEMM)   w_hh [G*H,Hs] (backward GEMM)
+//   gx [T,B,G*H]   w_hh [G*H,Hs] and w_ih [G*H,I] as the model stores them (the forward packs
+//   their transposes once per call)
 //   S [T+1,B,Hs]   C [T+1,B,H]   gates [T,B,W] with time stride gates_ts (0: one scratch
 //   slot reused by every step, the inference path that saves nothing)   Y [T,B,Hs]
 //   (a forward's S and C may instead be a ring of 2 slots, the inference path: ``slots``)
@@ -292,6 +293,67 @@ GL_INLINE void for_panels(int N, bool few, F&& f, Tail&& tail) {
   if (j0 < N) tail(j0);
 }
 
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (the transpose, both row
+// strides given), in 16 x 16 blocks: NumPy's copy of a transposed view walks one side with a
+// large stride (~25 us for a 128 x 512 float matrix scalar, ~3 us with the AVX-512 register
+// transpose)
+template <class R>
+static void transpose_block(const R* src, long lds, R* dst, long ldd, int nr, int nc) {
+  for (int c = 0; c < nc; ++c)
+    for (int r = 0; r < nr; ++r) dst[(long)c * ldd + r] = src[(long)r * lds + c];
+}
+
+#if defined(__AVX512F__)
+// 16 x 16 floats through registers: 2 unpack stages, 2 128-bit lane shuffle stages
+static inline void transpose16(const float* src, long lds, float* dst, long ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]),
+            c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int q = 0; q < 4; ++q) {
+    t[q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+    t[4 + q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
+    t[8 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+    t[12 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+  }
+  for (int q = 0; q < 4; ++q) {
+    r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
+    r[8 + q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xdd);
+    r[4 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0x88);
+    r[12 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+#endif
+
+template <class R>
+static void transpose(int rows, int cols, const R* src, long lds, R* dst, long ldd) {
+  constexpr int TB = 16;
+  for (int c0 = 0; c0 < cols; c0 += TB)  // dst row strips outer: 16 sequential write streams
+    for (int r0 = 0; r0 < rows; r0 += TB) {
+      const int nr = std::min(TB, rows - r0), nc = std::min(TB, cols - c0);
+      const R* s = src + (long)r0 * lds + c0;
+      R* d = dst + (long)c0 * ldd + r0;
+#if defined(__AVX512F__)
+      if (std::is_same<R, float>::value && nr == TB && nc == TB) {
+        transpose16(reinterpret_cast<const float*>(s), lds, reinterpret_cast<float*>(d), ldd);
+        continue;
+      }
+#endif
+      transpose_block<R>(s, lds, d, ldd, nr, nc);
+    }
+}
+
 // W [K, N] packed in the column panels of for_panels(N, few): the panel at column j0 of
 // width w (NV vectors, or N - j0 for the tail) is a contiguous [K][w] block at P + j0 * K.
 // The tiles then stream W from consecutive cache lines: read in place, its rows are
@@ -307,18 +369,24 @@ struct WPack {
 
 // pack W (row stride ldw) into P [K * N]: column j of the packed matrix is column
 // (j / segw) * segstride + j % segw of W (segw = N: W's first N columns; the LSTM's unit
-// split packs 4 gate slices of nj units each, segw = nj, segstride = H)
+// split packs 4 gate slices of nj units each, segw = nj, segstride = H). ``trans``: W is
+// given as stored by the model, W^T [N, K] (row stride ldw; column j of W is its row j), and
+// packing transposes it, which saves a transposed copy per call.
 template <class R>
 static WPack<R> pack_w(const R* W, long ldw, int K, int N, bool few, R* P, int segw = 0,
-                       long segstride = 0) {
+                       long segstride = 0, bool trans = false) {
   if (segw <= 0) segw = N;
   auto copy = [&](int j0, int w) {
     R* dst = P + (long)j0 * K;
     for (int jj = 0; jj < w;) {  // runs of columns within one segment
       const int j = j0 + jj, seg = j / segw, off = j % segw;
       const int run = std::min(w - jj, segw - off);
-      const R* src = W + seg * segstride + off;
-      for (int k = 0; k < K; ++k) std::memcpy(dst + (long)k * w + jj, src + (long)k * ldw, run * sizeof(R));
+      const long col = (long)seg * segstride + off;
+      if (trans)
+        transpose<R>(run, K, W + col * ldw, ldw, dst + jj, w);
+      else
+        for (int k = 0; k < K; ++k)
+          std::memcpy(dst + (long)k * w + jj, W + col + (long)k * ldw, run * sizeof(R));
       jj += run;
     }
   };
@@ -352,11 +420,13 @@ static R* pack_buffer() {
   return buf.data();
 }
 
-// Weights reused by many GEMM rows are packed first (pack_w): a time loop's weights once per
-// call when T * B reaches kPackMinRows (B < 4: the wide panels of few rows gain most, 11 %
-// at T = 20, B = 1) or kPackMinRowsWide (T = 10, B = 8: 10 % slower packed, T = 10,
-// B = 16 even), a single GEMM's W one k block at a time when M reaches kPackMinRowsGemm;
-// below these the copy costs more than it saves
+// Weights reused by many GEMM rows are packed first (pack_w): a forward loop's weights always
+// (they come as the model stores them, transposed: packing is the transposed copy the loop
+// needs anyway; small calls measured 7-20 % faster than a separate transpose read in place),
+// a backward loop's once per call when T * B reaches kPackMinRows (B < 4: the wide panels of
+// few rows gain most, 11 % at T = 20, B = 1) or kPackMinRowsWide (T = 10, B = 8: 10 % slower
+// packed, T = 10, B = 16 even), a single GEMM's W one k block at a time when M reaches
+// kPackMinRowsGemm; below these the copy costs more than it saves
 #ifndef GL_PACK_MIN_ROWS
 #define GL_PACK_MIN_ROWS 16
 #endif
@@ -472,14 +542,15 @@ struct LoopWeights {
 };
 
 // always: pack however short the loop (the LSTM's unit split, which needs its gate slices
-// side by side anyway)
+// side by side anyway; weights given transposed, ``trans``, which cannot be read in place)
 template <class R, int slot>
 static void pack_loop_weights(LoopWeights<R>& lw, const R* W, long ldw, int K, int N, int T,
-                              int B, int segw = 0, long segstride = 0, bool always = false) {
+                              int B, int segw = 0, long segstride = 0, bool always = false,
+                              bool trans = false) {
   if (K <= 0 || N <= 0) return;
-  if (!always && (long)T * B < (B < 4 ? kPackMinRows : kPackMinRowsWide)) return;
+  if (!always && !trans && (long)T * B < (B < 4 ? kPackMinRows : kPackMinRowsWide)) return;
   lw.wp = pack_w<R>(W, ldw, K, N, B < 4, scratch<R, slot>((size_t)K * N, lw.own), segw,
-                    segstride);
+                    segstride, trans);
 }
 
 // ---- thread split ------------------------------------------------------------------------
@@ -584,14 +655,14 @@ static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, 
 }
 
 // The input of an LSTM forward: the projection gx [T,B,G] precomputed (bias folded), or null
-// and then x [T,B,I] with W_ih^T [I,G] and the folded bias [G] (null: none), projected here
+// and then x [T,B,I] with W_ih [G,I] and the folded bias [G] (null: none), projected here
 // a chunk of time steps at a time into a buffer that stays in L1/L2 (no [T,B,G] array: at
 // B=64, H=512 that is 52 MB written and read again, and fresh pages on every call).
 template <class R>
 struct LstmInput {
   const R* gx;
   const R* x;
-  const R* wihT;
+  const R* wih;
   const R* bias;
   int I;
 };
@@ -618,7 +689,7 @@ static int chunk_steps(int T, int rows, int G) {
 // and writes their h_t, c_t; one barrier per step publishes h_t. Every GEMM element sums in
 // the same order as in the one-thread loop, so the bits do not depend on the split.
 template <class R, bool pp, bool nf>
-static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, const R* whh,
                                const int* L, int reverse, int slots, R* S, R* C,
                                const R* peep, R* gates,
                                long gates_ts, R* Y, int nthreads) {
@@ -643,8 +714,11 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
     // this thread's columns of the weights and the bias: the 4 gate slices of its units side
     // by side (packed; the bias, one row, packs into that row), one GEMM of 4 * nj columns
     LoopWeights<R> ph, pi, pb;
-    if (nj > 0) pack_loop_weights<R, 2>(ph, whhT + j0, G, H, nw, T, B, nj, H, true);
-    if (nj > 0 && !in.gx) pack_loop_weights<R, 3>(pi, in.wihT + j0, G, in.I, nw, T, B, nj, H, true);
+    if (nj > 0)
+      pack_loop_weights<R, 2>(ph, whh + (long)j0 * H, H, H, nw, T, B, nj, H, true, true);
+    if (nj > 0 && !in.gx)
+      pack_loop_weights<R, 3>(pi, in.wih + (long)j0 * in.I, in.I, in.I, nw, T, B, nj, H, true,
+                              true);
     if (nj > 0 && !in.gx && in.bias) pack_loop_weights<R, 4>(pb, in.bias + j0, 0, 1, nw, T, B, nj, H, true);
     const WPack<R>*whp = ph.get(), *wip = pi.get();
     for (int s0 = 0; s0 < T; s0 += c) {
@@ -678,19 +752,19 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
 }
 
 template <class R, bool pp, bool nf>
-static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* whh,
                          const int* L, int reverse, int slots, R* S, R* C,
                          const R* peep, R* gates,
                          long gates_ts, R* Y, int nthreads) {
   const int G = 4 * H;
-  if (lstm_forward_units<R, pp, nf>(T, B, H, in, whhT, L, reverse, slots, S, C, peep, gates,
+  if (lstm_forward_units<R, pp, nf>(T, B, H, in, whh, L, reverse, slots, S, C, peep, gates,
                                     gates_ts, Y, nthreads))
     return;
   Steps st{T, reverse, slots};
   const double macs = (double)T * B * G * (H + (in.gx ? 0 : in.I));
-  LoopWeights<R> ph, pi;  // packed once, shared by the threads
-  pack_loop_weights<R, 2>(ph, whhT, G, H, G, T, B);
-  if (!in.gx) pack_loop_weights<R, 3>(pi, in.wihT, G, in.I, G, T, B);
+  LoopWeights<R> ph, pi;  // packed (transposed) once, shared by the threads
+  pack_loop_weights<R, 2>(ph, whh, H, H, G, T, B, 0, 0, false, true);
+  if (!in.gx) pack_loop_weights<R, 3>(pi, in.wih, in.I, in.I, G, T, B, 0, 0, false, true);
   const WPack<R>*whp = ph.get(), *wip = pi.get();
   for_row_blocks(B, macs, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
@@ -702,14 +776,14 @@ static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* w
       const int tlo = reverse ? T - s0 - cn : s0;
       if (!in.gx) {  // the chunk's input projection: one GEMM
         // rows b0..b1 of every step of the chunk: groups of ``rows`` rows, B * I apart
-        gemm<R>(false, in.x + ((long)tlo * B + b0) * in.I, in.I, in.wihT, G, in.bias, 0,
+        gemm<R>(false, in.x + ((long)tlo * B + b0) * in.I, in.I, nullptr, 0, in.bias, 0,
                 abuf.data(), G, cn * rows, in.I, G, rows == B ? 0 : rows, (long)B * in.I, wip);
       }
       for (int s = s0; s < s0 + cn; ++s) {
         const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
         R* a = abuf.data() + (in.gx ? 0 : (long)(t - tlo) * slot);
         const R* c0 = in.gx ? in.gx + ((long)t * B + b0) * G : a;
-        gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, c0, G, a, G, rows, H, G, whp);
+        gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, c0, G, a, G, rows, H, G, whp);
         for (int b = b0; b < b1; ++b)
           lstm_point<R, pp, nf>(B, H, t, p, n, b, 0, H, a + (long)(b - b0) * G, H, 0, L, S, C,
                                 peep, gates, gates_ts, Y);
@@ -777,11 +851,11 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
   }
 
 template <class R>
-static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const R* whhT,
+static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const R* whh,
                              const int* L, int reverse, int slots, R* S, R* C,
                              const R* peep, R* gates,
                              long gates_ts, R* Y, int flags, int nthreads) {
-  GL_LSTM_DISPATCH(lstm_forward, T, B, H, in, whhT, L, reverse, slots, S, C, peep, gates,
+  GL_LSTM_DISPATCH(lstm_forward, T, B, H, in, whh, L, reverse, slots, S, C, peep, gates,
                    gates_ts, Y, nthreads)
 }
 
@@ -795,14 +869,14 @@ static void lstm_backward_any(int T, int B, int H, const R* whh, const int* L, i
 
 // ---- GRU ----------------------------------------------------------------------------------
 template <class R>
-static void gru_forward(int T, int B, int H, const R* gx, const R* whhT, const R* b_hn,
+static void gru_forward(int T, int B, int H, const R* gx, const R* whh, const R* b_hn,
                         const int* L, int reverse, int slots, R* S, R* gates, long gates_ts,
                         R* Y,
                         int nthreads) {
   const int G = 3 * H;
   Steps st{T, reverse, slots};
   LoopWeights<R> pw;
-  pack_loop_weights<R, 2>(pw, whhT, G, H, G, T, B);
+  pack_loop_weights<R, 2>(pw, whh, H, H, G, T, B, 0, 0, false, true);
   const WPack<R>* wp = pw.get();
   for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
@@ -810,7 +884,7 @@ static void gru_forward(int T, int B, int H, const R* gx, const R* whhT, const R
     R* gh = abuf.data();
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, G, nullptr, 0, gh, G, rows, H, G, wp);
+      gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, nullptr, 0, gh, G, rows, H, G, wp);
       for (int b = b0; b < b1; ++b) {
         const R* ghr = gh + (long)(b - b0) * G;
         const R* x = gx + ((long)t * B + b) * G;
@@ -876,12 +950,12 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
 
 // ---- simple RNN ---------------------------------------------------------------------------
 template <class R>
-static void rnn_forward(int T, int B, int H, const R* gx, const R* whhT, const int* L,
+static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const int* L,
                         int reverse, int slots, R* S, R* Y, int flags, int nthreads) {
   const bool relu = flags & RNN_RELU;
   Steps st{T, reverse, slots};
   LoopWeights<R> pw;
-  pack_loop_weights<R, 2>(pw, whhT, H, H, H, T, B);
+  pack_loop_weights<R, 2>(pw, whh, H, H, H, T, B, 0, 0, false, true);
   const WPack<R>* wp = pw.get();
   for_row_blocks(B, (double)T * B * H * H, nthreads, [&](int b0, int b1) {
     const int rows = b1 - b0;
@@ -889,7 +963,7 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whhT, const i
     R* a = abuf.data();
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
-      gemm_add<R>(S + ((long)p * B + b0) * H, H, whhT, H, gx + ((long)t * B + b0) * H, H, a, H,
+      gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, gx + ((long)t * B + b0) * H, H, a, H,
                   rows, H, H, wp);
       for (int b = b0; b < b1; ++b) {
         const R* ar = a + (long)(b - b0) * H;
@@ -944,22 +1018,22 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 // ---- C exports: <cell>_<forward|backward>_<f32|f64> ---------------------------------------
 #define GL_DEFINE(SUF, R)                                                                      \
   GL_EXPORT void lstm_forward_##SUF(int T, int B, int H, const R* gx, const R* x, int I,      \
-      const R* wihT, const R* bias, const R* whhT, const int* L, int rev, int slots, R* S,      \
+      const R* wih, const R* bias, const R* whh, const int* L, int rev, int slots, R* S,        \
       R* C, const R* peep, R* gates, long gts, R* Y, int flags, int nt) {                       \
-    lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wihT, bias, I}, whhT, L, rev, slots, S, C, \
+    lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wih, bias, I}, whh, L, rev, slots, S, C,   \
                         peep, gates, gts, Y, flags, nt); }                                      \
   GL_EXPORT void lstm_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, int flags, \
       int nt) { lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, flags, nt); } \
-  GL_EXPORT void gru_forward_##SUF(int T, int B, int H, const R* gx, const R* whhT,           \
+  GL_EXPORT void gru_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,            \
       const R* b_hn, const int* L, int rev, int slots, R* S, R* gates, long gts, R* Y, int nt) { \
-    gru_forward<R>(T, B, H, gx, whhT, b_hn, L, rev, slots, S, gates, gts, Y, nt); }             \
+    gru_forward<R>(T, B, H, gx, whh, b_hn, L, rev, slots, S, gates, gts, Y, nt); }              \
   GL_EXPORT void gru_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* S, const R* gates, const R* dY, R* dh, R* dGx, R* dGh, int nt) {               \
     gru_backward<R>(T, B, H, whh, L, rev, S, gates, dY, dh, dGx, dGh, nt); }                   \
-  GL_EXPORT void rnn_forward_##SUF(int T, int B, int H, const R* gx, const R* whhT,           \
+  GL_EXPORT void rnn_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,            \
       const int* L, int rev, int slots, R* S, R* Y, int flags, int nt) {                       \
-    rnn_forward<R>(T, B, H, gx, whhT, L, rev, slots, S, Y, flags, nt); }                       \
+    rnn_forward<R>(T, B, H, gx, whh, L, rev, slots, S, Y, flags, nt); }                        \
   GL_EXPORT void rnn_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* S, const R* dY, R* dh, R* dG, int flags, int nt) {                              \
     rnn_backward<R>(T, B, H, whh, L, rev, S, dY, dh, dG, flags, nt); }
@@ -982,72 +1056,12 @@ GL_DEFINE(f64, double)
 GL_GEMM(f32, float)
 GL_GEMM(f64, double)
 
-// dst[cols, rows] = src[rows, cols]^T (src row stride lds; dst C-contiguous), in 16 x 16
-// blocks: NumPy's copy of a transposed view walks one side with a large stride, and the
-// engine transposes the weights on every call (~25 us for a 128 x 512 float matrix scalar,
-// ~3 us with the AVX-512 register transpose)
-template <class R>
-static void transpose_block(const R* src, long lds, R* dst, long ldd, int nr, int nc) {
-  for (int c = 0; c < nc; ++c)
-    for (int r = 0; r < nr; ++r) dst[(long)c * ldd + r] = src[(long)r * lds + c];
-}
-
-#if defined(__AVX512F__)
-// 16 x 16 floats through registers: 2 unpack stages, 2 128-bit lane shuffle stages
-static inline void transpose16(const float* src, long lds, float* dst, long ldd) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]),
-            c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int q = 0; q < 4; ++q) {
-    t[q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
-    t[4 + q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
-    t[8 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
-    t[12 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
-  }
-  for (int q = 0; q < 4; ++q) {
-    r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
-    r[8 + q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xdd);
-    r[4 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0x88);
-    r[12 + q] = _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xdd);
-  }
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
-}
-#endif
-
-template <class R>
-static void transpose(int rows, int cols, const R* src, long lds, R* dst) {
-  constexpr int TB = 16;
-  for (int c0 = 0; c0 < cols; c0 += TB)  // dst row strips outer: 16 sequential write streams
-    for (int r0 = 0; r0 < rows; r0 += TB) {
-      const int nr = std::min(TB, rows - r0), nc = std::min(TB, cols - c0);
-      const R* s = src + (long)r0 * lds + c0;
-      R* d = dst + (long)c0 * rows + r0;
-#if defined(__AVX512F__)
-      if (std::is_same<R, float>::value && nr == TB && nc == TB) {
-        transpose16(reinterpret_cast<const float*>(s), lds, reinterpret_cast<float*>(d), rows);
-        continue;
-      }
-#endif
-      transpose_block<R>(s, lds, d, rows, nr, nc);
-    }
-}
-
+// dst[cols, rows] = src[rows, cols]^T (src row stride lds; dst C-contiguous)
 GL_EXPORT void transpose_f32(int rows, int cols, const float* src, long lds, float* dst) {
-  transpose<float>(rows, cols, src, lds, dst);
+  transpose<float>(rows, cols, src, lds, dst, rows);
 }
 GL_EXPORT void transpose_f64(int rows, int cols, const double* src, long lds, double* dst) {
-  transpose<double>(rows, cols, src, lds, dst);
+  transpose<double>(rows, cols, src, lds, dst, rows);
 }
 
 // Elementwise exp/sigmoid/tanh of this library (tests compare them with NumPy's).
