@@ -32,7 +32,8 @@ An execution may run a whole direction's time loop itself by defining
 ``ex.sequence_backward(cell, w, s, g, flags) -> bool``
     The reverse loop: from ``g["dY"]``, ``g["dh"]`` (and ``g["dc"]``) as left by the caller,
     fill ``g["dGx"]`` (and ``g["dGh"]``, ``g["DHR"]``) for every step and leave ``g["dh"]`` /
-    ``g["dc"]`` holding dL/dh0 / dL/dc0.
+    ``g["dc"]`` holding dL/dh0 / dL/dc0. It may also leave ``g["db"]``, the sum of ``dGx``
+    over steps and rows (the input bias gradient), which the engine then does not recompute.
 
 Either returns False to decline (an option it does not implement); the engine then runs the
 stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here,
@@ -164,7 +165,9 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     dGx = g["dGx"].reshape(TB, GH)
     dGh = g["dGh"].reshape(TB, GH)
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
-    db = dGx.sum(axis=0) if w["b_ih"] is not None else None
+    db = g.get("db")  # the execution's loop may have summed it already
+    if db is None and w["b_ih"] is not None:
+        db = dGx.sum(axis=0)
     grads = {
         "w_ih": product(ex, dGx.T, x.reshape(TB, I)),
         "w_hh": product(ex, dGh.T, s_prev.reshape(TB, Hs)),

@@ -136,7 +136,7 @@ def _library():
 # argument kinds: p pointer, i int, l long
 _SIGS = {
     "lstm_forward": "iiippippppiipppplpii",
-    "lstm_backward": "iiippipppppppii",
+    "lstm_backward": "iiippippppppppii",
     "gru_forward": "iiippppiipplpi",
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppiippii",
@@ -326,8 +326,12 @@ class CpuExecution(HostExecution):
         head = (T, B, H, _p(whh), _p(L), int(s["reverse"]))
         nt = _num_threads
         if cell.kind == "lstm":
+            # the bias gradient too, summed while each step's dG is in cache (engine: g["db"])
+            db = np.empty(g["dGx"].shape[2], S.dtype) if w["b_ih"] is not None else None
             f(*head, _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), _p(s["gates"]), _p(dY),
-              _p(dh), _p(g["dc"]), _p(g["dGx"]), flags, nt)
+              _p(dh), _p(g["dc"]), _p(g["dGx"]), None if db is None else _p(db), flags, nt)
+            if db is not None:
+                g["db"] = db
         elif cell.kind == "gru":
             f(*head, _p(S), _p(s["gates"]), _p(dY), _p(dh), _p(g["dGx"]), _p(g["dGh"]), nt)
         else:

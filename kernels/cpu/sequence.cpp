@@ -891,12 +891,18 @@ static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* w
   });
 }
 
+// db (null: not asked for) [G]: the bias gradient, the sum of dG over all steps and rows,
+// accumulated while each step's dG is in L1 (NumPy's column sum of the [T*B, G] array after
+// the loop read it back from memory: 2 % of a T = 1000, B = 8 training step). Row b sums its
+// steps in processing order into its own row of rowsum [B, G], then the rows add up in
+// order b = 0..B-1: the bits do not depend on the thread split.
 template <class R, bool pp, bool nf>
 static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
                           const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
-                          R* dc_io, R* dG, int nthreads) {
+                          R* dc_io, R* dG, R* db, int nthreads) {
   const int G = 4 * H;
   Steps st{T, reverse, T + 1};
+  std::vector<R> rowsum(db ? (size_t)B * G : 0, R(0));
   for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
     pack_loop_weights<R, 2>(pw, whh, H, G, H, T, B);
@@ -912,6 +918,7 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
         R* dc = dc_io + (long)b * H;
         R* dg = dG + ((long)t * B + b) * G;
         const bool act = t < L[b];
+        R* sb = db ? rowsum.data() + (long)b * G : nullptr;
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R i = gt[j], f = gt[H + j], g = gt[2 * H + j], o = gt[3 * H + j];
@@ -932,11 +939,19 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
           dc[j] = act ? dcp : dc[j];
           dh[j] = act ? R(0) : dh[j];
         }
+        if (sb && act)  // inactive steps add zeros: nothing to add
+#pragma omp simd
+          for (int k = 0; k < G; ++k) sb[k] += dg[k];
       }
       gemm_acc<R>(dG + ((long)t * B + b0) * G, G, whh, H, dh_io + (long)b0 * H, H, b1 - b0, G, H,
                   wp);
     }
   });
+  if (db) {
+    std::copy(rowsum.begin(), rowsum.begin() + G, db);
+    for (int b = 1; b < B; ++b)
+      for (int k = 0; k < G; ++k) db[k] += rowsum[(long)b * G + k];
+  }
 }
 
 // flags -> the instantiation with the peephole / no-forget-gate branches resolved at compile
@@ -961,9 +976,9 @@ static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const 
 template <class R>
 static void lstm_backward_any(int T, int B, int H, const R* whh, const int* L, int reverse,
                               const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
-                              R* dc_io, R* dG, int flags, int nthreads) {
+                              R* dc_io, R* dG, R* db, int flags, int nthreads) {
   GL_LSTM_DISPATCH(lstm_backward, T, B, H, whh, L, reverse, C, peep, gates, dY, dh_io, dc_io, dG,
-                   nthreads)
+                   db, nthreads)
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -1122,8 +1137,9 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
     lstm_forward_any<R>(T, B, H, LstmInput<R>{gx, x, wih, bias, I}, whh, L, rev, slots, S, C,   \
                         peep, gates, gts, Y, flags, nt); }                                      \
   GL_EXPORT void lstm_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
-      const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, int flags, \
-      int nt) { lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, flags, nt); } \
+      const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, R* db,      \
+      int flags, int nt) {                                                                      \
+    lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, db, flags, nt); } \
   GL_EXPORT void gru_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,            \
       const R* b_hn, const int* L, int rev, int slots, R* S, R* gates, long gts, R* Y, int nt) { \
     gru_forward<R>(T, B, H, gx, whh, b_hn, L, rev, slots, S, gates, gts, Y, nt); }              \
