@@ -40,8 +40,9 @@ stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs
 except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
 True, promising that its ``sequence_forward`` runs that direction and projects the input
 itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
-absent, ``w["w_ih"]`` as stored) and ``s["bias"]`` (the folded bias or None) are there instead (the cpu execution projects a few time steps at a time into a
-buffer that stays in cache).
+absent, ``w["w_ih"]`` as stored) and ``s["bias"]`` (the folded bias or None) are there
+instead (the cpu execution projects a few time steps at a time into a buffer that stays in
+cache, or each step inside its recurrent GEMM).
 """
 from __future__ import annotations
 

@@ -177,11 +177,6 @@ def _p(a):
     return a.ctypes.data
 
 
-def _dense(a, dtype):
-    """``a`` as a C-contiguous array of ``dtype`` (itself when it already is one)."""
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
 def _time_stride(a):
     """Elements between time steps of a [T,B,W] buffer: 0 for the engine's one-slot scratch
     of the inference path (a zero-stride view), else B*W."""
@@ -290,22 +285,24 @@ class CpuExecution(HostExecution):
         T, B, H = Y.shape
         slots = S.shape[0]  # T + 1, or the inference ring's 2
         L = np.ascontiguousarray(s["L"], dtype=np.int32)
+        whh = np.ascontiguousarray(w["w_hh"], S.dtype)  # as stored: the loops pack W_hh^T
         nt = _num_threads
         if cell.kind == "lstm":
             gx = s.get("gx")
             if gx is not None:
                 inp = (_p(gx), None, 0, None, None)
-            else:  # x, W_ih^T and the bias: the loop projects chunks of time steps itself
+            else:  # x, W_ih as stored and the bias: the loop projects the input itself
                 x = np.ascontiguousarray(s["x"])
+                wih = np.ascontiguousarray(w["w_ih"], S.dtype)
                 bias = s["bias"]
                 bias = None if bias is None else _p(np.ascontiguousarray(bias, dtype=S.dtype))
-                inp = (None, _p(x), x.shape[2], _p(_dense(w["w_ih"], S.dtype)), bias)
-            f(T, B, H, *inp, _p(_dense(w["w_hh"], S.dtype)), _p(L), int(s["reverse"]), slots, _p(S),
-              _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data,
+                inp = (None, _p(x), x.shape[2], _p(wih), bias)
+            f(T, B, H, *inp, _p(whh), _p(L), int(s["reverse"]), slots, _p(S), _p(s["C"]),
+              _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data,
               _time_stride(s["gates"]), _p(Y), flags, nt)
             return True
         gx = s["gx"]
-        common = (T, B, H, _p(gx), _p(_dense(w["w_hh"], S.dtype)))
+        common = (T, B, H, _p(gx), _p(whh))
         if cell.kind == "gru":
             f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), slots,
               _p(S), s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)

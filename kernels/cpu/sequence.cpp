@@ -234,6 +234,8 @@ GL_INLINE void tile(const R* __restrict P, long sr, long sk, const R* __restrict
 // C = C0 + [A1 | A2] @ W on an RN x NV-vector tile: k < K1 from A1 (row stride s1), then K2
 // more from A2 (row stride s2), W a packed panel [K1 + K2][NV vectors]; C0 null: zeros. The
 // sums run in the order of two tile() calls, the second starting from what the first wrote.
+// Its k loop repeats tile()'s: sharing one helper (accumulators passed by reference)
+// measured 1.5-2 % slower at T = 100, B = 32, H = 256.
 template <class R, int RN, int NV>
 GL_INLINE void tile2(const R* __restrict A1, long s1, int K1, const R* __restrict A2, long s2,
                      int K2, const R* __restrict W, const R* C0, long ld0, R* C, long ldc) {
