@@ -285,7 +285,7 @@ def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
 class _FakeCupy:
     """Just enough of CuPy for CupyExecution, on NumPy arrays; RawModule kernels are the
     emulated ones, launched cooperatively when the module was built with
-    enable_cooperative_groups, and refusing > 48 KiB of dynamic shared memory unless the
+    enable_cooperative_groups, and refusing dynamic shared memory over 48 KiB less the static part unless the
     kernel's max_dynamic_shared_size_bytes was raised (as CUDA does)."""
 
     def __init__(self, emulated_module):
@@ -334,7 +334,10 @@ class _FakeCupy:
 class _FakeKernel:
     def __init__(self, fake, kernel, coop):
         self.fake, self.kernel, self.coop = fake, kernel, coop
-        self.max_dynamic_shared_size_bytes = 48 * 1024
+        # CUDA's default dynamic limit: 48 KiB minus the static shared memory (FusedShared<T>)
+        from gpulstm.backends import kernel_loop as kl
+        itemsize = 8 if kernel.name.endswith("<double>") else 4
+        self.max_dynamic_shared_size_bytes = 48 * 1024 - (kl.ROWS * (kl.TILE + 1) + 4 * kl.THREADS) * itemsize
 
     def __call__(self, grid, block, args, shared_mem=0):
         if shared_mem > self.max_dynamic_shared_size_bytes:
@@ -344,6 +347,7 @@ class _FakeKernel:
 
 
 @pytest.mark.parametrize("cls, kw, H, algo", [("LSTM", {"peephole": True}, 400, "persistent"),
+                                              ("LSTM", {}, 320, "persistent"),
                                               ("GRU", {"bidirectional": True}, 40, "fused"),
                                               ("RNN", {"nonlinearity": "relu"}, 40, "auto")])
 def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, kw, H, algo):
@@ -377,6 +381,8 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
         assert all(coop for _, coop, _ in fake.launches)
     if H == 400:  # the resident weight slice (8 units) needs the > 48 KiB opt-in
         assert max(s for _, _, s in fake.launches) == 4 * 400 * (8 + 1) * 4 > 48 * 1024
+    if H == 320:  # under 48 KiB dynamic, over it with the static FusedShared: opt-in too
+        assert max(s for _, _, s in fake.launches) == 4 * 320 * (8 + 1) * 4 <= 48 * 1024
 
 
 def test_tile_constants_match_the_kernels():

@@ -104,8 +104,10 @@ class _DeviceKernel:
 
     def __call__(self, grid, block, args, shared_mem=0, cooperative=False):
         f = self.prepare(cooperative)
-        if shared_mem > 48 * 1024 and f.max_dynamic_shared_size_bytes < shared_mem:
-            f.max_dynamic_shared_size_bytes = shared_mem  # the opt-in above 48 KiB
+        # the opt-in: a kernel's default limit is 48 KiB minus its static shared memory, so a
+        # dynamic size under 48 KiB may need it too
+        if f.max_dynamic_shared_size_bytes < shared_mem:
+            f.max_dynamic_shared_size_bytes = shared_mem
         f(grid, block, args, shared_mem=shared_mem)
 
 
