@@ -423,3 +423,19 @@ def test_inference_forward_matches(emulated, rng, cls, algo):
     want = m(x)[0]
     m.eval()
     np.testing.assert_allclose(m(x)[0], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, extra", [("_fused", ()), ("_persistent", (4,))])
+def test_weight_index_width_is_refused_clearly(emulated, kernel, extra):
+    """4 H^2 must stay under 2**31 (the kernels' int weight index): H = 23171 is refused with
+    an error naming the limit, before anything is allocated; H = 23170 passes the check;
+    algo="auto" runs such an H stepwise."""
+    from gpulstm.backends.kernel_loop import _check_int_index
+    from gpulstm.cells import LSTMCell
+    ex = get_backend("emulated", "fused")
+    with pytest.raises(ValueError, match=r"4 \* H \* H must be < 2\*\*31"):
+        getattr(ex, kernel)("lstm_fused_forward", np.float32, 1, 23171, *extra)
+    _check_int_index("k", 1, 23170)
+    auto = get_backend("emulated")
+    assert auto.loop_algo(LSTMCell(), 0, 2, 1, 23171, 4) == "stepwise"
+    assert auto.loop_algo(LSTMCell(), 0, 2, 1, 23170, 4) != "stepwise"

@@ -117,6 +117,16 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
                 shared=w_bytes if resident else 0)
 
 
+def _check_int_index(name, B, H):
+    """The fused and persistent kernels index [B, 4H] rows and the [4H, H] weights with int."""
+    if 4 * B * H >= 2**31:
+        raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
+                         f"indexing (4 * B * H must be < 2**31)")
+    if 4 * H * H >= 2**31:
+        raise ValueError(f"{name}: H = {H} is too large for the kernels' int weight index "
+                         f"(4 * H * H must be < 2**31, H <= 23170); use algo='stepwise'")
+
+
 def _steps(T, reverse):
     """(t, prev, nxt) in processing order: the engine's slot convention (see gpulstm.cells)."""
     if reverse:
@@ -217,6 +227,8 @@ class KernelLoop(ExecutionOptions):
         int, so they also need ``T * 4 * B * H < 2**31``."""
         if self.algo == "stepwise" or (cell.has_cell_state and flags & LSTM_PROJ):
             return "stepwise"
+        if self.algo == "auto" and 4 * H * H >= 2**31:
+            return "stepwise"  # past the fused kernels' int weight index (_check_int_index)
         if self.algo in ("auto", "persistent") and T * 4 * B * H < 2**31:
             fits = persistent_plan(B, H, cell.gates, itemsize, *self.device_limits()) is not None
             if fits and (self.algo == "persistent" or B <= PERSISTENT_MAX_BATCH):
@@ -224,9 +236,7 @@ class KernelLoop(ExecutionOptions):
         return "fused"
 
     def _persistent(self, name, dtype, B, H, gates):
-        if 4 * B * H >= 2**31:
-            raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
-                             f"indexing (4 * B * H must be < 2**31)")
+        _check_int_index(name, B, H)
         plan = persistent_plan(B, H, gates, np.dtype(dtype).itemsize, *self.device_limits())
         k = self.pw.kernel(name, dtype)
 
@@ -241,9 +251,7 @@ class KernelLoop(ExecutionOptions):
         return steps
 
     def _fused(self, name, dtype, B, H):
-        if 4 * B * H >= 2**31:
-            raise ValueError(f"{name}: B * H = {B} * {H} is too large for the kernels' int "
-                             f"indexing (4 * B * H must be < 2**31)")
+        _check_int_index(name, B, H)
         return self.pw.kernel(name, dtype), fused_launch_shape(B, H)
 
     def _forward_algo(self, cell, s, flags, T, B, H):
