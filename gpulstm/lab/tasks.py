@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_int
+from .._checks import check_int
 
 __all__ = ["adding_problem", "copy_memory", "temporal_order", "recall", "Task",
            "make_task", "TASKS"]

@@ -18,8 +18,8 @@ k = 0). The loss does not read c_T directly, so dL/dc_T = 0 and ``ratio_c`` is n
 ||dL/dh_T|| as well.
 
 The probe runs in float64 by default so that long vanishing gradients show their true size
-instead of float32 underflow. Inputs are adding-problem sequences (:func:`gpulstm.tasks.adding_problem`),
-the task the cells are trained on before the "after training" probe.
+instead of float32 underflow. Inputs are adding-problem sequences
+(:func:`gpulstm.lab.tasks.adding_problem`), the task the cells are trained on before the "after training" probe.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def first_distance_below(ratio, threshold):
 
 def gradient_flow(cell, T, seed=0, hidden=32, batch=16, backend="numpy", dtype="float64",
                   model=None, x=None):
-    """Probe the gradient flow of ``cell`` (a name for :func:`gpulstm.train.make_cell`,
+    """Probe the gradient flow of ``cell`` (a name for :func:`gpulstm.lab.train.make_cell`,
     initialised with ``seed``) over ``T`` steps, or of a given ``model`` (e.g. a trained one;
     then ``cell``, ``hidden``, ``backend`` and ``dtype`` are taken from it).
 

@@ -1,4 +1,4 @@
-"""Training a recurrent layer on the long-lag tasks of :mod:`gpulstm.tasks`, on any backend.
+"""Training a recurrent layer on the long-lag tasks of :mod:`gpulstm.lab.tasks`, on any backend.
 
 Everything beyond the recurrent layer (linear read-out, losses, gradient clipping, Adam and
 RMSProp) is written once against the array module ``xp`` of the model's backend, so the same
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import check_int
-from .modules import GRU, LSTM, RNN
+from .._checks import check_int
+from ..modules import GRU, LSTM, RNN
 from .tasks import Task, make_task
 
 __all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import load_results
-from .report.markdown import to_markdown
-from .report.memory import (criterion_tables, load_sweep_records, plot_gradient_flow,
+from ..report import load_results
+from ..report.markdown import to_markdown
+from ..report.memory import (criterion_tables, load_sweep_records, plot_gradient_flow,
                             plot_training_curves, plot_updates_to_criterion)
 from .sweep import PROFILES, seeds_needed, updates_wide
 

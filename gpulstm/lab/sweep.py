@@ -1,6 +1,6 @@
 """Long-range memory sweeps: task x cell x T x learning rate x seed, run on ``dask.distributed``.
 
-Every point of the grid is one independent training run (:func:`gpulstm.train.train` with
+Every point of the grid is one independent training run (:func:`gpulstm.lab.train.train` with
 early stopping at the task's criterion), seeded by its own parameters, so a sweep gives the
 same numbers whether it runs serially, on a local cluster or on many machines. The headline
 figure of a point is **updates to criterion**: the first validation check (every
@@ -540,7 +540,7 @@ def add_arguments(p):
 def run_from_args(args, out=None):
     """Validate ``args`` (from :func:`add_arguments`), run the sweep with a progress bar and
     print the updates-to-criterion table per task. Returns 0."""
-    from .backends import get_backend
+    from ..backends import get_backend
 
     out = out or sys.stdout
     if args.seeds is not None and args.seeds < 1:
