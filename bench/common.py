@@ -315,7 +315,7 @@ MEMORY_STEP = {"task": "adding", "cell": "lstm_fb1", "T": 100, "batch": 32, "hid
 
 
 def _gpulstm_train_runs(backend):
-    from gpulstm.train import train
+    from gpulstm.lab.train import train
     p = MEMORY_STEP
     try:
         gl.get_backend(backend)
@@ -329,12 +329,12 @@ def _gpulstm_train_runs(backend):
 
 
 def _torch_train_runs():
-    """PyTorch doing what gpulstm.train does per update: fresh adding-problem sequences from
+    """PyTorch doing what gpulstm.lab.train does per update: fresh adding-problem sequences from
     the same generator, torch.nn.LSTM + Linear read-out of the last step, MSE, backward,
     clip_grad_norm_, Adam."""
     if torch is None:
         raise NotImplementedError("torch is not installed")
-    from gpulstm.tasks import make_task
+    from gpulstm.lab.tasks import make_task
     p = MEMORY_STEP
     task = make_task(p["task"], p["T"])
 

@@ -1,12 +1,12 @@
 """Long-range memory benchmarks: gradient flow and long-lag tasks (asv ``track_*``).
 
 asv is the harness, Dask the engine: each task class's ``setup_cache`` runs the grid of the
-profile through :func:`gpulstm.sweep.run_sweep` (task x cell x T x learning rate x seed,
+profile through :func:`gpulstm.lab.sweep.run_sweep` (task x cell x T x learning rate x seed,
 early stopping at the criterion, a budget that grows with T, a cell's T series stopped after
 two failed lags; see that module), and its ``track_*`` methods read their point. Points the
 series rules did not run are skipped (``NotImplementedError`` in ``setup``).
 
-- ``TrackGradFlow``: at initialisation, loss at the last step only (gpulstm.memory): the
+- ``TrackGradFlow``: at initialisation, loss at the last step only (gpulstm.lab.memory): the
   distance at which ||dL/dh_t|| / ||dL/dh_T|| first falls below 1e-3 and 1e-6 (T + 1 = not
   within T) and log10 of the ratio at the initial state (distance T).
 - ``TrackAdding``, ``TrackTemporalOrder``, ``TrackRecall`` (params cell, T, lr, seed):
@@ -15,7 +15,7 @@ series rules did not run are skipped (``NotImplementedError`` in ``setup``).
   (updates allowed), ``track_test_metric`` (the task's metric on 1000 fresh sequences after
   the last update); adding also the gradient flow of the trained cell.
 
-Profiles (gpulstm.sweep.PROFILES): ``GPULSTM_MEMORY_PROFILE`` (``quick``, ``cpu-full``,
+Profiles (gpulstm.lab.sweep.PROFILES): ``GPULSTM_MEMORY_PROFILE`` (``quick``, ``cpu-full``,
 ``gpu-full``); default ``quick``, or with ``GPULSTM_BENCH_PROFILE=full`` ``gpu-full`` on
 the cupy backend and ``cpu-full`` otherwise. Backend: ``GPULSTM_BENCH_BACKEND`` (default
 numpy). Workers: ``GPULSTM_BENCH_WORKERS`` (default: sized to the machine; 0 = serial) or a
@@ -28,8 +28,8 @@ import os
 import numpy as np
 
 from gpulstm import BackendUnavailable, get_backend
-from gpulstm.memory import gradient_flow
-from gpulstm.sweep import PROFILES, memory_profile_name, run_sweep
+from gpulstm.lab.memory import gradient_flow
+from gpulstm.lab.sweep import PROFILES, memory_profile_name, run_sweep
 
 BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND", "numpy")
 

@@ -306,7 +306,7 @@ def _measure_memory_step(self):
 
 class MemoryTrainingStep:
     """One update of the long-range memory runs (adding problem, lstm_fb1, H=32, B=32, T=100,
-    Adam, clip 1: gpulstm.train; PyTorch doing the same with torch.nn.LSTM), one thread."""
+    Adam, clip 1: gpulstm.lab.train; PyTorch doing the same with torch.nn.LSTM), one thread."""
     params = [[MEMORY_STEP["cell"]], [MEMORY_STEP["T"]], [MEMORY_STEP["batch"]],
               [MEMORY_STEP["hidden"]], CPU_BACKENDS]
     param_names = ["cell", "T", "B", "H", "backend"]

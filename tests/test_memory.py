@@ -1,10 +1,10 @@
-"""The gradient-flow probe (gpulstm.memory) against torch autograd on every cell variant."""
+"""The gradient-flow probe (gpulstm.lab.memory) against torch autograd on every cell variant."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from gpulstm.memory import first_distance_below, gradient_flow, state_grads
-from gpulstm.train import CELLS, make_cell
+from gpulstm.lab.memory import first_distance_below, gradient_flow, state_grads
+from gpulstm.lab.train import CELLS, make_cell
 
 torch = pytest.importorskip("torch")
 

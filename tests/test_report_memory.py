@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gpulstm import memory_doc
+from gpulstm.lab import memory_doc
 from gpulstm.report.memory import (criterion_tables, memory_points, plot_gradient_flow,
                                    plot_training_curves, plot_updates_to_criterion)
 

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from gpulstm.sweep import PROFILES, Point, _Planner, budget, profile_points, run_sweep, summarize
+from gpulstm.lab.sweep import (PROFILES, Point, _Planner, budget, profile_points, run_sweep,
+                               summarize)
 
 
 def tiny_profile(**kw):
@@ -139,7 +140,7 @@ def test_committed_memory_points_rerun_bit_for_bit(cell):
     import json
     from pathlib import Path
 
-    from gpulstm.sweep import _settings, run_point
+    from gpulstm.lab.sweep import _settings, run_point
 
     root = Path(__file__).resolve().parents[1] / "results" / "sweep"
     files = sorted(glob.glob(str(root / "*" / "*.json")))

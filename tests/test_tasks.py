@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from gpulstm.tasks import TASKS, adding_problem, copy_memory, make_task, temporal_order
+from gpulstm.lab.tasks import TASKS, adding_problem, copy_memory, make_task, temporal_order
 
 
 def test_adding_problem_markers_and_target(rng):

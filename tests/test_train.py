@@ -1,4 +1,4 @@
-"""Read-out, losses, clipping, optimizers and the training loop (gpulstm.train)."""
+"""Read-out, losses, clipping, optimizers and the training loop (gpulstm.lab.train)."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import gpulstm as gl
 from gpulstm.backends import get_backend
-from gpulstm.train import (CELLS, Adam, Readout, RMSProp, accuracy, clip_grad_norm, make_cell,
+from gpulstm.lab.train import (CELLS, Adam, Readout, RMSProp, accuracy, clip_grad_norm, make_cell,
                            mse_loss, softmax_xent, train)
 
 from numgrad import numeric_grad
@@ -103,7 +103,7 @@ def test_training_stops_at_the_criterion():
 
 
 def test_training_stops_when_the_gradient_is_not_finite(monkeypatch):
-    import gpulstm.train as tr
+    import gpulstm.lab.train as tr
     real = tr.clip_grad_norm
     calls = []
 
@@ -120,7 +120,7 @@ def test_training_stops_when_the_gradient_is_not_finite(monkeypatch):
 
 
 def test_nofg_and_irnn_initialisations():
-    from gpulstm.train import IRNN_INPUT_STD, NOFG_INPUT_BIAS
+    from gpulstm.lab.train import IRNN_INPUT_STD, NOFG_INPUT_BIAS
     H = 8
     m = make_cell("lstm_nofg", 2, H, seed=0)
     b = m.parameters()["bias_ih_l0"][:H] + m.parameters()["bias_hh_l0"][:H]

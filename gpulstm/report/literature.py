@@ -7,8 +7,8 @@ pass/fail here.
 
 Columns: ``source``, ``task``, ``cell``, ``T`` (Int64, NA where the paper gives a range or no
 length), ``passed`` (boolean, NA where the outcome is not a pass/fail), ``outcome``,
-``verified``. Task names match :mod:`gpulstm.tasks` (``adding``, ``copy``, ``recall``,
-``temporal_order``) and cell names those of :func:`gpulstm.train.make_cell` (the 1997 LSTM has
+``verified``. Task names match :mod:`gpulstm.lab.tasks` (``adding``, ``copy``, ``recall``,
+``temporal_order``) and cell names those of :func:`gpulstm.lab.train.make_cell` (the 1997 LSTM has
 no forget gate: ``lstm_nofg``); the other tasks are listed for completeness.
 """
 

@@ -2,9 +2,9 @@
 
 Reads the asv rows of ``bench/memory.py`` (``memory.Track{Adding,TemporalOrder,Recall}``, params
 cell, T, lr, seed) from :func:`gpulstm.report.load_results`, and the sweep's per-point records
-(:func:`gpulstm.sweep.run_sweep`; folder ``results/sweep/<machine>-<commit>/``) for the
+(:func:`gpulstm.lab.sweep.run_sweep`; folder ``results/sweep/<machine>-<commit>/``) for the
 training curves. The summary rules (solved = at least 2/3 of the seeds reached the criterion;
-best learning rate; "> budget" as a lower bound) are :func:`gpulstm.sweep.summarize`'s.
+best learning rate; "> budget" as a lower bound) are :func:`gpulstm.lab.sweep.summarize`'s.
 
 - :func:`memory_points`: one row per point (machine, commit, task, cell, T, lr, seed);
 - :func:`criterion_tables`: (per_lr, best) per machine;
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sweep import summarize, updates_wide
+from ..lab.sweep import summarize, updates_wide
 from .plots import cell_colors
 
 __all__ = ["TASK_CLASSES", "memory_points", "criterion_tables", "load_sweep_records",
@@ -80,7 +80,7 @@ def memory_points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def criterion_tables(df: pd.DataFrame):
-    """(per_lr, best) of :func:`gpulstm.sweep.summarize` for every machine of
+    """(per_lr, best) of :func:`gpulstm.lab.sweep.summarize` for every machine of
     :func:`memory_points`, with a ``machine`` column first. Raises ValueError without rows."""
     pts = memory_points(df)
     if pts.empty:
@@ -100,7 +100,7 @@ def criterion_tables(df: pd.DataFrame):
 
 
 def load_sweep_records(folder) -> list[dict]:
-    """The per-point JSON records a sweep left in ``folder`` (see gpulstm.sweep's ``cache``)."""
+    """The per-point JSON records a sweep left in ``folder`` (see gpulstm.lab.sweep's ``cache``)."""
     out = []
     for f in sorted(Path(folder).glob("*.json")):
         try:
@@ -267,7 +267,7 @@ def plot_gradient_flow(df: pd.DataFrame, path):
 
 def criterion_wide(df: pd.DataFrame) -> dict:
     """{task: DataFrame} with one row per (machine, cell) and one column per lag T
-    (:func:`gpulstm.sweep.updates_wide`): the long-range memory tables of the report."""
+    (:func:`gpulstm.lab.sweep.updates_wide`): the long-range memory tables of the report."""
     _, best = criterion_tables(df)
     out = {}
     for task in ("adding", "temporal_order", "recall"):

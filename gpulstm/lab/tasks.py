@@ -1,0 +1,225 @@
+"""Long-lag toy tasks: the adding problem, copy memory and temporal order.
+
+Every generator takes a NumPy ``Generator``, the lag ``T`` and a batch size, and returns
+NumPy arrays ``(x [L,B,I], target)`` in the time-major layout of :class:`gpulstm.LSTM`.
+Each call draws fresh sequences (nothing is cached), so a training loop that calls it once
+per step never sees a sequence twice; a seeded ``Generator`` makes a run reproducible.
+
+:class:`Task` bundles a generator with its sizes, loss, trivial baseline and pass criterion,
+so the training loop in :mod:`gpulstm.train` is written once for all three.
+
+==============  ======  ==========  ==========  ====================  =====================
+task            L       inputs I    read-out    loss                  trivial baseline
+==============  ======  ==========  ==========  ====================  =====================
+adding          T       2           last step   MSE                   MSE 0.167 (predict 1)
+copy            T + 20  10 one-hot  every step  cross-entropy, 9 cl.  10 ln 8 / (T + 20)
+recall          T + 2K  10 one-hot  last K      cross-entropy, 9 cl.  accuracy 1/8
+temporal_order  T       6 one-hot   last step   cross-entropy, 4 cl.  accuracy 0.25
+==============  ======  ==========  ==========  ====================  =====================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_int
+
+__all__ = ["adding_problem", "copy_memory", "temporal_order", "recall", "Task",
+           "make_task", "TASKS"]
+
+# copy memory alphabet: 0 blank, 1..8 symbols, 9 delimiter
+COPY_SYMBOLS = 8
+COPY_LENGTH = 10
+COPY_BLANK, COPY_DELIMITER = 0, 9
+# temporal order alphabet: 0..3 distractors (a, b, c, d), 4 = X, 5 = Y
+ORDER_DISTRACTORS = 4
+ORDER_X, ORDER_Y = 4, 5
+
+
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
+
+
+def adding_problem(rng, T, batch, dtype=np.float32):
+    """The adding problem (Hochreiter & Schmidhuber 1997, Exp. 4; the variant of Arjovsky,
+    Shah & Bengio 2016).
+
+    Channel 0 holds values drawn from U[0, 1]; channel 1 is 0 except for one marker (1) at a
+    uniform position in the first half ``[0, T//2)`` and one in the second half
+    ``[T//2, T)``. The target is the sum of the two marked values, read at the last step.
+    Always predicting 1 gives MSE Var(u1 + u2) = 2/12 = 0.1667 (the quoted baseline 0.167).
+    The minimal lag between the first marker and the read-out is ``T - T//2``.
+
+    Returns x [T, B, 2] and target [B, 1].
+    """
+    _check_rng(rng)
+    T = check_int("T", T, 2)
+    B = check_int("batch", batch, 1)
+    values = rng.random((T, B))
+    half = T // 2
+    first = rng.integers(0, half, size=B)
+    second = rng.integers(half, T, size=B)
+    markers = np.zeros((T, B))
+    cols = np.arange(B)
+    markers[first, cols] = 1.0
+    markers[second, cols] = 1.0
+    x = np.stack([values, markers], axis=2).astype(dtype)
+    target = (values[first, cols] + values[second, cols])[:, None].astype(dtype)
+    return x, target
+
+
+def copy_memory(rng, T, batch, dtype=np.float32, length=COPY_LENGTH):
+    """The copy memory task (Hochreiter & Schmidhuber 1997; the variant of Arjovsky et al. 2016).
+
+    With K = ``length`` symbols to remember (10 in Arjovsky et al.): input (length T + 2K,
+    one-hot over 10 codes): K symbols drawn uniformly from 1..8, then T - 1 blanks (0), the
+    delimiter (9), then K blanks. Target (classes 0..8): blank for the first T + K steps, then
+    the K symbols in order; the lag between a symbol and its recall is T + K. Predicting blank
+    for the first T + K steps and a uniform guess over the 8 symbols for the last K gives the
+    baseline cross-entropy K ln 8 / (T + 2K) per step.
+
+    Returns x [T+2K, B, 10] (one-hot) and target int64 [T+2K, B] (class indices).
+    """
+    _check_rng(rng)
+    T = check_int("T", T, 1)
+    B = check_int("batch", batch, 1)
+    K = check_int("length", length, 1)
+    L = T + 2 * K
+    symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(K, B))
+    codes = np.full((L, B), COPY_BLANK, np.int64)
+    codes[:K] = symbols
+    codes[T + K - 1] = COPY_DELIMITER
+    target = np.full((L, B), COPY_BLANK, np.int64)
+    target[L - K:] = symbols
+    x = np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes]
+    return x, target
+
+
+def recall(rng, T, batch, dtype=np.float32, length=1):
+    """Delayed recall: the copy task's sequences (:func:`copy_memory` with K = ``length``
+    symbols, default 1), but the network is read out and scored only at the K recall steps.
+
+    The lag between a symbol and its recall is T + K while the amount to remember stays K
+    symbols of 8, so the task measures how long memory holds, not how much it holds (the
+    copy task with K = 10 asks a 32-unit network to hold 30 bits and to emit T + 10 blanks
+    with near-certainty). Close to the noise-free long-time-lag task of Hochreiter &
+    Schmidhuber (1997, Task 2a), with the delimiter as the cue to answer.
+
+    Returns x [T+2K, B, 10] (one-hot) and target int64 [K, B] (the symbols, classes 1..8).
+    """
+    x, target = copy_memory(rng, T, batch, dtype, length)
+    return x, target[-length:]
+
+
+def temporal_order(rng, T, batch, dtype=np.float32):
+    """The temporal order task (Hochreiter & Schmidhuber 1997, Exp. 6a, as used by Pascanu,
+    Mikolov & Bengio 2013).
+
+    A sequence of T distractors drawn uniformly from {a, b, c, d} (codes 0..3), except at two
+    positions that hold X (4) or Y (5): the first uniform in ``[T//10, 2*T//10)``, the second
+    in ``[5*T//10, 6*T//10)`` (the 1997 paper's positions 10-20 and 50-60 of a length-100
+    sequence, scaled to T). The class, read at the last step, is the order of the two
+    relevant symbols: XX = 0, XY = 1, YX = 2, YY = 3. Chance accuracy is 25 %.
+
+    Returns x [T, B, 6] (one-hot) and target int64 [B] (class indices).
+    """
+    _check_rng(rng)
+    T = check_int("T", T, 10)
+    B = check_int("batch", batch, 1)
+    codes = rng.integers(0, ORDER_DISTRACTORS, size=(T, B))
+    cols = np.arange(B)
+    p1 = rng.integers(T // 10, 2 * T // 10, size=B)
+    p2 = rng.integers(5 * T // 10, 6 * T // 10, size=B)
+    s1 = rng.integers(0, 2, size=B)  # 0 = X, 1 = Y
+    s2 = rng.integers(0, 2, size=B)
+    codes[p1, cols] = ORDER_X + s1
+    codes[p2, cols] = ORDER_X + s2
+    x = np.eye(ORDER_DISTRACTORS + 2, dtype=dtype)[codes]
+    return x, (2 * s1 + s2).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task at one lag: generator, sizes, loss and pass criterion.
+
+    ``readout`` is ``"last"`` (one prediction per sequence from the last hidden state),
+    ``"all"`` (one per time step) or ``"tail"`` (one per step of the last ``copy_length``
+    steps). ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy).
+    ``metric`` names the test figure (``mse``, ``xent`` or ``accuracy``) and :meth:`passed`
+    applies the criterion:
+
+    - adding: test MSE < 0.01 (6 % of the 0.167 baseline);
+    - copy: test cross-entropy < 0.1 x the baseline 10 ln 8 / (T + 20), i.e. the 10 recalled
+      symbols cost on average under 0.1 ln 8 = 0.21 nats each;
+    - recall, temporal order: test accuracy >= 0.99 (Pascanu et al. 2013: under 1 %
+      misclassified).
+    """
+    name: str
+    T: int
+    input_size: int
+    output_size: int
+    loss: str
+    readout: str
+    metric: str
+    baseline: float  # the trivial baseline of ``metric``
+    copy_length: int = COPY_LENGTH  # copy, recall: K, the symbols to remember
+
+    def sample(self, rng, batch, dtype=np.float32):
+        """Fresh sequences: (x [L,B,I], target) from the task's generator."""
+        if self.name in ("copy", "recall"):
+            return _GENERATORS[self.name](rng, self.T, batch, dtype, self.copy_length)
+        return _GENERATORS[self.name](rng, self.T, batch, dtype)
+
+    @property
+    def length(self):
+        """Sequence length L fed to the network."""
+        return self.T + 2 * self.copy_length if self.name in ("copy", "recall") else self.T
+
+    def passed(self, metric_value):
+        """The pass criterion (class docstring) applied to a test metric value."""
+        if self.name == "adding":
+            return bool(metric_value < 0.01)
+        if self.name == "copy":
+            return bool(metric_value < 0.1 * self.baseline)
+        return bool(metric_value >= 0.99)
+
+    @property
+    def criterion(self):
+        """The pass criterion in words."""
+        return {"adding": "test MSE < 0.01",
+                "copy": "test cross-entropy < 0.1 x baseline",
+                "recall": "test accuracy >= 0.99",
+                "temporal_order": "test accuracy >= 0.99"}[self.name]
+
+
+_GENERATORS = {"adding": adding_problem, "copy": copy_memory, "recall": recall,
+               "temporal_order": temporal_order}
+TASKS = tuple(_GENERATORS)
+
+
+def make_task(name, T, copy_length=None):
+    """The :class:`Task` named ``name`` (one of :data:`TASKS`) at lag ``T``; ``copy_length``
+    is K, the symbols the copy task (default 10) or the recall task (default 1) asks to
+    remember."""
+    if copy_length is None:
+        copy_length = 1 if name == "recall" else COPY_LENGTH
+    T = check_int("T", T, 1)
+    if name == "adding":
+        return Task("adding", T, 2, 1, "mse", "last", "mse", 1.0 / 6.0)
+    if name == "copy":
+        K = check_int("copy_length", copy_length, 1)
+        return Task("copy", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "all", "xent",
+                    K * math.log(COPY_SYMBOLS) / (T + 2 * K), K)
+    if name == "recall":
+        K = check_int("copy_length", copy_length, 1)
+        return Task("recall", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "tail", "accuracy",
+                    1.0 / COPY_SYMBOLS, K)
+    if name == "temporal_order":
+        if T < 10:
+            raise ValueError(f"temporal_order needs T >= 10; got {T}")
+        return Task("temporal_order", T, ORDER_DISTRACTORS + 2, 4, "xent", "last", "accuracy",
+                    0.25)
+    raise ValueError(f"unknown task {name!r}; expected one of {TASKS}")
