@@ -36,8 +36,10 @@ __device__ __forceinline__ void gl_grid_sync(unsigned int* counter, unsigned int
   if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
     __threadfence();  // this block's writes before its arrival
     atomicAdd(counter, 1u);
-    while (atomicAdd(counter, 0u) < target) {
-    }
+    unsigned int seen;
+    do {  // poll with an acquire load, not an atomic read-modify-write on one L2 address
+      asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+    } while (seen < target);
     __threadfence();
   }
   __syncthreads();

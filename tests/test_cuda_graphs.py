@@ -476,9 +476,9 @@ def test_cupy_capture_glue_on_a_fake_cupy(emulated, monkeypatch, rng):
         assert not is_capturing(), "a kernel was loaded during a capture"
         return orig_get(self, name)
     monkeypatch.setattr(fake.RawModule, "get_function", get_function)
-    monkeypatch.setattr(cupy_backend, "_modules", {})
-    monkeypatch.setattr(cupy_backend, "_limits", {})
-    monkeypatch.setattr(cupy_backend, "_capture_streams", {})
+    monkeypatch.setattr(cupy_backend, "_modules", cupy_backend._modules.fresh())
+    monkeypatch.setattr(cupy_backend, "_limits", cupy_backend._limits.fresh())
+    monkeypatch.setattr(cupy_backend, "_capture_streams", cupy_backend._capture_streams.fresh())
     monkeypatch.setattr(cupy_backend.CupyExecution, "_leased", KernelLoop._leased)
     ex = cupy_backend.CupyExecution(fake, cublas=object()).with_algo("fused").with_graphs(True)
     ex._gemm_ex = numpy_gemm_ex

@@ -358,8 +358,8 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
     from gpulstm.kernel_source import kernel_source
     src = kernel_source()
     fake = _FakeCupy(EmulatedModule(code=src.code, name_expressions=list(src.name_expressions)))
-    monkeypatch.setattr(cupy_backend, "_modules", {})
-    monkeypatch.setattr(cupy_backend, "_limits", {})
+    monkeypatch.setattr(cupy_backend, "_modules", cupy_backend._modules.fresh())
+    monkeypatch.setattr(cupy_backend, "_limits", cupy_backend._limits.fresh())
     ex = cupy_backend.CupyExecution(fake, cublas=object()).with_algo(algo)
     ex._gemm_ex = numpy_gemm_ex
     ref = getattr(gl, cls)(5, H, **kw, backend="numpy", dtype="float32", seed=3)

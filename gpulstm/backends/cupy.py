@@ -47,9 +47,25 @@ def _blas_operand(a):
         return _OP_T, max(1, a.strides[1] // item)
     return None
 
-_modules = {}  # (device id, cooperative) -> compiled cupy.RawModule
-_limits = {}  # device id -> (SM count, opt-in shared bytes per block)
-_capture_streams = {}  # device id -> the non-blocking stream graphs are captured on
+class PerDevice:
+    """One value per (device id, key...), made by ``make(cp, dev, *key)`` on first use and
+    kept for the process: the compiled modules, the device limits and the capture streams."""
+
+    __slots__ = ("_make", "_values")
+
+    def __init__(self, make):
+        self._make, self._values = make, {}
+
+    def get(self, cp, dev, *key):
+        k = (int(dev), *key)
+        v = self._values.get(k)
+        if v is None:
+            v = self._values[k] = self._make(cp, int(dev), *key)
+        return v
+
+    def fresh(self):
+        """An empty cache with the same maker (tests swap it in)."""
+        return PerDevice(self._make)
 
 
 def _import_cupy():
@@ -64,6 +80,30 @@ def _import_cupy():
     return cupy
 
 
+def _compile_module(cp, dev, cooperative):
+    src = kernel_source()
+    with cp.cuda.Device(dev):
+        mod = cp.RawModule(code=src.code, options=NVRTC_OPTIONS,
+                           name_expressions=src.name_expressions,
+                           enable_cooperative_groups=cooperative)
+        mod.compile()  # now, so that errors surface in create() and not at the first step
+    return mod
+
+
+def _device_limits(cp, dev):
+    a = cp.cuda.Device(dev).attributes
+    return a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"]
+
+
+def _capture_stream(cp, dev):
+    return cp.cuda.Stream(non_blocking=True)  # called with ``dev`` current
+
+
+_modules = PerDevice(_compile_module)  # (device, cooperative) -> compiled cupy.RawModule
+_limits = PerDevice(_device_limits)  # device -> (SM count, opt-in shared bytes per block)
+_capture_streams = PerDevice(_capture_stream)  # device -> the stream graphs are captured on
+
+
 def compiled_module(cp, device_id=None, cooperative=False):
     """The RawModule of every kernel for ``device_id`` (default: current), compiled once.
     ``cooperative``: the module whose launches are cooperative (``cuLaunchCooperativeKernel``,
@@ -72,16 +112,7 @@ def compiled_module(cp, device_id=None, cooperative=False):
     Raises ``cupy.cuda.compiler.CompileException`` (its text holds the NVRTC log) on failure.
     """
     dev = cp.cuda.runtime.getDevice() if device_id is None else int(device_id)
-    mod = _modules.get((dev, cooperative))
-    if mod is None:
-        src = kernel_source()
-        with cp.cuda.Device(dev):
-            mod = cp.RawModule(code=src.code, options=NVRTC_OPTIONS,
-                               name_expressions=src.name_expressions,
-                               enable_cooperative_groups=cooperative)
-            mod.compile()  # now, so that errors surface in create() and not at the first step
-        _modules[(dev, cooperative)] = mod
-    return mod
+    return _modules.get(cp, dev, bool(cooperative))
 
 
 class _DeviceKernel:
@@ -127,12 +158,7 @@ class CupyExecution(KernelLoop):
 
     def device_limits(self):
         """(SM count, opt-in shared bytes per block) of the current device (queried once)."""
-        dev = self.xp.cuda.runtime.getDevice()
-        limits = _limits.get(dev)
-        if limits is None:
-            a = self.xp.cuda.Device(dev).attributes
-            limits = _limits[dev] = (a["MultiProcessorCount"], a["MaxSharedMemoryPerBlockOptin"])
-        return limits
+        return _limits.get(self.xp, self.xp.cuda.runtime.getDevice())
 
     # -- CUDA graphs of the fused loop (kernel_loop.KernelLoop.with_graphs) -------------------
     # The loop's launches are captured on a private non-blocking stream (capture cannot run on
@@ -145,15 +171,12 @@ class CupyExecution(KernelLoop):
 
     def _begin_capture(self):
         cp = self.xp
-        dev = cp.cuda.runtime.getDevice()
-        stream = _capture_streams.get(dev)
-        if stream is None:
-            stream = _capture_streams[dev] = cp.cuda.Stream(non_blocking=True)
+        stream = _capture_streams.get(cp, cp.cuda.runtime.getDevice())
         stream.__enter__()  # the current stream: RawKernel launches go to it
         stream.begin_capture()  # relaxed mode (CuPy's default)
 
     def _end_capture(self):
-        stream = _capture_streams[self.xp.cuda.runtime.getDevice()]
+        stream = _capture_streams.get(self.xp, self.xp.cuda.runtime.getDevice())
         try:
             return stream.end_capture()  # a cupy.cuda.Graph, instantiated
         finally:
