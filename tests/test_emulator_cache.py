@@ -235,3 +235,73 @@ def test_damaged_kernel_library_does_not_take_available_backends_down(cache):
     plant(damaged, lib)
     again = run_py(script, env)
     assert again.returncode == 0 and again.stdout.split() == ["None", "1"], again
+
+
+# --- the cpu execution's cache: the same rules (gpulstm/buildcache.py) ---------------------
+
+CPU_SRC = 'extern "C" __attribute__((visibility("default"))) int answer(void) { return 42; }\n'
+CPU_LOAD = """
+    import ctypes, sys
+    from pathlib import Path
+    from gpulstm.backends import cpu
+    calls = []
+    real = cpu.subprocess.run
+    cpu.subprocess.run = lambda cmd, **k: (calls.append(cmd) if "-o" in cmd else None,
+                                           real(cmd, **k))[1]
+    lib = cpu._build(Path(sys.argv[1]))
+    print("answer", ctypes.CDLL(str(lib)).answer(), "compiles", len(calls))
+    """
+
+
+def run_cpu_load(src, root):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPULSTM_CACHE_DIR": str(root)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(CPU_LOAD), str(src)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cpu_cache_planted_library_never_runs(tmp_path):
+    """The issue's report: the cpu execution loaded a library planted in a world-writable
+    GPULSTM_CACHE_DIR. Planted in a private cache without a matching digest it is rebuilt;
+    with a matching digest in a directory others can write it is refused with a clear
+    message; its constructor never runs."""
+    import hashlib
+    root = tmp_path / "cache"
+    src = tmp_path / "answer.cpp"
+    src.write_text(CPU_SRC)
+    first = run_cpu_load(src, root)
+    assert first.returncode == 0 and first.stdout.split() == ["answer", "42", "compiles", "1"], first
+    cache = root / "cpu"
+    assert mode(cache) == 0o700
+    (lib,) = cache.glob("*.so")
+    assert (lib.parent / (lib.name + ".sha256")).exists()
+    marker = tmp_path / "planted-code-ran"
+    planted = _planted_library(tmp_path, marker)
+
+    plant(planted, lib)  # 1. no valid digest: rebuilt, not loaded
+    res = run_cpu_load(src, root)
+    assert res.returncode == 0 and res.stdout.split() == ["answer", "42", "compiles", "1"], res
+    assert not marker.exists()
+
+    plant(planted, lib)  # 2. matching digest, cache writable by others: refused
+    (lib.parent / (lib.name + ".sha256")).write_text(hashlib.sha256(planted.read_bytes()).hexdigest())
+    os.chmod(cache, 0o777)
+    res = run_cpu_load(src, root)
+    assert res.returncode != 0 and not marker.exists()
+    assert "BackendUnavailable: the cpu execution's compile cache directory" in res.stderr
+    assert "is writable by group and others" in res.stderr and "GPULSTM_CACHE_DIR" in res.stderr
+
+
+def test_cpu_execution_refuses_a_world_writable_cache(tmp_path, monkeypatch):
+    """Through the public path: creating the cpu execution names the refused directory
+    (before compiling anything)."""
+    import gpulstm.backends.cpu as cpu
+    from gpulstm.backends import BackendUnavailable
+    root = tmp_path / "cache"
+    (root / "cpu").mkdir(parents=True)
+    os.chmod(root / "cpu", 0o777)
+    monkeypatch.setenv("GPULSTM_CACHE_DIR", str(root))
+    monkeypatch.setattr(cpu, "_lib", None)
+    monkeypatch.setattr(cpu, "_failure", None)
+    with pytest.raises(BackendUnavailable, match=r"cpu execution's compile cache directory "
+                                                 r".* is writable by group and others"):
+        cpu.create()

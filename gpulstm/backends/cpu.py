@@ -31,23 +31,22 @@ count. A fork()ed child runs single threaded (GNU OpenMP would hang there).
 Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp -fno-trapping-math``
 (no fast-math: NaN and infinities behave; the floating-point exception flags are not kept,
 so both arms of a select are computed and blended), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
-``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, published
-atomically. :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
+``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, with the trust
+rules of :mod:`gpulstm.buildcache` (private directory, digest verified before loading). :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
 compiler log when the build fails.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import platform
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .. import buildcache
 from . import BackendUnavailable, numpy_pointwise
 from .numpy import HostExecution
 from .numpy_pointwise import LSTM_PROJ
@@ -83,25 +82,25 @@ def _cpu_identity():
         return platform.machine() + platform.processor()
 
 
+_CACHE = buildcache.BuildCache("cpu", "the cpu execution's compile cache", BackendUnavailable)
+
+
 def _build(src: Path) -> Path:
-    from ..emulator._build import cache_dir, compiler, compiler_identity  # same compiler choice
-    cxx = compiler()
+    """The verified library of ``src`` in the cache (gpulstm/buildcache.py: private
+    directory, digest checked before loading, compiled once under a lock)."""
+    cxx = buildcache.compiler()
     text = src.read_text()
-    key = hashlib.sha256("\0".join([text, *FLAGS, compiler_identity(cxx), _cpu_identity()])
-                         .encode()).hexdigest()[:32]
-    dest = cache_dir().parent / "cpu" / f"sequence-{key}.so"
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
-        out = Path(tmp) / dest.name
+    key = hashlib.sha256("\0".join([text, *FLAGS, buildcache.compiler_identity(cxx),
+                                     _cpu_identity()]).encode()).hexdigest()[:32]
+
+    def compile(out: Path) -> None:
         cmd = [cxx, *FLAGS, "-o", str(out), str(src)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
                                      f"exit status {res.returncode}:\n{res.stderr}{res.stdout}")
-        os.replace(out, dest)  # atomic publish
-    return dest
+
+    return _CACHE.library(f"sequence-{key}.so", compile)
 
 
 _lib = None

@@ -11,31 +11,26 @@ exactly as written, IEEE binary32/binary64 on x86-64 SSE), ``-fno-math-errno`` (
 are unchanged; only errno is not set) and ``-fno-strict-aliasing`` (CUDA code often
 type-puns through ``reinterpret_cast``). No ``-ffast-math``: NaN and infinities behave.
 
-Cache: ``$GPULSTM_CACHE_DIR`` or ``~/.cache/gpulstm/emulated``, a private directory (mode
-0700; refused when writable by others or owned by someone else). The file name is a hash of
-(header text, rewritten source, launch table, options, compiler flags, compiler identity, and
-the path and content of every non-system header the source includes). Each library has a
-SHA-256 digest beside it, verified before it is loaded (a corrupted file is rebuilt); compiles
-of one library are serialized across processes by a file lock, and writes are published by
-``os.replace``, so no process loads a half-written library. ``$GPULSTM_CXX`` names the compiler (default ``g++``,
-else ``c++``).
+Cache: ``$GPULSTM_CACHE_DIR/emulated`` (default ``~/.cache/gpulstm/emulated``), with the trust
+rules of :mod:`gpulstm.buildcache` (private directory, owner, digest verified before loading,
+one compile per library across processes). The file name is a hash of (header text,
+rewritten source, launch table, options, compiler flags, compiler identity, and the path and
+content of every non-system header the source includes). ``$GPULSTM_CXX`` names the compiler
+(default ``g++``, else ``c++``).
 """
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import re
-import shutil
-import stat
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import buildcache
 from ._errors import EmulatorError
 
 _FORMAT_VERSION = "1"  # bump when the generated file's layout changes
@@ -191,28 +186,18 @@ GPULSTM_EMU_EXPORT int gpulstm_emu_launch(int i, int fibers, unsigned gx, unsign
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("GPULSTM_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "gpulstm"
-    return base / "emulated"
+    return CACHE.path()
 
 
 def compiler() -> str:
-    """``$GPULSTM_CXX``, else ``g++``, else ``c++``."""
-    return os.environ.get("GPULSTM_CXX") or ("g++" if shutil.which("g++") else "c++")
+    return buildcache.compiler()
 
 
-@functools.lru_cache(maxsize=None)
 def compiler_identity(cxx: str) -> str:
-    """``cxx --version`` and target triple; part of the cache key."""
-    path = shutil.which(cxx)
-    if path is None:
-        raise EmulatorError(f"C++ compiler {cxx!r} not found: the emulated execution needs "
-                            "g++ (or set GPULSTM_CXX)")
-    out = []
-    for arg in ("--version", "-dumpmachine"):
-        res = subprocess.run([path, arg], capture_output=True, text=True, check=False)
-        out.append(res.stdout.strip())
-    return path + "\n" + "\n".join(out)
+    try:
+        return buildcache.compiler_identity(cxx)
+    except FileNotFoundError as e:
+        raise EmulatorError(f"{e}: the emulated execution needs a C++ compiler") from None
 
 
 _INCLUDE_DIRECTIVE = re.compile(r"^[ \t]*#[ \t]*include\b", re.M)
@@ -247,8 +232,7 @@ def included_files(cxx: str, text: str, flags: list[str]) -> str:
 _memo: dict[str, Library] = {}
 _memo_lock = threading.Lock()
 compile_count = 0  # compilations done by this process (tests read it)
-LOCK_TIMEOUT_S = 900  # waiting longer than this for another process's compile is an error
-STALE_BUILD_S = 24 * 3600  # .build-* directories of other keys older than this are removed
+CACHE = buildcache.BuildCache("emulated", "the emulator's compile cache", EmulatorError)
 
 
 def load(code: str, names: list[str], options) -> Library:
@@ -270,142 +254,25 @@ def load(code: str, names: list[str], options) -> Library:
         return lib
 
 
-# --- the on-disk cache ---------------------------------------------------------------------
-# The cache holds code that this process will load and run, so nobody but the user may be
-# able to write it: the directory is created with mode 0700 and refused when it (or a file in
-# it) is writable by the group or others or owned by someone else. Each library has a SHA-256
-# digest beside it (``KEY.so.sha256``), checked before ctypes loads the library: a truncated,
-# corrupted or foreign file is rebuilt instead of crashing the process inside dlopen.
-# Compiles of one key are serialized across processes by a file lock (``KEY.lock``).
-
-def _refuse(path: Path, what: str, problem: str, fix: str):
-    raise EmulatorError(
-        f"the emulator's compile cache {what} {path} {problem}: a library planted there would "
-        f"run as you, so it is not used. Fix: {fix}, or set GPULSTM_CACHE_DIR to a private "
-        "directory of yours")
-
-
-def check_private(path: Path, what: str) -> os.stat_result:
-    """``path`` must be owned by this user and not writable by group or others."""
-    st = os.stat(path)
-    uid = os.geteuid() if hasattr(os, "geteuid") else None
-    if uid is not None and st.st_uid != uid:
-        _refuse(path, what, f"is owned by uid {st.st_uid}, not by you (uid {uid})",
-                f"remove {path}")
-    if st.st_mode & 0o022:
-        who = {0o022: "group and others", 0o020: "its group", 0o002: "others"}[st.st_mode & 0o022]
-        # a sticky shared directory (/tmp) is not one to chmod: pick another
-        fix = "use a directory of your own" if st.st_mode & stat.S_ISVTX else f"chmod go-w {path}"
-        _refuse(path, what, f"is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})", fix)
-    return st
-
-
-def private_dir(path: Path) -> Path:
-    """Create ``path`` and its missing parents with mode 0700 (whatever the umask), then
-    check that it is a private directory (:func:`check_private`)."""
-    missing = []
-    p = path
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    try:
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, 0o700)  # the umask can only remove bits from 0700
-            except FileExistsError:
-                pass
-    except OSError as e:
-        raise EmulatorError(f"cannot create the emulator's compile cache {path} ({e}); "
-                            "set GPULSTM_CACHE_DIR to a writable directory") from e
-    if not path.is_dir():
-        raise EmulatorError(f"the emulator's compile cache {path} is not a directory; "
-                            "remove it or set GPULSTM_CACHE_DIR to a private directory")
-    check_private(path, "directory")
-    return path
-
-
-def _digest_path(lib: Path) -> Path:
-    return lib.with_name(lib.name + ".sha256")
-
-
-def _verified(lib: Path) -> bool:
-    """Whether ``lib`` and its digest exist and match (refusing foreign or writable files)."""
-    digest = _digest_path(lib)
-    if not (os.path.lexists(lib) and os.path.lexists(digest)):
-        return False
-    for p, what in ((lib, "library"), (digest, "digest")):
-        if not stat.S_ISREG(os.lstat(p).st_mode):
-            return False  # a link or special file: rebuilt (replaced) under the lock
-        check_private(p, what)
-    want = digest.read_text(errors="replace").strip()
-    return hashlib.sha256(lib.read_bytes()).hexdigest() == want
-
-
 def _cached_library(cxx: str, text: str, flags: list[str], key: str) -> Path:
-    """Path of the verified library of ``key``, compiled under the key's lock if needed."""
-    import filelock
-
-    d = private_dir(cache_dir())
-    lib = d / f"{key}.so"
-    if _verified(lib):
-        return lib
-    lock = filelock.FileLock(str(d / f"{key}.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
-    try:
-        with lock:
-            if _verified(lib):  # another process compiled it while we waited
-                return lib
-            _remove_stale_builds(d, key)
-            _compile(cxx, text, flags, lib)
-            if not _verified(lib):
-                raise EmulatorError(f"the library just compiled into {lib} does not match its "
-                                    "digest (is another program writing the cache?)")
-    except filelock.Timeout as e:
-        raise EmulatorError(f"waited {LOCK_TIMEOUT_S} s for another process compiling {lib} "
-                            f"(lock {lock.lock_file}); if no such process runs, remove the "
-                            "lock file") from e
-    return lib
+    """Path of the verified library of ``key`` (gpulstm/buildcache.py: private directory,
+    digest checked before loading, compiled once under a lock)."""
+    return CACHE.library(f"{key}.so", lambda out: _compile(cxx, text, flags, out))
 
 
-def _remove_stale_builds(d: Path, key: str) -> None:
-    """Remove build directories left by killed compiles: those of ``key`` (whose lock we
-    hold, so nobody is using them) and any older than STALE_BUILD_S."""
-    now = time.time()
-    for p in d.glob(".build-*"):
-        try:
-            if p.name.startswith(f".build-{key}-") or now - p.lstat().st_mtime > STALE_BUILD_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _compile(cxx: str, text: str, flags: list[str], dest: Path) -> None:
+def _compile(cxx: str, text: str, flags: list[str], out: Path) -> None:
+    """Compile ``text`` into the library ``out`` (inside a private build directory)."""
     global compile_count
-    try:
-        tmpdir = tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".build-{dest.stem}-")
-    except OSError as e:
-        raise EmulatorError(f"cannot write the emulator's compile cache {dest.parent} ({e}); "
-                            "set GPULSTM_CACHE_DIR to a writable directory") from e
-    with tmpdir as tmp:
-        src = Path(tmp) / (dest.stem + ".cpp")
-        src.write_text(text)
-        out = Path(tmp) / dest.name
-        cmd = [cxx, *_BASE_FLAGS, *flags, "-o", str(out), str(src)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        compile_count += 1
-        if res.returncode != 0:
-            raise EmulatorError(
-                f"compiling the emulated CUDA module failed ({' '.join(cmd[:-3])} ...), "
-                f"exit status {res.returncode}. Compiler log (kernel.cu = your source):\n"
-                f"{res.stderr}{res.stdout}")
-        os.chmod(out, 0o700)  # the compiler's mode follows the umask (0777 under umask 000)
-        digest = Path(tmp) / (dest.name + ".sha256")
-        fd = os.open(digest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(hashlib.sha256(out.read_bytes()).hexdigest() + "\n")
-        # atomic publish, library first: a reader sees the old pair, a mismatch (and waits for
-        # our lock), or the new pair; never a half-written file
-        os.replace(out, dest)
-        os.replace(digest, _digest_path(dest))
+    src = out.with_suffix(".cpp")
+    src.write_text(text)
+    cmd = [cxx, *_BASE_FLAGS, *flags, "-o", str(out), str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    compile_count += 1
+    if res.returncode != 0:
+        raise EmulatorError(
+            f"compiling the emulated CUDA module failed ({' '.join(cmd[:-3])} ...), "
+            f"exit status {res.returncode}. Compiler log (kernel.cu = your source):\n"
+            f"{res.stderr}{res.stdout}")
 
 
 def clear_memo() -> None:
