@@ -32,7 +32,7 @@ import re
 
 import numpy as np
 
-__all__ = ["initialize", "MODES"]
+__all__ = ["initialize", "check_init", "MODES"]
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -125,3 +125,16 @@ def initialize(params, mode, hidden_size, *, forget_bias=None, t_max=None, updat
                 b[:2 * H] = 0.0
         out[key] = b
     return out
+
+
+def check_init(init, t_max, allowed):
+    """``t_max`` for init="chrono" (required there, refused elsewhere); validates ``init``."""
+    if not isinstance(init, str) or init not in allowed:
+        raise ValueError(f"init must be one of {allowed}; got {init!r}")
+    if init == "chrono" and t_max is None:
+        raise ValueError("init='chrono' needs t_max, the longest dependency expected (e.g. "
+                         "the task's lag in steps)")
+    if init != "chrono" and t_max is not None:
+        raise ValueError(f"t_max is the chrono initialisation's horizon; pass init='chrono' "
+                         f"with it (init={init!r})")
+    return t_max

@@ -25,6 +25,7 @@ from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, 
                       check_lengths, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
 from .cells import GRUCell, LSTMCell, RNNCell
+from .init import check_init, initialize
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
                  "w_hr": "weight_hr", "peep": "weight_peep"}
@@ -79,7 +80,7 @@ class _RNNBase:
             self.ex = with_graphs(self.ex)
         self.backend = self.ex.name
         self.training = True
-        init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
+        init_seq, drop_seq, self._bias_seed = np.random.SeedSequence(seed).spawn(3)
         # dropout masks: Philox stream (seed from the module seed, offset advancing per mask)
         self._dropout_stream = engine.DropoutStream(int(drop_seq.generate_state(1, np.uint64)[0]))
         self._ctx = None
@@ -116,6 +117,18 @@ class _RNNBase:
     @dropout.setter
     def dropout(self, p):
         self._dropout = check_dropout(p)
+
+    def _init_biases(self, **options):
+        """Apply :func:`gpulstm.init.initialize` (forget_bias, chrono t_max, update_bias) to the
+        freshly drawn parameters; nothing to do when every option is None."""
+        options = {k: v for k, v in options.items() if v is not None}
+        if not options:
+            return
+        if not self.bias:
+            raise ValueError(f"{', '.join(sorted(options))} needs bias=True")
+        new = initialize(self.state_dict(), _MODE[type(self)._gates], self.hidden_size,
+                         rng=np.random.default_rng(self._bias_seed), **options)
+        self.load_state_dict(new)
 
     # -- pickling: the execution (a process-local object) is not saved ------------------------
     def __getstate__(self):
@@ -360,6 +373,9 @@ class _RNNBase:
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
 
+_MODE = {4: "LSTM", 3: "GRU"}  # gate count -> gpulstm.init mode (RNN takes no bias option)
+
+
 def _user_stacklevel():
     """warnings.warn's stacklevel of the first caller outside this module (the user's line),
     for a warning raised in a constructor, whatever the depth of subclass ``__init__``s."""
@@ -407,31 +423,21 @@ class LSTM(_RNNBase):
 
     Extra keyword options beyond ``torch.nn.LSTM``: ``forget_bias`` (set the forget-gate bias
     at initialisation: ``bias_ih`` forget block = value, ``bias_hh`` forget block = 0),
-    ``forget_gate=False`` (the 1997 cell, f = 1), ``peephole=True`` (diagonal peepholes,
+    ``init="chrono"`` with ``t_max=T`` (Tallec & Ollivier 2018: b_f ~ log U[1, T - 1],
+    b_i = -b_f, drawn from the module seed; :mod:`gpulstm.init`), ``forget_gate=False`` (the 1997 cell, f = 1), ``peephole=True`` (diagonal peepholes,
     parameters ``weight_peep_l{k}`` of shape (3, H): p_i, p_f, p_o).
     """
     _gates = 4
     _has_cell_state = True
     _projects = True
 
-    def __init__(self, *args, forget_bias=None, forget_gate=True, peephole=False, **kwargs):
+    def __init__(self, *args, forget_bias=None, init="default", t_max=None, forget_gate=True,
+                 peephole=False, **kwargs):
         self.forget_gate = check_bool("forget_gate", forget_gate)
         self.peephole = check_bool("peephole", peephole)
-        if forget_bias is not None:
-            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
-                    or not np.isfinite(forget_bias):
-                raise TypeError(f"forget_bias must be a finite real number or None; got "
-                                f"{type(forget_bias).__name__} {forget_bias!r}")
+        t_max = check_init(init, t_max, ("default", "chrono"))
         super().__init__(*args, **kwargs)
-        if forget_bias is not None:
-            if not self.bias:
-                raise ValueError("forget_bias needs bias=True")
-            H = self.hidden_size
-            for key, a in self._params.items():
-                if key.startswith("bias_ih"):
-                    a[H:2 * H] = forget_bias
-                elif key.startswith("bias_hh"):
-                    a[H:2 * H] = 0
+        self._init_biases(forget_bias=forget_bias, t_max=t_max)
 
     def _extra_shapes(self):
         out = {}
@@ -470,8 +476,18 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """Gated recurrent unit layer(s), PyTorch's formulation (r, z, n; r applied to W_hn h + b_hn)."""
+    """Gated recurrent unit layer(s), PyTorch's formulation (r, z, n; r applied to W_hn h + b_hn).
+
+    Extra keyword option beyond ``torch.nn.GRU``: ``update_bias`` (the update-gate block of
+    ``bias_ih`` at initialisation, that of ``bias_hh`` 0; > 0 makes the units keep h longer,
+    see :mod:`gpulstm.init`)."""
     _gates = 3
+
+    def __init__(self, *args, update_bias=None, **kwargs):
+        if update_bias is not None and type(self)._gates != 3:
+            raise TypeError(f"update_bias is a GRU option; {type(self).__name__} has no update gate")
+        super().__init__(*args, **kwargs)
+        self._init_biases(update_bias=update_bias)
 
     def _make_cell(self):
         return GRUCell()

@@ -15,10 +15,11 @@ backward, checked against in-place edits like any torch tensor, and several forw
 precede one backward. Under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is kept
 after the call. Double backward (``create_graph=True`` through the layer) raises.
 
-Devices: CPU tensors run on the ``numpy`` backend and cross as zero-copy views
+Devices: CPU tensors run on the compiled ``cpu`` backend (``numpy`` where it cannot build, as
+``backend="auto"`` elsewhere) and cross as zero-copy views
 (``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
 through DLPack without a copy, on the tensor's device and torch's current stream. An explicit
-``backend=`` ("numpy", "emulated", "cupy") overrides the choice; tensors on the other side are
+``backend=`` ("numpy", "cpu", "emulated", "cupy") overrides the choice; tensors on the other side are
 then copied there and the results copied back to the input's device. The GEMMs use TF32 as
 torch's own matmuls do: when ``torch.backends.cuda.matmul.allow_tf32`` is set (off by default;
 read at every forward; it matters on the cupy backend only).
@@ -46,8 +47,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import engine
 from ._checks import check_array, check_dtype_name, check_int, check_lengths
-from .backends import get_backend
+from .backends import BackendUnavailable, get_backend
 from .cells import GRUCell, LSTMCell, RNNCell
+from .init import check_init, initialize
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -339,6 +341,15 @@ class _RNNBase(torch.nn.Module):
         stdv = 1.0 / math.sqrt(self.hidden_size)
         for w in self.parameters():
             torch.nn.init.uniform_(w, -stdv, stdv)
+        options = getattr(self, "_bias_init", None)
+        if options:  # forget_bias / chrono t_max / update_bias (gpulstm.init), torch's RNG seeds it
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            params = {n: p.detach().cpu().numpy() for n, p in self.named_parameters()}
+            new = initialize(params, self.mode, self.hidden_size, rng=seed, **options)
+            with torch.no_grad():
+                for n, p in self.named_parameters():
+                    if new[n] is not params[n]:
+                        p.copy_(torch.from_numpy(new[n]))
 
     def flatten_parameters(self):
         """No-op (kept so scripts written for cuDNN run unchanged)."""
@@ -363,13 +374,16 @@ class _RNNBase(torch.nn.Module):
     def _execution(self, device):
         name = self.backend
         if name is None or name == "auto":
-            if device.type == "cpu":
-                name = "numpy"
+            if device.type == "cpu":  # the compiled loops where they build here, as "auto"
+                try:
+                    name = get_backend("cpu").name
+                except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
+                    name = "numpy"
             elif device.type == "cuda":
                 name = "cupy"
             else:
-                raise ValueError(f"gpulstm.torch runs CPU tensors (numpy backend) and CUDA tensors "
-                                 f"(cupy backend); got tensors on {device}")
+                raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
+                                 f"CUDA tensors (cupy backend); got tensors on {device}")
         # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
         return get_backend(name).with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
 
@@ -437,15 +451,27 @@ class _RNNBase(torch.nn.Module):
         return y, h_n, c_n
 
 
+def _bias_options(module, bias, **options):
+    """Keep the bias initialisation options (gpulstm.init) that reset_parameters applies."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if options and bias is not True:
+        raise ValueError(f"{', '.join(sorted(options))} needs bias=True")
+    module._bias_init = options
+
+
 class LSTM(_RNNBase):
     """``torch.nn.LSTM`` on gpulstm's engine: same arguments, parameters and results, plus the
-    keyword ``backend=`` (None/"auto": numpy for CPU tensors, cupy for CUDA tensors)."""
+    keywords ``backend=`` (None/"auto": cpu for CPU tensors, cupy for CUDA tensors) and, as
+    on :class:`gpulstm.LSTM`, ``forget_bias=`` and ``init="chrono"`` with ``t_max=`` (bias
+    initialisations of :mod:`gpulstm.init`, re-applied by ``reset_parameters``)."""
     _gates = 4
     _has_cell_state = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, forget_bias=None, init="default", t_max=None):
+        t_max = check_init(init, t_max, ("default", "chrono"))
+        _bias_options(self, bias, forget_bias=forget_bias, t_max=t_max)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, backend=backend)
 
@@ -464,11 +490,14 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """``torch.nn.GRU`` on gpulstm's engine (see :class:`LSTM` for ``backend=``)."""
+    """``torch.nn.GRU`` on gpulstm's engine (see :class:`LSTM` for ``backend=``), plus
+    ``update_bias=`` (:mod:`gpulstm.init`)."""
     _gates = 3
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
+                 update_bias=None):
+        _bias_options(self, bias, update_bias=update_bias)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend)
 

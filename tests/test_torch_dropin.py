@@ -576,3 +576,23 @@ def test_gpu_training_loop_matches_cudnn(cuda):
         assert (p - q).abs().max().item() < 1e-10
     ours.load_state_dict(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
+
+
+def test_cpu_tensors_run_on_the_compiled_cpu_backend_by_default():
+    """backend=None picks the fastest execution for the tensor's device, as backend="auto"
+    does elsewhere (cpu where its library builds); an explicit backend= still wins."""
+    from gpulstm.backends import BackendUnavailable, get_backend
+    try:
+        get_backend("cpu")
+        want = "cpu"
+    except BackendUnavailable:
+        want = "numpy"
+    m = gt.LSTM(3, 4)
+    assert m._execution(torch.device("cpu")).name == want
+    assert gt.LSTM(3, 4, backend="numpy")._execution(torch.device("cpu")).name == "numpy"
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    ref = torch.nn.LSTM(3, 4).double()
+    m = m.double()
+    m.load_state_dict(ref.state_dict())
+    y, _ = m(x)
+    assert torch.allclose(y, ref(x)[0], rtol=0, atol=1e-12)
