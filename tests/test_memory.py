@@ -59,7 +59,7 @@ def _torch_state_grads(model, x, u):
 @pytest.mark.parametrize("cell", CELLS)
 def test_state_grads_match_torch_autograd(cell, rng):
     T, B, H = 12, 3, 5
-    m = make_cell(cell, 2, H, dtype="float64", seed=3)
+    m = make_cell(cell, 2, H, dtype="float64", seed=3, t_max=T)
     if cell == "lstm_peep":  # make the peepholes matter
         m.parameters()["weight_peep_l0"][...] = rng.uniform(-1, 1, (3, H))
     x = rng.standard_normal((T, B, 2))

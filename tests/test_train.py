@@ -139,7 +139,7 @@ def test_recall_task_reads_the_last_steps():
 
 @pytest.mark.parametrize("name", CELLS + ("lstm",))
 def test_make_cell_variants(name):
-    m = make_cell(name, 3, 4, seed=0)
+    m = make_cell(name, 3, 4, seed=0, t_max=40)
     sd = m.state_dict()
     if name.startswith("lstm"):
         assert isinstance(m, gl.LSTM)
@@ -148,10 +148,22 @@ def test_make_cell_variants(name):
             np.testing.assert_array_equal(fb, 0)
         elif name in ("lstm", "lstm_fb1", "lstm_peep"):
             np.testing.assert_array_equal(fb, 1)
+        elif name == "lstm_fb3":
+            np.testing.assert_allclose(fb, 3)
+        elif name == "lstm_chrono":  # b_f ~ log U[1, 39], b_i = -b_f
+            assert np.all((fb >= 0) & (fb <= np.log(39))) and np.ptp(fb) > 0
+            np.testing.assert_allclose(sd["bias_ih_l0"][:4] + sd["bias_hh_l0"][:4], -fb)
+            other = make_cell(name, 3, 4, seed=1, t_max=40).state_dict()["bias_ih_l0"][4:8]
+            assert not np.array_equal(other, sd["bias_ih_l0"][4:8])  # drawn per seed
         assert m.forget_gate == (name != "lstm_nofg")
         assert m.peephole == (name == "lstm_peep")
-    elif name == "gru":
+    elif name.startswith("gru"):
         assert isinstance(m, gl.GRU)
+        zb = sd["bias_ih_l0"][4:8] + sd["bias_hh_l0"][4:8]
+        if name == "gru_ub3":
+            np.testing.assert_allclose(zb, 3)
+        else:
+            assert np.abs(zb).max() < 1  # PyTorch's U(-1/2, 1/2) per bias
     else:
         assert isinstance(m, gl.RNN)
         if name == "irnn":
@@ -160,6 +172,8 @@ def test_make_cell_variants(name):
             np.testing.assert_array_equal(sd["bias_hh_l0"], 0)
     with pytest.raises(ValueError):
         make_cell("lstm2", 3, 4)
+    with pytest.raises(ValueError, match="needs t_max"):
+        make_cell("lstm_chrono", 3, 4)
 
 
 @pytest.mark.parametrize("task", ["adding", "copy", "temporal_order"])

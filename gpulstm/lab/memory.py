@@ -85,7 +85,7 @@ def gradient_flow(cell, T, seed=0, hidden=32, batch=16, backend="numpy", dtype="
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x67726164]))
     if model is None:
-        model = make_cell(cell, 2, hidden, backend=backend, dtype=dtype, seed=seed)
+        model = make_cell(cell, 2, hidden, backend=backend, dtype=dtype, seed=seed, t_max=T)
     ex, xp = model.ex, model.ex.xp
     if x is None:
         x, _ = adding_problem(rng, T, batch, np.float64)

@@ -224,7 +224,7 @@ def _train_point(point, s, task, cap):
                wall_s=float(r.wall_s), batch=s["batch"])
     if point.task == "adding" and not r.diverged:
         m = make_cell(point.cell, 2, s["hidden"], backend=s["backend"], dtype="float64",
-                      seed=point.seed)
+                      seed=point.seed, t_max=point.T)
         m.load_state_dict(r.model.state_dict())
         g = gradient_flow(point.cell, point.T, seed=point.seed, batch=s["flow_batch"], model=m)
         rec.update(grad_distance_1e3=int(g["distance_1e3"]),

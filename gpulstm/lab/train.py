@@ -12,12 +12,18 @@ Cell variants (:func:`make_cell`, all through the public :mod:`gpulstm` API)::
     lstm_nofg   LSTM without forget gate (f = 1, the 1997 cell), input-gate biases negative
                 (see below)
     lstm_peep   LSTM with diagonal peepholes, forget bias 1
+    lstm_fb3    LSTM, forget-gate bias 3 (memory time constant ~21 steps at initialisation)
+    lstm_chrono LSTM, chrono initialisation with T_max = the task's lag T (Tallec & Ollivier
+                2018): b_f ~ log U[1, T - 1], b_i = -b_f
     gru         GRU (PyTorch's formulation)
+    gru_ub3     GRU, update-gate bias 3 (z = sigmoid(3): the unit keeps ~95 % of h per step)
     rnn_tanh    Elman RNN, tanh
     irnn        Elman RNN, relu, W_hh = I and zero biases, input weights N(0, 0.001^2)
                 (Le et al. 2015)
 
-Weights use PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)) except where stated.
+Weights use PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)) except where stated;
+the bias initialisations of ``lstm_fb3``, ``lstm_chrono`` and ``gru_ub3`` are
+:func:`gpulstm.init.initialize` applied to the layer's ``state_dict``.
 
 Without a forget gate the cell state only accumulates, and with PyTorch's initialisation it
 drifts into tanh's saturation within a few dozen steps (at T=100 most units have
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._checks import check_int
+from ..init import initialize
 from ..modules import GRU, LSTM, RNN
 from .tasks import Task, make_task
 
@@ -48,7 +55,10 @@ _CELL_ARGS = {
     "lstm_fb1": (LSTM, {"forget_bias": 1.0}),
     "lstm_nofg": (LSTM, {"forget_gate": False}),
     "lstm_peep": (LSTM, {"forget_bias": 1.0, "peephole": True}),
+    "lstm_fb3": (LSTM, {}),
+    "lstm_chrono": (LSTM, {}),
     "gru": (GRU, {}),
+    "gru_ub3": (GRU, {}),
     "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
     "irnn": (RNN, {"nonlinearity": "relu", "init": "identity"}),
 }
@@ -56,16 +66,31 @@ CELLS = tuple(_CELL_ARGS)
 _ALIASES = {"lstm": "lstm_fb1"}
 NOFG_INPUT_BIAS = (-1.0, -2.0, -3.0, -4.0)  # lstm_nofg input-gate bias, by quarter of the units
 IRNN_INPUT_STD = 1e-3  # irnn input weights ~ N(0, IRNN_INPUT_STD^2) (Le et al. 2015)
+# cells whose biases gpulstm.init.initialize sets: (mode, its keyword arguments)
+_INIT = {"lstm_fb3": ("LSTM", {"forget_bias": 3.0}), "lstm_chrono": ("LSTM", {"t_max": None}),
+         "gru_ub3": ("GRU", {"update_bias": 3.0})}
 
-def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", seed=0):
-    """One recurrent layer of the variant ``name`` (one of :data:`CELLS`, or ``"lstm"``)."""
+
+def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", seed=0,
+              t_max=None):
+    """One recurrent layer of the variant ``name`` (one of :data:`CELLS`, or ``"lstm"``).
+    ``t_max`` (the task's lag) is what ``lstm_chrono`` needs; the other cells ignore it."""
     name = _ALIASES.get(name, name)
     cls, kwargs = _CELL_ARGS.get(name, (None, None))
     if cls is None:
         raise ValueError(f"unknown cell {name!r}; expected one of {CELLS + tuple(_ALIASES)}")
     model = cls(input_size, hidden_size, backend=backend, dtype=dtype, seed=seed, **kwargs)
     params, H = model.parameters(), hidden_size
-    if name == "lstm_nofg":
+    if name in _INIT:
+        mode, init_args = _INIT[name]
+        if "t_max" in init_args:
+            if t_max is None:
+                raise ValueError(f"cell {name!r} needs t_max (the task's lag)")
+            init_args = dict(init_args, t_max=t_max)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x696e6974]))
+        model.load_state_dict(initialize(model.state_dict(), mode, hidden_size, rng=rng,
+                                         **init_args))
+    elif name == "lstm_nofg":
         quarters = np.array_split(np.arange(H), len(NOFG_INPUT_BIAS))
         b = np.concatenate([np.full(len(q), v) for q, v in zip(quarters, NOFG_INPUT_BIAS)])
         params["bias_ih_l0"][:H] = model.ex.asarray(b, model.dtype)
@@ -328,7 +353,8 @@ def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="n
     if stop_at_criterion and not eval_every:
         raise ValueError("stop_at_criterion needs eval_every > 0 (the criterion is checked on "
                          "validation sequences every eval_every updates)")
-    model = make_cell(cell, task.input_size, hidden, backend=backend, dtype=dtype, seed=seed)
+    model = make_cell(cell, task.input_size, hidden, backend=backend, dtype=dtype, seed=seed,
+                      t_max=T)
     ex, xp = model.ex, model.ex.xp
     ss_readout, ss_train, ss_eval, ss_test = np.random.SeedSequence([seed, 0x6c73746d]).spawn(4)
     readout = Readout(hidden, task.output_size, ex, model.dtype, seed=ss_readout)
