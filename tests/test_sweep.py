@@ -154,3 +154,17 @@ def test_committed_memory_points_rerun_bit_for_bit(cell):
     for k in ("updates", "updates_to_criterion", "evals", "curve", "test_metric", "test_loss",
               "grad_distance_1e3", "grad_log10_ratio_end"):
         assert got[k] == want[k], k
+
+
+def test_cpu_backend_runs_the_sweep_like_numpy():
+    """The compiled cpu execution trains the same points as numpy, up to float32 rounding:
+    the same points planned, the loss curves and test metrics close."""
+    p = tiny_profile(tasks={"adding": (6,)}, cells=("lstm_fb1", "rnn_tanh"), seeds=(0,))
+    ref = run_sweep(p, workers=0, progress=False, backend="numpy")
+    got = run_sweep(p, workers=0, progress=False, backend="cpu")
+    key = lambda r: (r["cell"], r["T"], r["lr"], r["seed"])  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, ref)) and len(ref) == 3
+    for a, b in zip(sorted(ref, key=key), sorted(got, key=key)):
+        assert math.isclose(a["test_metric"], b["test_metric"], rel_tol=1e-3, abs_tol=1e-5)
+        assert all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-6) for x, y in
+                   zip(a["curve"], b["curve"])) and len(a["curve"]) == len(b["curve"]) > 0

@@ -526,7 +526,7 @@ def add_arguments(p):
     p.add_argument("--budget", type=int, default=None,
                    help="updates allowed at every lag (default: the profile's, growing with T)")
     p.add_argument("--backend", default="numpy",
-                   help="numpy, emulated or cupy (default: %(default)s)")
+                   help="numpy, cpu (compiled), emulated or cupy (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None,
                    help="Dask LocalCluster worker processes; 0 = serial in this process "
                         "(default: one per core, 2 per GPU)")
