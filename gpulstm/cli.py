@@ -117,7 +117,7 @@ def _load(path, what):
     except FileNotFoundError:
         raise UserError(f"{what} folder {_rel(path)} does not exist: run `gpulstm main` (or "
                         "`gpulstm bench`) first, or pass the folder") from None
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a file given, an unreadable folder, a bad file
         raise UserError(f"{what} folder {_rel(path)}: {exc}") from None
 
 

@@ -509,3 +509,102 @@ def test_html_report_shows_its_plots_in_headless_chromium(tmp_path):
     n_bare = int((np.abs(bare_shot - blue).max(axis=-1) < 0.08).sum())
     assert shot.shape[:2] == (1800, 1300)
     assert n_blue > 2000 and n_bare < 50, (n_blue, n_bare)
+
+
+# -- hostile results folders: only regular files inside the folder, bounded reads -------------
+
+def _in_time(fn, timeout=30):
+    """``fn()``'s result, failing (instead of hanging the suite) when it takes > timeout s."""
+    import threading
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            out["error"] = exc
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout} s (a blocking read?)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_result_file_is_skipped_not_read(asv_results, tmp_path):
+    """The issue's hang: a FIFO named *.json in a machine folder blocked `report` forever."""
+    dst, result_file = _copy(asv_results, tmp_path)
+    fifo = result_file.with_name("fifo-existing-py.json")
+    os.mkfifo(fifo)
+    with pytest.warns(ResultsFileWarning, match=re.escape(str(fifo)) + ".*special file"):
+        df = _in_time(lambda: load_results(dst))
+    assert [p for p, _ in df.attrs["skipped_files"]] == [str(fifo)]
+    assert set(df["machine"]) == {"box-gpu", "box-cpu"}
+    with pytest.raises(ValueError, match="symbolic link or special file"):
+        _in_time(lambda: load_results(dst, errors="raise"))
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "outside"])
+def test_linked_machine_json_is_not_followed(asv_results, tmp_path, target):
+    """A machine.json linked to a device was read without bound (its size reads as 0); one
+    linked to a file outside the folder was read. Neither is opened."""
+    dst, result_file = _copy(asv_results, tmp_path)
+    mjson = result_file.with_name("machine.json")
+    if target == "outside":
+        target = tmp_path / "outside.json"
+        shutil.copy(mjson, target)
+    mjson.unlink()
+    os.symlink(target, mjson)
+    with pytest.raises(ValueError, match=re.escape(repr(str(mjson))) + " is a symbolic link"):
+        _in_time(lambda: load_results(dst, errors="raise"))
+    with pytest.warns(ResultsFileWarning):
+        df = _in_time(lambda: load_results(dst))
+    assert set(df["machine"]) == {"box-cpu"}
+
+
+def test_linked_result_file_and_machine_folder_are_not_followed(asv_results, tmp_path):
+    dst, result_file = _copy(asv_results, tmp_path)
+    outside = tmp_path / "outside"
+    shutil.copytree(dst / "box-cpu", outside)
+    shutil.rmtree(dst / "box-cpu")
+    os.symlink(outside, dst / "box-cpu")  # a machine folder that is a link
+    moved = tmp_path / "moved.json"
+    shutil.move(result_file, moved)
+    os.symlink(moved, result_file)  # a result file that is a link
+    with pytest.warns(ResultsFileWarning):
+        with pytest.raises(ValueError, match="none of the 2 asv result files"):
+            _in_time(lambda: load_results(dst))
+
+
+def test_results_given_as_a_file_says_so(asv_results, tmp_path):
+    _, result_file = _copy(asv_results, tmp_path)
+    with pytest.raises(NotADirectoryError, match="is a file, not an asv results folder"):
+        load_results(result_file)
+
+
+def test_list_valued_parameters_and_machine_fields_do_not_break_the_report(asv_results,
+                                                                           tmp_path):
+    """A parameter stored as "[1, 2]" (or a list) and a machine.json field holding a list
+    made pandas fail with 'unhashable type: list' deep inside the report; such values are
+    kept as their text."""
+    dst, result_file = _copy(asv_results, tmp_path)
+    data = json.loads(result_file.read_text())
+    at = data["result_columns"].index("params")
+    for row in data["results"].values():
+        if row[at]:
+            row[at][0] = [f"[{i}, {i + 1}]" if j % 2 else [i] for j, i in enumerate(
+                range(len(row[at][0])))]
+    result_file.write_text(json.dumps(data))
+    mjson = result_file.with_name("machine.json")
+    machine = json.loads(mjson.read_text())
+    machine["cpu"] = ["Intel", {"cores": 4}]
+    mjson.write_text(json.dumps(machine))
+    df = load_results(dst, errors="raise")
+    gpu = df[df["machine"] == "box-gpu"]
+    assert set(gpu["cpu"]) == {'["Intel", {"cores": 4}]'}
+    for col in df.attrs["param_columns"]:
+        df.groupby(col, dropna=False).size()  # was: TypeError unhashable type: 'list'
+    md = markdown_report(df, tmp_path / "report")
+    assert "box-gpu" in md

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import warnings
 from typing import Any
 
@@ -100,19 +101,32 @@ def load_results(path: str | os.PathLike = "results", *, errors: str = "warn") -
     if errors not in ("raise", "warn"):
         raise ValueError(f"load_results: errors must be 'raise' or 'warn', got {errors!r}")
     root = os.fspath(path)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f"{root!r} is a file, not an asv results folder (expected "
+                                 f"{root}/<machine>/<commit>-<env>.json)")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"asv results directory {root!r} does not exist")
 
-    machine_dirs = []
-    for entry in sorted(os.listdir(root)):
+    # Only real folders and regular files inside ``root`` are read: a link could lead out of
+    # it, a FIFO or device would block or never end. Those are skipped and named.
+    machine_dirs, not_regular = [], []
+    for entry in sorted(_listdir(root)):
         mdir = os.path.join(root, entry)
+        if _is_link_or_special(mdir):
+            if os.path.isdir(mdir) or entry.endswith(".json"):
+                not_regular.append(mdir)
+            continue
         if not os.path.isdir(mdir):
             continue
-        files = sorted(f for f in os.listdir(mdir) if f.endswith(".json") and f != "machine.json"
-                       and os.path.isfile(os.path.join(mdir, f)))
+        files = []
+        for f in sorted(_listdir(mdir)):
+            if f.endswith(".json") and f != "machine.json":
+                fpath = os.path.join(mdir, f)
+                (not_regular if _is_link_or_special(fpath) else files).append(
+                    fpath if _is_link_or_special(fpath) else f)
         if files:
             machine_dirs.append((mdir, files))
-    if not machine_dirs:
+    if not machine_dirs and not not_regular:
         raise ValueError(
             f"no asv result files under {root!r}: expected {root}/<machine>/<commit>-<env>.json "
             "(run `gpulstm bench` or `asv run` first, or pass the results directory)"
@@ -128,6 +142,10 @@ def load_results(path: str | os.PathLike = "results", *, errors: str = "warn") -
         skipped.append((fpath, msg))
         warnings.warn(f"skipped: {msg}", ResultsFileWarning, stacklevel=3)
 
+    for fpath in not_regular:
+        problem(fpath, _FileError(f"{fpath!r} is a symbolic link or special file: results are "
+                                  "read only from regular files inside the results folder"))
+
     bpath = os.path.join(root, "benchmarks.json")
     try:
         benchmarks = _load_benchmarks(bpath)
@@ -141,7 +159,7 @@ def load_results(path: str | os.PathLike = "results", *, errors: str = "warn") -
     records: list[dict[str, Any]] = []
     machine_keys: list[str] = []
     param_names_seen: list[str] = []
-    n_files = 0
+    n_files = len(not_regular)
     for mdir, files in machine_dirs:
         n_files += len(files)
         mpath = os.path.join(mdir, "machine.json")
@@ -172,6 +190,20 @@ def load_results(path: str | os.PathLike = "results", *, errors: str = "warn") -
     return df
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError as exc:  # PermissionError, a folder removed meanwhile: one clear line
+        raise PermissionError(f"cannot list the results folder {path!r}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def _is_link_or_special(path: str) -> bool:
+    """A symbolic link, FIFO, socket or device (what the results reader never opens)."""
+    mode = os.lstat(path).st_mode
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def param_columns(df: pd.DataFrame) -> list[str]:
     """The benchmark-parameter columns of a frame from :func:`load_results`."""
     cols = df.attrs.get("param_columns")
@@ -196,17 +228,39 @@ _KNOWN_MACHINE_KEYS = ["machine", "os", "arch", "cpu", "num_cpu", "ram",
                        "gpu", "driver", "cuda", "cupy"]
 
 
-def _load_json(path: str, what: str) -> Any:
+def read_regular(path: str, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, which must be a regular file (not a link, FIFO or device: those
+    could point out of the results folder, block or never end) of at most ``limit`` bytes,
+    the size taken from the open file. Problems are a ``_FileError`` naming the file."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise _FileError(f"{what} {path!r} has {size} bytes, more than the "
-                             f"{MAX_FILE_BYTES} a results file may have")
-        with open(path, encoding="utf-8") as fd:
-            return json.load(fd)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise _FileError(f"{what} {path!r} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _FileError(f"{what} {path!r} is a symbolic link: results are read only from "
+                             "regular files inside the results folder") from None
+        raise _FileError(f"{what} {path!r} could not be read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _FileError(f"{what} {path!r} is not a regular file (a FIFO, device or "
+                             "directory): not read")
+        if st.st_size > limit:
+            raise _FileError(f"{what} {path!r} has {st.st_size} bytes, more than the "
+                             f"{limit} a results file may have")
+        data = f.read(st.st_size + 1)  # bounded by the size seen, even if the file grows
+    if len(data) > st.st_size:
+        raise _FileError(f"{what} {path!r} grew while being read (is something writing it?)")
+    return data
+
+
+def _load_json(path: str, what: str) -> Any:
+    data = read_regular(path, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _FileError(f"{what} {path!r} is not valid JSON: {type(exc).__name__}: "
                          f"{exc}") from None
 
@@ -234,19 +288,34 @@ def _load_machine(path: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("machine"), str):
         raise _FileError(f"asv machine file {path!r}: expected an object with a 'machine' name")
     # "version" is the file-format version, not a property of the machine.
-    return {k: v for k, v in data.items() if k != "version"}
+    return {k: _cell(v) for k, v in data.items() if k != "version"}
 
 
 def _decode_param(text: Any) -> Any:
     """asv stores parameter values as repr strings: "64" -> 64, "'lstm'" -> 'lstm'."""
     if not isinstance(text, str):
-        return text
+        return _cell(text)
     if len(text) > MAX_PARAM_TEXT:  # literal_eval of a huge or deeply nested repr: keep text
         return text
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text  # a repr that is not a literal (e.g. "<function f>") stays as written
+    return value if _hashable(value) else text  # "[1, 2]": a list cannot be grouped on
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _cell(value: Any) -> Any:
+    """A value from a JSON file as a frame cell: lists and objects (which pandas cannot group
+    or compare) become their JSON text."""
+    return value if _hashable(value) else json.dumps(value, sort_keys=True)[:MAX_PARAM_TEXT]
 
 
 def _kind(name: str, info: dict | None) -> str:
@@ -303,7 +372,7 @@ def _read_result_file(path: str, machine: dict, benchmarks: dict):
         "commit": d["commit_hash"],
         "date": _js_time(d["date"]),
         "env": d["env_name"],
-        "python": d.get("python"),
+        "python": _cell(d.get("python")),
     }
 
     for name, row in d["results"].items():
@@ -364,7 +433,7 @@ def _read_result_file(path: str, machine: dict, benchmarks: dict):
             elif key == "started_at":
                 per_bench[out] = _js_time(value)
             else:
-                per_bench[out] = value
+                per_bench[out] = _cell(value)
 
         for j, (point, value) in enumerate(zip(points, results)):
             if value is None:
