@@ -435,19 +435,24 @@ def test_inference_states_in_a_two_slot_ring(cpu, rng, backend, cls, kw):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("H", [37, 64])
 def test_fused_step_gemm_same_bits(threads, rng, dtype, H):
-    """Row blocks of whole 8-row tiles (B = 16) run one GEMM per step of [x_t | h_{t-1}] with
-    the stacked weights; other row counts (B = 20) project the input a chunk of steps at a
-    time and add the recurrent product after. Batch rows never interact, so the first 16 rows
-    of a B = 20 call must equal a B = 16 call bit for bit: both ways sum in the same order
+    """Row blocks of whole register tiles (B = 2 RM, RM the library's tile rows: 8 with
+    AVX-512, 6 otherwise) run one GEMM per step of [x_t | h_{t-1}] with the stacked weights;
+    other row counts (B = 2 RM + 4) project the input a chunk of steps at a time and add the
+    recurrent product after. Batch rows never interact, so the first 2 RM rows of the larger
+    call must equal the smaller call bit for bit: both ways sum in the same order
     (H = 37: scalar tail columns; training and inference; reverse direction; lengths)."""
     threads.set_num_threads(1)
+    from gpulstm.backends import cpu as cpu_backend
+    rm = cpu_backend._library().tile_rows()
+    Bf, Bc = 2 * rm, 2 * rm + 4
+    assert Bf % rm == 0 and Bc % rm != 0
     m = gl.LSTM(11, H, bidirectional=True, backend="cpu", dtype=dtype, seed=4)
-    x = rng.standard_normal((9, 20, 11)).astype(dtype)
-    lengths = rng.integers(1, 10, size=20)
+    x = rng.standard_normal((9, Bc, 11)).astype(dtype)
+    lengths = rng.integers(1, 10, size=Bc)
     for train in (True, False):
         m.train(train)
-        y20, (h20, c20) = m(x, lengths=lengths)
-        y16, (h16, c16) = m(x[:, :16], lengths=lengths[:16])
-        np.testing.assert_array_equal(y16, y20[:, :16])
-        np.testing.assert_array_equal(h16, h20[:, :16])
-        np.testing.assert_array_equal(c16, c20[:, :16])
+        yc, (hc, cc) = m(x, lengths=lengths)
+        yf, (hf, cf) = m(x[:, :Bf], lengths=lengths[:Bf])
+        np.testing.assert_array_equal(yf, yc[:, :Bf])
+        np.testing.assert_array_equal(hf, hc[:, :Bf])
+        np.testing.assert_array_equal(cf, cc[:, :Bf])

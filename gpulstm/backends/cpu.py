@@ -156,6 +156,7 @@ def _bind(dll):
         getattr(dll, f"activations_{suf}").argtypes = [ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 3
     dll.max_threads.restype = ctypes.c_int
     dll.last_threads.restype = ctypes.c_int
+    dll.tile_rows.restype = ctypes.c_int
     return dll
 
 

@@ -181,11 +181,24 @@ constexpr int kVecBytes = 32;
 #else
 constexpr int kVecBytes = 16;
 #endif
+// The main register tile: 8 rows x 3 vectors = 24 accumulators with AVX-512's 32 registers;
+// with 16 vector registers (AVX2, SSE) 24 accumulators spill, so 6 x 2 = 12 there. Measured
+// on a 2-core AMD EPYC with AVX2 and no AVX-512, float32, 1 thread, best of 7 (shared
+// machine): whole-sequence GEMMs 41-55 -> 60-88 GFLOP/s; LSTM fwd+bwd vs torch at
+// (T,B,I,H) = (100,64,512,512) 1.67 -> 0.72, (100,32,128,256) 1.47 -> 0.71. AVX-512 keeps 8 x 3.
 #ifndef GL_RM
+#if defined(__AVX512F__)
 #define GL_RM 8
+#else
+#define GL_RM 6
+#endif
 #endif
 #ifndef GL_NV
+#if defined(__AVX512F__)
 #define GL_NV 3
+#else
+#define GL_NV 2
+#endif
 #endif
 // KC: 512 measured 0-6 % faster than 256 once W is packed (one k block for K = 512: no
 // pass of C through L1 between blocks), 1024 slower for the large weight gradients
@@ -1192,6 +1205,8 @@ GL_EXPORT void activations_f64(const double* x, long n, double* e, double* s, do
 }
 
 GL_EXPORT int last_threads() { return g_last_threads.load(); }
+// rows of the main register tile (tests size their batches by it)
+GL_EXPORT int tile_rows() { return RM; }
 
 GL_EXPORT int max_threads() {
 #ifdef _OPENMP
