@@ -222,3 +222,61 @@ def test_bad_arguments():
         train("adding", "lstm", 10, steps=1, clip=0)
     with pytest.raises(ValueError):
         train("adding", "nope", 10, steps=1)
+
+
+@pytest.mark.slow
+def test_torch_and_gpulstm_with_forget_bias_3_reach_recall_at_T50():
+    """Training-level cross-check: torch.nn.LSTM and gpulstm's lstm_fb3 from the same initial
+    weights (gpulstm's, forget bias 3 through gpulstm.init), trained on the same sequences
+    (train()'s seeded streams) with Adam, lr 1e-3, clip 1, both reach the recall criterion at
+    T = 50 within 1500 updates and pass on 1000 held-out test sequences."""
+    torch = pytest.importorskip("torch")
+    from gpulstm.lab.tasks import make_task
+
+    T, B, Hd, lr, seed, budget = 50, 32, 32, 1e-3, 0, 1500
+    task = make_task("recall", T)
+    ours = train(task, "lstm_fb3", T, budget, batch=B, hidden=Hd, lr=lr, seed=seed,
+                 stop_at_criterion=True)
+    assert ours.updates_to_criterion is not None and ours.passed
+
+    torch.manual_seed(seed)
+    g = make_cell("lstm_fb3", task.input_size, Hd, seed=seed, t_max=T)
+    rnn = torch.nn.LSTM(task.input_size, Hd)
+    rnn.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
+                         for k, v in g.state_dict().items()})
+    fb = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[Hd:2 * Hd].detach()
+    assert torch.allclose(fb, torch.full((Hd,), 3.0))
+    ss_readout, ss_train, ss_eval, ss_test = np.random.SeedSequence([seed, 0x6c73746d]).spawn(4)
+    ro = Readout(Hd, task.output_size, g.ex, g.dtype, seed=ss_readout)
+    lin = torch.nn.Linear(Hd, task.output_size)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(np.asarray(ro.params["weight"], np.float32)))
+        lin.bias.zero_()
+    params = list(rnn.parameters()) + list(lin.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    rng_train, rng_eval, rng_test = (np.random.default_rng(s) for s in (ss_train, ss_eval, ss_test))
+    K = task.copy_length
+
+    def logits(x):
+        y, _ = rnn(torch.from_numpy(x))
+        return lin(y[-K:].reshape(-1, Hd))
+
+    def accuracy_on(rng, n):
+        with torch.no_grad():
+            x, t = task.sample(rng, n)
+            return float((logits(x).argmax(1).numpy() == t.reshape(-1)).mean())
+
+    reached = None
+    for step in range(1, budget + 1):
+        x, t = task.sample(rng_train, B)
+        loss = torch.nn.functional.cross_entropy(logits(x), torch.from_numpy(t.reshape(-1)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 and task.passed(accuracy_on(rng_eval, 256)):
+            reached = step
+            break
+    assert reached is not None, "torch.nn.LSTM with forget bias 3 did not reach the criterion"
+    assert task.passed(accuracy_on(rng_test, 1000))
+    print(f"recall T=50 fb3: gpulstm {ours.updates_to_criterion}, torch {reached} updates")
