@@ -198,19 +198,27 @@ def write_config(config, results_dir, work_dir, **overrides):
     return path
 
 
-def check_machine_name(results_dir, info):
-    """Refuse (UserError) a machine name whose ``<results_dir>/<name>/machine.json`` exists and
-    differs from ``info`` in an identity field (:data:`IDENTITY_KEYS`)."""
+def machine_differences(results_dir, info):
+    """The identity fields (:data:`IDENTITY_KEYS`) in which ``<results_dir>/<name>/machine.json``
+    differs from ``info`` ("cpu: 'A' there, 'B' here"); empty when there is no such file."""
     path = os.path.join(results_dir, info["machine"], "machine.json")
     if not os.path.isfile(path):
-        return
+        return []
     try:
         with open(path, encoding="utf-8") as fd:
             known = json.load(fd)
+        if not isinstance(known, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is unreadable ({exc}); choose another --machine name") from None
-    diff = [f"{k}: {known.get(k)!r} there, {info.get(k)!r} here" for k in IDENTITY_KEYS
+    return [f"{k}: {known.get(k)!r} there, {info.get(k)!r} here" for k in IDENTITY_KEYS
             if k in known and k in info and str(known[k]) != str(info[k])]
+
+
+def check_machine_name(results_dir, info):
+    """Refuse (UserError) a machine name whose ``<results_dir>/<name>/machine.json`` exists and
+    differs from ``info`` in an identity field (:data:`IDENTITY_KEYS`)."""
+    diff = machine_differences(results_dir, info)
     if diff:
         raise UserError(f"the machine name {info['machine']!r} belongs to a different machine "
                         f"({'; '.join(diff)}); pass --machine NAME with a name for this one")
@@ -471,11 +479,35 @@ def main(argv=None):
         return 2
 
 
+_MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_machine_syntax(name):
+    """A machine name is a folder name under results/: letters, digits, '.', '_', '-' (no
+    path parts, no '..'), at most 64 characters; anything else is a UserError."""
+    if not isinstance(name, str) or not _MACHINE_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"machine name {name!r} is not usable: use letters, digits, '.', '_' "
+                        "and '-' (at most 64, starting with a letter or digit; no '/' or '..')")
+    return name
+
+
+def check_bench_regexes(regexes):
+    """Each ``--bench`` value must be a Python regular expression (what asv compiles)."""
+    for regex in regexes or ():
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise UserError(f"--bench {regex!r} is not a regular expression: {exc}") from None
+
+
 def run(args, extra=()):
     """Run asv as ``args`` (from :func:`add_arguments`) say; raises :class:`UserError`."""
     profile = args.profile or os.environ.get("GPULSTM_BENCH_PROFILE") or "quick"
     if profile not in PROFILES:
         raise UserError(f"GPULSTM_BENCH_PROFILE must be one of {PROFILES}; got {profile!r}")
+    if args.machine is not None:
+        check_machine_syntax(args.machine)
+    check_bench_regexes(args.bench)
     try:
         import asv  # noqa: F401
     except ImportError:
@@ -490,6 +522,12 @@ def run(args, extra=()):
 
     gpu = gpu_info()
     info = machine_info(args.machine or default_machine_name(gpu), gpu, library_versions())
+    if args.machine is None and machine_differences(os.path.join(root, "results"), info):
+        # the host name of a committed reference machine of other hardware (every VM is
+        # "vm"): this run gets a name of its own instead of being compared as that machine
+        info["machine"] = check_machine_syntax(
+            f"{info['machine']}-{_slug(str(info.get('cpu') or info.get('arch') or 'other'))}"[:64]
+            .rstrip("-."))
     if args.commit_results:
         results = os.path.join(root, "results")
         if changed:

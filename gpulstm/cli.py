@@ -26,6 +26,7 @@ import sys
 import time
 
 from . import benchrun  # stdlib only: cheap to import
+from ._files import atomic_write
 from .benchrun import ROOT, UserError
 
 # The source checkout (editable install): committed reference results and the user's folder.
@@ -157,8 +158,9 @@ def report_frame(results, reference):
                     this = f"{this} (this run)"
                     run = run.assign(machine=this)
             frames.append(run)
-    for w in caught:
-        print(f"gpulstm: warning: {w.message}", file=sys.stderr)
+    from .report.escape import printable
+    for w in caught:  # the messages quote results files: no raw escape sequences
+        print(f"gpulstm: warning: {printable(w.message)}", file=sys.stderr)
     if not frames:
         raise UserError("no results to report: run `gpulstm main` first, or pass a results "
                         "folder")
@@ -191,6 +193,7 @@ def cmd_report(args):
         gpu_runs = load_algo_runs(results, reference)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    _check_output_folder(args.out)
     report = build_report(df, args.out, this_machine=this, gpu_runs=gpu_runs)
     print_report(report)
     _, md_path, html_path = write_report(report)
@@ -199,6 +202,17 @@ def cmd_report(args):
     print("plots:  " + (", ".join(_rel(os.path.join(args.out, name))
                                   for _, name in report.plots) or "none"))
     return 0
+
+
+def _check_output_folder(path):
+    """Create the output folder ``path``; a file in the way or no permission is a UserError."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise UserError(f"cannot write into the output folder {_rel(path)}: "
+                        f"{exc.strerror or exc} (pass --out with a writable folder)") from None
 
 
 def cmd_html(args):
@@ -212,6 +226,7 @@ def cmd_html(args):
                         "first, or pass --results")
     config = benchrun.find_config(args.config)
     out = os.path.abspath(args.out)
+    _check_output_folder(out)
     with tempfile.TemporaryDirectory(prefix="gpulstm-asv-") as work:
         finite = _finite_copy(results, os.path.join(work, "results"))
         cfg = benchrun.write_config(config, finite, work, html_dir=out)
@@ -234,7 +249,17 @@ def _finite_copy(results, dst):
     import math
     import shutil
 
-    shutil.copytree(results, dst)
+    def not_regular(folder, names):  # links could lead out, FIFOs/devices never end
+        import stat
+        skip = [n for n in names if not (stat.S_ISREG(os.lstat(os.path.join(folder, n)).st_mode)
+                                         or stat.S_ISDIR(os.lstat(os.path.join(folder, n)).st_mode))]
+        for n in skip:
+            print(f"gpulstm: warning: {_rel(os.path.join(folder, n))} is a symbolic link or "
+                  "special file: not copied (results are read only from regular files)",
+                  file=sys.stderr)
+        return skip
+
+    shutil.copytree(results, dst, ignore=not_regular)
     for machine in os.listdir(dst):
         mdir = os.path.join(dst, machine)
         if not os.path.isdir(mdir):
@@ -253,7 +278,7 @@ def _finite_copy(results, dst):
                                    for v in row[at]]
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # asv reports what it cannot read itself
-            with open(path, "w", encoding="utf-8") as fd:
+            with atomic_write(path) as fd:
                 json.dump(data, fd)
     return dst
 

@@ -81,12 +81,28 @@ def test_every_option_has_help_text_and_its_default():
     (["report", "/nonexistent/results"], "does not exist"),
     (["report", "--no-reference", "--out", "/tmp/x"], None),  # empty: see below
     (["bogus"], "invalid choice"),
+    (["bench", "--dry-run", "--machine", "../../x"], "machine name '../../x' is not usable"),
+    (["bench", "--dry-run", "--machine", "a/b"], "machine name 'a/b' is not usable"),
+    (["bench", "--dry-run", "--bench", "speed[("], "--bench 'speed[(' is not a regular"),
+    (["report", "FILE", "--no-reference"], "is a file, not an asv results folder"),
+    (["report", "--out", "FILE"], "cannot write into the output folder"),
+    (["report", "--out", "FILE/sub"], "cannot write into the output folder"),
+    (["report", "--out", "READONLY/sub"], "cannot write into the output folder"),
+    (["report", "UNREADABLE", "--no-reference"], "cannot list the results folder"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     if message is None:  # an empty results folder
         empty = tmp_path / "empty"
         empty.mkdir()
         args, message = ["report", str(empty), "--no-reference"], "no asv result files"
+    (tmp_path / "FILE").write_text("not a folder")
+    for name, mode in (("READONLY", 0o555), ("UNREADABLE", 0o000)):
+        (tmp_path / name).mkdir()
+        os.chmod(tmp_path / name, mode)
+    if os.geteuid() == 0 and any(a.startswith(("READONLY", "UNREADABLE")) for a in args):
+        pytest.skip("root reads and writes any folder")
+    args = [str(tmp_path / a) if a.split("/")[0] in ("FILE", "READONLY", "UNREADABLE") else a
+            for a in args]
     p = run(*args, rc=2, timeout=120)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
@@ -201,6 +217,26 @@ def test_commit_results_refuses_a_dirty_tree_and_another_machines_name(monkeypat
     (tmp_path / "vm" / "machine.json").write_text(json.dumps(same))
     benchrun.check_machine_name(str(tmp_path), info)  # this machine: fine
     benchrun.check_machine_name(str(tmp_path), dict(info, machine="new"))  # a new name: fine
+
+
+def test_default_machine_name_never_takes_a_reference_machine_of_other_hardware(
+        monkeypatch, capsys, tmp_path):
+    """The issue's report: an Intel VM named its run "vm", the committed AMD reference's name,
+    and the report compared the two as one machine. The default name gets the CPU appended;
+    an explicit --machine of other hardware is still refused by --commit-results."""
+    pytest.importorskip("asv")
+    from gpulstm import benchrun
+    monkeypatch.setattr(benchrun, "gpu_info", lambda: {})
+    monkeypatch.setattr(benchrun, "library_versions", lambda *a: {})
+    monkeypatch.setattr(benchrun, "default_machine_name", lambda gpu=None: "vm")
+    here = benchrun.machine_info("vm", {}, {})
+    monkeypatch.setattr(benchrun, "machine_info", lambda name, *a: dict(
+        here, machine=name, cpu="Intel(R) Xeon(R) Test CPU @ 2.00GHz"))
+    ref = json.loads((RESULTS / "vm" / "machine.json").read_text())
+    assert ref["cpu"] != "Intel(R) Xeon(R) Test CPU @ 2.00GHz"
+    assert benchrun.main(["--dry-run", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "machine vm-intel-r-xeon-r-test-cpu" in out, out
 
 
 ASV_LINES = """\

@@ -608,3 +608,43 @@ def test_list_valued_parameters_and_machine_fields_do_not_break_the_report(asv_r
         df.groupby(col, dropna=False).size()  # was: TypeError unhashable type: 'list'
     md = markdown_report(df, tmp_path / "report")
     assert "box-gpu" in md
+
+
+# -- strings from results files are data: escaped for the terminal, Markdown, HTML, plots ------
+
+HOSTILE = "evil[/][bold]\x1b[31mred\x07\r\u202e <script>alert(1)</script> *b* _i_ $x | # ![a](b)"
+
+
+def test_hostile_machine_name_is_escaped_everywhere(asv_results, tmp_path):
+    """The issue's report: rich markup ('[/]') in a machine name crashed the report and
+    escape sequences reached the terminal raw; Markdown and HTML took them as markup."""
+    import io
+
+    from rich.console import Console
+
+    from gpulstm.report.markdown import build_report, print_report, render_html, render_markdown
+    dst, result_file = _copy(asv_results, tmp_path)
+    for path in result_file.parent.glob("*.json"):
+        data = json.loads(path.read_text())
+        if path.name == "machine.json":
+            data["machine"] = HOSTILE
+        else:
+            data["params"]["machine"] = HOSTILE
+        path.write_text(json.dumps(data))
+    df = load_results(dst, errors="raise")
+    assert HOSTILE in set(df["machine"])
+    report = build_report(df, tmp_path / "report", this_machine=HOSTILE)
+    buf = io.StringIO()
+    print_report(report, Console(file=buf, width=150, force_terminal=True,
+                                 color_system="truecolor"))
+    term = buf.getvalue()
+    assert r"evil[/][bold]\x1b[31mred\x07\r\u202e <script>" in term  # shown, as text
+    assert "\x1b[31m" not in term and "\x07" not in term and "\u202e" not in term
+    assert "\r" not in term
+    md = render_markdown(report)
+    assert not re.search(r"(?<!\\)<", md) and r"\<script>" in md and r"\*b\* \_i\_" in md
+    assert "\x1b" not in md and "\n## " + HOSTILE not in md
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "\x1b" not in page
+    for _, name in report.plots:
+        assert _png_ok(tmp_path / "report" / name)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import os
 
 import pandas as pd
 
+from .._files import atomic_write
+from . import escape as esc
+from .escape import printable
 from .plots import plot_ratio_vs_T, plot_time_vs_T
 from .speed import machine_ratios, speed_table
 from .tables import latest
@@ -33,9 +35,9 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
             return ""
         if isinstance(v, float):
             return format(v, floatfmt)
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return esc.markdown(v)
 
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    head = "| " + " | ".join(printable(c).replace("|", "\\|") for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |"
             for row in df.itertuples(index=False, name=None)]
@@ -146,7 +148,7 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
 
     speed = speed_table(df)
     note = ("Per point: asv's median time per call with the interquartile range of its "
-            "samples [q25–q75] (ms); `× torch`: time over the PyTorch reference timed in the "
+            "samples [q25–q75] (ms); “× torch”: time over the PyTorch reference timed in the "
             "same process (numpy / torch-cpu, cupy / torch-cudnn; > 1 is slower than "
             "PyTorch); µs per time step; GFLOP/s (forward 2·G·T·B·H·(I+H) FLOPs, training "
             "3×); peak resident memory of the benchmark process (MiB, host). SequenceLength "
@@ -227,15 +229,16 @@ def _plots():
 
 
 def render_markdown(report: Report) -> str:
-    md = [f"# {report.title}", ""] + [f"{line}  " for line in report.summary] + [""]
+    m = esc.markdown
+    md = [f"# {m(report.title)}", ""] + [f"{m(line)}  " for line in report.summary] + [""]
     if report.plots:  # the figures first: the quickest read
         md += ["## Plots", ""]
         for title, name in report.plots:
-            md += [f"### {title}", "", f"![{title}]({name})", ""]
+            md += [f"### {m(title)}", "", f"![{m(title)}]({name})", ""]
     for s in report.sections:
-        md += ["#" * s.level + " " + s.title, ""]
+        md += ["#" * s.level + " " + m(s.title), ""]
         if s.note:
-            md += [s.note, ""]
+            md += [m(s.note), ""]
         if s.table is not None:
             md += [to_markdown(s.table), ""]
     return "\n".join(md)
@@ -253,7 +256,7 @@ p.note { color: #555; max-width: 60em; }
 
 def render_html(report: Report) -> str:
     """A self-contained HTML page (CSS inline, plots embedded as data URIs)."""
-    e = html.escape
+    e = esc.html_text
     out = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
            f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{e(report.title)}</h1>"] + [f"<p>{e(line)}</p>" for line in report.summary]
@@ -269,7 +272,9 @@ def render_html(report: Report) -> str:
         if s.note:
             out.append(f"<p class='note'>{e(s.note)}</p>")
         if s.table is not None:
-            out.append(s.table.to_html(index=False, na_rep="", escape=True, border=0))
+            out.append(s.table.map(lambda v: v if v is None or not isinstance(v, str)
+                                   else printable(v)).to_html(index=False, na_rep="",
+                                                              escape=True, border=0))
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -283,25 +288,26 @@ def print_report(report: Report, console=None) -> None:
         console = Console()
         if not console.is_terminal:  # a log file: wide enough for the speed table
             console = Console(width=150)
-    console.rule(f"[bold]{report.title}")
+    text = esc.rich_text  # text from results files is never parsed as rich markup
+    console.rule(text(report.title, "bold"))
     for line in report.summary:
-        console.print(line)
+        console.print(text(line))
     for s in report.sections:
         if not s.terminal:
             continue
         console.print()
-        console.print(f"[bold]{s.title}[/bold]")
+        console.print(text(s.title, "bold"))
         if s.note:
-            console.print(s.note, style="dim", markup=False)
+            console.print(text(s.note, "dim"))
         if s.table is not None and not s.table.empty:
             t = Table(show_lines=False, header_style="bold", pad_edge=False)
             for col in s.table.columns:
-                t.add_column(str(col).replace("_", " "), justify="left" if col in (
+                t.add_column(text(str(col).replace("_", " ")), justify="left" if col in (
                     "machine", "sweep", "cell", "backend", "mode", "task", "metric", "verified",
                     "reference machine") else "right", overflow="fold")
             for row in s.table.itertuples(index=False, name=None):
-                t.add_row(*("" if v is None or (not isinstance(v, str) and pd.isna(v))
-                            else (format(v, ".3g") if isinstance(v, float) else str(v))
+                t.add_row(*(text("" if v is None or (not isinstance(v, str) and pd.isna(v))
+                                 else (format(v, ".3g") if isinstance(v, float) else v))
                             for v in row))
             console.print(t)
 
@@ -312,9 +318,9 @@ def write_report(report: Report) -> tuple[str, str, str]:
     md = render_markdown(report)
     md_path = os.path.join(report.out_dir, "report.md")
     html_path = os.path.join(report.out_dir, "report.html")
-    with open(md_path, "w", encoding="utf-8") as fd:
+    with atomic_write(md_path) as fd:
         fd.write(md)
-    with open(html_path, "w", encoding="utf-8") as fd:
+    with atomic_write(html_path) as fd:
         fd.write(render_html(report))
     return md, md_path, html_path
 

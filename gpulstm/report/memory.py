@@ -125,7 +125,9 @@ def _save(fig, path, handles=None, labels=None):
                    fontsize="small", frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    from .._files import atomic_write
+    with atomic_write(path, "wb") as f:  # never a half-written PNG
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -10,6 +10,8 @@ import os
 
 import pandas as pd
 
+from .._files import atomic_write
+from .escape import mpl_label
 from .results import param_columns
 
 __all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "cell_colors"]
@@ -28,7 +30,8 @@ def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
 def _save(fig, path) -> None:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def _log_x(ax, values) -> None:
@@ -96,11 +99,13 @@ def _legend_outside(fig, colors: dict, styles: dict, markers: dict) -> None:
     machine (a key shown only when it has more than one value, or for cells and backends)."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, lw=2, label=f"cell {k}") for k, c in colors.items()]
-    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.5, label=f"backend {k}")
+    handles = [Line2D([], [], color=c, lw=2, label=mpl_label(f"cell {k}"))
+               for k, c in colors.items()]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.5, label=mpl_label(f"backend {k}"))
                 for k, ls in styles.items()]
     if len(markers) > 1:
-        handles += [Line2D([], [], color="0.3", ls="none", marker=m, label=f"machine {k}")
+        handles += [Line2D([], [], color="0.3", ls="none", marker=m,
+                           label=mpl_label(f"machine {k}"))
                     for k, m in markers.items()]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
 
@@ -142,12 +147,12 @@ def _speed_panels(table, column, ylabel, title, path, *, ref_line=None):
             ax.axhline(ref_line, color="0.2", lw=0.8)
         ax.set_xlabel("sequence length T (steps)")
         ax.set_ylabel(ylabel)
-        ax.set_title(mode)
+        ax.set_title(mpl_label(mode))
         ax.grid(True, which="both", alpha=0.3)
     _legend_outside(fig, colors, styles, markers)
     fixed = rows[["B", "H"]].dropna().drop_duplicates()
     at = (f" at B={fixed.iloc[0]['B']}, H=I={fixed.iloc[0]['H']}" if len(fixed) == 1 else "")
-    fig.suptitle(f"{title}{at} on {_machines(rows)}")
+    fig.suptitle(mpl_label(f"{title}{at} on {_machines(rows)}"))
     _save(fig, path)
     return fig
 
