@@ -140,7 +140,7 @@ def report_frame(results, reference):
 
     from .report.results import ResultsFileWarning
 
-    frames, this, skipped = [], None, []
+    frames, this, skipped, notes = [], None, [], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResultsFileWarning)
         ref = None
@@ -155,6 +155,7 @@ def report_frame(results, reference):
             if len(machines) == 1 and not committed:  # the committed folder is no "run"
                 this = machines[0]
                 if ref is not None and this in set(ref["machine"]):
+                    notes += _hardware_differences(run, ref[ref["machine"] == this], this)
                     this = f"{this} (this run)"
                     run = run.assign(machine=this)
             frames.append(run)
@@ -170,11 +171,25 @@ def report_frame(results, reference):
         for key in ("param_columns", "machine_columns"):
             attrs[key] = list(dict.fromkeys(attrs.get(key, []) + f.attrs.get(key, [])))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    df.attrs.update(attrs, skipped_files=skipped)
+    df.attrs.update(attrs, skipped_files=skipped, notes=notes)
+    for note in notes:
+        print(f"gpulstm: warning: {printable(note)}", file=sys.stderr)
     if skipped:
         print(f"gpulstm: {len(skipped)} unreadable result file(s) skipped (warnings above)",
               file=sys.stderr)
     return df, this
+
+
+def _hardware_differences(run, ref, name):
+    """A note when this run and the reference machine of the same name differ in hardware
+    (benchrun.IDENTITY_KEYS of their machine.json), else nothing."""
+    diff = [f"{k} {ref[k].iloc[0]!r} there, {run[k].iloc[0]!r} here"
+            for k in benchrun.IDENTITY_KEYS if k in run and k in ref and len(run) and len(ref)
+            and str(run[k].iloc[0]) != str(ref[k].iloc[0])]
+    if not diff:
+        return []
+    return [f"this run and the reference machine {name!r} share a name but not their hardware "
+            f"({'; '.join(diff)}): their times compare different machines"]
 
 
 def cmd_report(args):

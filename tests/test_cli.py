@@ -152,6 +152,28 @@ def test_report_compares_this_run_with_the_reference_machines(tmp_path):
     run("report", str(mine), "--strict", "--out", str(tmp_path / "rep"), rc=2)
 
 
+def test_report_says_when_this_run_and_a_reference_share_a_name_not_hardware(tmp_path, capsys):
+    """The issue's report: "vm (this run)" (an Intel VM) was compared with the reference "vm"
+    (an AMD EPYC) as if one machine had got slower; the report now says they differ."""
+    from gpulstm import cli
+    from gpulstm.report.markdown import build_report, render_markdown
+    mine = tmp_path / "mine"
+    shutil.copytree(RESULTS / "vm", mine / "vm")
+    shutil.copy(RESULTS / "benchmarks.json", mine / "benchmarks.json")
+    df, this = cli.report_frame(str(mine), str(RESULTS))
+    assert this == "vm (this run)" and df.attrs["notes"] == []  # same hardware: no note
+    mjson = mine / "vm" / "machine.json"
+    info = json.loads(mjson.read_text())
+    info["cpu"] = "Intel(R) Xeon(R) Test CPU"
+    mjson.write_text(json.dumps(info))
+    df, this = cli.report_frame(str(mine), str(RESULTS))
+    (note,) = df.attrs["notes"]
+    assert "share a name but not their hardware" in note and "Intel(R) Xeon(R) Test CPU" in note
+    assert "share a name but not their hardware" in capsys.readouterr().err
+    md = render_markdown(build_report(df, tmp_path / "rep", this_machine=this))
+    assert "Note: this run and the reference machine 'vm' share a name" in md
+
+
 def test_memory_runs_a_small_experiment():
     out = run("memory", "--task", "adding", "--cell", "lstm_fb1,rnn_tanh", "--T", "10",
               "--seeds", "1", "--budget", "20", "--workers", "0", "--backend", "numpy").stdout

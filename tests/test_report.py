@@ -648,3 +648,30 @@ def test_hostile_machine_name_is_escaped_everywhere(asv_results, tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page and "\x1b" not in page
     for _, name in report.plots:
         assert _png_ok(tmp_path / "report" / name)
+
+
+def test_outputs_are_written_whole_or_not_at_all(df, tmp_path, monkeypatch):
+    """report.md was written in place: a reader at the same time saw it half written. Every
+    output goes through atomic_write (temporary name in the folder, then os.replace): a write
+    that fails midway leaves the previous file whole and no temporary file behind."""
+    from gpulstm import _files
+    out = tmp_path / "report"
+    markdown_report(df, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report.md", "report.html", "time_vs_T.png"} <= set(before)
+    replaced = []
+    real = os.replace
+    monkeypatch.setattr(_files.os, "replace", lambda a, b: (replaced.append(os.path.basename(b)),
+                                                            real(a, b))[1])
+    markdown_report(df, out)
+    assert set(before) <= set(replaced)  # every output file was renamed into place
+    monkeypatch.setattr(_files.os, "replace", real)
+
+    class Boom(Exception):
+        pass
+    with pytest.raises(Boom):
+        with _files.atomic_write(out / "report.md") as f:
+            f.write("half")
+            raise Boom
+    assert (out / "report.md").read_bytes() == before["report.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)

@@ -140,6 +140,7 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
     counts = df["status"].value_counts().to_dict() if "status" in df.columns else {}
     summary = ["Machines: " + (", ".join(machines) or "none"),
                "Points: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    summary += [f"Note: {n}" for n in df.attrs.get("notes") or []]
     skipped_files = df.attrs.get("skipped_files") or []
     if skipped_files:
         summary.append(f"{len(skipped_files)} result files skipped as unreadable: "
