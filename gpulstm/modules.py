@@ -424,8 +424,9 @@ class LSTM(_RNNBase):
     Extra keyword options beyond ``torch.nn.LSTM``: ``forget_bias`` (set the forget-gate bias
     at initialisation: ``bias_ih`` forget block = value, ``bias_hh`` forget block = 0),
     ``init="chrono"`` with ``t_max=T`` (Tallec & Ollivier 2018: b_f ~ log U[1, T - 1],
-    b_i = -b_f, drawn from the module seed; :mod:`gpulstm.init`), ``forget_gate=False`` (the 1997 cell, f = 1), ``peephole=True`` (diagonal peepholes,
-    parameters ``weight_peep_l{k}`` of shape (3, H): p_i, p_f, p_o).
+    b_i = -b_f, drawn from the module seed; :mod:`gpulstm.init`), ``forget_gate=False`` (the
+    1997 cell, f = 1), ``peephole=True`` (diagonal peepholes, parameters ``weight_peep_l{k}``
+    of shape (3, H): p_i, p_f, p_o).
     """
     _gates = 4
     _has_cell_state = True
@@ -485,7 +486,8 @@ class GRU(_RNNBase):
 
     def __init__(self, *args, update_bias=None, **kwargs):
         if update_bias is not None and type(self)._gates != 3:
-            raise TypeError(f"update_bias is a GRU option; {type(self).__name__} has no update gate")
+            raise TypeError(f"update_bias is a GRU option; {type(self).__name__} has no update "
+                            "gate")
         super().__init__(*args, **kwargs)
         self._init_biases(update_bias=update_bias)
 

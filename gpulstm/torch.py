@@ -19,8 +19,8 @@ Devices: CPU tensors run on the compiled ``cpu`` backend (``numpy`` where it can
 ``backend="auto"`` elsewhere) and cross as zero-copy views
 (``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
 through DLPack without a copy, on the tensor's device and torch's current stream. An explicit
-``backend=`` ("numpy", "cpu", "emulated", "cupy") overrides the choice; tensors on the other side are
-then copied there and the results copied back to the input's device. The GEMMs use TF32 as
+``backend=`` ("numpy", "cpu", "emulated", "cupy") overrides the choice; tensors on the other
+side are then copied there and the results copied back to the input's device. The GEMMs use TF32 as
 torch's own matmuls do: when ``torch.backends.cuda.matmul.allow_tf32`` is set (off by default;
 read at every forward; it matters on the cupy backend only).
 
@@ -373,19 +373,20 @@ class _RNNBase(torch.nn.Module):
     # -- forward ----------------------------------------------------------------------------------
     def _execution(self, device):
         name = self.backend
-        if name is None or name == "auto":
-            if device.type == "cpu":  # the compiled loops where they build here, as "auto"
-                try:
-                    name = get_backend("cpu").name
-                except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
-                    name = "numpy"
-            elif device.type == "cuda":
-                name = "cupy"
-            else:
-                raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
-                                 f"CUDA tensors (cupy backend); got tensors on {device}")
+        if name is not None and name != "auto":
+            ex = get_backend(name)
+        elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
+            try:
+                ex = get_backend("cpu")
+            except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
+                ex = get_backend("numpy")
+        elif device.type == "cuda":
+            ex = get_backend("cupy")
+        else:
+            raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
+                             f"CUDA tensors (cupy backend); got tensors on {device}")
         # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
-        return get_backend(name).with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+        return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
 
     def _run(self, input, hx):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
