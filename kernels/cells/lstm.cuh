@@ -1,0 +1,72 @@
+// lstm.cuh: the LSTM cell (PyTorch's gate order i, f, g, o), one unit of one step.
+// Spec: gpulstm/cells.py LSTMCell, gpulstm/backends/numpy_pointwise.py lstm_forward/backward.
+//
+//   i = sigma(a_i + p_i c_{t-1})   f = sigma(a_f + p_f c_{t-1})   g = tanh(a_g)
+//   c = f c_{t-1} + i g            o = sigma(a_o + p_o c)         h = o tanh(c)
+// with a = gx + gh; peepholes p (the constants, [3, H]) only with LSTM_PEEPHOLE; f = 1 with
+// LSTM_NO_FORGET. Saved: i, f, g, o.
+//   da_o = dh tanh(c) o (1 - o)     dc += dh o (1 - tanh(c)^2)  [+ da_o p_o]
+//   da_i = dc g i (1 - i)   da_f = dc c_{t-1} f (1 - f) (0 without forget gate)
+//   da_g = dc i (1 - g^2)   dc_{t-1} = dc f  [+ da_i p_i + da_f p_f]
+#ifndef GPULSTM_CELL_LSTM_CUH
+#define GPULSTM_CELL_LSTM_CUH
+#include "cell_common.cuh"
+
+struct LstmCell {
+  static constexpr int G = 4, SAVED = 4, NCONST = 3;
+  static constexpr bool HAS_C = true, DENSE = true, SPLIT_DGH = false;
+
+  template <class M, class T>
+  static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,
+                                 const T cp, const T hp, const int flags, T* saved,
+                                 const int ss, T& c, T& h) {
+    (void)hp;
+    T ai = gx[0] + gh[0];
+    T af = gx[gs] + gh[gs];
+    const T ag = gx[2 * gs] + gh[2 * gs];
+    T ao = gx[3 * gs] + gh[3 * gs];
+    if (flags & LSTM_PEEPHOLE) {
+      ai = ai + k[0] * cp;
+      af = af + k[ks] * cp;
+    }
+    const T i = M::sigmoid(ai);
+    const T f = (flags & LSTM_NO_FORGET) ? T(1) : M::sigmoid(af);
+    const T g = M::tanh(ag);
+    c = f * cp + i * g;
+    if (flags & LSTM_PEEPHOLE) ao = ao + k[2 * ks] * c;
+    const T o = M::sigmoid(ao);
+    h = o * M::tanh(c);
+    saved[0] = i;
+    saved[ss] = f;
+    saved[2 * ss] = g;
+    saved[3 * ss] = o;
+  }
+
+  template <class M, class T>
+  static GPULSTM_HD void backward(const T* saved, const int ss, const T* k, const int ks,
+                                  const T c, const T cp, const T h, const T hp, const T dh,
+                                  T& dc, const int flags, T* dgx, T* dgh, const int gs, T& dhp) {
+    (void)h, (void)hp, (void)dgh;
+    const T i = saved[0];
+    const T f = saved[ss];
+    const T g = saved[2 * ss];
+    const T o = saved[3 * ss];
+    const T tc = M::tanh(c);
+    const T dao = dh * tc * o * (T(1) - o);
+    T d = dc + dh * o * (T(1) - tc * tc);
+    if (flags & LSTM_PEEPHOLE) d = d + dao * k[2 * ks];
+    const T dai = d * g * i * (T(1) - i);
+    const T daf = (flags & LSTM_NO_FORGET) ? T(0) : d * cp * f * (T(1) - f);
+    const T dag = d * i * (T(1) - g * g);
+    T dcp = d * f;
+    if (flags & LSTM_PEEPHOLE) dcp = dcp + dai * k[0] + daf * k[ks];
+    dgx[0] = dai;
+    dgx[gs] = daf;
+    dgx[2 * gs] = dag;
+    dgx[3 * gs] = dao;
+    dc = dcp;
+    dhp = T(0);
+  }
+};
+
+#endif  // GPULSTM_CELL_LSTM_CUH
