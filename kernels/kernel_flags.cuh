@@ -1,7 +1,8 @@
-// kernel_flags.cuh: the flag bits of the kernel contract (mirrored by gpulstm/kernel_flags.py;
-// tests/test_cell_headers.py checks that both agree). Plain C++: the CUDA kernels, the CPU
-// emulation and the compiled cpu loop (kernels/cpu/sequence.cpp) include it alike. An enum,
-// so the values stay compile-time constants and are not emitted as device globals.
+// kernel_flags.cuh: the flag bits of the kernel contract, the same values as the constants of
+// gpulstm/backends/numpy_pointwise.py (tests/test_cell_headers.py checks that both agree).
+// Plain C++, for the CUDA kernels, the CPU emulation and the compiled cpu loop alike (today the
+// cell headers in kernels/cells/ include it). An enum, so the values stay compile-time
+// constants and are not emitted as device globals.
 #ifndef GPULSTM_KERNEL_FLAGS_CUH
 #define GPULSTM_KERNEL_FLAGS_CUH
 

@@ -8,6 +8,10 @@
 // zero gate gradient: the cell never sees lengths). The readable spec of each struct is its
 // class in gpulstm/cells.py with the NumPy step of gpulstm/backends/numpy_pointwise.py.
 //
+// Status: the headers are tested on their own (tests/test_cell_headers.py: forward against the
+// NumPy step and the published formulas, backward against finite differences); the CUDA
+// kernels and the cpu loop do not include them yet (they still carry their own copy).
+//
 // Plain C++ (C++17): no system or CUDA headers, device qualifiers only behind GPULSTM_HD, so
 // the same file compiles with NVRTC, with the host compiler under the CPU emulation
 // (gpulstm/emulator/cuda_on_cpu.h defines __host__/__device__) and with plain g++/clang++.
