@@ -1,7 +1,7 @@
 """The per-cell headers kernels/cells/<cell>.cuh, compiled as plain C++ and checked one unit at a
 time: forward against the NumPy reference step (LSTM, GRU, RNN) or the published formulas
 written out here (CIFG, IndRNN), backward against central finite differences of the header's
-own forward, in float64. The flag bits of kernels/kernel_flags.cuh must equal the ones the
+own forward, in float64; and compiled for the device with NVRTC (sm_80, sm_90). The flag bits of kernels/kernel_flags.cuh must equal the ones the
 Python side passes."""
 import ctypes
 import re
@@ -249,3 +249,49 @@ def test_backward_matches_finite_differences(lib, cell, flags):
     np.testing.assert_allclose(dhp, numeric("hp"), **tol)
     if u.HAS_C:
         np.testing.assert_allclose(dcp, numeric("cp"), **tol)
+
+
+DEVICE_DRIVER = r"""
+#include "cells/lstm.cuh"
+#include "cells/gru.cuh"
+#include "cells/rnn.cuh"
+#include "cells/cifg.cuh"
+#include "cells/indrnn.cuh"
+struct DevMath {
+  __device__ static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+  __device__ static float tanh(float x) { return tanhf(x); }
+  __device__ static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+  __device__ static double tanh(double x) { return ::tanh(x); }
+};
+template <class S, class T>
+__global__ void cell_step(const T* gx, const T* gh, const T* k, const T* cp, const T* hp, T* saved,
+                          T* c, T* h, T* dgx, T* dgh, T* dhp, int n, int flags) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  T cn = T(0), hn = T(0), dc = T(1), d = T(0);
+  S::template forward<DevMath, T>(gx + j, gh + j, n, k + j, n, cp[j], hp[j], flags, saved + j, n,
+                                  cn, hn);
+  S::template backward<DevMath, T>(saved + j, n, k + j, n, cn, cp[j], hn, hp[j], hn, dc, flags,
+                                   dgx + j, dgh + j, n, d);
+  c[j] = cn + dc;
+  h[j] = hn;
+  dhp[j] = d;
+}
+"""
+
+
+@pytest.mark.parametrize("arch", ("sm_80", "sm_90"))
+def test_headers_compile_with_nvrtc(arch):
+    """Every cell header compiles for the device (float and double), without a warning."""
+    pytest.importorskip("cuda.bindings.nvrtc",
+                        reason="cuda-bindings is not installed (pip install 'gpulstm[nvrtc]')")
+    from test_nvrtc_compile import CUPY_ADDED, compile_nvrtc
+
+    from gpulstm.kernel_source import NVRTC_OPTIONS
+    names = [f"cell_step<{s}, {t}>" for s, *_ in CELLS.values() for t in ("float", "double")]
+    options = NVRTC_OPTIONS + CUPY_ADDED + (f"--gpu-architecture={arch}",
+                                            f"--include-path={kernel_dir()}")
+    ok, log, lowered, _ = compile_nvrtc(DEVICE_DRIVER, names, options)
+    assert ok, f"NVRTC failed for {arch}:\n{log}"
+    assert not log, f"NVRTC log for {arch} is not empty:\n{log}"
+    assert set(lowered) == set(names)
