@@ -1,5 +1,6 @@
 """The long-range memory report: asv rows -> points -> updates-to-criterion tables and plots."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,3 +93,26 @@ def test_memory_doc_keeps_only_the_newest_run():
     old = old.assign(value=old["value"].where(~old["benchmark"].str.endswith("criterion"), 9.0))
     text = memory_doc.render(pd.concat([old, _frame()]))
     assert "commit abc12345" in text and "old00000" not in text
+
+
+def test_plots_leave_the_callers_matplotlib_alone(tmp_path):
+    """The memory plots draw on an Agg canvas of their own: a caller's backend stays what it
+    chose and pyplot is never imported (no global state changed by a library function)."""
+    import subprocess
+    import sys
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+sys.path[:0] = {sys.path!r}
+from test_report_memory import _frame
+from gpulstm.report.memory import criterion_tables, plot_gradient_flow, plot_updates_to_criterion
+df = _frame()
+plot_updates_to_criterion(criterion_tables(df)[1], {str(tmp_path / 'u.png')!r})
+plot_gradient_flow(df, {str(tmp_path / 'g.png')!r})
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).parent)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "u.png").stat().st_size > 10_000

@@ -111,15 +111,16 @@ def load_sweep_records(folder) -> list[dict]:
 
 
 def _figure(n, width=5.0, height=4.2):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, n, figsize=(width * n + 2.2, height), squeeze=False)
-    return fig, list(axes[0])
+    """A Figure on matplotlib's Agg canvas directly (no pyplot: the caller's backend and
+    pyplot's figure list are left alone, as in :mod:`gpulstm.report.plots`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * n + 2.2, height))
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
 
 
 def _save(fig, path, handles=None, labels=None):
-    import matplotlib.pyplot as plt
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    fontsize="small", frameon=False)
@@ -128,7 +129,6 @@ def _save(fig, path, handles=None, labels=None):
     from .._files import atomic_write
     with atomic_write(path, "wb") as f:  # never a half-written PNG
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _legend(axes):
