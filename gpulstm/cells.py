@@ -17,7 +17,7 @@ with ``Hs = P`` when projecting and ``H`` otherwise. State buffers ``S`` (hidden
 """
 from __future__ import annotations
 
-from .backends.numpy_pointwise import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
+from .kernel_flags import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
 
 
 class Cell:

@@ -21,14 +21,7 @@
 #ifndef GPULSTM_COMMON_CUH
 #define GPULSTM_COMMON_CUH
 
-// Flag bits (same values as numpy_pointwise.*); an enum, so they stay compile-time constants
-// and are not emitted as device globals.
-enum GpulstmFlags : int {
-  LSTM_NO_FORGET = 1,  // LSTM: f == 1, the 1997 cell without a forget gate
-  LSTM_PEEPHOLE = 2,   // LSTM: diagonal peepholes, i and f see c_{t-1}, o sees c_t
-  LSTM_PROJ = 4,       // LSTM: proj_size > 0, h_next gets m = o * tanh(c), y untouched
-  RNN_RELU = 1,        // RNN: relu instead of tanh
-};
+#include "kernel_flags.cuh"  // the flag bits, one definition for every kernel and cell
 
 // exp and tanh for each dtype, spelled out so that no overload resolution is left to the
 // math headers of either compiler (float -> expf/tanhf, double -> exp/tanh).

@@ -1,7 +1,7 @@
-// kernel_flags.cuh: the flag bits of the kernel contract, the same values as the constants of
-// gpulstm/backends/numpy_pointwise.py (tests/test_cell_headers.py checks that both agree).
-// Plain C++, for the CUDA kernels, the CPU emulation and the compiled cpu loop alike (today the
-// cell headers in kernels/cells/ include it). An enum, so the values stay compile-time
+// kernel_flags.cuh: the flag bits of the kernel contract, the same values as
+// gpulstm/kernel_flags.py (tests/test_cell_headers.py checks that both agree).
+// Plain C++ (the CUDA kernels include it through gpulstm_common.cuh, the cell headers through
+// cells/cell_common.cuh; the compiled cpu loop can include it as it is). An enum, so the values stay compile-time
 // constants and are not emitted as device globals.
 #ifndef GPULSTM_KERNEL_FLAGS_CUH
 #define GPULSTM_KERNEL_FLAGS_CUH

@@ -1,8 +1,7 @@
 """The per-cell headers kernels/cells/<cell>.cuh, compiled as plain C++ and checked one unit at a
 time: forward against the NumPy reference step (LSTM, GRU, RNN) or the published formulas
 written out here (CIFG, IndRNN), backward against central finite differences of the header's
-own forward, in float64; and compiled for the device with NVRTC (sm_80, sm_90). The flag bits of kernels/kernel_flags.cuh must equal the ones the
-Python side passes."""
+own forward, in float64; and compiled for the device with NVRTC (sm_80, sm_90). The flag bits of kernels/kernel_flags.cuh must equal gpulstm/kernel_flags.py's."""
 import ctypes
 import re
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from gpulstm import kernel_flags
 from gpulstm.backends import numpy_pointwise as npw
 from gpulstm.kernel_source import kernel_dir
 
@@ -122,7 +122,7 @@ VARIANTS = [("lstm", 0), ("lstm", npw.LSTM_PEEPHOLE), ("lstm", npw.LSTM_NO_FORGE
 def test_flag_bits_agree():
     text = (kernel_dir() / "kernel_flags.cuh").read_text()
     found = dict((m, int(v)) for m, v in re.findall(r"\b([A-Z_]+) = (\d+)", text))
-    want = {n: getattr(npw, n) for n in ("LSTM_NO_FORGET", "LSTM_PEEPHOLE", "LSTM_PROJ", "RNN_RELU")}
+    want = {n: getattr(kernel_flags, n) for n in ("LSTM_NO_FORGET", "LSTM_PEEPHOLE", "LSTM_PROJ", "RNN_RELU")}
     assert found == want
 
 

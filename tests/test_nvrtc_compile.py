@@ -140,7 +140,7 @@ def test_source_is_self_contained(source):
 
 
 def test_flag_values_match_numpy_reference():
-    text = (kernel_dir() / "gpulstm_common.cuh").read_text()
+    text = (kernel_dir() / "kernel_flags.cuh").read_text()
     found = dict(re.findall(r"^\s*(LSTM_\w+|RNN_\w+)\s*=\s*(\d+)", text, re.M))
     names = ("LSTM_NO_FORGET", "LSTM_PEEPHOLE", "LSTM_PROJ", "RNN_RELU")
     assert {k: int(v) for k, v in found.items()} == {k: getattr(numpy_pointwise, k) for k in names}

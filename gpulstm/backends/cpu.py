@@ -49,7 +49,7 @@ import numpy as np
 from .. import buildcache
 from . import BackendUnavailable, numpy_pointwise
 from .numpy import HostExecution
-from .numpy_pointwise import LSTM_PROJ
+from ..kernel_flags import LSTM_PROJ
 
 SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",

@@ -49,7 +49,7 @@ import weakref
 import numpy as np
 
 from .graphs import Arena, GraphPool, Lease, leased_numpy
-from .numpy_pointwise import LSTM_PROJ
+from ..kernel_flags import LSTM_PROJ
 from .options import ExecutionOptions
 
 #: maximum units per block (blockDim.x; the fused kernels' tile), maximum batch rows per block

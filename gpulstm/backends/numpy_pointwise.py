@@ -25,12 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# LSTM flags (bit field; the kernels use the same values, see kernels/gpulstm_common.cuh)
-LSTM_NO_FORGET = 1  # f == 1: the 1997 cell without a forget gate
-LSTM_PEEPHOLE = 2  # diagonal peepholes: i, f see c_{t-1}; o sees c_t
-LSTM_PROJ = 4  # proj_size > 0: write m = o * tanh(c) to h_next, no h masking, no y
-# RNN flags
-RNN_RELU = 1  # nonlinearity relu instead of tanh
+from ..kernel_flags import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU  # noqa: F401
 
 
 def sigmoid(x):
