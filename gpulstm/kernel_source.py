@@ -116,9 +116,13 @@ def kernel_dir():
 
 
 def _inline(path, directory, seen):
-    """Text of ``path`` with its local includes replaced by their (inlined) text."""
+    """Text of ``path`` with its local includes replaced by their (inlined) text. An include
+    is resolved against the including file's folder (``cells/lstm.cuh`` includes
+    ``"cell_common.cuh"`` beside it, which includes ``"../kernel_flags.cuh"``) and must stay
+    inside ``directory``; each file is inlined once."""
     text = path.read_text(encoding="utf-8")
-    out = [f'#line 1 "{path.name}"\n']
+    rel = path.resolve().relative_to(directory.resolve()).as_posix()
+    out = [f'#line 1 "{rel}"\n']
     pos = 0
     line = 1
     for m in _INCLUDE.finditer(text):
@@ -126,15 +130,18 @@ def _inline(path, directory, seen):
         line += text.count("\n", pos, m.start())
         kind, name = m.group(1), m.group(2)
         if kind == "<":
-            raise ValueError(f"{path.name}:{line}: system include <{name}> is not allowed in "
+            raise ValueError(f"{rel}:{line}: system include <{name}> is not allowed in "
                              "kernels/ (NVRTC runs without CUDA headers; so does the emulation)")
-        inc = directory / name
+        inc = (path.parent / name).resolve()
+        if not inc.is_relative_to(directory.resolve()):
+            raise ValueError(f"{rel}:{line}: #include \"{name}\" points outside {directory}")
         if not inc.is_file():
-            raise FileNotFoundError(f"{path.name}:{line}: #include \"{name}\" not found in {directory}")
-        if inc.name not in seen:
-            seen.add(inc.name)
+            raise FileNotFoundError(f"{rel}:{line}: #include \"{name}\" not found in "
+                                    f"{path.parent}")
+        if inc not in seen:
+            seen.add(inc)
             out.append(_inline(inc, directory, seen))
-            out.append(f'#line {line + 1} "{path.name}"')
+            out.append(f'#line {line + 1} "{rel}"')
         else:
             out.append(f"// (already included: {name})")
         pos = m.end()

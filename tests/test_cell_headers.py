@@ -295,3 +295,21 @@ def test_headers_compile_with_nvrtc(arch):
     assert ok, f"NVRTC failed for {arch}:\n{log}"
     assert not log, f"NVRTC log for {arch} is not empty:\n{log}"
     assert set(lowered) == set(names)
+
+
+def test_kernel_source_resolves_includes_beside_the_including_file(tmp_path):
+    """kernel_source inlines ``cells/x.cuh`` -> ``"common.cuh"`` (beside it) ->
+    ``"../flags.cuh"``, each once, and refuses an include that leaves the kernel folder."""
+    from gpulstm.kernel_source import _inline
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "flags.cuh").write_text("int FLAGS;\n")
+    (tmp_path / "cells" / "common.cuh").write_text('#include "../flags.cuh"\nint COMMON;\n')
+    (tmp_path / "cells" / "x.cuh").write_text('#include "common.cuh"\nint X;\n')
+    (tmp_path / "main.cu").write_text('#include "cells/x.cuh"\n#include "flags.cuh"\nint MAIN;\n')
+    code = _inline(tmp_path / "main.cu", tmp_path, set())
+    assert [w for w in re.findall(r"int (\w+);", code)] == ["FLAGS", "COMMON", "X", "MAIN"]
+    assert "already included: flags.cuh" in code and '#line 1 "cells/common.cuh"' in code
+    (tmp_path / "bad.cu").write_text('#include "../outside.cuh"\n')
+    (tmp_path.parent / "outside.cuh").write_text("int OUT;\n")
+    with pytest.raises(ValueError, match="outside"):
+        _inline(tmp_path / "bad.cu", tmp_path, set())
