@@ -196,7 +196,10 @@ def _once_differentiable(fn):
     def wrapper(ctx, *grads):
         with torch.no_grad():
             out = fn(ctx, *grads)
-        if not torch.is_grad_enabled() or not any(g is not None and g.requires_grad for g in grads):
+        # create_graph=True runs the backward with grad mode on: the gradients returned must
+        # then carry the error, whether or not the incoming grads require grad (a gradient
+        # penalty of y.sum() gets constant ones), or their graph would be silently empty
+        if not torch.is_grad_enabled():
             return out
         err = delayed_error(_DOUBLE_BACKWARD.encode(), len(out))
 

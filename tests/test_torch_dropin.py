@@ -301,6 +301,24 @@ def test_double_backward_raises_clear_error():
         g.sum().backward()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_gradient_penalty_raises_instead_of_a_silently_constant_gradient(cell):
+    """A gradient penalty on the weights of y.sum(): the incoming gradient (ones) needs no
+    grad, yet create_graph=True asks for a graph. torch.nn gives gradients that require grad;
+    gpulstm must too, and differentiating them must raise, never give a zero penalty gradient."""
+    gen = torch.Generator().manual_seed(11)
+    m, _ = make_pair(cell, 3, 4)
+    x = randn(5, 2, 3, gen=gen)
+    loss = m(x)[0].sum()
+    grads = torch.autograd.grad(loss, list(m.parameters()), create_graph=True)
+    assert all(g.requires_grad for g in grads)
+    with pytest.raises(RuntimeError, match="double backward.*not supported"):
+        (loss + sum(g.pow(2).sum() for g in grads)).backward()
+    # first-order use of those gradients stays fine
+    torch.testing.assert_close(torch.autograd.grad(m(x)[0].sum(), m.weight_ih_l0)[0],
+                               grads[0].detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_no_grad_saves_nothing(mode, monkeypatch):
     kept = []
