@@ -1,7 +1,7 @@
 // rnn_backward.cu: BPTT through one simple-RNN step (pointwise part).
 // Reference: gpulstm/backends/numpy_pointwise.py, rnn_backward.
 //
-//   dh = dh_next + dy;   da = dh (1 - h^2) for tanh, dh [h > 0] for relu
+//   dh = dh_next + dy;   da = dh (1 - h^2) for tanh, dh [not h <= 0] for relu
 // Active rows: dgates = da, dh_next <- 0 (the engine adds dgates @ W_hh);
 // inactive rows: dgates = 0, dh_next passes through unchanged.
 #include "gpulstm_common.cuh"
@@ -19,7 +19,8 @@ __device__ __forceinline__ void rnn_backward_at(
   }
   const T dh = dh_next[k] + dy[k];
   const T hk = h[k];
-  dgates[k] = (flags & RNN_RELU) ? dh * T(hk > T(0)) : dh * (T(1) - hk * hk);
+  // relu: torch's threshold_backward, 0 where h <= 0 and dh elsewhere (h NaN passes dh)
+  dgates[k] = (flags & RNN_RELU) ? (hk <= T(0) ? T(0) : dh) : dh * (T(1) - hk * hk);
   dh_next[k] = T(0);
 }
 

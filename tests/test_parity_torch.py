@@ -1,8 +1,10 @@
 """Parity with torch.nn.LSTM / GRU / RNN (torch 2.13, CPU) for outputs, final states and every
-gradient, on the NumPy backend. float64 near round-off; float32 to a tight relative tolerance."""
+gradient, on the NumPy backend (and the relu RNN's NaN handling on every execution). float64 near round-off; float32 to a tight relative tolerance."""
 import numpy as np
 import pytest
+import torch
 
+import gpulstm as gl
 from torch_ref import assert_close, make_pair, ours_run, random_problem, torch_run
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -63,3 +65,36 @@ def test_parity_no_bias(cell, rng):
     m, ref = make_pair(cell, 4, 6, num_layers=2, bias=False)
     p = random_problem(rng, m, 5, 3)
     assert_close(ours_run(m, **p), torch_run(ref, **p), 1e-12)
+
+
+@pytest.mark.parametrize("backend,algo", [("numpy", "auto"), ("cpu", "auto"),
+                                          ("emulated", "stepwise"), ("emulated", "fused")])
+def test_relu_rnn_propagates_nan_like_torch(backend, algo):
+    """A NaN input element of a relu RNN: torch's relu keeps NaN (NaN goes on through the
+    recurrence), and its backward passes the gradient where h is NaN (threshold_backward:
+    0 only where h <= 0). Every execution gives torch's NaN pattern and values."""
+    from conftest import backend_or_skip
+    backend_or_skip(backend)
+    rng = np.random.default_rng(5)
+    T, B, I, H = 6, 3, 3, 4
+    m = gl.RNN(I, H, nonlinearity="relu", backend=backend, algo=algo, dtype="float64", seed=2)
+    ref = torch.nn.RNN(I, H, nonlinearity="relu", dtype=torch.float64)
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()})
+    x = rng.standard_normal((T, B, I))
+    x[2, 1, 0] = np.nan  # row 1 turns NaN from t=2 on; rows 0 and 2 stay finite
+    y, h_n = m(x)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    yt, ht = ref(xt)
+    want = yt.detach().numpy()
+    assert np.isnan(want[2:, 1]).all() and np.isfinite(want[:, [0, 2]]).all()
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-12, atol=1e-14, equal_nan=True)
+    np.testing.assert_allclose(np.asarray(h_n), ht.detach().numpy(), rtol=1e-12, atol=1e-14,
+                               equal_nan=True)
+    gy = rng.standard_normal(y.shape)
+    dx = m.backward(gy)  # row 1: torch passes dh where h is NaN, so dx there is finite
+    yt.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-14,
+                               equal_nan=True)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(np.asarray(m.grads[name]), p.grad.numpy(), rtol=1e-12,
+                                   atol=1e-14, equal_nan=True, err_msg=name)

@@ -197,7 +197,8 @@ def rnn_backward(h, dh_next, dy, lengths, t, dgates, flags):
     """BPTT through one RNN step. h [B,H] the state written at this step; dh_next [B,H] in/out
     (becomes 0 for active rows); dy [B,H]. Writes dgates [B,H] = dL/d(pre-activation)."""
     dh = dh_next + dy
-    d = dh * (h > 0) if flags & RNN_RELU else dh * (1 - h * h)
+    # relu as torch's threshold_backward: 0 where h <= 0, dh elsewhere (a NaN h passes dh)
+    d = np.where(h <= 0, 0, dh) if flags & RNN_RELU else dh * (1 - h * h)
     act = _active(lengths, t)
     dgates[...] = _select(act, d, 0)
     dh_next[...] = _select(act, 0, dh_next)

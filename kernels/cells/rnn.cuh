@@ -1,7 +1,7 @@
 // rnn.cuh: the simple (Elman) RNN cell, h = tanh(gx + gh), or relu with RNN_RELU; one unit of
 // one step. Spec: gpulstm/cells.py RNNCell, numpy_pointwise.py rnn_forward/backward.
 // Nothing saved (backward reads h_t from the state history): da = dh (1 - h^2) for tanh,
-// dh [h > 0] for relu; no direct part of dL/dh_{t-1} (all of it is da W_hh).
+// dh [not h <= 0] for relu; no direct part of dL/dh_{t-1} (all of it is da W_hh).
 #ifndef GPULSTM_CELL_RNN_CUH
 #define GPULSTM_CELL_RNN_CUH
 #include "cell_common.cuh"
@@ -14,7 +14,7 @@ GPULSTM_HD T gl_rnn_act(const T a, const int flags) {
 }
 template <class T>
 GPULSTM_HD T gl_rnn_act_grad(const T dh, const T h, const int flags) {
-  return (flags & RNN_RELU) ? dh * T(h > T(0)) : dh * (T(1) - h * h);
+  return (flags & RNN_RELU) ? (h <= T(0) ? T(0) : dh) : dh * (T(1) - h * h);  // torch's at NaN
 }
 
 struct RnnCell {

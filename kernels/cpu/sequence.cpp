@@ -1102,7 +1102,7 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
         const bool act = t < L[b];
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R h = relu ? (ar[j] > R(0) ? ar[j] : R(0)) : vtanh<R>(ar[j]);
+          R h = relu ? (ar[j] < R(0) ? R(0) : ar[j]) : vtanh<R>(ar[j]);  // NaN stays NaN
           hnx[j] = act ? h : hp[j];
           y[j] = act ? h : R(0);
         }
@@ -1131,7 +1131,7 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R d = dh[j] + dy[j];
-          R v = relu ? (h[j] > R(0) ? d : R(0)) : d * (R(1) - h[j] * h[j]);
+          R v = relu ? (h[j] <= R(0) ? R(0) : d) : d * (R(1) - h[j] * h[j]);  // torch's at NaN
           dg[j] = act ? v : R(0);
           dh[j] = act ? R(0) : dh[j];
         }
