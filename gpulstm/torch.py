@@ -37,7 +37,6 @@ if __name__ == "torch":  # pragma: no cover - only when gpulstm/ itself is on sy
 
 import contextlib
 import math
-import numbers
 import warnings
 from collections import namedtuple
 
@@ -46,7 +45,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import engine
-from ._checks import check_array, check_dtype_name, check_int, check_lengths
+from ._checks import check_array, check_dropout, check_dtype_name, check_int, check_lengths
 from .backends import BackendUnavailable, get_backend
 from .cells import GRUCell, LSTMCell, RNNCell
 from .init import check_init, initialize
@@ -293,9 +292,7 @@ class _RNNBase(torch.nn.Module):
             if not isinstance(v, bool):
                 raise TypeError(f"{name} must be a bool; got {type(v).__name__} {v!r}")
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = check_dropout(dropout)  # [0, 1] as torch.nn (1 zeroes every element)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout applies after every recurrent layer but the last, so dropout="
                           f"{dropout} does nothing with num_layers=1", stacklevel=3)

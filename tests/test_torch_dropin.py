@@ -302,6 +302,25 @@ def test_double_backward_raises_clear_error():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_dropout_one_zeroes_between_layers_as_torch(cell):
+    """dropout=1.0 is accepted as by torch.nn and zeroes every element between layers: in
+    training the upper layer sees zeros, so outputs and every gradient equal torch's."""
+    gen = torch.Generator().manual_seed(4)
+    ours, ref = make_pair(cell, 3, 5, num_layers=2, dropout=1.0)
+    x = randn(6, 2, 3, gen=gen)
+    xr = x.detach().clone().requires_grad_()
+    y, yr = ours(x)[0], ref(xr)[0]
+    assert_all_close([y], [yr], 1e-12)
+    dy = randn(*y.shape, gen=gen, requires_grad=False)
+    y.backward(dy)
+    yr.backward(dy)
+    assert_all_close([x.grad] + [p.grad for p in ours.parameters()],
+                     [xr.grad] + [p.grad for p in ref.parameters()], 1e-12)
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\]"):
+        gt.LSTM(3, 4, num_layers=2, dropout=1.5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_gradient_penalty_raises_instead_of_a_silently_constant_gradient(cell):
     """A gradient penalty on the weights of y.sum(): the incoming gradient (ones) needs no
     grad, yet create_graph=True asks for a graph. torch.nn gives gradients that require grad;
