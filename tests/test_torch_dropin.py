@@ -516,7 +516,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="nonlinearity"):
         gt.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="dropout"):
-        gt.RNN(3, 4, dropout=1.0)
+        gt.RNN(3, 4, dropout=-0.1)  # 1.0 is valid, as in torch.nn
 
 
 def test_import_gpulstm_does_not_import_torch():
