@@ -410,8 +410,8 @@ class _RNNBase(torch.nn.Module):
             lens = None
         check_array("input", _spec("input", x), (None, None, self.input_size), dtype)
         T, B = x.shape[0], x.shape[1]
-        if T < 1 or B < 1:
-            raise ValueError(f"input must have at least one time step and one sequence; got shape "
+        if T < 1:
+            raise ValueError(f"input must have at least one time step; got shape "
                              f"{tuple(input.data.shape if packed else input.shape)}")
         states = []
         for name, h, size in (("h_0", hx[0], Hs), ("c_0", hx[1], H)):
@@ -429,9 +429,15 @@ class _RNNBase(torch.nn.Module):
         if len(devices) > 1:
             raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
         device = x.device
+        tensors = [x, *states, *weights]
+        if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
+            zero = sum(t.sum() for t in tensors if t is not None) * 0
+            y = x.new_zeros(T, 0, self._num_directions * Hs) + zero
+            h_n = x.new_zeros(LD, 0, Hs) + zero
+            c_n = x.new_zeros(LD, 0, H) + zero if self._has_cell_state else None
+            return (y.transpose(0, 1) if self.batch_first else y), h_n, c_n
         lengths = np.full(B, T, np.int32) if lens is None else check_lengths(lens.numpy(), T, B)
         call = _Call(self, self._execution(device), device, lengths, self.training)
-        tensors = [x, *states, *weights]
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             outs = _EngineFunction.apply(call, x, states[0], states[1], *weights)
             y, h_n, c_n = outs if len(outs) == 3 else (*outs, None)

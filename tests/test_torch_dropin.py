@@ -301,6 +301,28 @@ def test_double_backward_raises_clear_error():
         g.sum().backward()
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_empty_batch_as_torch(cell, batch_first):
+    """B = 0: empty outputs of torch.nn's shapes, and zero gradients for the parameters and an
+    empty one for the input, as torch.nn gives; T = 0 stays an error."""
+    ours, ref = make_pair(cell, 3, 4, num_layers=2, bidirectional=True, batch_first=batch_first)
+    shape = (0, 5, 3) if batch_first else (5, 0, 3)
+    x, xr = torch.randn(shape, dtype=F64, requires_grad=True), None
+    xr = x.detach().clone().requires_grad_()
+    out, outr = ours(x), ref(xr)
+    flat = lambda o: [o[0], *(o[1] if isinstance(o[1], tuple) else (o[1],))]
+    for a, b in zip(flat(out), flat(outr)):
+        assert a.shape == b.shape and a.requires_grad
+    sum(t.sum() for t in flat(out)).backward()
+    sum(t.sum() for t in flat(outr)).backward()
+    assert x.grad.shape == xr.grad.shape == shape
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    with pytest.raises(ValueError, match="at least one time step"):
+        ours(torch.randn((3, 0, 3) if batch_first else (0, 3, 3), dtype=F64))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_dropout_one_zeroes_between_layers_as_torch(cell):
     """dropout=1.0 is accepted as by torch.nn and zeroes every element between layers: in
