@@ -9,9 +9,8 @@
 // recurrent weights into dynamic shared memory, where it stays for all steps:
 //   forward:  wsh[k][g][x] = W_hh^T[k, g H + j0 + x]   k < H, g < G, x < U
 //   backward: wsh[m][x]    = W_hh[m, j0 + x]           m < G H,       x < U
-// (G * H * U elements either way; zero for units j0 + x >= H; each row padded by one element
-// so that the rows the slices of one warp read fall into different banks). Without it the
-// weights are read through L2 every step as in the fused kernels.
+// (zero for units j0 + x >= H; rows of gl_resident_ld(G, U) elements: see there). Without it
+// the weights are read through L2 every step as in the fused kernels.
 //
 // Requirements (the launcher checks them, a cooperative launch enforces co-residency): every
 // block resident at once; `barrier` a zeroed unsigned counter of this launch; buffers are the
@@ -46,20 +45,31 @@ __device__ __forceinline__ void gl_grid_sync(unsigned int* counter, unsigned int
 #endif
 }
 
-// Copies the block's weight slice to shared memory: dst[r * (G * U + 1) + g * U + x] =
-// src[r * ld + g * gstride + j0 + x] for r < rows, g < G, x < U (U = blockDim.x).
+// Row length (elements) of the resident weight copy: G U rounded up to an odd multiple of U.
+// In fused_row_product a warp holds 32 / U reduction slices of U lanes, which read 32 / U
+// consecutive rows at the same U columns. Rows an odd multiple m U apart start at i m U mod 32
+// (i < 32 / U): distinct multiples of U, so the warp's 32 loads fall into 32 distinct banks
+// (8-byte elements: the two half-warps' 16 into distinct bank pairs). A pad of one element
+// (row i at bank i) makes slices overlap: 4-way conflicts at U = 8 (G U + 1 = 33). U = 32: one
+// row per warp, no pad. Must match gpulstm.backends.kernel_loop.resident_ld.
+__host__ __device__ __forceinline__ int gl_resident_ld(const int G, const int U) {
+  return (U < 32 && G % 2 == 0) ? (G + 1) * U : G * U;
+}
+
+// Copies the block's weight slice to shared memory: dst[r * gl_resident_ld(G, U) + g * U + x]
+// = src[r * ld + g * gstride + j0 + x] for r < rows, g < G, x < U (U = blockDim.x).
 template <typename T>
 __device__ __forceinline__ void gl_load_weights(T* dst, const T* src, const int rows,
                                                 const int G, const int ld, const int gstride,
                                                 const int H) {
   const int U = blockDim.x, j0 = blockIdx.x * U;
-  const int n = rows * G * U;
+  const int n = rows * G * U, ldw = gl_resident_ld(G, U);
   const int nthreads = U * blockDim.y * blockDim.z;
   for (int i = (threadIdx.z * blockDim.y + threadIdx.y) * U + threadIdx.x; i < n; i += nthreads) {
     const int x = i % U;
     const int g = (i / U) % G;
     const int r = i / (G * U);
-    dst[r * (G * U + 1) + g * U + x] = j0 + x < H ? src[r * ld + g * gstride + j0 + x] : T(0);
+    dst[r * ldw + g * U + x] = j0 + x < H ? src[r * ld + g * gstride + j0 + x] : T(0);
   }
   __syncthreads();
 }
@@ -69,7 +79,7 @@ extern __shared__ __align__(16) unsigned char gl_dynamic_smem[];
 // The right operand for the step functions: the resident copy or global memory.
 #define GL_RIGHT(G, global_ptr, global_ld, global_gstride)                                  \
   const T* right = resident ? wsh : (global_ptr);                                         \
-  const int ldr = resident ? (G) * int(blockDim.x) + 1 : (global_ld);                     \
+  const int ldr = resident ? gl_resident_ld((G), int(blockDim.x)) : (global_ld);          \
   const int col = resident ? int(threadIdx.x) : int(blockIdx.x * blockDim.x + threadIdx.x); \
   const int gstride = resident ? int(blockDim.x) : (global_gstride);                      \
   (void)gstride;

@@ -8,7 +8,8 @@ import pytest
 
 import gpulstm as gl
 from gpulstm.backends import get_backend
-from gpulstm.backends.kernel_loop import ROWS, TILE, fused_launch_shape, persistent_plan
+from gpulstm.backends.kernel_loop import (PERSISTENT_UNITS, ROWS, THREADS, TILE, fused_launch_shape,
+                                          persistent_plan, resident_ld)
 
 from conftest import numpy_gemm_ex
 from kernel_cases import MODULE_CASES, check_module
@@ -94,9 +95,12 @@ def test_persistent_plan():
     """The smallest unit tile whose grid fits on the SMs; 256 threads per block at most."""
     p = persistent_plan(8, 128, 4, 4)  # 8 units: 16 blocks
     assert p["grid"] == (16, 1) and p["block"] == (8, 8, 4) and p["blocks"] == 16
-    assert p["resident"] and p["shared"] == 4 * 128 * (8 + 1) * 4  # backward W_hh[:, tile], padded
-    p = persistent_plan(8, 1024, 4, 4)  # 128 blocks of 8 units, 128 KiB slices
-    assert p["grid"] == (128, 1) and p["resident"] and p["shared"] == 4 * 1024 * (8 + 1) * 4
+    # forward W_hh^T[:, tile]: H rows of 4 x 8 gate columns padded to 5 x 8 (backward 4 H x 8)
+    assert p["resident"] and p["shared"] == 128 * 5 * 8 * 4
+    p = persistent_plan(8, 1024, 4, 4)  # 128 blocks of 8 units, 160 KiB slices
+    assert p["grid"] == (128, 1) and p["resident"] and p["shared"] == 1024 * 5 * 8 * 4
+    p = persistent_plan(8, 1024, 3, 4)  # GRU: 3 x 8 columns (odd) need no pad either way
+    assert p["resident"] and p["shared"] == 1024 * 3 * 8 * 4
     p = persistent_plan(1, 2048, 4, 4)  # 8 units would need 256 blocks: 16 units
     assert p["grid"] == (128, 1) and p["block"] == (16, 1, 16)
     assert not p["resident"] and p["shared"] == 0  # a 512 KiB slice: read through L2
@@ -107,6 +111,41 @@ def test_persistent_plan():
             if p:
                 x, y, z = p["block"]
                 assert x * y * z <= 256 and y == min(8, B) and p["grid"][0] * x >= H
+
+
+def _warp_conflicts(ld, units, itemsize, warp=0, c0=0):
+    """Worst bank conflict (distinct words one bank serves) of one load of fused_row_product
+    on the resident copy with rows of ``ld`` elements: lane lin = x + U s of a warp reads row
+    c0 + s, column x (kernels/fused_step.cu). 32 banks of 4 bytes; 8-byte loads run in two
+    half-warps, each a separate wavefront."""
+    lanes = [warp * 32 + i for i in range(32)]
+    phases = [lanes] if itemsize <= 4 else [lanes[:16], lanes[16:]]
+    worst = 1
+    for phase in phases:
+        banks = {}
+        for lin in phase:
+            x, s = lin % units, lin // units
+            addr = ((c0 + s) * ld + x) * itemsize
+            for word in range(addr // 4, (addr + itemsize) // 4):
+                banks.setdefault(word % 32, set()).add(word)
+        worst = max(worst, max(len(w) for w in banks.values()))
+    return worst
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_resident_weight_rows_are_free_of_bank_conflicts(itemsize):
+    """The resident rows (resident_ld: an odd multiple of U) give every warp's load of the
+    recurrent product distinct banks, for every cell (G = 4, 3, 1; backward G = 1) and unit
+    tile; the former pad of one element (G U + 1) gave 4-way conflicts at U = 8."""
+    for units in PERSISTENT_UNITS:
+        for gates in (4, 3, 1):
+            ld = resident_ld(gates, units)
+            assert ld >= gates * units and ld % units == 0
+            for warp in range(THREADS // 32):
+                for c0 in (0, 5):
+                    assert _warp_conflicts(ld, units, itemsize, warp, c0) == 1, (units, gates)
+    assert _warp_conflicts(4 * 8 + 1, 8, 4) == 4  # the old padding, LSTM forward at U = 8
+    assert _warp_conflicts(4 * 8, 8, 4) == 4  # no padding at all: as bad
 
 
 def test_launch_shape_covers_every_element():
@@ -347,7 +386,7 @@ class _FakeKernel:
 
 
 @pytest.mark.parametrize("cls, kw, H, algo", [("LSTM", {"peephole": True}, 400, "persistent"),
-                                              ("LSTM", {}, 320, "persistent"),
+                                              ("LSTM", {}, 300, "persistent"),
                                               ("GRU", {"bidirectional": True}, 40, "fused"),
                                               ("RNN", {"nonlinearity": "relu"}, 40, "auto")])
 def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, kw, H, algo):
@@ -380,9 +419,9 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
         assert names == {f"{kind}_persistent_forward<float>", f"{kind}_persistent_backward<float>"}
         assert all(coop for _, coop, _ in fake.launches)
     if H == 400:  # the resident weight slice (8 units) needs the > 48 KiB opt-in
-        assert max(s for _, _, s in fake.launches) == 4 * 400 * (8 + 1) * 4 > 48 * 1024
-    if H == 320:  # under 48 KiB dynamic, over it with the static FusedShared: opt-in too
-        assert max(s for _, _, s in fake.launches) == 4 * 320 * (8 + 1) * 4 <= 48 * 1024
+        assert max(s for _, _, s in fake.launches) == 400 * 5 * 8 * 4 > 48 * 1024
+    if H == 300:  # under 48 KiB dynamic, over it with the static FusedShared: opt-in too
+        assert max(s for _, _, s in fake.launches) == 300 * 5 * 8 * 4 <= 48 * 1024
 
 
 def test_tile_constants_match_the_kernels():

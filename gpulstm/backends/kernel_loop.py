@@ -86,6 +86,14 @@ def fused_launch_shape(B, H):
     return ((H + TILE - 1) // TILE, (B + rows - 1) // rows), (TILE, rows)
 
 
+def resident_ld(gates, units):
+    """Row length (elements) of a persistent block's resident weight copy: ``gates * units``
+    rounded up to an odd multiple of ``units`` (below 32 units), so that the rows one warp's
+    reduction slices read start on distinct banks (``gl_resident_ld`` in kernels/persistent.cu,
+    which says why)."""
+    return (gates + 1) * units if units < 32 and gates % 2 == 0 else gates * units
+
+
 def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SMEM_PER_BLOCK):
     """Launch plan of a persistent kernel, or None where its grid cannot be co-resident.
 
@@ -93,9 +101,8 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
     reduction slices (``R = min(8, B)``, ``Z = min(32, 256 // (U R))``) with the smallest U in
     :data:`PERSISTENT_UNITS` whose grid ``ceil(H / U) x ceil(B / R)`` fits on the SMs, so the
     work spreads over as many SMs as possible. ``resident``: the block's weight slice (about
-    ``gates * H * U`` elements, rows padded) fits in shared memory next to the static
-    buffers; ``shared``
-    the dynamic shared bytes (the slice, or 0). Co-residency is argued for ONE block per SM: a
+    ``gates * H * U`` elements, rows padded: :func:`resident_ld`) fits in shared memory next
+    to the static buffers; ``shared`` the dynamic shared bytes (the slice, or 0). Co-residency is argued for ONE block per SM: a
     block has at most 256 threads and the kernels' registers (ptxas report,
     tests/test_nvrtc_compile.py) times 256 stay under an SM's 64 Ki, so any SM holds one;
     ``blocks <= sm_count`` is then sufficient (a cooperative launch checks it again).
@@ -109,8 +116,8 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
         return None
     grid = (-(-H // units), row_groups)
     block = (units, rows, max(1, min(TILE, THREADS // (units * rows))))
-    # the slice, rows padded by one element: forward H x (G U + 1), backward G H x (U + 1)
-    w_bytes = max(H * (gates * units + 1), gates * H * (units + 1)) * itemsize
+    # the slice: forward H rows of resident_ld(G, U), backward G H rows of resident_ld(1, U)
+    w_bytes = max(H * resident_ld(gates, units), gates * H * resident_ld(1, units)) * itemsize
     static = (ROWS * (TILE + 1) + 4 * THREADS) * itemsize  # FusedShared<T>
     resident = w_bytes + static <= smem_per_block
     return dict(grid=grid, block=block, blocks=grid[0] * grid[1], resident=resident,
