@@ -12,7 +12,8 @@ comma  := ,
 ALL_EXTRAS = $(EXTRAS)$(if $(filter cuda12 cuda13,$(CUDA_EXTRA)),$(comma)$(CUDA_EXTRA))
 STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(ALL_EXTRAS))
 
-.PHONY: all run demo bench bench-commit report html test test-slow venv clean gpu-check wheels
+.PHONY: all run demo bench bench-commit report html test test-slow venv clean gpu-check \
+        gpu-check-dry gpu-import wheels
 
 all: run
 
@@ -66,11 +67,26 @@ clean:
 demo: $(STAMP)
 	$(PY) -m gpulstm.demo
 
-## On a GPU machine without network: GPU tests, compute-sanitizer, speed table and asv GPU
-## benchmarks; logs and numbers go to OUT (default results/gpu-check/<UTC time>).
-## Uses whatever Python has CuPy/torch/pytest, installing what is missing from wheels/.
+## The prepared GPU check (docs/gpu.md): on a machine with an NVIDIA GPU, CuPy and torch (no
+## network, no venv: GPU_PYTHON, default python3), at most ~5 minutes, at most 8 files into
+## OUT (required; a new or empty folder). GPULSTM_COMMIT names the commit where the tree has
+## no .git. Exit status 0 only when every section passed.
+GPU_PYTHON ?= python3
 gpu-check:
-	bash tools/gpu_check.sh $(OUT)
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=<new folder> [GPULSTM_COMMIT=<sha>]"; exit 2; }
+	PYTHONPATH=$(CURDIR) GPULSTM_COMMIT=$(GPULSTM_COMMIT) $(GPU_PYTHON) -m gpulstm.gpucheck run $(OUT)
+
+## The same check on the CPU (the emulated kernels, small shapes, torch CPU for cuDNN, the
+## sanitizer's cases without the sanitizer): writes the same files into OUT, nothing tracked.
+gpu-check-dry: $(STAMP)
+	@test -n "$(OUT)" || { echo "usage: make gpu-check-dry OUT=<new folder>"; exit 2; }
+	$(PY) -m gpulstm.gpucheck run --dry $(OUT)
+
+## A returned gpu-check folder into results/gpu/<card>-<commit>/ (COMMIT=<sha> where the run
+## did not know it); the report's GPU section reads it from there. Commit results/ yourself.
+gpu-import: $(STAMP)
+	@test -n "$(FROM)" || { echo "usage: make gpu-import FROM=<returned folder> [COMMIT=<sha>]"; exit 2; }
+	$(PY) -m gpulstm.gpucheck import $(FROM) --results $(CURDIR)/results $(if $(COMMIT),--commit $(COMMIT))
 
 ## Download the wheels gpu-check installs offline (GPULSTM_WHEEL_PY, GPULSTM_CUDA_MAJOR).
 wheels:

@@ -22,6 +22,7 @@ assumption with its source; change them with :class:`Device`. :data:`ANCHORS` ar
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .backends.kernel_loop import PERSISTENT_MAX_BATCH, ROWS, TILE, persistent_plan
@@ -54,6 +55,20 @@ DEVICES = {
     "H100": Device("H100 SXM", 132, fp32_tflops=67.0, fp64_tflops=34.0, hbm_tbs=3.35),
     "H200": Device("H200 SXM", 132, fp32_tflops=67.0, fp64_tflops=34.0, hbm_tbs=4.8),
 }
+
+def device_for(card_name, sm_count=None):
+    """The key of :data:`DEVICES` for a card's name as the driver reports it ("NVIDIA H100 80GB
+    HBM3" -> "H100"), or None for a card this model has no figures for -- another chip, a
+    PCIe or NVL variant (other SM counts, clocks, bandwidths), or an SM count (as queried)
+    unlike the figures' -- so that the caller says so instead of using another card's."""
+    name = str(card_name).upper()
+    found = [k for k in DEVICES if re.search(rf"\b{k}\b", name)]
+    if len(found) != 1 or re.search(r"PCIE|NVL", name):
+        return None
+    if sm_count is not None and int(sm_count) != DEVICES[found[0]].sm_count:
+        return None
+    return found[0]
+
 
 #: cuDNN measurements cited by the issue (FP32 LSTM): µs per time step
 ANCHORS = {

@@ -12,6 +12,7 @@ Used by test_kernels_emulated.py (backend "emulated", every CI run) and test_gpu
 import numpy as np
 
 import gpulstm as gl
+from gpulstm.gpucheck import PoisonXP
 from gpulstm.backends import numpy_pointwise as ref
 from gpulstm.backends.numpy_pointwise import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
 
@@ -124,26 +125,10 @@ MODULE_CASES = [
 ]
 
 
-class _PoisonXP:
-    """The array module ``xp`` with ``empty`` returning NaN-filled float arrays."""
-
-    def __init__(self, xp):
-        self._xp = xp
-
-    def __getattr__(self, name):
-        return getattr(self._xp, name)
-
-    def empty(self, shape, dtype=float):
-        a = self._xp.empty(shape, dtype)
-        if a.dtype.kind == "f":
-            a.fill(float("nan"))
-        return a
-
-
 def _poisoned(ex):
     import copy
     ex = copy.copy(ex)
-    ex.xp = _PoisonXP(ex.xp)
+    ex.xp = PoisonXP(ex.xp)  # the GPU check's (gpulstm.gpucheck)
     return ex
 
 

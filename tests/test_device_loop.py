@@ -302,23 +302,6 @@ def test_launch_trace_doctest():
     assert doctest.testmod(lt).failed == 0
 
 
-def test_gpu_algos_script_runs_on_the_cpu(emulated, tmp_path, monkeypatch):
-    """tools/gpu_algos.py (make gpu-check) runs its code path on the emulated backend."""
-    import json
-    import pathlib
-    import sys
-    tools = pathlib.Path(__file__).resolve().parents[1] / "tools"
-    monkeypatch.syspath_prepend(str(tools))
-    import gpu_algos
-    assert gpu_algos.main([str(tmp_path), "--backend", "emulated", "--tiny", "--reps", "1"]) == 0
-    data = json.loads((tmp_path / "algos.json").read_text())
-    assert {r["impl"] for r in data["rows"]} == {"stepwise", "stepwise+tf32", "fused",
-                                                 "fused+graphs", "persistent"}
-    (graphs,) = [r for r in data["rows"] if r["impl"] == "fused+graphs"]
-    assert graphs["graph_stats"]["captures"] == {"forward": 1, "backward": 1}
-    sys.modules.pop("gpu_algos", None)
-
-
 # -- the cupy execution's launch glue, on the CPU -----------------------------------------------
 
 class _FakeCupy:

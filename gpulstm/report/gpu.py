@@ -1,11 +1,12 @@
 """The GPU time loop in the report: measured µs per step of each algorithm next to the
 performance model's prediction (:mod:`gpulstm.perfmodel`, a MODEL, not a measurement).
 
-Measurements come from ``make gpu-check``'s ``algos`` step (``tools/gpu_algos.py``), which
-writes ``algos.json`` into its output folder: one row per (T, B, H, implementation) with the
-measured forward and forward+backward times, µs per step, the model's µs per step computed at
-the same commit, and the largest difference of the output from cuDNN's. Until such a file
-exists, :func:`gpu_loop_table` gives the model alone, on the grid of the GPU check.
+Measurements come from ``make gpu-check``'s speed section (:mod:`gpulstm.gpucheck`), which
+writes ``algos.json`` into its output folder (``make gpu-import`` puts it under results/gpu/):
+one row per (T, B, H, implementation) with the measured forward and forward+backward times, µs
+per step, the model's µs per step computed at the same commit, and the largest difference of
+the output from cuDNN's. Until such a file exists, :func:`gpu_loop_table` gives the model
+alone, on the grid of the GPU check.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-#: the (B, H) grid of the GPU check (tools/gpu_algos.py), at T=100, fwd+bwd
+#: the (B, H) grid of the model's table, at T=100, fwd+bwd
 MODEL_GRID = [(B, H) for B in (1, 8, 64) for H in (128, 512, 1024)]
 MODEL_T = 100
 
@@ -65,7 +66,7 @@ def gpu_loop_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                     "measured / model", "x cudnn", "max_abs_diff_vs_cudnn"]].rename(columns={
                         "us_per_step": "measured µs/step", "model_us_per_step": "model µs/step",
                         "max_abs_diff_vs_cudnn": "max |y - cudnn|"})
-        note = ("LSTM fp32, forward+backward, one layer (make gpu-check, tools/gpu_algos.py): "
+        note = ("LSTM fp32, forward+backward, one layer (make gpu-check, gpulstm.gpucheck): "
                 "measured µs per time step of each time-loop algorithm and of cuDNN (TF32 off "
                 "and on), beside the performance model's prediction for the same shape "
                 "(gpulstm.perfmodel: a model, not a measurement). `x cudnn`: time over cuDNN "
