@@ -188,13 +188,15 @@ def instrument(m, poison=True):
     with list "launches" and int "graph_replays"."""
     import copy
     ex = copy.copy(m.ex)
-    rec = {"launches": [], "graph_replays": 0}
+    rec = {"launches": [], "graph_replays": 0, "fallbacks": []}
     pw = ex.pw = copy.copy(ex.pw)
     orig = type(pw).kernel
 
     def kernel(name, dtype):
         return _Recorded(orig(pw, name, dtype), name, rec["launches"])
     pw.kernel = kernel
+    ex._fallback = lambda name, plan, per_sm: rec["fallbacks"].append(
+        dict(kernel=name, blocks=plan["blocks"], blocks_per_sm=per_sm))
     if poison:
         ex.xp = PoisonXP(ex.xp)
     if getattr(ex, "graphs", False):
@@ -221,6 +223,7 @@ def summarize_launches(rec):
     else:
         ran = "stepwise"
     return {"algo_ran": ran, "graph_replays": rec["graph_replays"],
+            "persistent_fallbacks": rec.get("fallbacks", []),
             "kernels": [dict(kernel=k[0], grid=k[1], block=k[2], shared=k[3], cooperative=k[4],
                              count=n) for k, n in counts.items()]}
 
@@ -559,6 +562,7 @@ def _speed_row(ctx, impl, T, B, H, reps, model, ref_y, state):
             m.backward(gys)
         y = m.ex.to_numpy(fwd())
         rec["launches"].clear()
+        rec["fallbacks"].clear()
         rec["graph_replays"] = 0
         fb()
         row["launches"] = summarize_launches(rec)

@@ -461,3 +461,121 @@ def test_weight_index_width_is_refused_clearly(emulated, kernel, extra):
     auto = get_backend("emulated")
     assert auto.loop_algo(LSTMCell(), 0, 2, 1, 23171, 4) == "stepwise"
     assert auto.loop_algo(LSTMCell(), 0, 2, 1, 23170, 4) != "stepwise"
+
+
+# -- the occupancy guard of the persistent launch ----------------------------------------------
+def _fwd_bwd(m, x, gy):
+    """y, the final states, dx and every gradient of a forward + backward, as NumPy arrays."""
+    y, hn = m(x)
+    states = list(hn) if isinstance(hn, tuple) else [hn]
+    dx = m.backward(gy)
+    return [np.asarray(m.ex.to_numpy(a)) for a in [y, *states, dx]] + [
+        np.asarray(m.ex.to_numpy(m.grads[k])) for k in sorted(m.grads)]
+
+
+@pytest.mark.parametrize("algo", ["persistent", "auto"])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_simulated_occupancy_limit_falls_back_to_fused(emulated, rng, cls, algo):
+    """A device whose SMs hold no persistent block (simulated shared memory per SM under one
+    block's) runs the fused kernels: the same numbers bit for bit as algo="fused", the
+    fallback reported through the hook; with room for the blocks the persistent ones run."""
+    x = rng.standard_normal((5, 3, 4))
+    gy = rng.standard_normal((5, 3, 37))
+    base = get_backend("emulated", algo)
+    results, names, fallbacks = {}, {}, []
+    for label, ex in (("fused", get_backend("emulated", "fused")),
+                      ("small", base.with_device_limits(smem_per_sm=4096)),
+                      ("roomy", base.with_device_limits(smem_per_sm=228 * 1024))):
+        m = getattr(gl, cls)(4, 37, backend="emulated", dtype="float64", seed=2)
+        ex = ex.with_algo(ex.algo)
+        object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
+        ex._fallback = lambda name, plan, per_sm: fallbacks.append((label, name, per_sm))
+        counts = {}
+        orig = ex.pw.kernel
+
+        def counting(kname, dtype, orig=orig, counts=counts):
+            k = orig(kname, dtype)
+
+            def launch(*a, **kw):
+                counts[kname] = counts.get(kname, 0) + 1
+                return k(*a, **kw)
+            return launch
+        ex.pw = __import__("copy").copy(ex.pw)
+        ex.pw.kernel = counting
+        results[label], names[label] = _fwd_bwd(m, x, gy), set(counts)
+    kind = cls.lower()
+    assert names["small"] == names["fused"] == {f"{kind}_fused_forward", f"{kind}_fused_backward"}
+    assert names["roomy"] == {f"{kind}_persistent_forward", f"{kind}_persistent_backward"}
+    for a, b in zip(results["small"], results["fused"]):
+        assert np.array_equal(a, b)
+    assert {(f[0], f[2]) for f in fallbacks} == {("small", 0)}
+    assert {f[1] for f in fallbacks} == {f"{kind}_persistent_forward", f"{kind}_persistent_backward"}
+
+
+def test_simulated_sm_count_and_shared_memory_change_the_plan(emulated):
+    from gpulstm.cells import LSTMCell
+    ex = get_backend("emulated", "persistent")
+    assert ex.loop_algo(LSTMCell(), 0, 10, 11, 70, 8) == "persistent"
+    assert ex.with_device_limits(sm_count=5).loop_algo(LSTMCell(), 0, 10, 11, 70, 8) == "fused"
+    small = ex.with_device_limits(smem_per_block=4096)
+    assert small._limits() == (132, 4096) and ex._limits() == (132, 227 * 1024)
+    with pytest.raises(ValueError, match="sm_count must be a positive int"):
+        ex.with_device_limits(sm_count=0)
+    with pytest.raises(ValueError, match="smem_per_sm"):
+        ex.with_device_limits(smem_per_sm=1.5)
+
+
+def _fake_cupy_execution(monkeypatch, algo, occupancy=None, warn=False):
+    from gpulstm.backends import cupy as cupy_backend
+    from gpulstm.emulator import EmulatedModule
+    from gpulstm.kernel_source import kernel_source
+    import types
+    import warnings
+    src = kernel_source()
+    fake = _FakeCupy(EmulatedModule(code=src.code, name_expressions=list(src.name_expressions)))
+    if occupancy is not None:
+        fake.cuda.driver = types.SimpleNamespace(
+            occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: occupancy)
+        monkeypatch.setattr(_FakeKernel, "ptr", 0, raising=False)
+    if warn:
+        call = _FakeKernel.__call__
+
+        def shrinking(self, grid, block, args, shared_mem=0):
+            if self.coop:
+                warnings.warn("the grid is too large for a cooperative launch: shrinking it")
+            return call(self, grid, block, args, shared_mem)
+        monkeypatch.setattr(_FakeKernel, "__call__", shrinking)
+    monkeypatch.setattr(cupy_backend, "_modules", cupy_backend._modules.fresh())
+    monkeypatch.setattr(cupy_backend, "_limits", cupy_backend._limits.fresh())
+    ex = cupy_backend.CupyExecution(fake, cublas=object()).with_algo(algo)
+    ex._gemm_ex = numpy_gemm_ex
+    return ex, fake
+
+
+@pytest.mark.parametrize("occupancy, ran", [(0, "fused"), (1, "persistent")])
+def test_cupy_occupancy_guard_on_a_fake_cupy(emulated, monkeypatch, rng, occupancy, ran):
+    """The cupy execution asks the driver's occupancy calculator before a cooperative launch:
+    0 blocks per SM runs fused with the numbers of algo="fused"; 1 runs persistent."""
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    gy = rng.standard_normal((4, 3, 40)).astype(np.float32)
+    out = {}
+    for algo in ("fused", "persistent"):
+        ex, fake = _fake_cupy_execution(monkeypatch, algo, occupancy=occupancy)
+        m = gl.LSTM(5, 40, backend="numpy", dtype="float32", seed=3)
+        object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
+        out[algo] = _fwd_bwd(m, x, gy)
+        names = {n for n, _, _ in fake.launches}
+    assert names == {f"lstm_{ran}_forward<float>", f"lstm_{ran}_backward<float>"}
+    if ran == "fused":
+        for a, b in zip(out["persistent"], out["fused"]):
+            assert np.array_equal(a, b)
+
+
+def test_cupy_grid_shrink_warning_is_an_error(emulated, monkeypatch, rng):
+    """CuPy's warning that it shrinks a cooperative grid stops the launch with an error."""
+    ex, fake = _fake_cupy_execution(monkeypatch, "persistent", warn=True)
+    m = gl.LSTM(5, 40, backend="numpy", dtype="float32", seed=3)
+    object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
+    with pytest.raises(RuntimeError, match="cooperative launch of lstm_persistent_forward.*refused"):
+        m(rng.standard_normal((4, 3, 5)).astype(np.float32))
+    assert not fake.launches  # nothing ran

@@ -226,3 +226,21 @@ def test_card_slug_and_model_device():
     assert device_for("NVIDIA H100 80GB HBM3", 114) is None  # a queried SM count unlike ours
     assert device_for("NVIDIA A100-SXM4-80GB") is None
     assert device_for("NVIDIA GH200 480GB") is None
+
+
+def test_the_check_reports_a_persistent_fallback(rng):
+    """A persistent launch the occupancy guard refuses shows in the check's launch record as
+    the fallback, and the algorithm that ran as fused."""
+    import gpulstm as gl
+    from gpulstm.backends import get_backend
+    m = gl.LSTM(4, 37, backend="emulated", dtype="float32", seed=0)
+    ex = get_backend("emulated", "persistent").with_device_limits(smem_per_sm=4096)
+    object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
+    rec = gpucheck.instrument(m)
+    y, _ = m(rng.standard_normal((3, 2, 4)).astype(np.float32))
+    m.backward(np.ones_like(y))
+    s = gpucheck.summarize_launches(rec)
+    assert s["algo_ran"] == "fused"
+    assert [f["kernel"] for f in s["persistent_fallbacks"]] == ["lstm_persistent_forward",
+                                                                "lstm_persistent_backward"]
+    assert all(f["blocks_per_sm"] == 0 for f in s["persistent_fallbacks"])

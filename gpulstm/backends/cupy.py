@@ -17,6 +17,7 @@ GEMMs.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -139,7 +140,32 @@ class _DeviceKernel:
         # dynamic size under 48 KiB may need it too
         if f.max_dynamic_shared_size_bytes < shared_mem:
             f.max_dynamic_shared_size_bytes = shared_mem
-        f(grid, block, args, shared_mem=shared_mem)
+        if not cooperative:
+            f(grid, block, args, shared_mem=shared_mem)
+            return
+        # CuPy shrinks a cooperative grid that does not fit, with a warning, and the kernels'
+        # grid barrier would count the shrunk grid (units never computed): an error instead
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                f(grid, block, args, shared_mem=shared_mem)
+            except Warning as w:
+                raise RuntimeError(f"cooperative launch of {self._name} (grid {grid}, block "
+                                   f"{block}, {shared_mem} dynamic shared bytes) refused: "
+                                   f"CuPy warned {w}") from None
+
+    def blocks_per_sm(self, threads, shared_mem):
+        """Co-resident blocks per SM of the cooperative kernel at ``threads`` threads and
+        ``shared_mem`` dynamic bytes (the driver's occupancy calculator, after the opt-in), or
+        None where this CuPy does not expose it."""
+        occupancy = getattr(getattr(self._cp.cuda, "driver", None),
+                            "occupancyMaxActiveBlocksPerMultiprocessor", None)
+        if occupancy is None:
+            return None
+        f = self.prepare(True)
+        if f.max_dynamic_shared_size_bytes < shared_mem:
+            f.max_dynamic_shared_size_bytes = shared_mem
+        return int(occupancy(f.ptr, int(threads), int(shared_mem)))
 
 
 class CupyExecution(KernelLoop):
@@ -159,6 +185,10 @@ class CupyExecution(KernelLoop):
     def device_limits(self):
         """(SM count, opt-in shared bytes per block) of the current device (queried once)."""
         return _limits.get(self.xp, self.xp.cuda.runtime.getDevice())
+
+    def blocks_per_sm(self, kernel, threads, shared):
+        """The occupancy guard's count, from the driver (see :class:`_DeviceKernel`)."""
+        return kernel.blocks_per_sm(threads, shared) if hasattr(kernel, "blocks_per_sm") else None
 
     # -- CUDA graphs of the fused loop (kernel_loop.KernelLoop.with_graphs) -------------------
     # The loop's launches are captured on a private non-blocking stream (capture cannot run on

@@ -228,6 +228,53 @@ class KernelLoop(ExecutionOptions):
         """(SM count, shared bytes per block) of the device the persistent kernels run on."""
         return SM_COUNT, SMEM_PER_BLOCK
 
+    #: simulated device limits (:meth:`with_device_limits`); None: the device's own
+    _simulated = None
+
+    def with_device_limits(self, sm_count=None, smem_per_block=None, smem_per_sm=None):
+        """This execution as if on a device with ``sm_count`` SMs, ``smem_per_block`` shared
+        bytes per block (with the opt-in) and ``smem_per_sm`` shared bytes per SM (a shallow
+        copy; None keeps the device's). The persistent plan, the occupancy guard before each
+        cooperative launch and its fallback to fused follow them: how CI tests the guard."""
+        sim = {}
+        for key, v in (("sm_count", sm_count), ("smem_per_block", smem_per_block),
+                       ("smem_per_sm", smem_per_sm)):
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                    raise ValueError(f"{key} must be a positive int or None; got {v!r}")
+                sim[key] = int(v)
+        ex = copy.copy(self)
+        ex._simulated = sim or None
+        return ex
+
+    def _limits(self):
+        """(SM count, shared bytes per block): the device's, or the simulated ones."""
+        sm, smem = self.device_limits()
+        sim = self._simulated or {}
+        return sim.get("sm_count", sm), sim.get("smem_per_block", smem)
+
+    def blocks_per_sm(self, kernel, threads, shared):
+        """Blocks of ``kernel`` (``threads`` threads, ``shared`` dynamic shared bytes) one SM
+        holds at once, or None where unknown (then one is assumed: the compile-time argument of
+        :func:`persistent_plan`). The cupy execution asks the driver's occupancy calculator."""
+        return None
+
+    def _co_resident(self, k, plan, itemsize):
+        """(fits, blocks per SM): the occupancy guard of a cooperative launch, blocks per SM x
+        SMs >= grid (with simulated limits: also the simulated shared memory per SM)."""
+        threads = int(np.prod(plan["block"]))
+        per_sm = self.blocks_per_sm(k, threads, plan["shared"])
+        per_sm = 1 if per_sm is None else int(per_sm)
+        sim = self._simulated or {}
+        if "smem_per_sm" in sim:
+            static = (ROWS * (TILE + 1) + 4 * THREADS) * itemsize  # FusedShared<T>
+            per_sm = min(per_sm, sim["smem_per_sm"] // (plan["shared"] + static))
+        return per_sm * self._limits()[0] >= plan["blocks"], per_sm
+
+    def _fallback(self, name, plan, per_sm):
+        """A persistent launch that would not be co-resident runs fused instead (a hook: the
+        GPU check records it)."""
+
     def loop_algo(self, cell, flags, T, B, H, itemsize):
         """The algorithm the hooks run: "stepwise", "fused" or "persistent" (see the module
         docstring for the rule). The persistent kernels index whole [T, B, 4H] sequences with
@@ -237,15 +284,22 @@ class KernelLoop(ExecutionOptions):
         if self.algo == "auto" and 4 * H * H >= 2**31:
             return "stepwise"  # past the fused kernels' int weight index (_check_int_index)
         if self.algo in ("auto", "persistent") and T * 4 * B * H < 2**31:
-            fits = persistent_plan(B, H, cell.gates, itemsize, *self.device_limits()) is not None
+            fits = persistent_plan(B, H, cell.gates, itemsize, *self._limits()) is not None
             if fits and (self.algo == "persistent" or B <= PERSISTENT_MAX_BATCH):
                 return "persistent"
         return "fused"
 
     def _persistent(self, name, dtype, B, H, gates):
+        """The launcher of persistent kernel ``name``, or None where the occupancy guard finds
+        its grid not co-resident (the caller runs fused)."""
         _check_int_index(name, B, H)
-        plan = persistent_plan(B, H, gates, np.dtype(dtype).itemsize, *self.device_limits())
+        itemsize = np.dtype(dtype).itemsize
+        plan = persistent_plan(B, H, gates, itemsize, *self._limits())
         k = self.pw.kernel(name, dtype)
+        fits, per_sm = self._co_resident(k, plan, itemsize)
+        if not fits:
+            self._fallback(name, plan, per_sm)
+            return None
 
         def launch(args):
             barrier = self.xp.zeros(1, np.uint32)
@@ -279,9 +333,10 @@ class KernelLoop(ExecutionOptions):
         algo = self._forward_algo(cell, s, flags, T, B, H)
         if algo == "stepwise":
             return False
-        if algo == "persistent":
+        launch = (self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
+                  if algo == "persistent" else None)
+        if launch is not None:
             L, Y = s["L"], s["Y"]
-            launch = self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
             n, rev = _i32(T), _i32(s["reverse"])
             if kind == "lstm":
                 launch((gx, s["w_hh_T"], s["C"], S, L, n, rev, s["peep"], s["gh"], s["gates"], Y,
@@ -320,8 +375,9 @@ class KernelLoop(ExecutionOptions):
         if algo == "stepwise":
             return False
         kind = cell.kind
-        if algo == "persistent":
-            launch = self._persistent(kind + "_persistent_backward", S.dtype, B, H, cell.gates)
+        launch = (self._persistent(kind + "_persistent_backward", S.dtype, B, H, cell.gates)
+                  if algo == "persistent" else None)
+        if launch is not None:
             n, rev, w_hh = _i32(T), _i32(s["reverse"]), w["w_hh"]
             if kind == "lstm":
                 launch((w_hh, s["gates"], s["C"], g["dh"], dY, g["dc"], L, n, rev, s["peep"],
