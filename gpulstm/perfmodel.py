@@ -16,8 +16,9 @@ copies into its arena per direction and phase, amortized over the T steps), devi
 one grid-wide barrier for the persistent kernel (no host work inside the loop). Device time of a fused or persistent step: a launch
 gap (or a grid barrier) plus the block's partial-sum barriers plus the largest of FLOPs /
 (peak x active-SM fraction), L2 bytes / L2 bandwidth (weights not resident), the block's
-shared-memory wavefronts and its FMAs (one block per SM); of a stepwise step: two launch gaps,
-the GEMM at peak or HBM rate, the pointwise kernel at HBM rate. Every constant below is an
+shared-memory wavefronts and its FMAs (one block per SM), plus the inner loop's dependent L2
+round trips (:func:`l2_round_trips`) at an assumed L2 latency; of a stepwise step: two
+launch gaps, the GEMM at peak or HBM rate, the pointwise kernel at HBM rate. Every constant below is an
 assumption with its source; change them with :class:`Device`. :data:`ANCHORS` are the cuDNN measurements the issue cites.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Device:
     host_op_us: float = 8.0  # host time of one other CuPy operation: ASSUMED
     host_graph_us: float = 10.0  # host time of one cupy.cuda.Graph.launch: ASSUMED
     graph_gap_us: float = 1.0  # device gap between dependent kernel nodes of a graph: ASSUMED
+    l2_latency_us: float = 0.15  # one dependent L2 round trip (~300 cycles at 1.98 GHz): ASSUMED
 
 
 #: H100 SXM5 and H200 SXM (132 SMs each; the H200 has the faster HBM3e)
@@ -95,6 +97,25 @@ def _device_step_us(dev, algo, B, H, G, item, plan=None, forward=True):
     # kernels/fused_step.cu: S = threads / U slices; per column a slice's warp issues NG
     # weight loads and R broadcast loads of h (one shared-memory wavefront each, one cycle),
     # and R NG FMAs per thread; then R rounds of partial sums (two barriers each)
+    t = _tiling(B, H, G, plan, forward)
+    rows, cols, NG = t["rows"], t["cols"], t["NG"]
+    warps = -(-t["threads"] // 32)
+    clock = dev.clock_ghz * 1e3  # cycles per µs
+    smem = warps * cols * (rows + NG) / clock
+    fma_per_clk = 64 if item == 8 else 128  # FP32 / FP64 FMA lanes per SM (Hopper)
+    fma = t["threads"] * cols * rows * NG / fma_per_clk / clock
+    reduce = 2 * rows * dev.block_barrier_us
+    sms = min(t["blocks"], dev.sm_count)
+    l2 = 0.0 if t["resident"] else t["row_groups"] * w_bytes / (dev.l2_tbs * 1e6)
+    compute = flops / (peak * sms / dev.sm_count)
+    gap = {"persistent": dev.grid_barrier_us, "fused+graphs": dev.graph_gap_us}.get(
+        algo, dev.launch_gap_us)
+    latency = l2_round_trips(B, H, G, plan, forward) * dev.l2_latency_us
+    return gap + reduce + latency + max(smem, fma, l2, compute)
+
+
+def _tiling(B, H, G, plan, forward):
+    """The block shape of a fused (``plan`` None) or persistent step and its reduction."""
     rows = min(ROWS, B)
     row_groups = -(-B // rows)
     if plan:
@@ -102,21 +123,31 @@ def _device_step_us(dev, algo, B, H, G, item, plan=None, forward=True):
     else:
         units, z, blocks, resident = TILE, 1, -(-H // TILE) * row_groups, False
     threads = units * rows * z
-    slices = threads // units
     K, NG = (H, G) if forward else (G * H, 1)
-    cols = -(-K // slices)
-    warps = -(-threads // 32)
-    clock = dev.clock_ghz * 1e3  # cycles per µs
-    smem = warps * cols * (rows + NG) / clock
-    fma_per_clk = 64 if item == 8 else 128  # FP32 / FP64 FMA lanes per SM (Hopper)
-    fma = threads * cols * rows * NG / fma_per_clk / clock
-    reduce = 2 * rows * dev.block_barrier_us
-    sms = min(blocks, dev.sm_count)
-    l2 = 0.0 if resident else row_groups * w_bytes / (dev.l2_tbs * 1e6)
-    compute = flops / (peak * sms / dev.sm_count)
-    gap = {"persistent": dev.grid_barrier_us, "fused+graphs": dev.graph_gap_us}.get(
-        algo, dev.launch_gap_us)
-    return gap + reduce + max(smem, fma, l2, compute)
+    return dict(rows=rows, row_groups=row_groups, blocks=blocks, resident=resident,
+                threads=threads, K=K, NG=NG, cols=-(-K // (threads // units)))
+
+
+def l2_round_trips(B, H, G, plan=None, forward=True):
+    """Dependent L2 round trips of one fused (``plan`` None) or persistent step, the latency
+    chain of its inner loop: each chunk of the left operand (TILE columns, loaded through L2,
+    then a block barrier; no prefetch) is one, and where W is not resident each column a slice
+    sums waits for its weight loads (one each; a block's few warps hide little of it).
+    ASSUMED: none of them overlap."""
+    t = _tiling(B, H, G, plan, forward)
+    return -(-t["K"] // TILE) + (0 if t["resident"] else t["cols"])
+
+
+def detected_device():
+    """(key of :data:`DEVICES` or None, what was found) for CuPy's current device: None where
+    there is no CuPy or GPU, or the card has no figures here (the caller says so)."""
+    try:
+        import cupy as cp
+        p = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+    except Exception as e:  # no CuPy, no driver, no device
+        return None, f"no GPU through CuPy ({type(e).__name__}: {e})"
+    name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+    return device_for(name, p.get("multiProcessorCount")), name
 
 
 def predict(module, x, device="H200", backward=True):
@@ -128,7 +159,17 @@ def predict(module, x, device="H200", backward=True):
     per direction and phase, ``cuda_graphs=True``: its host calls -- the graph launch and the
     copies into its arena -- amortized over the T steps, ``graph_gap_us`` between nodes) and,
     where its grid is co-resident, "persistent"; plus "auto": the algorithm the module's rule
-    picks. A MODEL: see the module docstring."""
+    picks. ``device="detected"``: the card CuPy sees (:func:`detected_device`; a card without
+    figures here is a ValueError). A MODEL: see the module docstring."""
+    if isinstance(device, str) and device == "detected":
+        key, found = detected_device()
+        if key is None:
+            raise ValueError(f"no performance-model figures for {found}: the model knows "
+                             f"{sorted(DEVICES)} (pass one, or a Device)")
+        device = key
+    if isinstance(device, str) and device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {sorted(DEVICES)}, "
+                         "'detected' or a Device")
     dev = DEVICES[device] if isinstance(device, str) else device
     T, B = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
     H, G, item = module.hidden_size, module._make_cell().gates, module.dtype.itemsize

@@ -44,3 +44,40 @@ def test_no_persistent_entry_when_the_grid_does_not_fit():
     m = gl.GRU(16, 1024, backend="numpy")
     p = predict(m, np.zeros((3, 64, 16), np.float32), "H200")  # 32 x 8 blocks > 132 SMs
     assert "persistent" not in p and p["auto"] == "fused"
+
+
+def test_l2_round_trips_enter_the_latency_term():
+    """The inner loop's dependent L2 round trips: one per 32-column chunk of the left operand,
+    plus one per column of a slice where W is read through L2; each costs l2_latency_us."""
+    import dataclasses
+    from gpulstm.backends.kernel_loop import persistent_plan
+    from gpulstm.perfmodel import _device_step_us, l2_round_trips
+    plan = persistent_plan(8, 512, 4, 4)  # resident: chunks only
+    assert plan["resident"]
+    assert l2_round_trips(8, 512, 4, plan, True) == 512 // 32
+    assert l2_round_trips(8, 512, 4, plan, False) == 4 * 512 // 32
+    # fused: W through L2; 32 x 8 x 1 threads = 8 slices, each sums K / 8 columns
+    assert l2_round_trips(8, 512, 4, None, True) == 16 + 512 // 8
+    assert l2_round_trips(8, 512, 4, None, False) == 64 + 4 * 512 // 8
+    dev = DEVICES["H100"]
+    fast = dataclasses.replace(dev, l2_latency_us=0.0)
+    for p, algo in ((plan, "persistent"), (None, "fused")):
+        for fwd in (True, False):
+            extra = _device_step_us(dev, algo, 8, 512, 4, 4, p, fwd) - _device_step_us(
+                fast, algo, 8, 512, 4, 4, p, fwd)
+            assert abs(extra - l2_round_trips(8, 512, 4, p, fwd) * dev.l2_latency_us) < 1e-9
+
+
+def test_detected_device_without_a_gpu_says_so():
+    import importlib.util
+    import pytest
+    from gpulstm.perfmodel import detected_device
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy present: the detected card is this machine's")
+    key, found = detected_device()
+    assert key is None and "no GPU through CuPy" in found
+    m = gl.LSTM(8, 16, backend="numpy")
+    with pytest.raises(ValueError, match="no performance-model figures"):
+        predict(m, np.zeros((3, 2, 8), np.float32), "detected")
+    with pytest.raises(ValueError, match="unknown device 'A100'"):
+        predict(m, np.zeros((3, 2, 8), np.float32), "A100")
