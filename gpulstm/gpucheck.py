@@ -410,69 +410,90 @@ def compare(ours, ref):
     return errs
 
 
-def section_correctness(ctx):
+#: (dtype, impl) in the order run: the persistent kernels (grid barriers: the one place a
+#: kernel can hang) after everything else, so that a hang costs the fewest rows
+CORRECTNESS_RUNS = tuple([("float32", a) for a in ALGOS if a not in ("persistent", "auto")]
+                         + [("float64", "fused"), ("float32", "persistent"),
+                            ("float32", "auto"), ("float64", "persistent")])
+
+
+def _references(cases, device):
+    """Per case: (problem, weights, float64 reference, cuDNN result or None, its error)."""
     import gpulstm as gl
-    rows, launches, failed = [], {}, 0
-    device = "cpu" if ctx.dry else "cuda"
-    cases = DRY_CASES if ctx.dry else CASES
     rng = np.random.default_rng(20261207)
+    refs = {}
     for cid, cls, kw, T, B, I, H, with_lengths in cases:
         probe = getattr(gl, cls)(I, H, **kw, backend="numpy", dtype="float64", seed=1)
         p = _problem(rng, probe, T, B, I, with_lengths)
         state = probe.state_dict()
         want64 = run_ours(probe, p, "float64")  # the float64 reference (numpy execution)
         try:
-            cudnn, cudnn_error = run_torch(cls, kw, state, p, device), None
+            cudnn, err = run_torch(cls, kw, state, p, device), None
         except Exception as e:  # no cuDNN reference: every float32 row of the case fails
-            cudnn, cudnn_error = None, f"reference torch.nn on {device}: {type(e).__name__}: {e}"
-        for dtype in ("float32", "float64"):
-            for impl in ALGOS:
-                if dtype == "float64" and impl not in ("fused", "persistent"):
-                    continue
-                if ctx.left() < 3:
-                    rows.append(dict(case=cid, dtype=dtype, impl=impl, ok=False,
-                                     error="section time spent before this case"))
-                    failed += 1
-                    continue
-                key = f"{cid}/{dtype}/{impl}"
-                row = dict(case=cid, cls=cls, kw=kw, T=T, B=B, I=I, H=H, dtype=dtype, impl=impl,
-                           threshold=THRESHOLD[dtype])
-                try:
-                    m = _build(cls, I, H, kw, ctx.backend, dtype, impl)
-                    m.load_state_dict({k: np.asarray(v, dtype) for k, v in state.items()})
-                    rec = instrument(m)
-                    got = run_ours(m, p, dtype)
-                    if "graphs" in impl:  # the replay of the captured graphs, poisoned again
-                        got = run_ours(m, p, dtype)
-                    launches[key] = summarize_launches(rec)
-                    row["algo_ran"] = launches[key]["algo_ran"]
-                    row["vs_float64"] = compare(got, want64)
-                    if dtype == "float32" and cudnn is not None:
-                        row["vs_cudnn"] = compare(got, cudnn)
-                    elif dtype == "float32":
-                        row["vs_cudnn"] = {"reference": float("inf")}
-                        row["error"] = cudnn_error
-                    worst = max(max(e.values()) for k, e in row.items() if k.startswith("vs_"))
-                    row["worst"] = _finite(worst)
-                    row["ok"] = bool(worst <= THRESHOLD[dtype])
-                except Exception as e:  # recorded, and the next case runs
-                    row.update(ok=False, error=f"{type(e).__name__}: {e}",
-                               traceback=traceback.format_exc()[-4000:])
-                failed += not row["ok"]
-                for k in ("vs_float64", "vs_cudnn"):
-                    if k in row:
-                        row[k] = {q: _finite(e) for q, e in row[k].items()}
-                rows.append(row)
-                print(f"{key:36s} {'ok' if row['ok'] else 'FAILED'} ran={row.get('algo_ran')} "
-                      f"worst={row.get('worst')} {row.get('error', '')}")
-                doc = {"reference": "float64 numpy execution; " + (
+            cudnn, err = None, f"reference torch.nn on {device}: {type(e).__name__}: {e}"
+        refs[cid] = (p, state, want64, cudnn, err)
+    return refs
+
+
+def _check_case(ctx, case, dtype, impl, ref):
+    """One correctness row: ``impl`` of ``case`` in ``dtype`` against the references."""
+    cid, cls, kw, T, B, I, H, _ = case
+    p, state, want64, cudnn, cudnn_error = ref
+    row = dict(case=cid, cls=cls, kw=kw, T=T, B=B, I=I, H=H, dtype=dtype, impl=impl,
+               threshold=THRESHOLD[dtype])
+    launches = None
+    try:
+        m = _build(cls, I, H, kw, ctx.backend, dtype, impl)
+        m.load_state_dict({k: np.asarray(v, dtype) for k, v in state.items()})
+        rec = instrument(m)
+        got = run_ours(m, p, dtype)
+        if "graphs" in impl:  # the replay of the captured graphs, poisoned again
+            got = run_ours(m, p, dtype)
+        launches = summarize_launches(rec)
+        row["algo_ran"] = launches["algo_ran"]
+        row["vs_float64"] = compare(got, want64)
+        if dtype == "float32" and cudnn is not None:
+            row["vs_cudnn"] = compare(got, cudnn)
+        elif dtype == "float32":
+            row["vs_cudnn"] = {"reference": float("inf")}
+            row["error"] = cudnn_error
+        worst = max(max(e.values()) for k, e in row.items() if k.startswith("vs_"))
+        row["worst"] = _finite(worst)
+        row["ok"] = bool(worst <= THRESHOLD[dtype])
+    except Exception as e:  # recorded, and the next case runs
+        row.update(ok=False, error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc()[-4000:])
+    for k in ("vs_float64", "vs_cudnn"):
+        if k in row:
+            row[k] = {q: _finite(e) for q, e in row[k].items()}
+    return row, launches
+
+
+def section_correctness(ctx):
+    rows, launches = [], {}
+    cases = DRY_CASES if ctx.dry else CASES
+    refs = _references(cases, "cpu" if ctx.dry else "cuda")
+    for dtype, impl in CORRECTNESS_RUNS:
+        for case in cases:
+            key = f"{case[0]}/{dtype}/{impl}"
+            if ctx.left() < 3:
+                row, rec = dict(case=case[0], dtype=dtype, impl=impl, ok=False,
+                                error="section time spent before this case"), None
+            else:
+                row, rec = _check_case(ctx, case, dtype, impl, refs[case[0]])
+            rows.append(row)
+            if rec is not None:
+                launches[key] = rec
+            print(f"{key:36s} {'ok' if row['ok'] else 'FAILED'} ran={row.get('algo_ran')} "
+                  f"worst={row.get('worst')} {row.get('error', '')}")
+            _write_json(ctx.out, "correctness.json", {
+                "reference": "float64 numpy execution; " + (
                     "torch CPU float32 in place of cuDNN (dry run)" if ctx.dry else
                     "cuDNN float32 through torch.nn, TF32 off"),
-                    "error": "max|ours - ref| / max(1, max|ref|), per output; null = NaN/inf",
-                    "poisoned": True, "rows": rows}
-                _write_json(ctx.out, "correctness.json", doc)
-                _write_json(ctx.out, "launches.json", launches)
-    return 1 if failed else 0
+                "error": "max|ours - ref| / max(1, max|ref|), per output; null = NaN/inf",
+                "poisoned": True, "rows": rows})
+            _write_json(ctx.out, "launches.json", launches)
+    return 0 if rows and all(r["ok"] for r in rows) else 1
 
 
 # -- section: speed ------------------------------------------------------------------------
@@ -531,6 +552,8 @@ def _speed_row(ctx, impl, T, B, H, reps, model, ref_y, state):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         dev = "cpu" if ctx.dry else "cuda"
+        if ctx.dry:
+            torch.set_num_threads(1)  # a shared CI machine: no thread-pool stalls
         lstm = torch.nn.LSTM(H, H)
         lstm.load_state_dict({k: torch.as_tensor(np.asarray(v, np.float32))
                               for k, v in state.items()})
@@ -585,6 +608,16 @@ def _speed_row(ctx, impl, T, B, H, reps, model, ref_y, state):
     return row, np.asarray(y, np.float64)
 
 
+def speed_order(shapes):
+    """((T, B, H), impl) in the order timed: cuDNN first per shape (the reference of the
+    others' outputs), the persistent kernels (the one place a kernel can hang) after all the
+    rest, shapes in priority order within each group."""
+    late = ("persistent", "auto")
+    first = [(s, i) for s in shapes for i in ("cudnn",) + tuple(
+        i for i in SPEED_IMPLS if i != "cudnn" and i not in late)]
+    return first + [(s, i) for s in shapes for i in late]
+
+
 def section_speed(ctx):
     import gpulstm as gl
     from .perfmodel import device_for, predict
@@ -594,35 +627,35 @@ def section_speed(ctx):
     shapes = DRY_SPEED_SHAPES if ctx.dry else SPEED_SHAPES
     reps = 3 if ctx.dry else SPEED_REPS
     rows, skipped, failed = [], [], 0
-    order = ("cudnn",) + tuple(i for i in SPEED_IMPLS if i != "cudnn")  # the reference first
+    per_shape = {}
     for T, B, H in shapes:
-        model, probe = None, gl.LSTM(H, H, backend="numpy", seed=0)
-        state = probe.state_dict()  # the same weights for every implementation
-        if model_dev:
-            model = predict(probe, np.zeros((T, B, H), np.float32), model_dev)
-        ref_y = None
-        for impl in order:
-            if ctx.left() < 5:
-                skipped.append(dict(T=T, B=B, H=H, impl=impl))
-                continue
-            try:
-                row, y = _speed_row(ctx, impl, T, B, H, reps, model, ref_y, state)
-                if impl == "cudnn":
-                    ref_y = y
-            except Exception as e:
-                row = dict(T=T, B=B, H=H, impl=impl, error=f"{type(e).__name__}: {e}",
-                           traceback=traceback.format_exc()[-4000:])
-                failed += 1
-            rows.append(row)
-            print(f"{T:5d} {B:3d} {H:5d} {impl:14s} ran={row.get('ran')} "
-                  f"fwd+bwd {row.get('forward_backward_ms', float('nan')):9.3f} ms "
-                  f"model {row.get('model_us_per_step')} us/step {row.get('error', '')}")
-            _write_json(ctx.out, "algos.json", {
-                "backend": ctx.backend, "card": card, "dry": ctx.dry,
-                "model": (f"gpulstm.perfmodel {model_dev}: a MODEL, not a measurement"
-                          if model_dev else f"no model figures for {card!r}"),
-                "timing": "wall clock (dry run)" if ctx.dry else "CUDA events, after one warm-up",
-                "rows": rows, "skipped": skipped})
+        probe = gl.LSTM(H, H, backend="numpy", seed=0)
+        model = (predict(probe, np.zeros((T, B, H), np.float32), model_dev) if model_dev
+                 else None)
+        per_shape[T, B, H] = [model, probe.state_dict(), None]  # the same weights for all
+    for (T, B, H), impl in speed_order(shapes):
+        model, state, ref_y = per_shape[T, B, H]
+        if ctx.left() < 5:
+            skipped.append(dict(T=T, B=B, H=H, impl=impl))
+            continue
+        try:
+            row, y = _speed_row(ctx, impl, T, B, H, reps, model, ref_y, state)
+            if impl == "cudnn":
+                per_shape[T, B, H][2] = y
+        except Exception as e:
+            row = dict(T=T, B=B, H=H, impl=impl, error=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc()[-4000:])
+            failed += 1
+        rows.append(row)
+        print(f"{T:5d} {B:3d} {H:5d} {impl:14s} ran={row.get('ran')} "
+              f"fwd+bwd {row.get('forward_backward_ms', float('nan')):9.3f} ms "
+              f"model {row.get('model_us_per_step')} us/step {row.get('error', '')}")
+        _write_json(ctx.out, "algos.json", {
+            "backend": ctx.backend, "card": card, "dry": ctx.dry,
+            "model": (f"gpulstm.perfmodel {model_dev}: a MODEL, not a measurement"
+                      if model_dev else f"no model figures for {card!r}"),
+            "timing": "wall clock (dry run)" if ctx.dry else "CUDA events, after one warm-up",
+            "rows": rows, "skipped": skipped})
     return 1 if failed or skipped else 0
 
 

@@ -18,8 +18,9 @@ gap (or a grid barrier) plus the block's partial-sum barriers plus the largest o
 (peak x active-SM fraction), L2 bytes / L2 bandwidth (weights not resident), the block's
 shared-memory wavefronts and its FMAs (one block per SM), plus the inner loop's dependent L2
 round trips (:func:`l2_round_trips`) at an assumed L2 latency; of a stepwise step: two
-launch gaps, the GEMM at peak or HBM rate, the pointwise kernel at HBM rate. Every constant below is an
-assumption with its source; change them with :class:`Device`. :data:`ANCHORS` are the cuDNN measurements the issue cites.
+launch gaps, the GEMM at peak or HBM rate, the pointwise kernel at HBM rate. Every constant
+below is an assumption with its source; change them with :class:`Device`. :data:`ANCHORS`
+are the cuDNN measurements the issue cites.
 """
 from __future__ import annotations
 

@@ -509,7 +509,7 @@ def test_simulated_occupancy_limit_falls_back_to_fused(emulated, rng, cls, algo)
     for a, b in zip(results["small"], results["fused"]):
         assert np.array_equal(a, b)
     assert {(f[0], f[2]) for f in fallbacks} == {("small", 0)}
-    assert {f[1] for f in fallbacks} == {f"{kind}_persistent_forward", f"{kind}_persistent_backward"}
+    assert {f[1] for f in fallbacks} == {f"{kind}_persistent_{p}" for p in ("forward", "backward")}
 
 
 def test_simulated_sm_count_and_shared_memory_change_the_plan(emulated):
@@ -576,6 +576,6 @@ def test_cupy_grid_shrink_warning_is_an_error(emulated, monkeypatch, rng):
     ex, fake = _fake_cupy_execution(monkeypatch, "persistent", warn=True)
     m = gl.LSTM(5, 40, backend="numpy", dtype="float32", seed=3)
     object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
-    with pytest.raises(RuntimeError, match="cooperative launch of lstm_persistent_forward.*refused"):
+    with pytest.raises(RuntimeError, match="launch of lstm_persistent_forward.*refused"):
         m(rng.standard_normal((4, 3, 5)).astype(np.float32))
     assert not fake.launches  # nothing ran

@@ -244,3 +244,19 @@ def test_the_check_reports_a_persistent_fallback(rng):
     assert [f["kernel"] for f in s["persistent_fallbacks"]] == ["lstm_persistent_forward",
                                                                 "lstm_persistent_backward"]
     assert all(f["blocks_per_sm"] == 0 for f in s["persistent_fallbacks"])
+
+
+def test_the_persistent_kernels_run_last():
+    """The one place a kernel can hang (a grid barrier) comes after every other row, so a hang
+    killed at the section's limit loses the fewest rows; the target shapes come first."""
+    runs = [impl for _, impl in gpucheck.CORRECTNESS_RUNS]
+    first = runs.index("persistent")
+    assert set(runs[first:]) == {"persistent", "auto"} and "persistent" not in runs[:first]
+    assert set(gpucheck.ALGOS) == set(runs)
+    order = gpucheck.speed_order(gpucheck.SPEED_SHAPES)
+    impls = [i for _, i in order]
+    late = impls.index("persistent")
+    assert set(impls[late:]) == {"persistent", "auto"}
+    assert order[0] == ((1000, 8, 512), "cudnn") and order[late][0] == (1000, 8, 512)
+    want = [(s, i) for s in gpucheck.SPEED_SHAPES for i in gpucheck.SPEED_IMPLS]
+    assert sorted(order) == sorted(want)

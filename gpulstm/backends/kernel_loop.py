@@ -102,10 +102,11 @@ def persistent_plan(B, H, gates, itemsize, sm_count=SM_COUNT, smem_per_block=SME
     :data:`PERSISTENT_UNITS` whose grid ``ceil(H / U) x ceil(B / R)`` fits on the SMs, so the
     work spreads over as many SMs as possible. ``resident``: the block's weight slice (about
     ``gates * H * U`` elements, rows padded: :func:`resident_ld`) fits in shared memory next
-    to the static buffers; ``shared`` the dynamic shared bytes (the slice, or 0). Co-residency is argued for ONE block per SM: a
-    block has at most 256 threads and the kernels' registers (ptxas report,
-    tests/test_nvrtc_compile.py) times 256 stay under an SM's 64 Ki, so any SM holds one;
-    ``blocks <= sm_count`` is then sufficient (a cooperative launch checks it again).
+    to the static buffers; ``shared`` the dynamic shared bytes (the slice, or 0).
+    Co-residency is argued for ONE block per SM: a block has at most 256 threads and the
+    kernels' registers (ptxas report, tests/test_nvrtc_compile.py) times 256 stay under an
+    SM's 64 Ki, so any SM holds one; ``blocks <= sm_count`` is then sufficient. Before each
+    launch the occupancy guard checks it again on the device (``KernelLoop._co_resident``).
     """
     rows = min(ROWS, B)
     row_groups = -(-B // rows)
