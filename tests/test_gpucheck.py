@@ -64,7 +64,7 @@ def test_dry_run_checks_every_cell_and_algorithm(dry_out):
     rows = json.loads((out / "correctness.json").read_text())["rows"]
     got = {(r["case"], r["dtype"], r["impl"]) for r in rows}
     for case in gpucheck.DRY_CASES:
-        for impl in gpucheck.ALGOS:
+        for impl in gpucheck.ALGOS + ("persistent+limited",):
             assert (case[0], "float32", impl) in got
     for r in rows:
         assert r["ok"] and r["worst"] < gpucheck.THRESHOLD[r["dtype"]]
@@ -72,13 +72,16 @@ def test_dry_run_checks_every_cell_and_algorithm(dry_out):
             assert r["vs_float64"][q] is not None
         if r["dtype"] == "float32":
             assert set(r["vs_cudnn"]) == set(r["vs_float64"])
-        want = r["impl"].replace("auto", "persistent")  # B <= 32, a small grid: persistent
-        assert r["algo_ran"] == want, r
+        want = {"auto": "persistent", "persistent+limited": "fused"}.get(r["impl"], r["impl"])
+        assert r["algo_ran"] == r["expected_ran"] == want, r
     launches = json.loads((out / "launches.json").read_text())
     lstm = launches["lstm/float32/persistent"]["kernels"]
     assert {k["kernel"] for k in lstm} == {"lstm_persistent_forward", "lstm_persistent_backward"}
     assert all(k["cooperative"] and k["shared"] > 0 for k in lstm)
     assert launches["gru/float32/fused+graphs"]["graph_replays"] >= 2
+    limited = launches["lstm/float32/persistent+limited"]
+    assert {k["kernel"] for k in limited["kernels"]} == {"lstm_fused_forward", "lstm_fused_backward"}
+    assert [f["blocks_per_sm"] for f in limited["persistent_fallbacks"]] == [0, 0]
 
 
 def test_dry_run_speed_rows_carry_the_model_and_the_algorithm_that_ran(dry_out):
@@ -252,7 +255,7 @@ def test_the_persistent_kernels_run_last():
     runs = [impl for _, impl in gpucheck.CORRECTNESS_RUNS]
     first = runs.index("persistent")
     assert set(runs[first:]) == {"persistent", "auto"} and "persistent" not in runs[:first]
-    assert set(gpucheck.ALGOS) == set(runs)
+    assert set(gpucheck.ALGOS) | {"persistent+limited"} == set(runs) == set(gpucheck.EXPECTED_RAN)
     order = gpucheck.speed_order(gpucheck.SPEED_SHAPES)
     impls = [i for _, i in order]
     late = impls.index("persistent")
@@ -260,3 +263,66 @@ def test_the_persistent_kernels_run_last():
     assert order[0] == ((1000, 8, 512), "cudnn") and order[late][0] == (1000, 8, 512)
     want = [(s, i) for s in gpucheck.SPEED_SHAPES for i in gpucheck.SPEED_IMPLS]
     assert sorted(order) == sorted(want)
+
+
+def _fake_sanitizer(tmp_path, monkeypatch, rc, errors):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    cs = bindir / "compute-sanitizer"
+    cs.write_text(f'#!/bin/sh\necho "args: $*"\necho "========= ERROR SUMMARY: {errors} errors"\n'
+                  f"exit {rc}\n")
+    cs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return cs
+
+
+@pytest.mark.parametrize("rc, errors, want", [(0, 0, 0), (99, 2, 1)])
+def test_sanitizer_section_plumbing(tmp_path, monkeypatch, rc, errors, want):
+    """The GPU path of the sanitizer section (a stand-in compute-sanitizer on PATH): memcheck
+    runs the sanitize-case child of this module; its exit status decides; all in
+    sanitizer.txt, whose ERROR SUMMARY the summary quotes."""
+    cs = _fake_sanitizer(tmp_path, monkeypatch, rc, errors)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert gpucheck.find_sanitizer() == str(cs)
+    assert gpucheck.section_sanitizer(gpucheck.Context(out, False, 1e12)) == want
+    text = (out / "sanitizer.txt").read_text()
+    assert f"$ {cs} --tool memcheck --error-exitcode 99" in text
+    assert "-m gpulstm.gpucheck --section sanitize-case --out" in text
+    assert f"exit status: {rc}" in text
+    manifest = {"what": "x", "commit": "c", "commit_source": "t", "source_digest": "d",
+                "sections": {"sanitizer": {"status": "ok", "seconds": 1}}}
+    assert f"sanitizer: ERROR SUMMARY: {errors} errors" in gpucheck.summarize(out, manifest)
+
+
+def test_env_section_on_a_stand_in_gpu(tmp_path, monkeypatch):
+    """The GPU path of the env section, on a stand-in CuPy: the card's facts, the versions,
+    TF32 read back off, and the model's device from the card's name and SM count."""
+    import types
+    props = {"name": b"NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
+             "multiProcessorCount": 132, "l2CacheSize": 50 * 2**20,
+             "sharedMemPerBlockOptin": 227 * 1024, "sharedMemPerMultiprocessor": 228 * 1024,
+             "totalGlobalMem": 80 * 2**30, "cooperativeLaunch": 1}
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda d: props,
+                                    runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
+    fake = types.SimpleNamespace(__version__="14.2.0", cuda=types.SimpleNamespace(
+        runtime=runtime, nvrtc=types.SimpleNamespace(getVersion=lambda: (13, 0))))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    import gpulstm.backends as backends
+    monkeypatch.setattr(backends, "get_backend", lambda name, *a: types.SimpleNamespace(
+        device_limits=lambda: (132, 227 * 1024)))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi here
+    monkeypatch.setenv("GPULSTM_COMMIT", "abc123")
+    rc = gpucheck.section_env(gpucheck.Context(tmp_path, False, 1e12))
+    env = json.loads((tmp_path / "env.json").read_text())
+    card = env["card"]
+    assert card["name"] == "NVIDIA H100 80GB HBM3" and card["sm_count"] == 132
+    assert card["compute_capability"] == "9.0" and card["smem_per_block_optin"] == 227 * 1024
+    assert env["cuda"] == {"cupy": "14.2.0", "runtime": 13000, "driver": 13000, "nvrtc": [13, 0]}
+    assert env["gpulstm_device_limits"] == [132, 227 * 1024]
+    assert env["model_device"] == "H100" and env["commit"] == "abc123"
+    assert env["nvidia_smi"].startswith("unavailable")
+    tf32 = env["torch"]["tf32_read_back"]
+    assert tf32["matmul"] is False and tf32["cudnn"] is False
+    # torch here has no CUDA: no cuDNN reference, a problem, the section fails
+    assert rc == 1 and any("no CUDA device" in p for p in env["problems"])
