@@ -32,7 +32,8 @@ from .backends.numpy import HostExecution
 
 
 class Call(NamedTuple):
-    kind: str  # "kernel" (ours), "gemm" (cuBLAS), "op" (another CuPy kernel), "graph" (replay)
+    kind: str  # "kernel" (ours), "gemm" (cuBLAS), "op" (another CuPy kernel), "graph" (replay),
+    # "fallback" (a persistent launch the occupancy guard refused: fused launches follow)
     name: str  # kernel name expression, "gemm", the NumPy/CuPy operation, or a graph's kernel
     phase: str  # "forward" or "backward"
     in_loop: bool  # issued by a time step (inside a time loop)
@@ -173,6 +174,12 @@ class _TracingExecution(KernelLoop, HostExecution):
     def asarray(self, a, dtype):
         return np.ascontiguousarray(a, dtype=dtype).view(_Array)
 
+    def _fallback(self, name, plan, per_sm):
+        """The occupancy guard refused persistent kernel ``name``: a ``kind="fallback"`` call
+        (the launch that would not be co-resident), then the fused launches."""
+        self.rec.add("fallback", name, grid=_dims(plan["grid"]), block=_dims(plan["block"]),
+                     shared_mem=int(plan["shared"]), cooperative=True)
+
     def matmul(self, a, b, out):
         self.rec.gemm(a.shape[0], b.shape[1], a.shape[1], a.dtype)
 
@@ -245,6 +252,7 @@ def launch_trace(module, x, backward=True, algo=None, graphs=None):
         raise ValueError(f"x must have 3 dimensions ([T, B, I] or [B, T, I]); got shape {shape}")
     T, B = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
     ex = _TracingExecution(algo)
+    ex._simulated = getattr(module.ex, "_simulated", None)  # with_device_limits: the guard too
     ex.rec.tf32 = module.allow_tf32
     if graphs:
         ex = ex.with_graphs(True)

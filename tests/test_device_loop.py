@@ -579,3 +579,19 @@ def test_cupy_grid_shrink_warning_is_an_error(emulated, monkeypatch, rng):
     with pytest.raises(RuntimeError, match="launch of lstm_persistent_forward.*refused"):
         m(rng.standard_normal((4, 3, 5)).astype(np.float32))
     assert not fake.launches  # nothing ran
+
+
+def test_launch_trace_records_the_fallback(emulated):
+    """The launch trace of a module on a simulated device whose SMs hold no persistent block:
+    one "fallback" entry per persistent launch refused, then the fused kernels."""
+    m = gl.LSTM(4, 37, backend="emulated", dtype="float32", algo="persistent")
+    x = np.zeros((6, 3, 4), np.float32)
+    tr = gl.launch_trace(m, x)
+    assert tr.count(kind="fallback") == 0 and tr.count(kind="kernel", cooperative=True) == 2
+    object.__setattr__(m, "ex", m.ex.with_device_limits(smem_per_sm=4096))  # past the guard
+    tr = gl.launch_trace(m, x)
+    fb = [c for c in tr.calls if c.kind == "fallback"]
+    assert [c.name for c in fb] == ["lstm_persistent_forward", "lstm_persistent_backward"]
+    assert all(c.cooperative and c.shared_mem > 0 for c in fb)
+    assert tr.count(kind="kernel", cooperative=True) == 0
+    assert tr.count(kind="kernel", in_loop=True) == 2 * 6  # the fused steps
