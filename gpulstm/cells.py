@@ -28,6 +28,34 @@ class Cell:
     #: entries of the saved dict that :meth:`init_forward` adds and backward never reads
     forward_transients = ()
 
+    # -- what the compiled kernels take (gpulstm.backends.kernel_loop binds these by name) ----
+    #: argument lists of the ``<kind>_fused_forward`` / ``_fused_backward`` (one launch per
+    #: step) and ``<kind>_persistent_forward`` / ``_backward`` (one launch per direction)
+    #: kernels: names of saved / gradient buffers (``"C@prev"``: the slot of step ``prev``;
+    #: slots ``t``, ``prev``, ``nxt`` and ``last``, the step processed before this one) and the
+    #: int scalars ``T``, ``t``, ``B``, ``H``, ``flags``, ``reverse``, ``has`` (a step before
+    #: this one exists). Empty: the cell has no such kernels (it runs stepwise there).
+    fused_forward_args = ()
+    fused_backward_args = ()
+    persistent_forward_args = ()
+    persistent_backward_args = ()
+    #: the state the kernels carry beside S: its [T+1,B,H] history in the saved dict and its
+    #: [B,H] gradient in the gradient dict (LSTM: "C", "dc"), or None
+    carried_state = None
+    carried_grad = None
+    #: the gradient of the recurrent pre-activations is a buffer of its own (``dGh``), not
+    #: ``dGx`` (GRU: r * dn on the hidden side)
+    split_dgh = False
+
+    def kernel_constants(self, H):
+        """Constant buffers of the saved dict the kernels read beside the weights: {name:
+        shape} (copied into a CUDA-graph arena before each replay)."""
+        return {}
+
+    def kernels_apply(self, flags):
+        """False where the options ``flags`` need the stepwise loop (no fused kernel)."""
+        return bool(self.fused_forward_args)
+
     def flags(self, w):
         return 0
 
@@ -90,6 +118,21 @@ class LSTMCell(Cell):
     gates = 4
     has_cell_state = True
     forward_transients = ("w_hr_T",)
+    fused_forward_args = ("gx@t", "w_hh_T", "C@prev", "S@prev", "L", "t", "peep", "gh",
+                          "gates@t", "C@nxt", "S@nxt", "Y@t", "B", "H", "flags")
+    fused_backward_args = ("dGh@last", "has", "w_hh", "gates@t", "C@nxt", "C@prev", "dh", "dY@t",
+                           "dc", "L", "t", "peep", "dGx@t", "B", "H", "flags")
+    persistent_forward_args = ("gx", "w_hh_T", "C", "S", "L", "T", "reverse", "peep", "gh",
+                               "gates", "Y", "B", "H", "flags")
+    persistent_backward_args = ("w_hh", "gates", "C", "dh", "dY", "dc", "L", "T", "reverse",
+                                "peep", "dGx", "B", "H", "flags")
+    carried_state, carried_grad = "C", "dc"
+
+    def kernel_constants(self, H):
+        return {"peep": (3, H)}
+
+    def kernels_apply(self, flags):
+        return not flags & LSTM_PROJ  # the projection GEMM sits between two steps
 
     def __init__(self, forget_gate=True, peephole=False):
         self.forget_gate = forget_gate
@@ -174,6 +217,18 @@ class LSTMCell(Cell):
 class GRUCell(Cell):
     name = kind = "gru"
     gates = 3
+    fused_forward_args = ("gx@t", "w_hh_T", "b_hn", "S@prev", "L", "t", "gh", "gates@t",
+                          "S@nxt", "Y@t", "B", "H")
+    fused_backward_args = ("dGh@last", "has", "w_hh", "gates@t", "S@prev", "dh", "dY@t", "L",
+                           "t", "dGx@t", "dGh@t", "B", "H")
+    persistent_forward_args = ("gx", "w_hh_T", "b_hn", "S", "L", "T", "reverse", "gh", "gates",
+                               "Y", "B", "H")
+    persistent_backward_args = ("w_hh", "gates", "S", "dh", "dY", "L", "T", "reverse", "dGx",
+                                "dGh", "B", "H")
+    split_dgh = True
+
+    def kernel_constants(self, H):
+        return {"b_hn": (H,)}
 
     def init_forward(self, ex, w, s, c0):
         H = w["w_hh"].shape[0] // self.gates
@@ -210,6 +265,14 @@ class GRUCell(Cell):
 class RNNCell(Cell):
     kind = "rnn"
     gates = 1
+    fused_forward_args = ("gx@t", "w_hh_T", "S@prev", "L", "t", "gh", "S@nxt", "Y@t", "B", "H",
+                          "flags")
+    fused_backward_args = ("dGh@last", "has", "w_hh", "S@nxt", "dh", "dY@t", "L", "t", "dGx@t",
+                           "B", "H", "flags")
+    persistent_forward_args = ("gx", "w_hh_T", "S", "L", "T", "reverse", "gh", "Y", "B", "H",
+                               "flags")
+    persistent_backward_args = ("w_hh", "S", "dh", "dY", "L", "T", "reverse", "dGx", "B", "H",
+                                "flags")
 
     def __init__(self, nonlinearity="tanh"):
         self.nonlinearity = nonlinearity

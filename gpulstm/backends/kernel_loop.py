@@ -49,7 +49,6 @@ import weakref
 import numpy as np
 
 from .graphs import Arena, GraphPool, Lease, leased_numpy
-from ..kernel_flags import LSTM_PROJ
 from .options import ExecutionOptions
 
 #: maximum units per block (blockDim.x; the fused kernels' tile), maximum batch rows per block
@@ -133,6 +132,22 @@ def _check_int_index(name, B, H):
     if 4 * H * H >= 2**31:
         raise ValueError(f"{name}: H = {H} is too large for the kernels' int weight index "
                          f"(4 * H * H must be < 2**31, H <= 23170); use algo='stepwise'")
+
+
+def bind(spec, a, at, ints):
+    """The kernel arguments a cell declares (:class:`gpulstm.cells.Cell`, e.g.
+    ``fused_forward_args``), bound: a buffer of ``a`` by name, ``"name@slot"`` its time slot
+    ``at[slot]``, an int scalar of ``ints`` as int32."""
+    out = []
+    for name in spec:
+        if name in ints:
+            out.append(_i32(ints[name]))
+        elif "@" in name:
+            buf, slot = name.split("@")
+            out.append(a[buf][at[slot]])
+        else:
+            out.append(a[name])
+    return tuple(out)
 
 
 def _steps(T, reverse):
@@ -280,7 +295,7 @@ class KernelLoop(ExecutionOptions):
         """The algorithm the hooks run: "stepwise", "fused" or "persistent" (see the module
         docstring for the rule). The persistent kernels index whole [T, B, 4H] sequences with
         int, so they also need ``T * 4 * B * H < 2**31``."""
-        if self.algo == "stepwise" or (cell.has_cell_state and flags & LSTM_PROJ):
+        if self.algo == "stepwise" or not cell.kernels_apply(flags):
             return "stepwise"
         if self.algo == "auto" and 4 * H * H >= 2**31:
             return "stepwise"  # past the fused kernels' int weight index (_check_int_index)
@@ -323,10 +338,9 @@ class KernelLoop(ExecutionOptions):
         return algo
 
     def sequence_forward(self, cell, w, s, flags):
-        kind = cell.kind
         lease = s.get("graph_lease")
         if lease is not None and "gx" not in s:  # projects_input took an arena
-            self._graph_forward(s, flags, kind, lease)
+            self._graph_forward(cell, s, flags, lease)
             return True
         S, gx = s["S"], s["gx"]
         T, B, _ = gx.shape
@@ -334,93 +348,61 @@ class KernelLoop(ExecutionOptions):
         algo = self._forward_algo(cell, s, flags, T, B, H)
         if algo == "stepwise":
             return False
-        launch = (self._persistent(kind + "_persistent_forward", S.dtype, B, H, cell.gates)
+        launch = (self._persistent(cell.kind + "_persistent_forward", S.dtype, B, H, cell.gates)
                   if algo == "persistent" else None)
         if launch is not None:
-            L, Y = s["L"], s["Y"]
-            n, rev = _i32(T), _i32(s["reverse"])
-            if kind == "lstm":
-                launch((gx, s["w_hh_T"], s["C"], S, L, n, rev, s["peep"], s["gh"], s["gates"], Y,
-                        _i32(B), _i32(H), _i32(flags)))
-            elif kind == "gru":
-                launch((gx, s["w_hh_T"], s["b_hn"], S, L, n, rev, s["gh"], s["gates"], Y,
-                        _i32(B), _i32(H)))
-            else:
-                launch((gx, s["w_hh_T"], S, L, n, rev, s["gh"], Y, _i32(B), _i32(H), _i32(flags)))
+            ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
+            launch(bind(cell.persistent_forward_args, s, {}, ints))
             return True
-        k, (grid, block) = self._fused(kind + "_fused_forward", S.dtype, B, H)
-        self._fused_forward_steps(k, grid, block, kind, T, B, H, flags, s["reverse"], s)
+        k, (grid, block) = self._fused(cell.kind + "_fused_forward", S.dtype, B, H)
+        self._fused_forward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], s)
         return True
 
-    def _fused_forward_steps(self, k, grid, block, kind, T, B, H, flags, reverse, a):
+    def _fused_forward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused forward on the buffers of ``a`` (the saved dict, or an
         arena's arrays under the same names)."""
-        gx, wT, S, L, gh, Y = a["gx"], a["w_hh_T"], a["S"], a["L"], a["gh"], a["Y"]
+        spec = cell.fused_forward_args
+        ints = dict(B=B, H=H, flags=flags)
         for t, prev, nxt in self._loop(_steps(T, reverse)):
-            if kind == "lstm":
-                C = a["C"]
-                args = (gx[t], wT, C[prev], S[prev], L, _i32(t), a["peep"], gh, a["gates"][t],
-                        C[nxt], S[nxt], Y[t], _i32(B), _i32(H), _i32(flags))
-            elif kind == "gru":
-                args = (gx[t], wT, a["b_hn"], S[prev], L, _i32(t), gh, a["gates"][t], S[nxt],
-                        Y[t], _i32(B), _i32(H))
-            else:
-                args = (gx[t], wT, S[prev], L, _i32(t), gh, S[nxt], Y[t], _i32(B), _i32(H),
-                        _i32(flags))
-            k(grid, block, args)
+            ints["t"] = t
+            k(grid, block, bind(spec, a, dict(t=t, prev=prev, nxt=nxt), ints))
 
     def sequence_backward(self, cell, w, s, g, flags):
-        S, L, dY = s["S"], s["L"], g["dY"]
+        S, dY = s["S"], g["dY"]
         T, B, H = dY.shape
         algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
         if algo == "stepwise":
             return False
-        kind = cell.kind
-        launch = (self._persistent(kind + "_persistent_backward", S.dtype, B, H, cell.gates)
+        launch = (self._persistent(cell.kind + "_persistent_backward", S.dtype, B, H, cell.gates)
                   if algo == "persistent" else None)
         if launch is not None:
-            n, rev, w_hh = _i32(T), _i32(s["reverse"]), w["w_hh"]
-            if kind == "lstm":
-                launch((w_hh, s["gates"], s["C"], g["dh"], dY, g["dc"], L, n, rev, s["peep"],
-                        g["dGx"], _i32(B), _i32(H), _i32(flags)))
-            elif kind == "gru":
-                launch((w_hh, s["gates"], S, g["dh"], dY, L, n, rev, g["dGx"], g["dGh"],
-                        _i32(B), _i32(H)))
-            else:
-                launch((w_hh, S, g["dh"], dY, L, n, rev, g["dGx"], _i32(B), _i32(H), _i32(flags)))
+            a = dict(s, **g)
+            a["w_hh"] = w["w_hh"]
+            ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
+            launch(bind(cell.persistent_backward_args, a, {}, ints))
             first = T - 1 if s["reverse"] else 0  # the step processed last
-            self.matmul_acc(g["dGh"][first], w_hh, out=g["dh"])  # dL/dh_0
+            self.matmul_acc(g["dGh"][first], w["w_hh"], out=g["dh"])  # dL/dh_0
             return True
         lease = s.get("graph_lease")
-        if lease is not None and self.graphs and self._graph_backward(w, s, g, flags, kind, lease):
+        if lease is not None and self.graphs and self._graph_backward(cell, w, s, g, flags, lease):
             return True
-        k, (grid, block) = self._fused(kind + "_fused_backward", S.dtype, B, H)
+        k, (grid, block) = self._fused(cell.kind + "_fused_backward", S.dtype, B, H)
         a = dict(s, **g)
         a["w_hh"] = w["w_hh"]
-        last = self._fused_backward_steps(k, grid, block, kind, T, B, H, flags, s["reverse"], a)
+        last = self._fused_backward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], a)
         self.matmul_acc(g["dGh"][last], w["w_hh"], out=g["dh"])  # dL/dh_0: the first step's term
         return True
 
-    def _fused_backward_steps(self, k, grid, block, kind, T, B, H, flags, reverse, a):
+    def _fused_backward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused backward on the buffers of ``a`` (saved and gradient
         dicts with ``w_hh``, or an arena's arrays); returns the step processed last."""
-        w_hh, S, L, dh, dY = a["w_hh"], a["S"], a["L"], a["dh"], a["dY"]
-        dGx, dGh = a["dGx"], a["dGh"]  # the same array except for the GRU
+        spec = cell.fused_backward_args
+        ints = dict(B=B, H=H, flags=flags)
         last = None  # the step processed before this one
         for t, prev, nxt in self._loop(_steps(T, reverse)[::-1]):
-            dg_prev = dGh[t if last is None else last]
-            has = _i32(last is not None)
-            if kind == "lstm":
-                C = a["C"]
-                args = (dg_prev, has, w_hh, a["gates"][t], C[nxt], C[prev], dh, dY[t], a["dc"],
-                        L, _i32(t), a["peep"], dGx[t], _i32(B), _i32(H), _i32(flags))
-            elif kind == "gru":
-                args = (dg_prev, has, w_hh, a["gates"][t], S[prev], dh, dY[t], L, _i32(t),
-                        dGx[t], dGh[t], _i32(B), _i32(H))
-            else:
-                args = (dg_prev, has, w_hh, S[nxt], dh, dY[t], L, _i32(t), dGx[t], _i32(B),
-                        _i32(H), _i32(flags))
-            k(grid, block, args)
+            ints["t"], ints["has"] = t, last is not None
+            at = dict(t=t, prev=prev, nxt=nxt, last=t if last is None else last)
+            k(grid, block, bind(spec, a, at, ints))
             last = t
         return last
 
@@ -446,22 +428,22 @@ class KernelLoop(ExecutionOptions):
         key = (kind, S.dtype.name, T, B, H, bool(s["reverse"]), int(flags), inference) \
             + tuple(self._graph_scope())
         lease = self._graph_pool.acquire(
-            key, lambda: self._new_arena(key, kind, S.dtype, T, B, H, GH, width, inference))
+            key, lambda: self._new_arena(key, cell, S.dtype, T, B, H, GH, width, inference))
         if lease is None:
             return False
         s["graph_lease"] = lease
         return True
 
-    def _new_arena(self, key, kind, dt, T, B, H, GH, width, inference):
+    def _new_arena(self, key, cell, dt, T, B, H, GH, width, inference):
         """The forward buffers of one loop shape, named as in the saved dict (the gradient
         buffers come with the first backward)."""
         e = self.xp.empty
         a = dict(gx=e((T, B, GH), dt), w_hh_T=e((H, GH), dt), S=e((T + 1, B, H), dt),
                  L=e((B,), np.int32), gh=e((B, GH), dt), Y=e((T, B, H), dt), gates=None)
-        if kind == "lstm":
-            a["C"], a["peep"] = e((T + 1, B, H), dt), e((3, H), dt)
-        elif kind == "gru":
-            a["b_hn"] = e((H,), dt)
+        if cell.carried_state:
+            a[cell.carried_state] = e((T + 1, B, H), dt)
+        for name, shape in cell.kernel_constants(H).items():
+            a[name] = e(shape, dt)
         if width and inference:  # one gate slot, time stride 0, as the engine's
             slot = a["gates_slot"] = e((1, B, width), dt)
             a["gates"] = self.xp.lib.stride_tricks.as_strided(
@@ -483,10 +465,11 @@ class KernelLoop(ExecutionOptions):
             raise
         return self._end_capture()
 
-    def _graph_forward(self, s, flags, kind, lease):
+    def _graph_forward(self, cell, s, flags, lease):
         """One direction's forward as a graph replay on the leased arena: the input projection
         into its gx (a GEMM, outside the graph), the inputs copied in, the graph (captured on
-        this arena's first forward), then the arena's S, C, gates and Y handed to ``s``."""
+        this arena's first forward), then the arena's S, carried state (LSTM: C), gates and Y
+        handed to ``s``."""
         arena = lease.arena
         a = arena.arrays
         x = s["x"]
@@ -497,16 +480,16 @@ class KernelLoop(ExecutionOptions):
         self._copy_in(a["w_hh_T"], s["w_hh_T"])
         self._copy_in(a["L"], s["L"])
         self._copy_in(a["S"][first], s["S"][first])
-        if kind == "lstm":
-            self._copy_in(a["C"][first], s["C"][first])
-            self._copy_in(a["peep"], s["peep"])
-        elif kind == "gru":
-            self._copy_in(a["b_hn"], s["b_hn"])
-        self._replay(arena, "forward", kind, a["S"].dtype, B, H,
+        carried = cell.carried_state
+        if carried:
+            self._copy_in(a[carried][first], s[carried][first])
+        for name in cell.kernel_constants(H):
+            self._copy_in(a[name], s[name])
+        self._replay(arena, "forward", cell.kind, a["S"].dtype, B, H,
                      lambda k, grid, block: self._fused_forward_steps(
-                         k, grid, block, kind, T, B, H, flags, s["reverse"], a))
-        for name in ("S", "C", "gates", "Y"):
-            if a.get(name) is not None:
+                         k, grid, block, cell, T, B, H, flags, s["reverse"], a))
+        for name in ("S", carried, "gates", "Y"):
+            if name and a.get(name) is not None:
                 s[name] = self._leased(a[name], lease)
 
     def _replay(self, arena, phase, kind, dtype, B, H, steps):
@@ -522,9 +505,9 @@ class KernelLoop(ExecutionOptions):
         self._launch_graph(graph)
         pool.replays[phase] += 1
 
-    def _graph_backward(self, w, s, g, flags, kind, lease):
-        """One direction's backward as a graph replay on the arena of its forward: dY, dh, dc,
-        W_hh (and L, peepholes) copied in, the graph (captured on this arena's first backward),
+    def _graph_backward(self, cell, w, s, g, flags, lease):
+        """One direction's backward as a graph replay on the arena of its forward: dY, dh, the
+        carried gradient (LSTM: dc), W_hh (and L, the cell's constants) copied in, the graph (captured on this arena's first backward),
         the dL/dh_0 GEMM (outside the graph), the arena's gradient buffers handed to ``g``.
         False (the ordinary fused loop runs) while an earlier backward's gradients handed out
         from this arena are still alive."""
@@ -539,19 +522,20 @@ class KernelLoop(ExecutionOptions):
             e = self.xp.empty
             a.update(dY=e((T, B, H), dt), dh=e((B, H), dt), dGx=e((T, B, GH), dt),
                      w_hh=e((GH, H), dt))
-            a["dGh"] = e((T, B, GH), dt) if kind == "gru" else a["dGx"]
-            if kind == "lstm":
-                a["dc"] = e((B, H), dt)
+            a["dGh"] = e((T, B, GH), dt) if cell.split_dgh else a["dGx"]
+            if cell.carried_grad:
+                a[cell.carried_grad] = e((B, H), dt)
         self._copy_in(a["w_hh"], w["w_hh"])
         self._copy_in(a["L"], s["L"])
         self._copy_in(a["dY"], g["dY"])
         self._copy_in(a["dh"], g["dh"])
-        if kind == "lstm":
-            self._copy_in(a["dc"], g["dc"])
-            self._copy_in(a["peep"], s["peep"])
-        self._replay(arena, "backward", kind, dt, B, H,
+        if cell.carried_grad:
+            self._copy_in(a[cell.carried_grad], g[cell.carried_grad])
+        for name in cell.kernel_constants(H):
+            self._copy_in(a[name], s[name])
+        self._replay(arena, "backward", cell.kind, dt, B, H,
                      lambda k, grid, block: self._fused_backward_steps(
-                         k, grid, block, kind, T, B, H, flags, s["reverse"], a))
+                         k, grid, block, cell, T, B, H, flags, s["reverse"], a))
         last = T - 1 if s["reverse"] else 0  # the step processed last
         self.matmul_acc(a["dGh"][last], a["w_hh"], out=a["dh"])  # dL/dh_0
         glease = Lease(arena)
@@ -559,6 +543,6 @@ class KernelLoop(ExecutionOptions):
         g["dGx"] = self._leased(a["dGx"], glease)
         g["dGh"] = g["dGx"] if a["dGh"] is a["dGx"] else self._leased(a["dGh"], glease)
         g["dh"] = self._leased(a["dh"], glease)
-        if kind == "lstm":
-            g["dc"] = self._leased(a["dc"], glease)
+        if cell.carried_grad:
+            g[cell.carried_grad] = self._leased(a[cell.carried_grad], glease)
         return True
