@@ -39,6 +39,16 @@ class Cell:
     fused_backward_args = ()
     persistent_forward_args = ()
     persistent_backward_args = ()
+    #: argument lists of the compiled CPU loop's ``<kind>_forward`` / ``<kind>_backward``
+    #: (``kernels/cpu/sequence.cpp``, bound by :mod:`gpulstm.backends.cpu`): buffer names as
+    #: above (whole sequences), int scalars ``T``, ``B``, ``H``, ``reverse``, ``slots``,
+    #: ``flags``, ``threads``, ``gates_stride``; ``input`` the five arguments of the input
+    #: (``gx``, or x, W_ih and the bias where the loop projects it itself, see
+    #: ``loop_projects_input``); ``db`` the bias gradient the loop sums on the way
+    cpu_forward_args = ()
+    cpu_backward_args = ()
+    #: the CPU loop can project the input itself (no [T,B,G*H] projection buffer)
+    loop_projects_input = False
     #: the state the kernels carry beside S: its [T+1,B,H] history in the saved dict and its
     #: [B,H] gradient in the gradient dict (LSTM: "C", "dc"), or None
     carried_state = None
@@ -127,6 +137,11 @@ class LSTMCell(Cell):
     persistent_backward_args = ("w_hh", "gates", "C", "dh", "dY", "dc", "L", "T", "reverse",
                                 "peep", "dGx", "B", "H", "flags")
     carried_state, carried_grad = "C", "dc"
+    cpu_forward_args = ("T", "B", "H", "input", "w_hh", "L", "reverse", "slots", "S", "C", "peep",
+                        "gates", "gates_stride", "Y", "flags", "threads")
+    cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "C", "peep", "gates", "dY", "dh",
+                         "dc", "dGx", "db", "flags", "threads")
+    loop_projects_input = True
 
     def kernel_constants(self, H):
         return {"peep": (3, H)}
@@ -226,6 +241,10 @@ class GRUCell(Cell):
     persistent_backward_args = ("w_hh", "gates", "S", "dh", "dY", "L", "T", "reverse", "dGx",
                                 "dGh", "B", "H")
     split_dgh = True
+    cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "b_hn", "L", "reverse", "slots", "S", "gates",
+                        "gates_stride", "Y", "threads")
+    cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "S", "gates", "dY", "dh", "dGx",
+                         "dGh", "threads")
 
     def kernel_constants(self, H):
         return {"b_hn": (H,)}
@@ -273,6 +292,10 @@ class RNNCell(Cell):
                                "flags")
     persistent_backward_args = ("w_hh", "S", "dh", "dY", "L", "T", "reverse", "dGx", "B", "H",
                                 "flags")
+    cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "L", "reverse", "slots", "S", "Y", "flags",
+                        "threads")
+    cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "S", "dY", "dh", "dGx", "flags",
+                         "threads")
 
     def __init__(self, nonlinearity="tanh"):
         self.nonlinearity = nonlinearity
@@ -292,3 +315,82 @@ class RNNCell(Cell):
     def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
         ex.pw.rnn_backward(s["S"][nxt], g["dh"], g["dY"][t], s["L"], t, g["dGx"][t], flags)
         ex.matmul_acc(g["dGx"][t], w["w_hh"], out=g["dh"])
+
+
+class CIFGCell(LSTMCell):
+    """The coupled input-forget gate LSTM (CIFG; Greff et al. 2017, "LSTM: A Search Space
+    Odyssey"): the input gate is 1 - f, so three gate blocks (f, g, o) in ``w_ih``/``w_hh``::
+
+        f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)   c = f c_{t-1} + (1 - f) g   h = o tanh(c)
+
+    A cell brought through the plug-in alone: this class is its whole Python side. Its
+    pointwise step is written here against the execution's array module (``ex.xp``), so it
+    runs in the engine's stepwise loop on every execution; it declares no compiled kernels
+    yet (``kernels/cells/cifg.cuh`` holds the same math for them), so the executions' fused,
+    persistent and CPU loops decline it and the stepwise loop runs.
+    """
+    name = kind = "cifg"
+    gates = 3
+    forward_transients = ()
+    fused_forward_args = fused_backward_args = ()
+    persistent_forward_args = persistent_backward_args = ()
+    cpu_forward_args = cpu_backward_args = ()
+    loop_projects_input = False
+
+    def __init__(self):
+        super().__init__(forget_gate=True, peephole=False)
+
+    def flags(self, w):
+        return 0
+
+    def kernels_apply(self, flags):
+        return False
+
+    @staticmethod
+    def _active(xp, L, t):
+        act = t < L
+        return None if bool(act.all()) else act[:, None]
+
+    def step_forward(self, ex, w, s, t, prev, nxt, flags):
+        xp, S, C = ex.xp, s["S"], s["C"]
+        ex.matmul(S[prev], s["w_hh_T"], out=s["gh"])
+        H = C.shape[2]
+        a = s["gx"][t] + s["gh"]
+        gates = s["gates"][t]
+        gates[:, :H] = 1 / (1 + xp.exp(-a[:, :H]))  # f
+        gates[:, H:2 * H] = xp.tanh(a[:, H:2 * H])  # g
+        gates[:, 2 * H:] = 1 / (1 + xp.exp(-a[:, 2 * H:]))  # o
+        f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        c = f * C[prev] + (1 - f) * g
+        h = o * xp.tanh(c)
+        act = self._active(xp, s["L"], t)
+        if act is None:
+            C[nxt], S[nxt], s["Y"][t] = c, h, h
+        else:
+            C[nxt] = xp.where(act, c, C[prev])
+            S[nxt] = xp.where(act, h, S[prev])
+            s["Y"][t] = xp.where(act, h, 0)
+
+    def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
+        xp = ex.xp
+        gates, c, c_prev = s["gates"][t], s["C"][nxt], s["C"][prev]
+        H = c.shape[1]
+        f, gg, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        tc = xp.tanh(c)
+        dh = g["dh"] + g["dY"][t]
+        dao = dh * tc * o * (1 - o)
+        dc = g["dc"] + dh * o * (1 - tc * tc)
+        daf = dc * (c_prev - gg) * f * (1 - f)
+        dag = dc * (1 - f) * (1 - gg * gg)
+        dcp = dc * f
+        act = self._active(xp, s["L"], t)
+        d = g["dGx"][t]
+        for k, part in enumerate((daf, dag, dao)):
+            d[:, k * H:(k + 1) * H] = part if act is None else xp.where(act, part, 0)
+        if act is None:
+            g["dc"][...] = dcp
+            g["dh"][...] = 0
+        else:
+            g["dc"][...] = xp.where(act, dcp, g["dc"])
+            g["dh"][...] = xp.where(act, 0, g["dh"])
+        ex.matmul_acc(d, w["w_hh"], out=g["dh"])

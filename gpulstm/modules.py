@@ -24,7 +24,7 @@ from . import engine
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
                       check_lengths, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
-from .cells import GRUCell, LSTMCell, RNNCell
+from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
 from .init import check_init, initialize
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -474,6 +474,23 @@ class LSTM(_RNNBase):
     def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
         """dL/dx from dL/dout (and optional dL/dh_n, dL/dc_n); fills grads and grad_hx."""
         return self._backward(grad_out, grad_h_n, grad_c_n)
+
+
+class CIFG(_RNNBase):
+    """The coupled input-forget gate LSTM (Greff et al. 2017): an LSTM whose input gate is
+    ``1 - f``, gate order (f, g, o), so ``weight_ih_l{k}`` is (3H, I) and ``weight_hh_l{k}``
+    (3H, H). Interface and state as :class:`LSTM` (hx = (h0, c0); returns (out, (h_n, c_n)));
+    no projection, peepholes or bias initialisation options. Runs the stepwise loop on every
+    backend (no fused kernels yet)."""
+    _gates = 3
+    _has_cell_state = True
+
+    def _make_cell(self):
+        return CIFGCell()
+
+    forward = LSTM.forward
+    __call__ = forward
+    backward = LSTM.backward
 
 
 class GRU(_RNNBase):

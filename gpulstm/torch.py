@@ -47,10 +47,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import engine
 from ._checks import check_array, check_dropout, check_dtype_name, check_int, check_lengths
 from .backends import BackendUnavailable, get_backend
-from .cells import GRUCell, LSTMCell, RNNCell
+from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
 from .init import check_init, initialize
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "CIFG"]
 
 _DOUBLE_BACKWARD = (
     "gpulstm.torch: double backward (a gradient of a gradient, create_graph=True) through "
@@ -494,6 +494,25 @@ class LSTM(_RNNBase):
             raise TypeError(f"LSTM hx must be a tuple (h_0, c_0) of tensors or None; got {type(hx).__name__}")
         y, h_n, c_n = self._run(input, tuple(hx))
         return y, (h_n, c_n)
+
+
+class CIFG(_RNNBase):
+    """The coupled input-forget gate LSTM (:class:`gpulstm.CIFG`: i = 1 - f, gates f, g, o) as a
+    torch module: LSTM's interface (hx = (h_0, c_0); returns output, (h_n, c_n)) with three
+    gate blocks, ``weight_ih_l{k}`` (3H, I); no ``proj_size``."""
+    _gates = 3
+    _has_cell_state = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+        _bias_options(self, bias)
+        super().__init__("CIFG", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend)
+
+    def _make_cell(self):
+        return CIFGCell()
+
+    forward = LSTM.forward
 
 
 class GRU(_RNNBase):

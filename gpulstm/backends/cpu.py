@@ -49,7 +49,6 @@ import numpy as np
 from .. import buildcache
 from . import BackendUnavailable, numpy_pointwise
 from .numpy import HostExecution
-from ..kernel_flags import LSTM_PROJ
 
 SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
@@ -270,69 +269,85 @@ class CpuExecution(HostExecution):
         return None if suf is None else getattr(self._lib, f"{cell.kind}_{what}_{suf}")
 
     def projects_input(self, cell, s, flags):
-        """True: the LSTM's compiled forward projects the input itself, a chunk of time steps
-        at a time (the engine then allocates no [T,B,4H] projection)."""
-        return (cell.kind == "lstm" and not flags & LSTM_PROJ
+        """True where the cell's compiled forward projects the input itself, a chunk of time
+        steps at a time (the engine then allocates no [T,B,G*H] projection): the LSTM's."""
+        return (cell.loop_projects_input and cell.kernels_apply(flags)
                 and s["x"].dtype in _SUFFIX and s["S"].dtype == s["x"].dtype)
 
+    def _args(self, cell, spec, a, ints):
+        """The loop's arguments the cell declares (:class:`gpulstm.cells.Cell`,
+        ``cpu_forward_args``): ints, pointers to C-contiguous buffers of ``a``. Returns (args,
+        arrays): the contiguous copies made on the way must stay alive through the call."""
+        dt = a["S"].dtype
+        inputs = {"w_hh", *cell.kernel_constants(a["S"].shape[2])}
+        keep = []
+
+        def ptr(x, dtype=dt):  # a read-only input: a contiguous copy where it is not
+            x = np.ascontiguousarray(x, dtype=dtype)
+            keep.append(x)
+            return _p(x)
+        out = []
+        for name in spec:
+            if name in ints:
+                out.append(int(ints[name]))
+            elif name == "input":
+                gx = a.get("gx")
+                if gx is not None:
+                    out += [_p(gx), None, 0, None, None]
+                else:  # x, W_ih as stored and the bias: the loop projects the input itself
+                    bias = a["bias"]
+                    out += [None, ptr(a["x"], None), a["x"].shape[2], ptr(a["w_ih"]),
+                            None if bias is None else ptr(bias)]
+            elif name == "gates_stride":
+                out.append(_time_stride(a["gates"]))
+            elif name == "gates" and a["gates"].strides[0] == 0:
+                out.append(a["gates"].ctypes.data)  # the inference path's one slot
+            elif name == "db":
+                out.append(None if a.get("db") is None else _p(a["db"]))
+            elif name == "L":
+                out.append(ptr(a["L"], np.int32))
+            elif name in inputs:
+                out.append(ptr(a[name]))
+            else:  # written (or large): must be C-contiguous as it is
+                out.append(_p(a[name]))
+        return out, keep
+
     def sequence_forward(self, cell, w, s, flags):
-        if cell.kind == "lstm" and flags & LSTM_PROJ:
-            return False  # projection: the stepwise loop (BLAS GEMMs, NumPy pointwise)
+        if not (cell.cpu_forward_args and cell.kernels_apply(flags)):
+            return False  # e.g. LSTM projection: the stepwise loop (BLAS GEMMs, NumPy pointwise)
         S, Y = s["S"], s["Y"]
         f = self._fn(cell, "forward", S.dtype)
         if f is None:
             return False
         T, B, H = Y.shape
-        slots = S.shape[0]  # T + 1, or the inference ring's 2
-        L = np.ascontiguousarray(s["L"], dtype=np.int32)
-        whh = np.ascontiguousarray(w["w_hh"], S.dtype)  # as stored: the loops pack W_hh^T
-        nt = _num_threads
-        if cell.kind == "lstm":
-            gx = s.get("gx")
-            if gx is not None:
-                inp = (_p(gx), None, 0, None, None)
-            else:  # x, W_ih as stored and the bias: the loop projects the input itself
-                x = np.ascontiguousarray(s["x"])
-                wih = np.ascontiguousarray(w["w_ih"], S.dtype)
-                bias = s["bias"]
-                bias = None if bias is None else _p(np.ascontiguousarray(bias, dtype=S.dtype))
-                inp = (None, _p(x), x.shape[2], _p(wih), bias)
-            f(T, B, H, *inp, _p(whh), _p(L), int(s["reverse"]), slots, _p(S), _p(s["C"]),
-              _p(np.ascontiguousarray(s["peep"])), s["gates"].ctypes.data,
-              _time_stride(s["gates"]), _p(Y), flags, nt)
-            return True
-        gx = s["gx"]
-        common = (T, B, H, _p(gx), _p(whh))
-        if cell.kind == "gru":
-            f(*common, _p(np.ascontiguousarray(s["b_hn"])), _p(L), int(s["reverse"]), slots,
-              _p(S), s["gates"].ctypes.data, _time_stride(s["gates"]), _p(Y), nt)
-        else:
-            f(*common, _p(L), int(s["reverse"]), slots, _p(S), _p(Y), flags, nt)
+        a = dict(s, w_hh=w["w_hh"], w_ih=w["w_ih"])  # the weights as stored: the loops pack W^T
+        ints = dict(T=T, B=B, H=H, reverse=s["reverse"], slots=S.shape[0], flags=flags,
+                    threads=_num_threads)  # slots: T + 1, or the inference ring's 2
+        args, keep = self._args(cell, cell.cpu_forward_args, a, ints)
+        f(*args)
+        del keep
         return True
 
     def sequence_backward(self, cell, w, s, g, flags):
-        if cell.kind == "lstm" and flags & LSTM_PROJ:
+        if not (cell.cpu_backward_args and cell.kernels_apply(flags)):
             return False
-        S, dY, dh = s["S"], g["dY"], g["dh"]
+        S, dY = s["S"], g["dY"]
         f = self._fn(cell, "backward", S.dtype)
         if f is None:
             return False
         T, B, H = dY.shape
-        L = np.ascontiguousarray(s["L"], dtype=np.int32)
-        whh = np.ascontiguousarray(w["w_hh"])
-        head = (T, B, H, _p(whh), _p(L), int(s["reverse"]))
-        nt = _num_threads
-        if cell.kind == "lstm":
-            # the bias gradient too, summed while each step's dG is in cache (engine: g["db"])
-            db = np.empty(g["dGx"].shape[2], S.dtype) if w["b_ih"] is not None else None
-            f(*head, _p(s["C"]), _p(np.ascontiguousarray(s["peep"])), _p(s["gates"]), _p(dY),
-              _p(dh), _p(g["dc"]), _p(g["dGx"]), None if db is None else _p(db), flags, nt)
-            if db is not None:
-                g["db"] = db
-        elif cell.kind == "gru":
-            f(*head, _p(S), _p(s["gates"]), _p(dY), _p(dh), _p(g["dGx"]), _p(g["dGh"]), nt)
-        else:
-            f(*head, _p(S), _p(dY), _p(dh), _p(g["dGx"]), flags, nt)
+        a = dict(s, **g)
+        a["w_hh"] = w["w_hh"]
+        a["db"] = None
+        if "db" in cell.cpu_backward_args and w["b_ih"] is not None:
+            # the bias gradient, summed while each step's dG is in cache (engine: g["db"])
+            a["db"] = np.empty(g["dGx"].shape[2], S.dtype)
+        ints = dict(T=T, B=B, H=H, reverse=s["reverse"], flags=flags, threads=_num_threads)
+        args, keep = self._args(cell, cell.cpu_backward_args, a, ints)
+        f(*args)
+        del keep
+        if a["db"] is not None:
+            g["db"] = a["db"]
         return True
 
 
