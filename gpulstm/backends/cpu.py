@@ -195,6 +195,25 @@ def activations(x):
     return tuple(out)
 
 
+_INT, _OUT, _IN, _GATES, _STRIDE, _DB, _INPUT = range(7)
+_SCALARS = ("T", "B", "H", "reverse", "slots", "flags", "threads")
+_SPECIAL = {"gates": _GATES, "gates_stride": _STRIDE, "db": _DB, "input": _INPUT}
+_compiled_specs = {}
+
+
+def _compiled(cell, spec):
+    """``spec`` (a cell's ``cpu_*_args``) as (code, name) pairs, once per cell class and spec:
+    the per-call binding then does no string matching."""
+    key = (type(cell), spec)
+    out = _compiled_specs.get(key)
+    if out is None:
+        inputs = {"w_hh", "L", *cell.kernel_constants(1)}
+        out = _compiled_specs[key] = tuple(
+            (_INT if n in _SCALARS else _SPECIAL.get(n, _IN if n in inputs else _OUT), n)
+            for n in spec)
+    return out
+
+
 class CpuExecution(HostExecution):
     """The NumPy execution plus whole-sequence compiled time loops."""
 
@@ -279,37 +298,35 @@ class CpuExecution(HostExecution):
         ``cpu_forward_args``): ints, pointers to C-contiguous buffers of ``a``. Returns (args,
         arrays): the contiguous copies made on the way must stay alive through the call."""
         dt = a["S"].dtype
-        inputs = {"w_hh", *cell.kernel_constants(a["S"].shape[2])}
         keep = []
-
-        def ptr(x, dtype=dt):  # a read-only input: a contiguous copy where it is not
-            x = np.ascontiguousarray(x, dtype=dtype)
-            keep.append(x)
-            return _p(x)
         out = []
-        for name in spec:
-            if name in ints:
+        for code, name in _compiled(cell, spec):
+            if code == _INT:
                 out.append(int(ints[name]))
-            elif name == "input":
+            elif code == _OUT:  # written (or large): must be C-contiguous as it is
+                out.append(_p(a[name]))
+            elif code == _IN:  # read only: a contiguous copy where it is not
+                x = np.ascontiguousarray(a[name], dtype=np.int32 if name == "L" else dt)
+                keep.append(x)
+                out.append(_p(x))
+            elif code == _GATES:  # the inference path's one slot has time stride 0
+                g = a["gates"]
+                out.append(g.ctypes.data if g.strides[0] == 0 else _p(g))
+            elif code == _STRIDE:
+                out.append(_time_stride(a["gates"]))
+            elif code == _DB:
+                out.append(None if a.get("db") is None else _p(a["db"]))
+            else:  # _INPUT
                 gx = a.get("gx")
                 if gx is not None:
                     out += [_p(gx), None, 0, None, None]
-                else:  # x, W_ih as stored and the bias: the loop projects the input itself
-                    bias = a["bias"]
-                    out += [None, ptr(a["x"], None), a["x"].shape[2], ptr(a["w_ih"]),
-                            None if bias is None else ptr(bias)]
-            elif name == "gates_stride":
-                out.append(_time_stride(a["gates"]))
-            elif name == "gates" and a["gates"].strides[0] == 0:
-                out.append(a["gates"].ctypes.data)  # the inference path's one slot
-            elif name == "db":
-                out.append(None if a.get("db") is None else _p(a["db"]))
-            elif name == "L":
-                out.append(ptr(a["L"], np.int32))
-            elif name in inputs:
-                out.append(ptr(a[name]))
-            else:  # written (or large): must be C-contiguous as it is
-                out.append(_p(a[name]))
+                    continue
+                # x, W_ih as stored and the bias: the loop projects the input itself
+                x, wih, bias = np.ascontiguousarray(a["x"]), np.ascontiguousarray(a["w_ih"], dt), a["bias"]
+                if bias is not None:
+                    bias = np.ascontiguousarray(bias, dtype=dt)
+                keep += [x, wih, bias]
+                out += [None, _p(x), x.shape[2], _p(wih), None if bias is None else _p(bias)]
         return out, keep
 
     def sequence_forward(self, cell, w, s, flags):
