@@ -45,8 +45,9 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import engine
-from ._checks import check_array, check_dropout, check_dtype_name, check_int, check_lengths
+from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_int, check_lengths
 from .backends import BackendUnavailable, get_backend
+from .backends.kernel_loop import check_algo
 from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
 from .init import check_init, initialize
 
@@ -279,9 +280,10 @@ class _RNNBase(torch.nn.Module):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, algo="auto"):
         super().__init__()
         self.mode = mode
+        self.algo = check_algo(algo)  # the time loop, as gpulstm.LSTM's (backends.kernel_loop)
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
@@ -297,7 +299,7 @@ class _RNNBase(torch.nn.Module):
             warnings.warn(f"dropout applies after every recurrent layer but the last, so dropout="
                           f"{dropout} does nothing with num_layers=1", stacklevel=3)
         if backend is not None and backend != "auto":
-            get_backend(backend)  # an unknown or unusable backend fails here, with the reason
+            get_backend(backend, algo)  # an unknown or unusable backend fails here, with the reason
         self.backend = backend
         kw = {"device": device, "dtype": dtype}
         G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self._num_directions
@@ -357,7 +359,9 @@ class _RNNBase(torch.nn.Module):
     def extra_repr(self):
         """torch.nn's repr (options shown when not their default), plus ``backend``."""
         defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
-                    "dropout": 0.0, "bidirectional": False, "backend": None}
+                    "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto"}
+        if hasattr(self, "forget_gate"):
+            defaults["forget_gate"] = True
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
@@ -374,14 +378,14 @@ class _RNNBase(torch.nn.Module):
     def _execution(self, device):
         name = self.backend
         if name is not None and name != "auto":
-            ex = get_backend(name)
+            ex = get_backend(name, self.algo)
         elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
             try:
-                ex = get_backend("cpu")
+                ex = get_backend("cpu", self.algo)
             except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
-                ex = get_backend("numpy")
+                ex = get_backend("numpy", self.algo)
         elif device.type == "cuda":
-            ex = get_backend("cupy")
+            ex = get_backend("cupy", self.algo)
         else:
             raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
                              f"CUDA tensors (cupy backend); got tensors on {device}")
@@ -476,14 +480,21 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None, forget_bias=None, init="default", t_max=None):
+                 backend=None, algo="auto", forget_bias=None, init="default", t_max=None,
+                 forget_gate=True):
         t_max = check_init(init, t_max, ("default", "chrono"))
         _bias_options(self, bias, forget_bias=forget_bias, t_max=t_max)
+        self._forget_gate = check_bool("forget_gate", forget_gate)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend=backend)
+                         bidirectional, proj_size, device, dtype, backend=backend, algo=algo)
+
+    @property
+    def forget_gate(self):
+        """False: the 1997 cell without a forget gate (f = 1), as :class:`gpulstm.LSTM`."""
+        return self._forget_gate
 
     def _make_cell(self):
-        return LSTMCell()
+        return LSTMCell(forget_gate=self._forget_gate)
 
     def forward(self, input, hx=None):
         """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
@@ -504,10 +515,11 @@ class CIFG(_RNNBase):
     _has_cell_state = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
+                 algo="auto"):
         _bias_options(self, bias)
         super().__init__("CIFG", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
     def _make_cell(self):
         return CIFGCell()
@@ -522,10 +534,10 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 update_bias=None):
+                 algo="auto", update_bias=None):
         _bias_options(self, bias, update_bias=update_bias)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
     def _make_cell(self):
         return GRUCell()
@@ -544,12 +556,13 @@ class RNN(GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend=None):
+                 backend=None, algo="auto"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         _RNNBase.__init__(self, "RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers,
-                          bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend)
+                          bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend,
+                          algo=algo)
 
     def _make_cell(self):
         return RNNCell(self.nonlinearity)

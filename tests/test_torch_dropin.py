@@ -20,9 +20,12 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+import gpulstm as gl
 import gpulstm.engine
 import gpulstm.torch as gt
 from gpulstm.backends import BackendUnavailable, get_backend
+from gpulstm.backends.kernel_loop import KernelLoop
+from conftest import backend_or_skip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -500,7 +503,7 @@ def test_dlpack_path_with_a_stand_in_execution(monkeypatch):
     ex.xp = StandIn("stand_in")
     ex.xp.from_dlpack = np.from_dlpack
     real = gt.get_backend
-    monkeypatch.setattr(gt, "get_backend", lambda name: ex if name == "stand-in" else real(name))
+    monkeypatch.setattr(gt, "get_backend", lambda name, algo="auto": ex if name == "stand-in" else real(name, algo))
     gen = torch.Generator().manual_seed(13)
     ours, ref = make_pair("lstm", 3, 4, num_layers=2, bidirectional=True, proj_size=2,
                           batch_first=True)
@@ -655,3 +658,67 @@ def test_cpu_tensors_run_on_the_compiled_cpu_backend_by_default():
     m.load_state_dict(ref.state_dict())
     y, _ = m(x)
     assert torch.allclose(y, ref(x)[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "CIFG"])
+def test_torch_face_takes_algo_as_the_numpy_face(cls, monkeypatch):
+    """algo= on gpulstm.torch as on gpulstm.LSTM: on the emulated kernels each algorithm runs
+    its own kernels (recorded) and gives the stepwise loop's outputs and gradients (float64);
+    an unknown one is refused up front, and a choice a backend does not have is refused with
+    the reason."""
+    backend_or_skip("emulated")
+    ran = []
+    for hook in ("_fused", "_persistent"):
+        orig = getattr(KernelLoop, hook)
+        monkeypatch.setattr(KernelLoop, hook, lambda self, name, *a, _o=orig: (
+            ran.append(name), _o(self, name, *a))[1])
+    rng = np.random.default_rng()
+    x = torch.tensor(rng.standard_normal((6, 3, 4)))
+    gy = torch.tensor(rng.standard_normal((6, 3, 10)))
+    ref = None
+    for algo in ("stepwise", "fused", "persistent", "auto"):
+        torch.manual_seed(7)
+        m = getattr(gt, cls)(4, 5, bidirectional=True, dtype=torch.float64, backend="emulated",
+                             algo=algo)
+        xi = x.clone().requires_grad_(True)
+        ran.clear()
+        y = m(xi)[0]
+        (y * gy).sum().backward()
+        loops = {n.split("_")[1] for n in ran}  # lstm_fused_forward -> fused
+        if cls == "CIFG":  # declares no kernels yet: the stepwise loop whatever the algo
+            assert loops == set()
+        else:
+            assert loops == {"stepwise": set(), "fused": {"fused"}}.get(algo, {"persistent"})
+        got = [y.detach(), xi.grad] + [p.grad for p in m.parameters()]
+        if ref is None:
+            ref = got
+            assert repr(m).endswith("algo='stepwise')")
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="unknown algo"):
+        getattr(gt, cls)(4, 5, algo="fastest")
+    with pytest.raises(ValueError, match="algo='fused' needs a backend"):
+        getattr(gt, cls)(4, 5, backend="numpy", algo="fused")
+
+
+def test_torch_face_lstm_without_forget_gate_as_numpy_face():
+    """gpulstm.torch.LSTM(forget_gate=False): the 1997 cell (f = 1), the numpy face's numbers."""
+    rng = np.random.default_rng()
+    tm = gt.LSTM(4, 5, num_layers=2, forget_gate=False, dtype=torch.float64)
+    assert "forget_gate=False" in repr(tm)
+    m = gl.LSTM(4, 5, num_layers=2, forget_gate=False, backend="numpy", dtype="float64")
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    x = rng.standard_normal((6, 3, 4))
+    gy = rng.standard_normal((6, 3, 5))
+    tx = torch.tensor(x, requires_grad=True)
+    ty, _ = tm(tx)
+    (ty * torch.tensor(gy)).sum().backward()
+    y, _ = m(x)
+    dx = m.backward(gy)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-13)
+    for k, p in tm.named_parameters():
+        np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
+    with_f = gt.LSTM(4, 5, num_layers=2, dtype=torch.float64)
+    with_f.load_state_dict(tm.state_dict())
+    assert not torch.allclose(with_f(tx)[0], ty)  # the option changes the numbers
