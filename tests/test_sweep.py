@@ -168,3 +168,36 @@ def test_cpu_backend_runs_the_sweep_like_numpy():
         assert math.isclose(a["test_metric"], b["test_metric"], rel_tol=1e-3, abs_tol=1e-5)
         assert all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-6) for x, y in
                    zip(a["curve"], b["curve"])) and len(a["curve"]) == len(b["curve"]) > 0
+
+
+def test_reached_on_validation_but_failed_test_is_not_solved():
+    # every seed reaches the criterion on validation; two of three fail the held-out test
+    # sequences (adding: test MSE 0.5 > 0.01): the lag is not solved, and the report says why
+    pt = [Point("adding", "gru", 50, 1e-2, s) for s in range(3)]
+    recs = [dict(_rec(p, True, 100), test_metric=0.0 if p.seed == 0 else 0.5) for p in pt]
+    per_lr, best = summarize(recs)
+    row = best.iloc[0]
+    assert not row.solved and row.reached == 1 and row.failed_test == 2
+    assert row.updates_text == "> 100 (1/3 seeds reached, 2 reached on validation but failed test)"
+    # the field written by run_point wins over the metric (a diverged run never passes)
+    recs = [dict(r, passed_test=True) for r in recs]
+    assert summarize(recs)[1].iloc[0].solved
+    planner = _Planner(profile_points(tiny_profile(cells=("rnn_tanh",))))
+    ran = []
+    while True:  # every seed reaches on validation, every seed fails test: two lags, then stop
+        todo = [q for q in planner.ready() if q not in planner.issued]
+        if not todo:
+            break
+        for q in todo:
+            planner.issued.add(q)
+            planner.record(q, dict(_rec(q, True), test_metric=0.5))
+            ran.append(q)
+    assert sorted({q.T for q in ran}) == [6, 8]
+
+
+def test_run_point_records_the_test_verdict():
+    p = tiny_profile(cells=("lstm_fb1",), seeds=(0,), lrs={"lstm_fb1": (1e-2,)},
+                     tasks={"adding": (6,)})
+    (rec,) = run_sweep(p, workers=0)
+    from gpulstm.lab.tasks import make_task
+    assert rec["passed_test"] == make_task("adding", 6).passed(rec["test_metric"])

@@ -64,13 +64,19 @@ def _profile_of(per_lr):
 def _task_tables(task, per, best):
     wide = updates_wide(best[best["task"] == task])
     detail = per[per["task"] == task].sort_values(["cell", "T", "lr"])
-    drows = [[r.cell, r.T, f"{r.lr:g}", f"{r.reached}/{r.seeds}", "yes" if r.solved else "no",
+    def at_criterion(r):
+        failed = getattr(r, "failed_test", 0)
+        return f"{r.reached}/{r.seeds}" + (f" ({failed} failed test)" if failed else "")
+
+    drows = [[r.cell, r.T, f"{r.lr:g}", at_criterion(r), "yes" if r.solved else "no",
               _fmt(r.updates_median) if r.solved else f"> {r.budget}",
               f"{_fmt(r.updates_min)}-{_fmt(r.updates_max)}" if r.reached else "-",
               r.budget, _fmt(r.test_metric_median)] for r in detail.itertuples()]
     return [f"### {_TITLES.get(task, task)}", "",
             f"Criterion: {_CRITERIA.get(task, '-')}. Cells: median Adam updates to criterion "
-            "over the seeds (range over the seeds that reached it) at the best learning rate; "
+            "over the seeds (range over the seeds that reached it) at the best learning rate; a seed "
+            "is at the criterion when it reached it on validation and then passed it on the held-out "
+            "test sequences (\"failed test\": reached on validation only); "
             "\"> N\": not solved within the budget of N updates (a lower bound).", "",
             to_markdown(wide), "",
             "<details><summary>Every learning rate</summary>", "",
