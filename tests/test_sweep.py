@@ -201,3 +201,16 @@ def test_run_point_records_the_test_verdict():
     (rec,) = run_sweep(p, workers=0)
     from gpulstm.lab.tasks import make_task
     assert rec["passed_test"] == make_task("adding", 6).passed(rec["test_metric"])
+
+
+def test_full_profiles_run_the_learning_rate_grid_and_say_which_ran():
+    for name in ("cpu-full", "gpu-full"):
+        p = PROFILES[name]
+        assert all(tuple(p["lrs"][c]) == (3e-4, 1e-3, 3e-3, 1e-2) for c in p["cells"]), name
+    recs = [dict(_rec(Point("recall", "lstm_fb3", 50, lr, s), lr == 1e-3), test_metric=1.0)
+            for lr in (3e-4, 1e-3) for s in range(3)]
+    recs += [dict(_rec(Point("recall", "lstm_fb3", 100, 1e-3, s), True), test_metric=1.0)
+             for s in range(3)]
+    best = summarize(recs)[1].set_index("T")
+    assert best.loc[50, "lrs_run"] == "0.0003, 0.001" and best.loc[50, "lr"] == 1e-3
+    assert best.loc[100, "lrs_run"] == "0.001"

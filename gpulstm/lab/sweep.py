@@ -65,8 +65,9 @@ _COMMON = {"hidden": 32, "batch": 32, "clip": 1.0, "optimizer": "adam", "dtype":
 # Profiles of the long-range memory suite (bench/memory.py, ``gpulstm memory --profile``).
 # ``lrs`` maps a cell to its learning-rate grid; quick uses, per cell, the learning rates that
 # won on adding or temporal order in the committed cpu-full run (results/memory/MEMORY.md),
-# the full profiles the whole grid.
-_GRID = (1e-3, 1e-2)
+# the full profiles the whole grid {3e-4, 1e-3, 3e-3, 1e-2} for every cell and task (the
+# T-series rule above decides which of them run at each lag; ``lrs_run`` in the summary says).
+_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 PROFILES = {
     # the main job on 2 CPU cores: a few minutes of training
     "quick": dict(_COMMON, cells=("lstm_fb1", "lstm_nofg", "gru", "rnn_tanh", "irnn"),
@@ -472,7 +473,8 @@ def summarize(records, n_seeds=None):
     short of the criterion counts as more than the budget; NaN when not solved), min / max
     over the seeds that reached it, budget, median test metric. ``best``: for each (task, cell, T) the best
     learning rate's row (most seeds at criterion, then lowest median updates), with
-    ``updates_text`` "N (lo-hi)" or "> budget" and ``solved``.
+    ``updates_text`` "N (lo-hi)" or "> budget", ``solved`` and ``lrs_run`` (the learning
+    rates that ran at that lag, e.g. "0.0003, 0.001, 0.003, 0.01").
     """
     import pandas as pd
 
@@ -504,6 +506,8 @@ def summarize(records, n_seeds=None):
             .groupby(["task", "cell", "T"], sort=True).head(1)
             .drop(columns=["_r", "_u"]).reset_index(drop=True))
     best["updates_text"] = [updates_text(r) for r in best.itertuples()]
+    ran = per_lr.groupby(["task", "cell", "T"])["lr"].agg(lambda v: ", ".join(f"{x:g}" for x in sorted(v)))
+    best["lrs_run"] = [ran[(r.task, r.cell, r.T)] for r in best.itertuples()]
     return per_lr, best
 
 
