@@ -214,3 +214,12 @@ def test_full_profiles_run_the_learning_rate_grid_and_say_which_ran():
     best = summarize(recs)[1].set_index("T")
     assert best.loc[50, "lrs_run"] == "0.0003, 0.001" and best.loc[50, "lr"] == 1e-3
     assert best.loc[100, "lrs_run"] == "0.001"
+
+
+def test_variable_lag_recall_runs_through_the_sweep():
+    p = tiny_profile(cells=("lstm_fb1",), seeds=(0,), lrs={"lstm_fb1": (1e-2,)},
+                     tasks={"recall_variable": (5,)})
+    (rec,) = run_sweep(p, workers=0)
+    assert rec["task"] == "recall_variable" and 0.0 <= rec["test_metric"] <= 1.0
+    best = summarize([rec])[1]
+    assert list(best["task"]) == ["recall_variable"]

@@ -204,7 +204,7 @@ def run_point(point, settings):
     _pin_device(settings["backend"])
     s = settings
     task = make_task(point.task, point.T,
-                     copy_length=s["recall_length"] if point.task == "recall" else None)
+                     copy_length=s["recall_length"] if point.task in ("recall", "recall_variable") else None)
     cap = int(s["budget_base"] + s["budget_per_T"] * point.T)
     # one BLAS thread: the matrices are tiny (threads only spin), the numbers are the same on
     # every executor, and parallelism comes from running points side by side
