@@ -84,19 +84,31 @@ def copy_memory(rng, T, batch, dtype=np.float32, length=COPY_LENGTH):
 
     Returns x [T+2K, B, 10] (one-hot) and target int64 [T+2K, B] (class indices).
     """
+    x, symbols = _symbols_then_delimiter(rng, T, batch, dtype, length, variable=False)
+    K = symbols.shape[0]
+    target = np.full(x.shape[:2], COPY_BLANK, np.int64)
+    target[x.shape[0] - K:] = symbols
+    return x, target
+
+
+def _symbols_then_delimiter(rng, T, batch, dtype, length, variable):
+    """The inputs of copy / recall (length T + 2K, one-hot over 10 codes): K symbols of 1..8
+    starting at step 0 (``variable``: at a step uniform in [0, T) per sequence), blanks, the
+    delimiter at step T + K - 1, K blanks. Returns (x, symbols int64 [K, B])."""
     _check_rng(rng)
     T = check_int("T", T, 1)
     B = check_int("batch", batch, 1)
     K = check_int("length", length, 1)
-    L = T + 2 * K
     symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(K, B))
-    codes = np.full((L, B), COPY_BLANK, np.int64)
-    codes[:K] = symbols
+    codes = np.full((T + 2 * K, B), COPY_BLANK, np.int64)
+    if variable:
+        start = rng.integers(0, T, size=B)
+        for k in range(K):
+            codes[start + k, np.arange(B)] = symbols[k]
+    else:
+        codes[:K] = symbols
     codes[T + K - 1] = COPY_DELIMITER
-    target = np.full((L, B), COPY_BLANK, np.int64)
-    target[L - K:] = symbols
-    x = np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes]
-    return x, target
+    return np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes], symbols
 
 
 def recall(rng, T, batch, dtype=np.float32, length=1):
@@ -125,20 +137,7 @@ def recall_variable(rng, T, batch, dtype=np.float32, length=1):
 
     Returns x [T+2K, B, 10] (one-hot) and target int64 [K, B] (the symbols, classes 1..8).
     """
-    _check_rng(rng)
-    T = check_int("T", T, 1)
-    B = check_int("batch", batch, 1)
-    K = check_int("length", length, 1)
-    L = T + 2 * K
-    symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(K, B))
-    start = rng.integers(0, T, size=B)
-    codes = np.full((L, B), COPY_BLANK, np.int64)
-    cols = np.arange(B)
-    for k in range(K):
-        codes[start + k, cols] = symbols[k]
-    codes[T + K - 1] = COPY_DELIMITER
-    x = np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes]
-    return x, symbols
+    return _symbols_then_delimiter(rng, T, batch, dtype, length, variable=True)
 
 
 def temporal_order(rng, T, batch, dtype=np.float32):
