@@ -168,3 +168,58 @@ def test_cpu_backend_runs_the_sweep_like_numpy():
         assert math.isclose(a["test_metric"], b["test_metric"], rel_tol=1e-3, abs_tol=1e-5)
         assert all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-6) for x, y in
                    zip(a["curve"], b["curve"])) and len(a["curve"]) == len(b["curve"]) > 0
+
+
+def test_reached_on_validation_but_failed_test_is_not_solved():
+    # every seed reaches the criterion on validation; two of three fail the held-out test
+    # sequences (adding: test MSE 0.5 > 0.01): the lag is not solved, and the report says why
+    pt = [Point("adding", "gru", 50, 1e-2, s) for s in range(3)]
+    recs = [dict(_rec(p, True, 100), test_metric=0.0 if p.seed == 0 else 0.5) for p in pt]
+    per_lr, best = summarize(recs)
+    row = best.iloc[0]
+    assert not row.solved and row.reached == 1 and row.failed_test == 2
+    assert row.updates_text == "> 100 (1/3 seeds reached, 2 reached on validation but failed test)"
+    # the field written by run_point wins over the metric (a diverged run never passes)
+    recs = [dict(r, passed_test=True) for r in recs]
+    assert summarize(recs)[1].iloc[0].solved
+    planner = _Planner(profile_points(tiny_profile(cells=("rnn_tanh",))))
+    ran = []
+    while True:  # every seed reaches on validation, every seed fails test: two lags, then stop
+        todo = [q for q in planner.ready() if q not in planner.issued]
+        if not todo:
+            break
+        for q in todo:
+            planner.issued.add(q)
+            planner.record(q, dict(_rec(q, True), test_metric=0.5))
+            ran.append(q)
+    assert sorted({q.T for q in ran}) == [6, 8]
+
+
+def test_run_point_records_the_test_verdict():
+    p = tiny_profile(cells=("lstm_fb1",), seeds=(0,), lrs={"lstm_fb1": (1e-2,)},
+                     tasks={"adding": (6,)})
+    (rec,) = run_sweep(p, workers=0)
+    from gpulstm.lab.tasks import make_task
+    assert rec["passed_test"] == make_task("adding", 6).passed(rec["test_metric"])
+
+
+def test_full_profiles_run_the_learning_rate_grid_and_say_which_ran():
+    for name in ("cpu-full", "gpu-full"):
+        p = PROFILES[name]
+        assert all(tuple(p["lrs"][c]) == (3e-4, 1e-3, 3e-3, 1e-2) for c in p["cells"]), name
+    recs = [dict(_rec(Point("recall", "lstm_fb3", 50, lr, s), lr == 1e-3), test_metric=1.0)
+            for lr in (3e-4, 1e-3) for s in range(3)]
+    recs += [dict(_rec(Point("recall", "lstm_fb3", 100, 1e-3, s), True), test_metric=1.0)
+             for s in range(3)]
+    best = summarize(recs)[1].set_index("T")
+    assert best.loc[50, "lrs_run"] == "0.0003, 0.001" and best.loc[50, "lr"] == 1e-3
+    assert best.loc[100, "lrs_run"] == "0.001"
+
+
+def test_variable_lag_recall_runs_through_the_sweep():
+    p = tiny_profile(cells=("lstm_fb1",), seeds=(0,), lrs={"lstm_fb1": (1e-2,)},
+                     tasks={"recall_variable": (5,)})
+    (rec,) = run_sweep(p, workers=0)
+    assert rec["task"] == "recall_variable" and 0.0 <= rec["test_metric"] <= 1.0
+    best = summarize([rec])[1]
+    assert list(best["task"]) == ["recall_variable"]

@@ -96,3 +96,27 @@ def test_bad_arguments():
         make_task("parity", 10)
     with pytest.raises(ValueError):
         make_task("temporal_order", 5)
+
+
+def test_recall_variable_matches_its_definition():
+    from gpulstm.lab.tasks import COPY_DELIMITER, recall_variable
+    rng = np.random.default_rng(7)
+    T, B, K = 30, 4000, 2
+    x, target = recall_variable(rng, T, B, length=K)
+    assert x.shape == (T + 2 * K, B, 10) and target.shape == (K, B)
+    assert np.all(x.sum(-1) == 1)  # one-hot everywhere
+    codes = x.argmax(-1)
+    assert np.all(codes[T + K - 1] == COPY_DELIMITER) and np.all(codes[T + K:] == 0)
+    body = codes[:T + K - 1]
+    nonblank = body != 0
+    assert np.all(nonblank.sum(0) == K)  # exactly the K symbols, consecutive, in order
+    start = nonblank.argmax(0)
+    for k in range(K):
+        assert np.array_equal(body[start + k, np.arange(B)], target[k])
+    assert target.min() >= 1 and target.max() <= 8
+    # the start is uniform over [0, T): every position occurs, none outside
+    assert start.min() == 0 and start.max() == T - 1 and len(np.unique(start)) == T
+    assert abs(start.mean() - (T - 1) / 2) < 0.5
+    task = make_task("recall_variable", T)
+    assert task.copy_length == 1 and task.length == T + 2 and task.passed(0.99)
+    assert not task.passed(0.98)

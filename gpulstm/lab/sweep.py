@@ -11,8 +11,13 @@ never as a value.
 Rules, applied the same way on every executor (they depend only on finished results):
 
 - **budget grows with T**: ``budget_base + budget_per_T * T`` updates;
+- **at criterion**: a seed is at the criterion when its validation metric met the task's
+  criterion within the budget (validation only decides when to stop) *and* the stopped model
+  passes the criterion on ``test_size`` (>= 1000 in the profiles) fresh held-out test
+  sequences; a seed that reached on validation but fails on test is counted and reported as
+  such ("failed test"), never as solved;
 - **solved**: a (task, cell, T, lr) is solved when at least 2/3 of its seeds (rounded up:
-  2 of 3, 4 of 5) reached the criterion; a lag T is solved for a cell when one of its
+  2 of 3, 4 of 5) are at the criterion; a lag T is solved for a cell when one of its
   learning rates solved it, and the best learning rate at T is the one with the most seeds
   at the criterion, then the lowest median updates to criterion;
 - **T series stop**: a cell's lags run in increasing order, every learning rate of the grid
@@ -60,8 +65,9 @@ _COMMON = {"hidden": 32, "batch": 32, "clip": 1.0, "optimizer": "adam", "dtype":
 # Profiles of the long-range memory suite (bench/memory.py, ``gpulstm memory --profile``).
 # ``lrs`` maps a cell to its learning-rate grid; quick uses, per cell, the learning rates that
 # won on adding or temporal order in the committed cpu-full run (results/memory/MEMORY.md),
-# the full profiles the whole grid.
-_GRID = (1e-3, 1e-2)
+# the full profiles the whole grid {3e-4, 1e-3, 3e-3, 1e-2} for every cell and task (the
+# T-series rule above decides which of them run at each lag; ``lrs_run`` in the summary says).
+_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 PROFILES = {
     # the main job on 2 CPU cores: a few minutes of training
     "quick": dict(_COMMON, cells=("lstm_fb1", "lstm_nofg", "gru", "rnn_tanh", "irnn"),
@@ -198,7 +204,7 @@ def run_point(point, settings):
     _pin_device(settings["backend"])
     s = settings
     task = make_task(point.task, point.T,
-                     copy_length=s["recall_length"] if point.task == "recall" else None)
+                     copy_length=s["recall_length"] if point.task in ("recall", "recall_variable") else None)
     cap = int(s["budget_base"] + s["budget_per_T"] * point.T)
     # one BLAS thread: the matrices are tiny (threads only spin), the numbers are the same on
     # every executor, and parallelism comes from running points side by side
@@ -217,7 +223,7 @@ def _train_point(point, s, task, cap):
     every = s["eval_every"]
     rec = dict(asdict(point), budget=cap, updates_to_criterion=r.updates_to_criterion,
                reached=r.updates_to_criterion is not None, updates=r.updates,
-               test_metric=float(r.test_metric), test_loss=float(r.test_loss),
+               passed_test=bool(r.passed), test_metric=float(r.test_metric), test_loss=float(r.test_loss),
                baseline=float(task.baseline), diverged=bool(r.diverged),
                evals=[[int(u), float(m)] for u, _, m in r.evals],
                curve=[float(v) for v in r.curve_loss[every - 1::every]],
@@ -230,6 +236,24 @@ def _train_point(point, s, task, cap):
         rec.update(grad_distance_1e3=int(g["distance_1e3"]),
                    grad_log10_ratio_end=float(g["log10_ratio_end"]))
     return rec
+
+
+def passed_test(rec):
+    """Whether a record's stopped model passed the task's criterion on the held-out test
+    sequences (its ``passed_test``; records written before that field existed: the criterion
+    applied to their ``test_metric``, a diverged run never passing)."""
+    v = rec.get("passed_test")
+    if v is not None and v == v:  # NaN: a table row of a record without the field
+        return bool(v)
+    from .tasks import make_task
+    d = rec.get("diverged")
+    return make_task(rec["task"], int(rec["T"])).passed(rec["test_metric"]) and not (d == d and bool(d))
+
+
+def at_criterion(rec):
+    """A seed counts toward "solved" only when it reached the criterion on validation within
+    the budget and then passed it on the held-out test sequences."""
+    return bool(rec["reached"]) and passed_test(rec)
 
 
 def _pin_device(backend):
@@ -269,14 +293,14 @@ class _Planner:
 
     def _solved_lr(self, task, cell, T, lr):
         recs = [self.results[p] for p in self._lag_points(task, cell, T, {lr})]
-        return sum(r["reached"] for r in recs) >= seeds_needed(len(recs))
+        return sum(at_criterion(r) for r in recs) >= seeds_needed(len(recs))
 
     def _rank(self, task, cell, T, lr):
         """Sort key of a learning rate at a lag: most seeds at the criterion, then the lowest
         median updates to criterion (a seed short of it counting as +inf), then the lr."""
         recs = [self.results[p] for p in self._lag_points(task, cell, T, {lr})]
-        u = sorted(r["updates_to_criterion"] if r["reached"] else math.inf for r in recs)
-        return (-sum(r["reached"] for r in recs), statistics.median(u), lr)
+        u = sorted(r["updates_to_criterion"] if at_criterion(r) else math.inf for r in recs)
+        return (-sum(at_criterion(r) for r in recs), statistics.median(u), lr)
 
     def ready(self):
         """Points that may be issued now (their lag's predecessors are all decided)."""
@@ -442,12 +466,15 @@ def run_sweep(profile="quick", *, tasks=None, cells=None, Ts=None, lrs=None, see
 def summarize(records, n_seeds=None):
     """Per (task, cell, T, lr) and per (task, cell, T): the tables of the report.
 
-    Returns (per_lr, best) as pandas DataFrames. ``per_lr``: seeds run, seeds at criterion,
+    Returns (per_lr, best) as pandas DataFrames. ``per_lr``: seeds run, seeds at criterion
+    (``reached``: reached on validation and passed on test, see :func:`at_criterion`),
+    ``failed_test`` (seeds that reached on validation but failed the test sequences),
     solved (>= 2/3 of the seeds), the median updates to criterion over all seeds (a seed
     short of the criterion counts as more than the budget; NaN when not solved), min / max
     over the seeds that reached it, budget, median test metric. ``best``: for each (task, cell, T) the best
     learning rate's row (most seeds at criterion, then lowest median updates), with
-    ``updates_text`` "N (lo-hi)" or "> budget" and ``solved``.
+    ``updates_text`` "N (lo-hi)" or "> budget", ``solved`` and ``lrs_run`` (the learning
+    rates that ran at that lag, e.g. "0.0003, 0.001, 0.003, 0.01").
     """
     import pandas as pd
 
@@ -456,7 +483,9 @@ def summarize(records, n_seeds=None):
         return df, df
     rows = []
     for (task, cell, T, lr), g in df.groupby(["task", "cell", "T", "lr"], sort=True):
-        reached = g.loc[g["reached"], "updates_to_criterion"].astype(float)
+        ok = g.apply(lambda r: at_criterion(r.to_dict()), axis=1).astype(bool)
+        failed_test = int((g["reached"].astype(bool) & ~ok).sum())
+        reached = g.loc[ok, "updates_to_criterion"].astype(float)
         need = seeds_needed(n_seeds or len(g))
         solved = bool(len(reached) >= need)
         # median over every seed, a seed short of the criterion counting as +inf (> budget):
@@ -464,7 +493,7 @@ def summarize(records, n_seeds=None):
         allu = sorted(list(reached) + [math.inf] * (len(g) - len(reached)))
         med = statistics.median(allu) if solved else math.nan
         rows.append(dict(task=task, cell=cell, T=T, lr=lr, seeds=len(g), reached=len(reached),
-                         solved=solved, budget=int(g["budget"].max()),
+                         failed_test=failed_test, solved=solved, budget=int(g["budget"].max()),
                          updates_median=med,
                          updates_min=float(reached.min()) if len(reached) else math.nan,
                          updates_max=float(reached.max()) if len(reached) else math.nan,
@@ -477,6 +506,8 @@ def summarize(records, n_seeds=None):
             .groupby(["task", "cell", "T"], sort=True).head(1)
             .drop(columns=["_r", "_u"]).reset_index(drop=True))
     best["updates_text"] = [updates_text(r) for r in best.itertuples()]
+    ran = per_lr.groupby(["task", "cell", "T"])["lr"].agg(lambda v: ", ".join(f"{x:g}" for x in sorted(v)))
+    best["lrs_run"] = [ran[(r.task, r.cell, r.T)] for r in best.itertuples()]
     return per_lr, best
 
 
@@ -495,9 +526,14 @@ def updates_wide(best, keys=("cell",)):
 def updates_text(row):
     """"median (min-max)" over the seeds that reached the criterion, "> budget" when fewer
     than needed did (a lower bound, never a value)."""
+    failed = getattr(row, "failed_test", 0)
+    note = f", {failed} reached on validation but failed test" if failed else ""
     if not row.solved:
-        return f"> {int(row.budget)}" + (f" ({row.reached}/{row.seeds} seeds reached)" if row.reached else "")
-    return f"{row.updates_median:.0f} ({row.updates_min:.0f}-{row.updates_max:.0f})"
+        got = f"{row.reached}/{row.seeds} seeds reached" if row.reached else ""
+        extra = (got + note).lstrip(", ")
+        return f"> {int(row.budget)}" + (f" ({extra})" if extra else "")
+    text = f"{row.updates_median:.0f} ({row.updates_min:.0f}-{row.updates_max:.0f})"
+    return text + (f" [{failed} failed test]" if failed else "")
 
 
 # -- command line (``gpulstm memory``) --------------------------------------------------------

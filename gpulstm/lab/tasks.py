@@ -8,14 +8,15 @@ per step never sees a sequence twice; a seeded ``Generator`` makes a run reprodu
 :class:`Task` bundles a generator with its sizes, loss, trivial baseline and pass criterion,
 so the training loop in :mod:`gpulstm.train` is written once for all three.
 
-==============  ======  ==========  ==========  ====================  =====================
-task            L       inputs I    read-out    loss                  trivial baseline
-==============  ======  ==========  ==========  ====================  =====================
-adding          T       2           last step   MSE                   MSE 0.167 (predict 1)
-copy            T + 20  10 one-hot  every step  cross-entropy, 9 cl.  10 ln 8 / (T + 20)
-recall          T + 2K  10 one-hot  last K      cross-entropy, 9 cl.  accuracy 1/8
-temporal_order  T       6 one-hot   last step   cross-entropy, 4 cl.  accuracy 0.25
-==============  ======  ==========  ==========  ====================  =====================
+===============  ======  ==========  ==========  ====================  =====================
+task             L       inputs I    read-out    loss                  trivial baseline
+===============  ======  ==========  ==========  ====================  =====================
+adding           T       2           last step   MSE                   MSE 0.167 (predict 1)
+copy             T + 20  10 one-hot  every step  cross-entropy, 9 cl.  10 ln 8 / (T + 20)
+recall           T + 2K  10 one-hot  last K      cross-entropy, 9 cl.  accuracy 1/8
+recall_variable  T + 2K  10 one-hot  last K      cross-entropy, 9 cl.  accuracy 1/8
+temporal_order   T       6 one-hot   last step   cross-entropy, 4 cl.  accuracy 0.25
+===============  ======  ==========  ==========  ====================  =====================
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from .._checks import check_int
 
-__all__ = ["adding_problem", "copy_memory", "temporal_order", "recall", "Task",
+__all__ = ["adding_problem", "copy_memory", "temporal_order", "recall", "recall_variable", "Task",
            "make_task", "TASKS"]
 
 # copy memory alphabet: 0 blank, 1..8 symbols, 9 delimiter
@@ -83,19 +84,31 @@ def copy_memory(rng, T, batch, dtype=np.float32, length=COPY_LENGTH):
 
     Returns x [T+2K, B, 10] (one-hot) and target int64 [T+2K, B] (class indices).
     """
+    x, symbols = _symbols_then_delimiter(rng, T, batch, dtype, length, variable=False)
+    K = symbols.shape[0]
+    target = np.full(x.shape[:2], COPY_BLANK, np.int64)
+    target[x.shape[0] - K:] = symbols
+    return x, target
+
+
+def _symbols_then_delimiter(rng, T, batch, dtype, length, variable):
+    """The inputs of copy / recall (length T + 2K, one-hot over 10 codes): K symbols of 1..8
+    starting at step 0 (``variable``: at a step uniform in [0, T) per sequence), blanks, the
+    delimiter at step T + K - 1, K blanks. Returns (x, symbols int64 [K, B])."""
     _check_rng(rng)
     T = check_int("T", T, 1)
     B = check_int("batch", batch, 1)
     K = check_int("length", length, 1)
-    L = T + 2 * K
     symbols = rng.integers(1, COPY_SYMBOLS + 1, size=(K, B))
-    codes = np.full((L, B), COPY_BLANK, np.int64)
-    codes[:K] = symbols
+    codes = np.full((T + 2 * K, B), COPY_BLANK, np.int64)
+    if variable:
+        start = rng.integers(0, T, size=B)
+        for k in range(K):
+            codes[start + k, np.arange(B)] = symbols[k]
+    else:
+        codes[:K] = symbols
     codes[T + K - 1] = COPY_DELIMITER
-    target = np.full((L, B), COPY_BLANK, np.int64)
-    target[L - K:] = symbols
-    x = np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes]
-    return x, target
+    return np.eye(COPY_SYMBOLS + 2, dtype=dtype)[codes], symbols
 
 
 def recall(rng, T, batch, dtype=np.float32, length=1):
@@ -112,6 +125,19 @@ def recall(rng, T, batch, dtype=np.float32, length=1):
     """
     x, target = copy_memory(rng, T, batch, dtype, length)
     return x, target[-length:]
+
+
+def recall_variable(rng, T, batch, dtype=np.float32, length=1):
+    """Variable-lag delayed recall: :func:`recall`'s sequences and read-out (length T + 2K,
+    the delimiter at step T + K - 1, the K symbols recalled at the last K steps), but the K
+    symbols start at a position p drawn uniformly from [0, T) per sequence (:func:`recall`:
+    always p = 0). The lag between a symbol and its recall is then uniform in [K + 1, T + K]
+    instead of fixed at T + K, so short-lag examples are there to learn from, as in the
+    adding problem, whose second marker sits at a random position.
+
+    Returns x [T+2K, B, 10] (one-hot) and target int64 [K, B] (the symbols, classes 1..8).
+    """
+    return _symbols_then_delimiter(rng, T, batch, dtype, length, variable=True)
 
 
 def temporal_order(rng, T, batch, dtype=np.float32):
@@ -169,14 +195,14 @@ class Task:
 
     def sample(self, rng, batch, dtype=np.float32):
         """Fresh sequences: (x [L,B,I], target) from the task's generator."""
-        if self.name in ("copy", "recall"):
+        if self.name in _COPY_LIKE:
             return _GENERATORS[self.name](rng, self.T, batch, dtype, self.copy_length)
         return _GENERATORS[self.name](rng, self.T, batch, dtype)
 
     @property
     def length(self):
         """Sequence length L fed to the network."""
-        return self.T + 2 * self.copy_length if self.name in ("copy", "recall") else self.T
+        return self.T + 2 * self.copy_length if self.name in _COPY_LIKE else self.T
 
     def passed(self, metric_value):
         """The pass criterion (class docstring) applied to a test metric value."""
@@ -192,11 +218,13 @@ class Task:
         return {"adding": "test MSE < 0.01",
                 "copy": "test cross-entropy < 0.1 x baseline",
                 "recall": "test accuracy >= 0.99",
+                "recall_variable": "test accuracy >= 0.99",
                 "temporal_order": "test accuracy >= 0.99"}[self.name]
 
 
 _GENERATORS = {"adding": adding_problem, "copy": copy_memory, "recall": recall,
-               "temporal_order": temporal_order}
+               "recall_variable": recall_variable, "temporal_order": temporal_order}
+_COPY_LIKE = ("copy", "recall", "recall_variable")  # K symbols, length T + 2K
 TASKS = tuple(_GENERATORS)
 
 
@@ -205,7 +233,7 @@ def make_task(name, T, copy_length=None):
     is K, the symbols the copy task (default 10) or the recall task (default 1) asks to
     remember."""
     if copy_length is None:
-        copy_length = 1 if name == "recall" else COPY_LENGTH
+        copy_length = 1 if name in ("recall", "recall_variable") else COPY_LENGTH
     T = check_int("T", T, 1)
     if name == "adding":
         return Task("adding", T, 2, 1, "mse", "last", "mse", 1.0 / 6.0)
@@ -213,9 +241,9 @@ def make_task(name, T, copy_length=None):
         K = check_int("copy_length", copy_length, 1)
         return Task("copy", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "all", "xent",
                     K * math.log(COPY_SYMBOLS) / (T + 2 * K), K)
-    if name == "recall":
+    if name in ("recall", "recall_variable"):
         K = check_int("copy_length", copy_length, 1)
-        return Task("recall", T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "tail", "accuracy",
+        return Task(name, T, COPY_SYMBOLS + 2, COPY_SYMBOLS + 1, "xent", "tail", "accuracy",
                     1.0 / COPY_SYMBOLS, K)
     if name == "temporal_order":
         if T < 10:
