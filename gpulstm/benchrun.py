@@ -274,7 +274,9 @@ class AsvProgress:
                 self._bar = Progress(
                     TextColumn("[bold]asv[/bold]"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                     TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                    TextColumn("{task.fields[done]}"), TextColumn("{task.description}"),
+                    # asv's text is data: never parsed as rich markup ([/] would raise)
+                    TextColumn("{task.fields[done]}", markup=False),
+                    TextColumn("{task.description}", markup=False),
                     console=console or Console(file=self.stream), refresh_per_second=1,
                     transient=False)
                 self._task = self._bar.add_task(self.step, total=100.0, done="")
@@ -303,7 +305,7 @@ class AsvProgress:
                 reason = skip.group(2)
                 if len(reason) >= 2 and reason[0] == reason[-1] and reason[0] in "'\"":
                     reason = reason[1:-1]
-                self.skips[reason[:200]] += 1
+                self.skips[printable(reason[:200])] += 1
             return
         m = self._LINE.match(line)
         if not m:
@@ -312,7 +314,7 @@ class AsvProgress:
                 self.total = int(total.group(1))
             return
         percent, dots, text = float(m.group(1)), m.group(2), m.group(3)
-        step = self._step(text, len(dots))
+        step = self._step(printable(text), len(dots))
         with self._lock:
             self.percent = max(self.percent, percent)
             if step:
@@ -355,6 +357,13 @@ class AsvProgress:
         """``["124 points skipped: backend 'cupy' unavailable: ...", ...]``, most first."""
         return [f"{n} point{'s' if n > 1 else ''} skipped: {reason}"
                 for reason, n in self.skips.most_common()]
+
+
+def printable(text):
+    """``text`` safe for the terminal (:func:`gpulstm.report.escape.printable`; imported on
+    first use: the report package brings pandas, which ``--help`` must not load)."""
+    from .report.escape import printable as escape
+    return escape(text)
 
 
 def _minutes(seconds):

@@ -298,6 +298,26 @@ def test_progress_follows_asv_and_summarises_skips():
     assert stream.getvalue() == ""  # asv's tables and skip notices are not printed
 
 
+def test_progress_shows_asv_text_as_data():
+    """Benchmark names, parameters and skip reasons from asv reach the terminal as text: rich
+    markup in them ([/]) neither raises nor styles, escape sequences are written escaped."""
+    from rich.console import Console
+    from gpulstm.benchrun import AsvProgress
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    with AsvProgress(out, console=console) as p:
+        p.feed("Running 2 total benchmarks (1 commits * 1 environments * 2 benchmarks)")
+        p.feed("[ 50.00%] ··· Running speed.X.time_y('[/]', '[bold]\x1b[2J')")
+        p.feed("    asv: skipped: NotImplementedError('gone [/] \x1b]0;title\x07')")
+        assert "[/]" in p.step and "[bold]" in p.step and "\\x1b[2J" in p.step
+        assert "\x1b" not in p.step
+        p._bar.refresh()
+    shown = out.getvalue()
+    assert "[/]" in shown and "[bold]" in shown
+    assert "\x1b[2J" not in shown and "\x07" not in shown  # the raw sequences never
+    assert p.skip_summary() == ["1 point skipped: gone [/] \\x1b]0;title\\x07"]
+
+
 def test_progress_prints_while_asv_is_silent():
     """Without a terminal, a status line every `every` seconds, also while asv prints nothing
     (a long setup_cache)."""
