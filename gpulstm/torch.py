@@ -260,7 +260,7 @@ class _EngineFunction(torch.autograd.Function):
 # -- the modules ----------------------------------------------------------------------------------
 _Spec = namedtuple("_Spec", "shape dtype")
 _SHORT = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
-          "weight_hr": "w_hr"}
+          "weight_hr": "w_hr", "weight_peep": "peep"}
 
 
 def _spec(name, t):
@@ -312,6 +312,8 @@ class _RNNBase(torch.nn.Module):
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
                 if self.proj_size:
                     shapes["weight_hr"] = (self.proj_size, H)
+                if getattr(self, "_peephole", False):  # LSTM peepholes p_i, p_f, p_o
+                    shapes["weight_peep"] = (3, H)
                 names = []
                 for base, shape in shapes.items():  # torch's registration order
                     name = f"{base}_l{layer}{'_reverse' if d else ''}"
@@ -361,7 +363,7 @@ class _RNNBase(torch.nn.Module):
         defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
                     "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto"}
         if hasattr(self, "forget_gate"):
-            defaults["forget_gate"] = True
+            defaults.update(forget_gate=True, peephole=False)
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
@@ -481,10 +483,11 @@ class LSTM(_RNNBase):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend=None, algo="auto", forget_bias=None, init="default", t_max=None,
-                 forget_gate=True):
+                 forget_gate=True, peephole=False):
         t_max = check_init(init, t_max, ("default", "chrono"))
         _bias_options(self, bias, forget_bias=forget_bias, t_max=t_max)
         self._forget_gate = check_bool("forget_gate", forget_gate)
+        self._peephole = check_bool("peephole", peephole)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, backend=backend, algo=algo)
 
@@ -493,8 +496,14 @@ class LSTM(_RNNBase):
         """False: the 1997 cell without a forget gate (f = 1), as :class:`gpulstm.LSTM`."""
         return self._forget_gate
 
+    @property
+    def peephole(self):
+        """True: diagonal peepholes, parameters ``weight_peep_l{k}`` (3, H) = p_i, p_f, p_o, as
+        :class:`gpulstm.LSTM`."""
+        return self._peephole
+
     def _make_cell(self):
-        return LSTMCell(forget_gate=self._forget_gate)
+        return LSTMCell(forget_gate=self._forget_gate, peephole=self._peephole)
 
     def forward(self, input, hx=None):
         """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;

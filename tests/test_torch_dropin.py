@@ -701,15 +701,22 @@ def test_torch_face_takes_algo_as_the_numpy_face(cls, monkeypatch):
         getattr(gt, cls)(4, 5, backend="numpy", algo="fused")
 
 
-def test_torch_face_lstm_without_forget_gate_as_numpy_face():
-    """gpulstm.torch.LSTM(forget_gate=False): the 1997 cell (f = 1), the numpy face's numbers."""
+@pytest.mark.parametrize("opts", [dict(forget_gate=False), dict(peephole=True),
+                                  dict(peephole=True, forget_gate=False, proj_size=3)])
+def test_torch_face_lstm_variants_as_numpy_face(opts):
+    """gpulstm.torch.LSTM's variants (forget_gate=False: the 1997 cell, f = 1; peephole=True:
+    parameters weight_peep_l{k} (3, H)) give the numpy face's numbers and gradients, and the
+    two faces' state dicts have the same keys and shapes."""
     rng = np.random.default_rng()
-    tm = gt.LSTM(4, 5, num_layers=2, forget_gate=False, dtype=torch.float64)
-    assert "forget_gate=False" in repr(tm)
-    m = gl.LSTM(4, 5, num_layers=2, forget_gate=False, backend="numpy", dtype="float64")
+    tm = gt.LSTM(4, 5, num_layers=2, dtype=torch.float64, **opts)
+    for k, v in opts.items():
+        assert f"{k}={v!r}" in repr(tm)
+    m = gl.LSTM(4, 5, num_layers=2, backend="numpy", dtype="float64", **opts)
+    assert {k: tuple(v.shape) for k, v in tm.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in m.state_dict().items()}
     m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     x = rng.standard_normal((6, 3, 4))
-    gy = rng.standard_normal((6, 3, 5))
+    gy = rng.standard_normal((6, 3, opts.get("proj_size", 5)))
     tx = torch.tensor(x, requires_grad=True)
     ty, _ = tm(tx)
     (ty * torch.tensor(gy)).sum().backward()
@@ -719,6 +726,6 @@ def test_torch_face_lstm_without_forget_gate_as_numpy_face():
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-13)
     for k, p in tm.named_parameters():
         np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
-    with_f = gt.LSTM(4, 5, num_layers=2, dtype=torch.float64)
-    with_f.load_state_dict(tm.state_dict())
-    assert not torch.allclose(with_f(tx)[0], ty)  # the option changes the numbers
+    plain = gt.LSTM(4, 5, num_layers=2, dtype=torch.float64, proj_size=opts.get("proj_size", 0))
+    plain.load_state_dict({k: v for k, v in tm.state_dict().items() if "peep" not in k})
+    assert not torch.allclose(plain(tx)[0], ty)  # the options change the numbers
