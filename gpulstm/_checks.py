@@ -59,10 +59,35 @@ def check_seed(seed):
     return check_int("seed", seed, 0)
 
 
+def host_memory_limit():
+    """Bytes this host could ever hand out: physical memory plus swap (``/proc/meminfo`` on
+    Linux, else ``os.sysconf``), or None where unknown."""
+    import os
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fd:
+            info = dict(line.split(":", 1) for line in fd if ":" in line)
+        return sum(int(info[k].split()[0]) * 1024 for k in ("MemTotal", "SwapTotal") if k in info) \
+            or None
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def host_memory_guard(nbytes, what):
-    """Turn a host allocation failure inside the block (NumPy's MemoryError, or its ValueError
-    for sizes beyond the address space) into a MemoryError naming ``what`` and ``nbytes``."""
+    """A MemoryError at once where ``what`` needs more than the host could ever give
+    (:func:`host_memory_limit`: rather than allocating until the system gives out), and a host
+    allocation failure inside the block (NumPy's MemoryError, or its ValueError for sizes
+    beyond the address space) turned into a MemoryError naming ``what`` and ``nbytes``."""
+    limit = host_memory_limit()
+    if limit is not None and nbytes > limit:
+        raise MemoryError(f"out of host memory in {what}: it needs about {nbytes} bytes "
+                          f"({nbytes / 2**30:.2f} GiB), more than this machine's memory and swap "
+                          f"({limit / 2**30:.2f} GiB); use smaller sizes (sequence length, batch, "
+                          f"hidden size, layers)")
     try:
         yield
     except (MemoryError, ValueError) as e:

@@ -459,6 +459,36 @@ def test_huge_sizes_give_a_memory_error_naming_the_buffer():
         m(x)
 
 
+@pytest.mark.parametrize("face", ["numpy", "torch"])
+def test_a_need_beyond_the_machine_fails_before_allocating(face, monkeypatch):
+    """A forward whose estimated need exceeds the host's memory and swap is refused at once
+    with MemoryError (not started and left to exhaust the machine), on both faces; one that
+    fits runs. The limit is simulated: 1 MiB."""
+    import gpulstm._checks as checks
+    import gpulstm.torch as gt
+    from gpulstm import engine
+    calls = []
+    real_forward = engine.forward
+    monkeypatch.setattr(engine, "forward", lambda *a, **k: (calls.append(1), real_forward(*a, **k))[1])
+    monkeypatch.setattr(checks, "host_memory_limit", lambda: 2**20)
+    rng = np.random.default_rng()
+    small, big = rng.standard_normal((5, 2, 3)), rng.standard_normal((2000, 8, 3))
+    if face == "numpy":
+        m = gl.LSTM(3, 16, backend="numpy", dtype="float64")
+        run = m
+    else:
+        m = gt.LSTM(3, 16, dtype=torch.float64, backend="numpy")
+
+        def run(x):
+            return m(torch.tensor(x))
+    run(small)
+    assert calls == [1]
+    with pytest.raises(MemoryError, match=r"forward \(T=2000, B=8, H=16\): it needs about \d+ "
+                                          r"bytes .*more than this machine's memory and swap"):
+        run(big)
+    assert calls == [1]  # refused before the engine allocated anything
+
+
 def test_backward_out_of_memory_names_the_call(monkeypatch):
     from gpulstm import engine
     m = gl.GRU(1, 2, backend="numpy")
