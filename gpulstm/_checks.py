@@ -7,6 +7,7 @@ float precisions, or truncated.
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 
 import numpy as np
@@ -59,9 +60,11 @@ def check_seed(seed):
     return check_int("seed", seed, 0)
 
 
+@functools.lru_cache(maxsize=1)
 def host_memory_limit():
     """Bytes this host could ever hand out: physical memory plus swap (``/proc/meminfo`` on
-    Linux, else ``os.sysconf``), or None where unknown."""
+    Linux, else ``os.sysconf``), or None where unknown. Read once per process: parsing
+    /proc/meminfo costs ~40 us, and every forward and backward asks."""
     import os
     try:
         with open("/proc/meminfo", encoding="ascii") as fd:
