@@ -134,20 +134,32 @@ def _check_int_index(name, B, H):
                          f"(4 * H * H must be < 2**31, H <= 23170); use algo='stepwise'")
 
 
-def bind(spec, a, at, ints):
+#: the int scalars of a kernel argument list that change with the step
+_STEP_INTS = ("t", "has")
+
+
+def binder(spec, a, ints):
     """The kernel arguments a cell declares (:class:`gpulstm.cells.Cell`, e.g.
-    ``fused_forward_args``), bound: a buffer of ``a`` by name, ``"name@slot"`` its time slot
-    ``at[slot]``, an int scalar of ``ints`` as int32."""
-    out = []
+    ``fused_forward_args``), resolved once per direction: a buffer of ``a`` by name,
+    ``"name@slot"`` its time slot, an int scalar of ``ints`` (or of the step: ``t``, ``has``)
+    as int32. Returns ``args(at)``: the argument tuple of one step, ``at`` giving the slots
+    (``t``, ``prev``, ``nxt``, ``last``) and the step's scalars; a step then only indexes."""
+    parts = []  # (None, fixed value) | (slot, buffer) | (scalar name, None)
     for name in spec:
-        if name in ints:
-            out.append(_i32(ints[name]))
+        if name in _STEP_INTS:
+            parts.append((name, None))
+        elif name in ints:
+            parts.append((None, _i32(ints[name])))
         elif "@" in name:
             buf, slot = name.split("@")
-            out.append(a[buf][at[slot]])
+            parts.append((slot, a[buf]))
         else:
-            out.append(a[name])
-    return tuple(out)
+            parts.append((None, a[name]))
+
+    def args(at):
+        return tuple(v if k is None else (_i32(at[k]) if v is None else v[at[k]])
+                     for k, v in parts)
+    return args
 
 
 def _steps(T, reverse):
@@ -352,7 +364,7 @@ class KernelLoop(ExecutionOptions):
                   if algo == "persistent" else None)
         if launch is not None:
             ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
-            launch(bind(cell.persistent_forward_args, s, {}, ints))
+            launch(binder(cell.persistent_forward_args, s, ints)({}))
             return True
         k, (grid, block) = self._fused(cell.kind + "_fused_forward", S.dtype, B, H)
         self._fused_forward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], s)
@@ -361,11 +373,9 @@ class KernelLoop(ExecutionOptions):
     def _fused_forward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused forward on the buffers of ``a`` (the saved dict, or an
         arena's arrays under the same names)."""
-        spec = cell.fused_forward_args
-        ints = dict(B=B, H=H, flags=flags)
+        args = binder(cell.fused_forward_args, a, dict(B=B, H=H, flags=flags))
         for t, prev, nxt in self._loop(_steps(T, reverse)):
-            ints["t"] = t
-            k(grid, block, bind(spec, a, dict(t=t, prev=prev, nxt=nxt), ints))
+            k(grid, block, args({"t": t, "prev": prev, "nxt": nxt}))
 
     def sequence_backward(self, cell, w, s, g, flags):
         S, dY = s["S"], g["dY"]
@@ -379,7 +389,7 @@ class KernelLoop(ExecutionOptions):
             a = dict(s, **g)
             a["w_hh"] = w["w_hh"]
             ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
-            launch(bind(cell.persistent_backward_args, a, {}, ints))
+            launch(binder(cell.persistent_backward_args, a, ints)({}))
             first = T - 1 if s["reverse"] else 0  # the step processed last
             self.matmul_acc(g["dGh"][first], w["w_hh"], out=g["dh"])  # dL/dh_0
             return True
@@ -396,13 +406,11 @@ class KernelLoop(ExecutionOptions):
     def _fused_backward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused backward on the buffers of ``a`` (saved and gradient
         dicts with ``w_hh``, or an arena's arrays); returns the step processed last."""
-        spec = cell.fused_backward_args
-        ints = dict(B=B, H=H, flags=flags)
+        args = binder(cell.fused_backward_args, a, dict(B=B, H=H, flags=flags))
         last = None  # the step processed before this one
         for t, prev, nxt in self._loop(_steps(T, reverse)[::-1]):
-            ints["t"], ints["has"] = t, last is not None
-            at = dict(t=t, prev=prev, nxt=nxt, last=t if last is None else last)
-            k(grid, block, bind(spec, a, at, ints))
+            k(grid, block, args({"t": t, "prev": prev, "nxt": nxt, "has": last is not None,
+                                 "last": t if last is None else last}))
             last = t
         return last
 
