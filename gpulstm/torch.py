@@ -312,8 +312,7 @@ class _RNNBase(torch.nn.Module):
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
                 if self.proj_size:
                     shapes["weight_hr"] = (self.proj_size, H)
-                if getattr(self, "_peephole", False):  # LSTM peepholes p_i, p_f, p_o
-                    shapes["weight_peep"] = (3, H)
+                shapes.update(self._extra_shapes())
                 names = []
                 for base, shape in shapes.items():  # torch's registration order
                     name = f"{base}_l{layer}{'_reverse' if d else ''}"
@@ -362,8 +361,7 @@ class _RNNBase(torch.nn.Module):
         """torch.nn's repr (options shown when not their default), plus ``backend``."""
         defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
                     "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto"}
-        if hasattr(self, "forget_gate"):
-            defaults.update(forget_gate=True, peephole=False)
+        defaults.update(self._option_defaults)
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
@@ -372,6 +370,14 @@ class _RNNBase(torch.nn.Module):
         D = self._num_directions
         return [[[_SHORT[n.split("_l")[0]] for n in self._all_weights[layer * D + d]]
                  for d in range(D)] for layer in range(self.num_layers)]
+
+    #: a cell's own options and their defaults (shown by repr when changed)
+    _option_defaults = {}
+
+    def _extra_shapes(self):
+        """Parameters of the cell beyond torch.nn's, per layer and direction: {name: shape}
+        (registered after them, as :class:`gpulstm.LSTM` orders them)."""
+        return {}
 
     def _make_cell(self):
         raise NotImplementedError
@@ -495,6 +501,11 @@ class LSTM(_RNNBase):
     def forget_gate(self):
         """False: the 1997 cell without a forget gate (f = 1), as :class:`gpulstm.LSTM`."""
         return self._forget_gate
+
+    _option_defaults = {"forget_gate": True, "peephole": False}
+
+    def _extra_shapes(self):
+        return {"weight_peep": (3, self.hidden_size)} if self._peephole else {}
 
     @property
     def peephole(self):
