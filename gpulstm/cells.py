@@ -22,23 +22,37 @@ from .kernel_flags import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
 
 class Cell:
     name = ""
-    kind = ""  # the kernels' prefix: "lstm", "gru" or "rnn" (executions pick kernels by it)
+    kind = ""  # the stepwise kernels' and the cpu loop's prefix: "lstm", "gru" or "rnn"
     gates = 1  # G: gate blocks in w_ih / w_hh
     has_cell_state = False
     #: entries of the saved dict that :meth:`init_forward` adds and backward never reads
     forward_transients = ()
 
     # -- what the compiled kernels take (gpulstm.backends.kernel_loop binds these by name) ----
-    #: argument lists of the ``<kind>_fused_forward`` / ``_fused_backward`` (one launch per
-    #: step) and ``<kind>_persistent_forward`` / ``_backward`` (one launch per direction)
-    #: kernels: names of saved / gradient buffers (``"C@prev"``: the slot of step ``prev``;
-    #: slots ``t``, ``prev``, ``nxt`` and ``last``, the step processed before this one) and the
-    #: int scalars ``T``, ``t``, ``B``, ``H``, ``flags``, ``reverse``, ``has`` (a step before
-    #: this one exists). Empty: the cell has no such kernels (it runs stepwise there).
-    fused_forward_args = ()
-    fused_backward_args = ()
-    persistent_forward_args = ()
-    persistent_backward_args = ()
+    #: the cell's struct in ``kernels/cells/`` (e.g. ``"LstmCell"``, the header with its
+    #: pointwise math): the time-loop kernels (``fused_*``, ``persistent_*`` of
+    #: ``kernels/fused_step.cu`` / ``persistent.cu``) are templates instantiated for it. None:
+    #: the cell has no compiled kernels (it runs in the engine's stepwise loop everywhere).
+    kernel_struct = None
+    #: the saved-dict buffer the kernels read as the cell's [NCONST, H] constants (LSTM
+    #: ``"peep"``, GRU ``"b_hn"``), or None
+    kernel_constant = None
+    #: argument lists of the time-loop kernels, one for every cell: names of saved / gradient
+    #: buffers (``"C@prev"``: the slot of step ``prev``; slots ``t``, ``prev``, ``nxt`` and
+    #: ``last``, the step processed before this one), ``konst`` (:attr:`kernel_constant`) and
+    #: the int scalars ``T``, ``t``, ``B``, ``H``, ``flags``, ``reverse``, ``has`` (a step
+    #: before this one exists). A buffer the cell does not have (``C``, ``dc`` without a
+    #: :attr:`carried_state`, ``gates`` without saved columns, ``konst``) is passed as an empty
+    #: placeholder, which the cell's struct never reads (kernels/cell_step.cuh).
+    fused_forward_args = ("gx@t", "w_hh_T", "konst", "C@prev", "S@prev", "L", "t", "gh",
+                          "gates@t", "C@nxt", "S@nxt", "Y@t", "B", "H", "flags")
+    fused_backward_args = ("dGh@last", "has", "w_hh", "gates@t", "C@nxt", "C@prev", "S@nxt",
+                           "S@prev", "dh", "dY@t", "dc", "L", "t", "konst", "dGx@t", "dGh@t",
+                           "B", "H", "flags")
+    persistent_forward_args = ("gx", "w_hh_T", "konst", "C", "S", "L", "T", "reverse", "gh",
+                               "gates", "Y", "B", "H", "flags")
+    persistent_backward_args = ("w_hh", "gates", "C", "S", "dh", "dY", "dc", "L", "T",
+                                "reverse", "konst", "dGx", "dGh", "B", "H", "flags")
     #: argument lists of the compiled CPU loop's ``<kind>_forward`` / ``<kind>_backward``
     #: (``kernels/cpu/sequence.cpp``, bound by :mod:`gpulstm.backends.cpu`): buffer names as
     #: above (whole sequences), int scalars ``T``, ``B``, ``H``, ``reverse``, ``slots``,
@@ -64,7 +78,7 @@ class Cell:
 
     def kernels_apply(self, flags):
         """False where the options ``flags`` need the stepwise loop (no fused kernel)."""
-        return bool(self.fused_forward_args)
+        return self.kernel_struct is not None
 
     def flags(self, w):
         return 0
@@ -128,14 +142,7 @@ class LSTMCell(Cell):
     gates = 4
     has_cell_state = True
     forward_transients = ("w_hr_T",)
-    fused_forward_args = ("gx@t", "w_hh_T", "C@prev", "S@prev", "L", "t", "peep", "gh",
-                          "gates@t", "C@nxt", "S@nxt", "Y@t", "B", "H", "flags")
-    fused_backward_args = ("dGh@last", "has", "w_hh", "gates@t", "C@nxt", "C@prev", "dh", "dY@t",
-                           "dc", "L", "t", "peep", "dGx@t", "B", "H", "flags")
-    persistent_forward_args = ("gx", "w_hh_T", "C", "S", "L", "T", "reverse", "peep", "gh",
-                               "gates", "Y", "B", "H", "flags")
-    persistent_backward_args = ("w_hh", "gates", "C", "dh", "dY", "dc", "L", "T", "reverse",
-                                "peep", "dGx", "B", "H", "flags")
+    kernel_struct, kernel_constant = "LstmCell", "peep"
     carried_state, carried_grad = "C", "dc"
     cpu_forward_args = ("T", "B", "H", "input", "w_hh", "L", "reverse", "slots", "S", "C", "peep",
                         "gates", "gates_stride", "Y", "flags", "threads")
@@ -232,14 +239,7 @@ class LSTMCell(Cell):
 class GRUCell(Cell):
     name = kind = "gru"
     gates = 3
-    fused_forward_args = ("gx@t", "w_hh_T", "b_hn", "S@prev", "L", "t", "gh", "gates@t",
-                          "S@nxt", "Y@t", "B", "H")
-    fused_backward_args = ("dGh@last", "has", "w_hh", "gates@t", "S@prev", "dh", "dY@t", "L",
-                           "t", "dGx@t", "dGh@t", "B", "H")
-    persistent_forward_args = ("gx", "w_hh_T", "b_hn", "S", "L", "T", "reverse", "gh", "gates",
-                               "Y", "B", "H")
-    persistent_backward_args = ("w_hh", "gates", "S", "dh", "dY", "L", "T", "reverse", "dGx",
-                                "dGh", "B", "H")
+    kernel_struct, kernel_constant = "GruCell", "b_hn"
     split_dgh = True
     cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "b_hn", "L", "reverse", "slots", "S", "gates",
                         "gates_stride", "Y", "threads")
@@ -284,14 +284,7 @@ class GRUCell(Cell):
 class RNNCell(Cell):
     kind = "rnn"
     gates = 1
-    fused_forward_args = ("gx@t", "w_hh_T", "S@prev", "L", "t", "gh", "S@nxt", "Y@t", "B", "H",
-                          "flags")
-    fused_backward_args = ("dGh@last", "has", "w_hh", "S@nxt", "dh", "dY@t", "L", "t", "dGx@t",
-                           "B", "H", "flags")
-    persistent_forward_args = ("gx", "w_hh_T", "S", "L", "T", "reverse", "gh", "Y", "B", "H",
-                               "flags")
-    persistent_backward_args = ("w_hh", "S", "dh", "dY", "L", "T", "reverse", "dGx", "B", "H",
-                                "flags")
+    kernel_struct = "RnnCell"
     cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "L", "reverse", "slots", "S", "Y", "flags",
                         "threads")
     cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "S", "dY", "dh", "dGx", "flags",
@@ -323,17 +316,16 @@ class CIFGCell(LSTMCell):
 
         f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)   c = f c_{t-1} + (1 - f) g   h = o tanh(c)
 
-    A cell brought through the plug-in alone: this class is its whole Python side. Its
-    pointwise step is written here against the execution's array module (``ex.xp``), so it
-    runs in the engine's stepwise loop on every execution; it declares no compiled kernels
-    yet (``kernels/cells/cifg.cuh`` holds the same math for them), so the executions' fused,
-    persistent and CPU loops decline it and the stepwise loop runs.
+    A cell brought through the plug-in alone: this class and ``kernels/cells/cifg.cuh`` (its
+    pointwise math, one unit of one step) are all of it. The header gives it the fused and
+    persistent kernels of the device executions (``kernel_struct``); its stepwise step is
+    written here against the execution's array module (``ex.xp``); the compiled CPU loop
+    declines it (no ``cpu_*_args``) and the stepwise loop runs there.
     """
     name = kind = "cifg"
     gates = 3
     forward_transients = ()
-    fused_forward_args = fused_backward_args = ()
-    persistent_forward_args = persistent_backward_args = ()
+    kernel_struct, kernel_constant = "CifgCell", None
     cpu_forward_args = cpu_backward_args = ()
     loop_projects_input = False
 
@@ -343,8 +335,11 @@ class CIFGCell(LSTMCell):
     def flags(self, w):
         return 0
 
+    def kernel_constants(self, H):
+        return {}
+
     def kernels_apply(self, flags):
-        return False
+        return True
 
     @staticmethod
     def _active(xp, L, t):

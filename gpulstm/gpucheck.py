@@ -192,8 +192,9 @@ def instrument(m, poison=True):
     pw = ex.pw = copy.copy(ex.pw)
     orig = type(pw).kernel
 
-    def kernel(name, dtype):
-        return _Recorded(orig(pw, name, dtype), name, rec["launches"])
+    def kernel(name, dtype, cell=None):
+        label = name if cell is None else f"{name}<{cell}>"
+        return _Recorded(orig(pw, name, dtype, cell), label, rec["launches"])
     pw.kernel = kernel
     ex._fallback = lambda name, plan, per_sm: rec["fallbacks"].append(
         dict(kernel=name, blocks=plan["blocks"], blocks_per_sm=per_sm))
@@ -216,9 +217,9 @@ def summarize_launches(rec):
     for key in rec["launches"]:
         counts[key] = counts.get(key, 0) + 1
     names = {k[0] for k in counts}
-    if any("_persistent_" in n for n in names):
+    if any(n.startswith("persistent_") for n in names):
         ran = "persistent"
-    elif rec["graph_replays"] or any("_fused_" in n for n in names):
+    elif rec["graph_replays"] or any(n.startswith("fused_") for n in names):
         ran = "fused+graphs" if rec["graph_replays"] else "fused"
     else:
         ran = "stepwise"

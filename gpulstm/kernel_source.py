@@ -11,7 +11,9 @@ the ``emulated`` backend (the same text compiled for the CPU) and the NVRTC comp
   ``#include <...>`` (system or CUDA headers) is refused: NVRTC runs without the toolkit's
   headers and the CPU emulation has none.
 * Every kernel is a ``template <typename T> __global__`` function instantiated for float and
-  double through name expressions ``"<kernel><float>"`` / ``"<kernel><double>"``.
+  double through name expressions ``"<kernel><float>"`` / ``"<kernel><double>"``; the time-loop
+  kernels are templates on the cell too, ``"fused_forward<LstmCell, float>"``, instantiated for
+  every cell header of ``kernels/cells/`` (a new cell's header is compiled in by being there).
 """
 from __future__ import annotations
 
@@ -45,28 +47,21 @@ KERNELS = (
     "rnn_forward",
     "rnn_backward",
 )
-#: the time-loop kernels (gpulstm.backends.kernel_loop); they have no NumPy twin of their own:
-#: each is a recurrent product followed by the pointwise kernel of its cell
+#: the time-loop kernels (gpulstm.backends.kernel_loop), templates on the cell: each is
+#: instantiated for every cell struct of ``kernels/cells/`` (:func:`cell_structs`), e.g.
+#: ``fused_forward<LstmCell, float>``; a recurrent product followed by the cell's pointwise step
 LOOP_KERNELS = (
-    "lstm_fused_forward",
-    "lstm_fused_backward",
-    "gru_fused_forward",
-    "gru_fused_backward",
-    "rnn_fused_forward",
-    "rnn_fused_backward",
-    "lstm_persistent_forward",
-    "lstm_persistent_backward",
-    "gru_persistent_forward",
-    "gru_persistent_backward",
-    "rnn_persistent_forward",
-    "rnn_persistent_backward",
+    "fused_forward",
+    "fused_backward",
+    "persistent_forward",
+    "persistent_backward",
 )
 #: the random-number kernels; each has its NumPy twin in gpulstm.backends.philox
 RNG_KERNELS = (
     "dropout_mask",
 )
-#: every kernel of the source, in the order of its name expressions
-ALL_KERNELS = KERNELS + LOOP_KERNELS + RNG_KERNELS
+#: the kernels with one template argument, the dtype
+ALL_KERNELS = KERNELS + RNG_KERNELS
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: NVRTC options of every compile (CuPy adds the architecture and ``-ftz=true`` itself).
@@ -76,24 +71,67 @@ NVRTC_OPTIONS = ("--std=c++17",)
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"]+)[>"].*$', re.M)
 
 
+#: a cell struct of a header in kernels/cells/: ``struct LstmCell {`` at the start of a line
+_CELL_STRUCT = re.compile(r"^struct[ \t]+([A-Za-z_]\w*)[ \t]*\{", re.M)
+
+
 class KernelSource(NamedTuple):
     code: str  # the whole translation unit, our headers inlined
-    name_expressions: tuple  # ("lstm_forward<float>", "lstm_forward<double>", ...)
+    name_expressions: tuple  # ("lstm_forward<float>", ..., "fused_forward<LstmCell, float>", ...)
 
 
-def name_expression(kernel, dtype):
-    """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``."""
-    if kernel not in ALL_KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {ALL_KERNELS}")
+def name_expression(kernel, dtype, cell=None):
+    """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``; a time-loop kernel takes
+    the cell struct: ``("fused_forward", "float32", "LstmCell")`` ->
+    ``"fused_forward<LstmCell, float>"``."""
     try:
         ctype = CTYPES[str(dtype)]
     except KeyError:
         raise TypeError(f"kernels exist for dtypes {tuple(CTYPES)}; got {dtype!s}") from None
+    if kernel in LOOP_KERNELS:
+        structs = cell_structs()
+        if cell not in structs:
+            raise ValueError(f"kernel {kernel!r} is a template on the cell: cell must be one of "
+                             f"the structs of kernels/cells/ {structs}; got {cell!r}")
+        return f"{kernel}<{cell}, {ctype}>"
+    if kernel not in ALL_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of "
+                         f"{ALL_KERNELS + LOOP_KERNELS}")
+    if cell is not None:
+        raise ValueError(f"kernel {kernel!r} takes no cell; got {cell!r}")
     return f"{kernel}<{ctype}>"
 
 
 def name_expressions():
-    return tuple(name_expression(k, d) for k in ALL_KERNELS for d in CTYPES)
+    return (tuple(name_expression(k, d) for k in ALL_KERNELS for d in CTYPES)
+            + tuple(name_expression(k, d, c) for k in LOOP_KERNELS for c in cell_structs()
+                    for d in CTYPES))
+
+
+def cell_headers(directory=None):
+    """The cell headers ``kernels/cells/*.cuh`` (sorted; ``cell_common.cuh`` is what they
+    share, not a cell): each defines one cell struct, and every one is compiled in."""
+    d = Path(directory or kernel_dir()) / "cells"
+    return tuple(p for p in sorted(d.glob("*.cuh")) if p.name != "cell_common.cuh")
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_structs(directory):
+    out = []
+    for p in cell_headers(directory):
+        found = _CELL_STRUCT.findall(p.read_text(encoding="utf-8"))
+        if len(found) != 1:
+            raise ValueError(f"{p}: a cell header defines exactly one cell struct "
+                             f"('struct Name {{' at the start of a line); found {found}")
+        out.append(found[0])
+    return tuple(out)
+
+
+def cell_structs():
+    """Names of the cell structs the time-loop kernels are instantiated for, one per header
+    of ``kernels/cells/`` (``("CifgCell", "GruCell", "IndRnnCell", "LstmCell", "RnnCell")``):
+    a new cell's header dropped there is compiled into every loop kernel."""
+    return _cell_structs(kernel_dir())
 
 
 def _candidates():
@@ -155,6 +193,10 @@ def _assemble(directory):
     parts = ["// gpulstm kernels: generated from kernels/ by gpulstm/kernel_source.py\n"]
     for name in KERNEL_FILES:
         parts.append(_inline(directory / name, directory, seen))
+    for header in cell_headers(directory):  # every cell, for the loop kernels' instantiations
+        if header.resolve() not in seen:
+            seen.add(header.resolve())
+            parts.append(_inline(header, directory, seen))
     return "".join(parts)
 
 

@@ -1,7 +1,10 @@
 // fused_step.cu: one launch per time step, the recurrent product and the pointwise step fused.
 // Used by the "fused" algorithm (gpulstm/backends/kernel_loop.py); the math of every step is
-// the pointwise kernel's (*_at functions of lstm_forward.cu, ..., rnn_backward.cu), so the
-// fused and the stepwise loop differ only in the summation order of the recurrent product.
+// the pointwise kernels' (gl_cell_forward_at / gl_cell_backward_at of cell_step.cuh around the
+// cell header's math), so the fused and the stepwise loop differ only in the summation order
+// of the recurrent product. Every kernel is a template on the cell (a struct of
+// kernels/cells/): gpulstm/kernel_source.py instantiates it for every cell header there
+// (fused_forward<LstmCell, float>, ...).
 //
 // Tiling (every kernel here): a block of U x R x Z threads (U = blockDim.x <= FUSED_TILE units,
 // R = blockDim.y <= FUSED_ROWS rows, Z = blockDim.z reduction slices, U R Z <= FUSED_THREADS)
@@ -25,7 +28,7 @@
 // grid-wide barrier between steps. Indices are int: callers keep 4 * B * H < 2^31.
 // LSTM with LSTM_PROJ is not fused (the projection GEMM sits between steps): callers decline.
 // The same step functions make the persistent kernels (persistent.cu).
-#include "gpulstm_common.cuh"
+#include "cell_step.cuh"
 
 #define FUSED_TILE 32      // maximum units per block (blockDim.x); columns per shared chunk
 #define FUSED_ROWS 8       // maximum batch rows per block (blockDim.y)
@@ -123,172 +126,104 @@ __device__ __forceinline__ void fused_row_product(
 }
 
 // ---- one step of one block -----------------------------------------------------------------
-// The step functions below are one block's share of one time step; the fused kernels run one
-// per launch, the persistent kernels (persistent.cu) all of them in one launch. The right
-// operand of the product is (right, ldr, col, gstride) as in fused_row_product: W_hh^T in
-// global memory (right = w_hh_T, ldr = G H, col = j, gstride = H forward; right = w_hh,
-// ldr = H, col = j backward) or the block's resident copy in shared memory.
+// The step functions below are one block's share of one time step of any cell (a struct of
+// kernels/cells/, the template argument Cell); the fused kernels run one per launch, the
+// persistent kernels (persistent.cu) all of them in one launch. The right operand of the
+// product is (right, ldr, col, gstride) as in fused_row_product: W_hh^T in global memory
+// (right = w_hh_T, ldr = G H, col = j, gstride = H forward; right = w_hh, ldr = H, col = j
+// backward) or the block's resident copy in shared memory. A cell without a dense recurrence
+// (Cell::DENSE false) has no product: its step is the pointwise one alone.
 
-template <typename T>
-__device__ __forceinline__ void lstm_step_forward(
+template <class Cell, typename T>
+__device__ __forceinline__ void gl_step_forward(
     FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
-    const T* gx, const T* c_prev, const T* h_prev, const int* lengths, const int t,
-    const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B, const int H,
+    const T* gx, const T* konst, const T* c_prev, const T* h_prev, const int* lengths,
+    const int t, T* gh, T* saved, T* c_next, T* h_next, T* y, const int B, const int H,
     const int flags) {
+  constexpr int G = Cell::G;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[4];
-  fused_row_product<T, 4>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
+  T acc[G];
+  if (Cell::DENSE)
+    fused_row_product<T, G>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
-  for (int g = 0; g < 4; ++g) gh[b * 4 * H + g * H + j] = acc[g];
-  lstm_forward_at(b * H + j, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next,
-                  y, B, H, flags);
-}
-
-template <typename T>
-__device__ __forceinline__ void gru_step_forward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
-    const T* gx, const T* b_hn, const T* h_prev, const int* lengths, const int t, T* gh,
-    T* gates, T* h_next, T* y, const int B, const int H) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[3];
-  fused_row_product<T, 3>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
-  if (!(b < B && j < H) || threadIdx.z) return;
-  for (int g = 0; g < 3; ++g) gh[b * 3 * H + g * H + j] = acc[g];
-  gru_forward_at(b * H + j, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
-}
-
-template <typename T>
-__device__ __forceinline__ void rnn_step_forward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
-    const T* gx, const T* h_prev, const int* lengths, const int t, T* gh, T* h_next, T* y,
-    const int B, const int H, const int flags) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
-  if (!(b < B && j < H) || threadIdx.z) return;
-  gh[b * H + j] = acc[0];
-  rnn_forward_at(b * H + j, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
+  if (Cell::DENSE)
+    for (int g = 0; g < G; ++g) gh[b * G * H + g * H + j] = acc[g];
+  gl_cell_forward_at<Cell, T>(b * H + j, gx, gh, konst, c_prev, h_prev, lengths, t, saved,
+                              c_next, h_next, y, B, H, flags);
 }
 
 // Backward: dg_prev [B, G H] is the hidden-projection gradient of the step processed before
-// this one (dGx[t+1] forward direction, dGx[t-1] reverse; LSTM/RNN dgates, GRU dgh), has_prev
-// 0 for the first step processed (nothing to add). dh_next[b, j] += (dg_prev W_hh)[b, j]
-// first -- exactly the stepwise loop's matmul_acc -- then the pointwise backward of (b, j).
+// this one (dGh[t+1] forward direction, dGh[t-1] reverse; dGh is dGx unless Cell::SPLIT_DGH),
+// has_prev 0 for the first step processed (nothing to add). dh_next[b, j] += (dg_prev W_hh)[b,
+// j] first -- exactly the stepwise loop's matmul_acc -- then the pointwise backward of (b, j).
 // After the last step the caller adds dG W_hh once more (dL/dh_0).
 
-template <typename T>
-__device__ __forceinline__ void lstm_step_backward(
+template <class Cell, typename T>
+__device__ __forceinline__ void gl_step_backward(
     FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
-    const int has_prev, const T* gates, const T* c, const T* c_prev, T* dh_next, const T* dy,
-    T* dc_next, const int* lengths, const int t, const T* peep, T* dgates, const int B,
-    const int H, const int flags) {
+    const int has_prev, const T* saved, const T* c, const T* c_prev, const T* h,
+    const T* h_prev, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
+    const T* konst, T* dgx, T* dgh, const int B, const int H, const int flags) {
+  constexpr int GH = Cell::G;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, 4 * H, has_prev ? 4 * H : 0, right, ldr, col, 0, B, j < H, acc);
+  if (Cell::DENSE)
+    fused_row_product<T, 1>(sh, dg_prev, GH * H, has_prev ? GH * H : 0, right, ldr, col, 0, B,
+                            j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  lstm_backward_at(k, gates, c, c_prev, dh_next, dh_next, dy, dc_next, lengths, t, peep,
-                   dgates, B, H, flags);
-}
-
-template <typename T>
-__device__ __forceinline__ void gru_step_backward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
-    const int has_prev, const T* gates, const T* h_prev, T* dh_next, const T* dy,
-    const int* lengths, const int t, T* dgx, T* dgh, const int B, const int H) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, 3 * H, has_prev ? 3 * H : 0, right, ldr, col, 0, B, j < H, acc);
-  if (!(b < B && j < H) || threadIdx.z) return;
-  const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  gru_backward_at(k, gates, h_prev, dh_next, dy, lengths, t, dgx, dgh, B, H);
-}
-
-template <typename T>
-__device__ __forceinline__ void rnn_step_backward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
-    const int has_prev, const T* h, T* dh_next, const T* dy, const int* lengths, const int t,
-    T* dgates, const int B, const int H, const int flags) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  const int b = blockIdx.y * blockDim.y + threadIdx.y;
-  T acc[1];
-  fused_row_product<T, 1>(sh, dg_prev, H, has_prev ? H : 0, right, ldr, col, 0, B, j < H, acc);
-  if (!(b < B && j < H) || threadIdx.z) return;
-  const int k = b * H + j;
-  if (has_prev) dh_next[k] = dh_next[k] + acc[0];
-  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
+  if (Cell::DENSE && has_prev) dh_next[k] = dh_next[k] + acc[0];
+  gl_cell_backward_at<Cell, T>(k, saved, c, c_prev, h, h_prev, dh_next, dh_next, dy, dc_next,
+                               lengths, t, konst, dgx, dgh, B, H, flags);
 }
 
 // ---- the fused kernels: one step per launch -------------------------------------------------
-// Arguments: the pointwise kernel's, with gh now scratch [B, G H] written here and w_hh_T
-// [H, G H] (W_hh transposed, C-contiguous) inserted after gx; backward: dg_prev, has_prev and
-// w_hh [G H, H] before the pointwise kernel's arguments.
+// One signature for every cell (gpulstm.cells.Cell.fused_forward_args / fused_backward_args
+// name the buffers): konst the cell's [NCONST, H] constants, saved its [B, SAVED H] slot;
+// pointers the cell does not use (cell_step.cuh) may be any buffer of the right type.
 
-template <typename T>
-__global__ void lstm_fused_forward(
-    const T* gx, const T* w_hh_T, const T* c_prev, const T* h_prev, const int* lengths,
-    const int t, const T* peep, T* gh, T* gates, T* c_next, T* h_next, T* y, const int B,
-    const int H, const int flags) {
+template <class Cell, typename T>
+__global__ void fused_forward(
+    const T* gx,      // [B,GH] input projection of x_t (the biases the cell folds)
+    const T* w_hh_T,  // [H,GH] W_hh transposed, C-contiguous
+    const T* konst,   // [NCONST,H] the cell's constants (LSTM peepholes, GRU b_hn)
+    const T* c_prev,  // [B,H] c_{t-1} (HAS_C)
+    const T* h_prev,  // [B,H] h_{t-1}
+    const int* lengths, const int t,
+    T* gh,            // [B,GH] scratch: h_{t-1} W_hh^T
+    T* saved,         // [B,SAVED H] out: what backward reads
+    T* c_next,        // [B,H] out: c_t (HAS_C)
+    T* h_next,        // [B,H] out: h_t
+    T* y,             // [B,H] out: y_t
+    const int B, const int H, const int flags) {
   __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  lstm_step_forward(sh, w_hh_T, 4 * H, j, H, gx, c_prev, h_prev, lengths, t, peep, gh, gates,
-                    c_next, h_next, y, B, H, flags);
+  gl_step_forward<Cell, T>(sh, w_hh_T, Cell::G * H, j, H, gx, konst, c_prev, h_prev, lengths,
+                           t, gh, saved, c_next, h_next, y, B, H, flags);
 }
 
-template <typename T>
-__global__ void gru_fused_forward(
-    const T* gx, const T* w_hh_T, const T* b_hn, const T* h_prev, const int* lengths,
-    const int t, T* gh, T* gates, T* h_next, T* y, const int B, const int H) {
+template <class Cell, typename T>
+__global__ void fused_backward(
+    const T* dg_prev,   // [B,GH] dGh of the step processed before this one
+    const int has_prev, // 0: this is the first step processed
+    const T* w_hh,      // [GH,H]
+    const T* saved,     // [B,SAVED H] saved by the forward step
+    const T* c,         // [B,H] c_t (HAS_C)
+    const T* c_prev,    // [B,H] c_{t-1} (HAS_C)
+    const T* h,         // [B,H] h_t (BWD_H)
+    const T* h_prev,    // [B,H] h_{t-1} (BWD_HP)
+    T* dh_next,         // [B,H] in/out: dL/dh_t in, the direct part of dL/dh_{t-1} out
+    const T* dy,        // [B,H] dL/dy_t
+    T* dc_next,         // [B,H] in/out: dL/dc_t in, dL/dc_{t-1} out (HAS_C)
+    const int* lengths, const int t,
+    const T* konst,     // [NCONST,H]
+    T* dgx,             // [B,GH] out: gradient of the input projection
+    T* dgh,             // [B,GH] out: gradient of the hidden projection (SPLIT_DGH)
+    const int B, const int H, const int flags) {
   __shared__ FusedShared<T> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  gru_step_forward(sh, w_hh_T, 3 * H, j, H, gx, b_hn, h_prev, lengths, t, gh, gates, h_next,
-                   y, B, H);
-}
-
-template <typename T>
-__global__ void rnn_fused_forward(
-    const T* gx, const T* w_hh_T, const T* h_prev, const int* lengths, const int t, T* gh,
-    T* h_next, T* y, const int B, const int H, const int flags) {
-  __shared__ FusedShared<T> sh;
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  rnn_step_forward(sh, w_hh_T, H, j, H, gx, h_prev, lengths, t, gh, h_next, y, B, H, flags);
-}
-
-template <typename T>
-__global__ void lstm_fused_backward(
-    const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* c,
-    const T* c_prev, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
-    const T* peep, T* dgates, const int B, const int H, const int flags) {
-  __shared__ FusedShared<T> sh;
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  lstm_step_backward(sh, w_hh, H, j, dg_prev, has_prev, gates, c, c_prev, dh_next, dy,
-                     dc_next, lengths, t, peep, dgates, B, H, flags);
-}
-
-template <typename T>
-__global__ void gru_fused_backward(
-    const T* dg_prev, const int has_prev, const T* w_hh, const T* gates, const T* h_prev,
-    T* dh_next, const T* dy, const int* lengths, const int t, T* dgx, T* dgh, const int B,
-    const int H) {
-  __shared__ FusedShared<T> sh;
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  gru_step_backward(sh, w_hh, H, j, dg_prev, has_prev, gates, h_prev, dh_next, dy, lengths,
-                    t, dgx, dgh, B, H);
-}
-
-template <typename T>
-__global__ void rnn_fused_backward(
-    const T* dg_prev, const int has_prev, const T* w_hh, const T* h, T* dh_next, const T* dy,
-    const int* lengths, const int t, T* dgates, const int B, const int H, const int flags) {
-  __shared__ FusedShared<T> sh;
-  const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
-  rnn_step_backward(sh, w_hh, H, j, dg_prev, has_prev, h, dh_next, dy, lengths, t, dgates, B,
-                    H, flags);
+  gl_step_backward<Cell, T>(sh, w_hh, H, j, dg_prev, has_prev, saved, c, c_prev, h, h_prev,
+                            dh_next, dy, dc_next, lengths, t, konst, dgx, dgh, B, H, flags);
 }

@@ -21,7 +21,13 @@
 #ifndef GPULSTM_COMMON_CUH
 #define GPULSTM_COMMON_CUH
 
-#include "kernel_flags.cuh"  // the flag bits, one definition for every kernel and cell
+#include "kernel_flags.cuh"
+
+// The cell headers (kernels/cells/) compiled for the device only: their math policy
+// (GlCudaMath, cell_step.cuh) is device code.
+#ifndef GPULSTM_HD
+#define GPULSTM_HD __device__ __forceinline__
+#endif  // the flag bits, one definition for every kernel and cell
 
 // exp and tanh for each dtype, spelled out so that no overload resolution is left to the
 // math headers of either compiler (float -> expf/tanhf, double -> exp/tanh).

@@ -5,34 +5,8 @@
 //   r = sigma(gx_r + gh_r)   z = sigma(gx_z + gh_z)   hn = gh_n + b_hn
 //   n = tanh(gx_n + r hn)    h = n + z (h_{t-1} - n)
 // Saves (r, z, n, hn) for every row; inactive rows keep h_{t-1} and write y = 0.
-#include "gpulstm_common.cuh"
-
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
-// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
-template <typename T>
-__device__ __forceinline__ void gru_forward_at(
-    const int k, const T* gx, const T* gh, const T* b_hn, const T* h_prev, const int* lengths,
-    const int t, T* gates, T* h_next, T* y, const int B, const int H) {
-  const int b = k / H;
-  const int j = k - b * H;
-  const int g3 = b * 3 * H + j;  // column j of gate block 0 in a [B,3H] row
-  const int g4 = b * 4 * H + j;  // column j of gate block 0 in a [B,4H] row
-
-  const T r = gl_sigmoid(gx[g3] + gh[g3]);
-  const T z = gl_sigmoid(gx[g3 + H] + gh[g3 + H]);
-  const T hn = gh[g3 + 2 * H] + b_hn[j];
-  const T n = gl_tanh(gx[g3 + 2 * H] + r * hn);
-  const T hp = h_prev[k];
-  const T h = n + z * (hp - n);
-
-  gates[g4] = r;
-  gates[g4 + H] = z;
-  gates[g4 + 2 * H] = n;
-  gates[g4 + 3 * H] = hn;
-  const bool act = active(lengths, b, t);
-  h_next[k] = act ? h : hp;
-  y[k] = act ? h : T(0);
-}
+#include "cell_step.cuh"
+#include "cells/gru.cuh"
 
 template <typename T>
 __global__ void gru_forward(
@@ -49,5 +23,5 @@ __global__ void gru_forward(
     const int H) {       // hidden size
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  gru_forward_at(k, gx, gh, b_hn, h_prev, lengths, t, gates, h_next, y, B, H);
+  gl_cell_forward_at<GruCell, T>(k, gx, gh, b_hn, nullptr, h_prev, lengths, t, gates, nullptr, h_next, y, B, H, 0);
 }

@@ -9,50 +9,8 @@
 // Active rows: dgates = (da_i, da_f, da_g, da_o), dc_next <- dc_{t-1}, dh_next <- 0 (the engine
 // then adds dgates @ W_hh). Inactive rows: dgates = 0, dc_next and dh_next pass through.
 // With LSTM_PROJ, dh_next and dy (both [B,P]) are not touched.
-#include "gpulstm_common.cuh"
-
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
-// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
-template <typename T>
-__device__ __forceinline__ void lstm_backward_at(
-    const int k, const T* gates, const T* c, const T* c_prev, const T* dh_in, T* dh_next, const
-    T* dy, T* dc_next, const int* lengths, const int t, const T* peep, T* dgates, const int B,
-    const int H, const int flags) {
-  const int b = k / H;
-  const int j = k - b * H;
-  const int g4 = b * 4 * H + j;
-
-  if (!active(lengths, b, t)) {
-    dgates[g4] = T(0);
-    dgates[g4 + H] = T(0);
-    dgates[g4 + 2 * H] = T(0);
-    dgates[g4 + 3 * H] = T(0);
-    return;  // dc_next and dh_next pass through unchanged
-  }
-  const T i = gates[g4];
-  const T f = gates[g4 + H];
-  const T g = gates[g4 + 2 * H];
-  const T o = gates[g4 + 3 * H];
-  const T tc = gl_tanh(c[k]);
-  const bool proj = flags & LSTM_PROJ;
-  const T dh = proj ? dh_in[k] : dh_next[k] + dy[k];
-  const T dao = dh * tc * o * (T(1) - o);
-  T dc = dc_next[k] + dh * o * (T(1) - tc * tc);
-  if (flags & LSTM_PEEPHOLE) dc = dc + dao * peep[2 * H + j];
-  const T cp = c_prev[k];
-  const T dai = dc * g * i * (T(1) - i);
-  const T daf = (flags & LSTM_NO_FORGET) ? T(0) : dc * cp * f * (T(1) - f);
-  const T dag = dc * i * (T(1) - g * g);
-  T dcp = dc * f;
-  if (flags & LSTM_PEEPHOLE) dcp = dcp + dai * peep[j] + daf * peep[H + j];
-
-  dgates[g4] = dai;
-  dgates[g4 + H] = daf;
-  dgates[g4 + 2 * H] = dag;
-  dgates[g4 + 3 * H] = dao;
-  dc_next[k] = dcp;
-  if (!proj) dh_next[k] = T(0);
-}
+#include "cell_step.cuh"
+#include "cells/lstm.cuh"
 
 template <typename T>
 __global__ void lstm_backward(
@@ -72,5 +30,5 @@ __global__ void lstm_backward(
     const int flags) {   // LSTM_NO_FORGET | LSTM_PEEPHOLE | LSTM_PROJ
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  lstm_backward_at(k, gates, c, c_prev, dh_in, dh_next, dy, dc_next, lengths, t, peep, dgates, B, H, flags);
+  gl_cell_backward_at<LstmCell, T>(k, gates, c, c_prev, nullptr, nullptr, dh_in, dh_next, dy, dc_next, lengths, t, peep, dgates, nullptr, B, H, flags);
 }

@@ -7,49 +7,8 @@
 // Inactive rows (t >= lengths[b]) keep their state and write y = 0; the gates are written for
 // every row. With LSTM_PROJ, h_next receives m = o tanh(c) for every row (the projection and
 // its masking follow in lstm_proj_forward) and neither h_prev nor y is touched.
-#include "gpulstm_common.cuh"
-
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
-// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
-template <typename T>
-__device__ __forceinline__ void lstm_forward_at(
-    const int k, const T* gx, const T* gh, const T* c_prev, const T* h_prev, const int* lengths,
-    const int t, const T* peep, T* gates, T* c_next, T* h_next, T* y, const int B, const int H,
-    const int flags) {
-  const int b = k / H;
-  const int j = k - b * H;
-  const int g4 = b * 4 * H + j;  // column j of gate block 0 in row b
-
-  const T cp = c_prev[k];
-  T ai = gx[g4] + gh[g4];
-  T af = gx[g4 + H] + gh[g4 + H];
-  const T ag = gx[g4 + 2 * H] + gh[g4 + 2 * H];
-  T ao = gx[g4 + 3 * H] + gh[g4 + 3 * H];
-  if (flags & LSTM_PEEPHOLE) {
-    ai = ai + peep[j] * cp;
-    af = af + peep[H + j] * cp;
-  }
-  const T i = gl_sigmoid(ai);
-  const T f = (flags & LSTM_NO_FORGET) ? T(1) : gl_sigmoid(af);
-  const T g = gl_tanh(ag);
-  const T c = f * cp + i * g;
-  if (flags & LSTM_PEEPHOLE) ao = ao + peep[2 * H + j] * c;
-  const T o = gl_sigmoid(ao);
-  const T h = o * gl_tanh(c);
-
-  gates[g4] = i;
-  gates[g4 + H] = f;
-  gates[g4 + 2 * H] = g;
-  gates[g4 + 3 * H] = o;
-  const bool act = active(lengths, b, t);
-  c_next[k] = act ? c : cp;
-  if (flags & LSTM_PROJ) {
-    h_next[k] = h;
-  } else {
-    h_next[k] = act ? h : h_prev[k];
-    y[k] = act ? h : T(0);
-  }
-}
+#include "cell_step.cuh"
+#include "cells/lstm.cuh"
 
 template <typename T>
 __global__ void lstm_forward(
@@ -69,5 +28,5 @@ __global__ void lstm_forward(
     const int flags) {   // LSTM_NO_FORGET | LSTM_PEEPHOLE | LSTM_PROJ
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  lstm_forward_at(k, gx, gh, c_prev, h_prev, lengths, t, peep, gates, c_next, h_next, y, B, H, flags);
+  gl_cell_forward_at<LstmCell, T>(k, gx, gh, peep, c_prev, h_prev, lengths, t, gates, c_next, h_next, y, B, H, flags);
 }

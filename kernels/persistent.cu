@@ -84,132 +84,72 @@ extern __shared__ __align__(16) unsigned char gl_dynamic_smem[];
   const int gstride = resident ? int(blockDim.x) : (global_gstride);                      \
   (void)gstride;
 
-template <typename T>
-__global__ void lstm_persistent_forward(
-    const T* gx, const T* w_hh_T, T* C, T* S, const int* lengths, const int nsteps,
-    const int reverse, const T* peep, T* gh, T* gates, T* Y, const int B, const int H,
-    const int flags, const int resident, unsigned int* barrier) {
+// One signature for every cell, as the fused kernels' (gpulstm.cells.Cell.persistent_*_args):
+// whole-sequence buffers, konst the cell's [NCONST, H] constants; buffers the cell does not
+// use (cell_step.cuh) may be any buffer of the right type.
+
+template <class Cell, typename T>
+__global__ void persistent_forward(
+    const T* gx,      // [T,B,GH]
+    const T* w_hh_T,  // [H,GH]
+    const T* konst,   // [NCONST,H]
+    T* C,             // [T+1,B,H] cell states (HAS_C); slot prev read, slot next written
+    T* S,             // [T+1,B,H] hidden states
+    const int* lengths, const int nsteps, const int reverse,
+    T* gh,            // [B,GH] scratch
+    T* saved,         // [T,B,SAVED H] out
+    T* Y,             // [T,B,H] out
+    const int B, const int H, const int flags, const int resident, unsigned int* barrier) {
+  constexpr int G = Cell::G;
   __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh_T, H, 4, 4 * H, H, H);
-  GL_RIGHT(4, w_hh_T, 4 * H, H)
-  const int BH = B * H, BG = B * 4 * H;
+  if (Cell::DENSE && resident) gl_load_weights(wsh, w_hh_T, H, G, G * H, H, H);
+  GL_RIGHT(G, w_hh_T, G * H, H)
+  const int BH = B * H, BG = B * G * H, BS = B * Cell::SAVED * H;
   unsigned int target = 0;
   for (int s = 0; s < nsteps; ++s) {
     const int t = reverse ? nsteps - 1 - s : s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    lstm_step_forward(sh, right, ldr, col, gstride, gx + t * BG, C + prev * BH, S + prev * BH,
-                      lengths, t, peep, gh, gates + t * BG, C + next * BH, S + next * BH,
-                      Y + t * BH, B, H, flags);
+    gl_step_forward<Cell, T>(sh, right, ldr, col, gstride, gx + t * BG, konst, C + prev * BH,
+                             S + prev * BH, lengths, t, gh, saved + t * BS, C + next * BH,
+                             S + next * BH, Y + t * BH, B, H, flags);
     gl_grid_sync(barrier, target);
   }
 }
 
-template <typename T>
-__global__ void gru_persistent_forward(
-    const T* gx, const T* w_hh_T, const T* b_hn, T* S, const int* lengths, const int nsteps,
-    const int reverse, T* gh, T* gates, T* Y, const int B, const int H, const int resident,
-    unsigned int* barrier) {
+// Backward: dGh [T, B, G H] the hidden-projection gradients the product reads (dGx itself
+// unless Cell::SPLIT_DGH); dh, dc [B, H] the carried state gradients (in: dL/dh_T, dL/dc_T;
+// out: before the final dh += dGh_first W_hh that the caller adds).
+
+template <class Cell, typename T>
+__global__ void persistent_backward(
+    const T* w_hh,     // [GH,H]
+    const T* saved,    // [T,B,SAVED H]
+    const T* C,        // [T+1,B,H] (HAS_C)
+    const T* S,        // [T+1,B,H]
+    T* dh,             // [B,H] in/out
+    const T* dY,       // [T,B,H]
+    T* dc,             // [B,H] in/out (HAS_C)
+    const int* lengths, const int nsteps, const int reverse,
+    const T* konst,    // [NCONST,H]
+    T* dGx,            // [T,B,GH] out
+    T* dGh,            // [T,B,GH] out (SPLIT_DGH; else dGx)
+    const int B, const int H, const int flags, const int resident, unsigned int* barrier) {
+  constexpr int G = Cell::G;
   __shared__ FusedShared<T> sh;
   T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh_T, H, 3, 3 * H, H, H);
-  GL_RIGHT(3, w_hh_T, 3 * H, H)
-  const int BH = B * H, BG = B * 3 * H;
-  unsigned int target = 0;
-  for (int s = 0; s < nsteps; ++s) {
-    const int t = reverse ? nsteps - 1 - s : s;
-    const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    gru_step_forward(sh, right, ldr, col, gstride, gx + t * BG, b_hn, S + prev * BH, lengths,
-                     t, gh, gates + t * B * 4 * H, S + next * BH, Y + t * BH, B, H);
-    gl_grid_sync(barrier, target);
-  }
-}
-
-template <typename T>
-__global__ void rnn_persistent_forward(
-    const T* gx, const T* w_hh_T, T* S, const int* lengths, const int nsteps,
-    const int reverse, T* gh, T* Y, const int B, const int H, const int flags,
-    const int resident, unsigned int* barrier) {
-  __shared__ FusedShared<T> sh;
-  T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh_T, H, 1, H, H, H);
-  GL_RIGHT(1, w_hh_T, H, H)
-  const int BH = B * H;
-  unsigned int target = 0;
-  for (int s = 0; s < nsteps; ++s) {
-    const int t = reverse ? nsteps - 1 - s : s;
-    const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
-    rnn_step_forward(sh, right, ldr, col, gstride, gx + t * BH, S + prev * BH, lengths, t, gh,
-                     S + next * BH, Y + t * BH, B, H, flags);
-    gl_grid_sync(barrier, target);
-  }
-}
-
-// Backward: dG [T, B, G H] the hidden-projection gradients (LSTM/RNN: dgates = dGx; GRU: dGh,
-// with dGx separate); dh, dc [B, H] the carried state gradients (in: dL/dh_T, dL/dc_T;
-// out: before the final dh += dG_first W_hh that the caller adds).
-
-template <typename T>
-__global__ void lstm_persistent_backward(
-    const T* w_hh, const T* gates, const T* C, T* dh, const T* dY, T* dc, const int* lengths,
-    const int nsteps, const int reverse, const T* peep, T* dG, const int B, const int H,
-    const int flags, const int resident, unsigned int* barrier) {
-  __shared__ FusedShared<T> sh;
-  T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh, 4 * H, 1, H, 0, H);
+  if (Cell::DENSE && resident) gl_load_weights(wsh, w_hh, G * H, 1, H, 0, H);
   GL_RIGHT(1, w_hh, H, 0)
-  const int BH = B * H, BG = B * 4 * H;
+  const int BH = B * H, BG = B * G * H, BS = B * Cell::SAVED * H;
   unsigned int target = 0;
   for (int s = 0; s < nsteps; ++s) {
     const int t = reverse ? s : nsteps - 1 - s;
     const int prev = reverse ? t + 1 : t, next = reverse ? t : t + 1;
     const int last = reverse ? t - 1 : t + 1;  // the step processed before this one
-    lstm_step_backward(sh, right, ldr, col, dG + (s ? last : t) * BG, s > 0, gates + t * BG,
-                       C + next * BH, C + prev * BH, dh, dY + t * BH, dc, lengths, t, peep,
-                       dG + t * BG, B, H, flags);
-    gl_grid_sync(barrier, target);
-  }
-}
-
-template <typename T>
-__global__ void gru_persistent_backward(
-    const T* w_hh, const T* gates, const T* S, T* dh, const T* dY, const int* lengths,
-    const int nsteps, const int reverse, T* dGx, T* dGh, const int B, const int H,
-    const int resident, unsigned int* barrier) {
-  __shared__ FusedShared<T> sh;
-  T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh, 3 * H, 1, H, 0, H);
-  GL_RIGHT(1, w_hh, H, 0)
-  const int BH = B * H, BG = B * 3 * H;
-  unsigned int target = 0;
-  for (int s = 0; s < nsteps; ++s) {
-    const int t = reverse ? s : nsteps - 1 - s;
-    const int prev = reverse ? t + 1 : t;
-    const int last = reverse ? t - 1 : t + 1;
-    gru_step_backward(sh, right, ldr, col, dGh + (s ? last : t) * BG, s > 0,
-                      gates + t * B * 4 * H, S + prev * BH, dh, dY + t * BH, lengths, t,
-                      dGx + t * BG, dGh + t * BG, B, H);
-    gl_grid_sync(barrier, target);
-  }
-}
-
-template <typename T>
-__global__ void rnn_persistent_backward(
-    const T* w_hh, const T* S, T* dh, const T* dY, const int* lengths, const int nsteps,
-    const int reverse, T* dG, const int B, const int H, const int flags, const int resident,
-    unsigned int* barrier) {
-  __shared__ FusedShared<T> sh;
-  T* wsh = reinterpret_cast<T*>(gl_dynamic_smem);
-  if (resident) gl_load_weights(wsh, w_hh, H, 1, H, 0, H);
-  GL_RIGHT(1, w_hh, H, 0)
-  const int BH = B * H;
-  unsigned int target = 0;
-  for (int s = 0; s < nsteps; ++s) {
-    const int t = reverse ? s : nsteps - 1 - s;
-    const int next = reverse ? t : t + 1;
-    const int last = reverse ? t - 1 : t + 1;
-    rnn_step_backward(sh, right, ldr, col, dG + (s ? last : t) * BH, s > 0, S + next * BH, dh,
-                      dY + t * BH, lengths, t, dG + t * BH, B, H, flags);
+    gl_step_backward<Cell, T>(sh, right, ldr, col, dGh + (s ? last : t) * BG, s > 0,
+                              saved + t * BS, C + next * BH, C + prev * BH, S + next * BH,
+                              S + prev * BH, dh, dY + t * BH, dc, lengths, t, konst,
+                              dGx + t * BG, dGh + t * BG, B, H, flags);
     gl_grid_sync(barrier, target);
   }
 }

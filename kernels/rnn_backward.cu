@@ -4,25 +4,8 @@
 //   dh = dh_next + dy;   da = dh (1 - h^2) for tanh, dh [not h <= 0] for relu
 // Active rows: dgates = da, dh_next <- 0 (the engine adds dgates @ W_hh);
 // inactive rows: dgates = 0, dh_next passes through unchanged.
-#include "gpulstm_common.cuh"
-
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
-// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
-template <typename T>
-__device__ __forceinline__ void rnn_backward_at(
-    const int k, const T* h, T* dh_next, const T* dy, const int* lengths, const int t, T*
-    dgates, const int B, const int H, const int flags) {
-  const int b = k / H;
-  if (!active(lengths, b, t)) {
-    dgates[k] = T(0);
-    return;  // dh_next passes through unchanged
-  }
-  const T dh = dh_next[k] + dy[k];
-  const T hk = h[k];
-  // relu: torch's threshold_backward, 0 where h <= 0 and dh elsewhere (h NaN passes dh)
-  dgates[k] = (flags & RNN_RELU) ? (hk <= T(0) ? T(0) : dh) : dh * (T(1) - hk * hk);
-  dh_next[k] = T(0);
-}
+#include "cell_step.cuh"
+#include "cells/rnn.cuh"
 
 template <typename T>
 __global__ void rnn_backward(
@@ -37,5 +20,5 @@ __global__ void rnn_backward(
     const int flags) {   // RNN_RELU
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  rnn_backward_at(k, h, dh_next, dy, lengths, t, dgates, B, H, flags);
+  gl_cell_backward_at<RnnCell, T>(k, nullptr, nullptr, nullptr, h, nullptr, nullptr, dh_next, dy, nullptr, lengths, t, nullptr, dgates, nullptr, B, H, flags);
 }

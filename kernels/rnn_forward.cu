@@ -1,22 +1,8 @@
 // rnn_forward.cu: one simple-RNN (Elman) step, h = tanh(gx + gh), or relu with RNN_RELU.
 // Reference: gpulstm/backends/numpy_pointwise.py, rnn_forward.
 // Inactive rows keep h_{t-1} and write y = 0.
-#include "gpulstm_common.cuh"
-
-// The step for element k = b * H + j of the [B, H] state (0 <= k < B * H), arguments as
-// the kernel below; the fused time-loop kernels (kernels/fused_step.cu) call it too.
-template <typename T>
-__device__ __forceinline__ void rnn_forward_at(
-    const int k, const T* gx, const T* gh, const T* h_prev, const int* lengths, const int t, T*
-    h_next, T* y, const int B, const int H, const int flags) {
-  const int b = k / H;
-  const T a = gx[k] + gh[k];
-  // relu as max(a, 0) with NaN propagated, like np.maximum
-  const T h = (flags & RNN_RELU) ? (a < T(0) ? T(0) : a) : gl_tanh(a);
-  const bool act = active(lengths, b, t);
-  h_next[k] = act ? h : h_prev[k];
-  y[k] = act ? h : T(0);
-}
+#include "cell_step.cuh"
+#include "cells/rnn.cuh"
 
 template <typename T>
 __global__ void rnn_forward(
@@ -32,5 +18,5 @@ __global__ void rnn_forward(
     const int flags) {   // RNN_RELU
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= B * H) return;
-  rnn_forward_at(k, gx, gh, h_prev, lengths, t, h_next, y, B, H, flags);
+  gl_cell_forward_at<RnnCell, T>(k, gx, gh, nullptr, nullptr, h_prev, lengths, t, nullptr, nullptr, h_next, y, B, H, flags);
 }

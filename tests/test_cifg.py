@@ -1,7 +1,8 @@
 """The CIFG cell (coupled input-forget gate LSTM, i = 1 - f), brought through the cell plug-in
-alone (gpulstm.cells.CIFGCell): against a torch-written reference cell in float64 on every
-execution, bidirectional, two layers, variable lengths, every gradient; and against central
-finite differences of its own forward."""
+alone (gpulstm.cells.CIFGCell and kernels/cells/cifg.cuh): against a torch-written reference
+cell in float64 on every execution and loop (the emulated fused and persistent runs launch the
+kernels instantiated for CifgCell, recorded), bidirectional, two layers, variable lengths,
+every gradient; and against central finite differences of its own forward."""
 import numpy as np
 import pytest
 
@@ -45,8 +46,14 @@ def torch_cifg(sd, x, lengths, h0, c0, num_layers, D):
 
 @pytest.mark.parametrize("backend,algo", [("numpy", "auto"), ("cpu", "auto"),
                                           ("emulated", "fused"), ("emulated", "persistent")])
-def test_cifg_matches_torch_reference(backend, algo):
+def test_cifg_matches_torch_reference(backend, algo, monkeypatch):
     backend_or_skip(backend)
+    ran = set()
+    if backend == "emulated":
+        from gpulstm.backends.kernel_pointwise import KernelPointwise
+        orig = KernelPointwise.kernel
+        monkeypatch.setattr(KernelPointwise, "kernel", lambda self, name, dtype, cell=None: (
+            ran.add(f"{name}<{cell}>" if cell else name), orig(self, name, dtype, cell))[1])
     rng = np.random.default_rng()
     T, B, I, H, layers, D = 6, 4, 5, 7, 2, 2
     m = gl.CIFG(I, H, num_layers=layers, bidirectional=True, backend=backend, algo=algo,
@@ -59,6 +66,8 @@ def test_cifg_matches_torch_reference(backend, algo):
     y, (h_n, c_n) = m(x, (h0, c0), lengths=lengths)
     dx = m.backward(gy, gh, gc)
     dh0, dc0 = m.grad_hx
+    if backend == "emulated":  # the cell's own kernels ran, nothing else
+        assert ran == {f"{algo}_forward<CifgCell>", f"{algo}_backward<CifgCell>"}
 
     sd = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in m.state_dict().items()}
     tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))

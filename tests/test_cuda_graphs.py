@@ -108,8 +108,8 @@ def test_capture_once_per_shape_then_replay(emulated, rng):
     direct = []
     orig = m.ex.pw.kernel
 
-    def counting(name, dtype):
-        k = orig(name, dtype)
+    def counting(name, dtype, cell=None):
+        k = orig(name, dtype, cell)
 
         def launch(*a, **kw):
             direct.append(name)
@@ -346,8 +346,8 @@ def test_launch_trace_with_graphs(emulated, rng):
     x = rng.standard_normal((T, 3, 4))
     tr = gl.launch_trace(m, x)
     assert tr.graphs and "with CUDA graphs" in str(tr)
-    for phase, name in (("forward", "lstm_fused_forward<double>"),
-                        ("backward", "lstm_fused_backward<double>")):
+    for phase, name in (("forward", "fused_forward<LstmCell, double>"),
+                        ("backward", "fused_backward<LstmCell, double>")):
         graphs = [c for c in tr.calls if c.kind == "graph" and c.phase == phase]
         assert len(graphs) == 4 and all(c.name == name and c.shape == (T,) for c in graphs)
         assert tr.count(phase=phase, kind="kernel", in_loop=True) == 0

@@ -80,7 +80,7 @@ def test_persistent_falls_back_to_fused_when_the_grid_does_not_fit(emulated, rng
         counts = _count_launches(m, np.random.default_rng(0).standard_normal((4, 11, 3)), None)
     finally:
         kl.KernelLoop.device_limits = orig
-    assert counts == {"lstm_fused_forward": 4, "lstm_fused_backward": 4}
+    assert counts == {"fused_forward<LstmCell>": 4, "fused_backward<LstmCell>": 4}
 
 
 def test_long_sequences_leave_the_persistent_kernel(emulated):
@@ -162,11 +162,12 @@ def _count_launches(m, x, name):
     counts = {}
     orig = pw.kernel
 
-    def counting(kname, dtype):
-        k = orig(kname, dtype)
+    def counting(kname, dtype, cell=None):
+        k = orig(kname, dtype, cell)
+        label = kname if cell is None else f"{kname}<{cell}>"
 
         def launch(*a, **kw):
-            counts[kname] = counts.get(kname, 0) + 1
+            counts[label] = counts.get(label, 0) + 1
             return k(*a, **kw)
         return launch
     pw.kernel = counting
@@ -178,12 +179,12 @@ def _count_launches(m, x, name):
     return counts
 
 
-@pytest.mark.parametrize("algo, want", [("fused", {"lstm_fused_forward": 6, "lstm_fused_backward": 6}),
+@pytest.mark.parametrize("algo, want", [("fused", {"fused_forward<LstmCell>": 6, "fused_backward<LstmCell>": 6}),
                                         ("stepwise", {"lstm_forward": 6, "lstm_backward": 6}),
-                                        ("persistent", {"lstm_persistent_forward": 1,
-                                                        "lstm_persistent_backward": 1}),
-                                        ("auto", {"lstm_persistent_forward": 1,
-                                                  "lstm_persistent_backward": 1})])
+                                        ("persistent", {"persistent_forward<LstmCell>": 1,
+                                                        "persistent_backward<LstmCell>": 1}),
+                                        ("auto", {"persistent_forward<LstmCell>": 1,
+                                                  "persistent_backward<LstmCell>": 1})])
 def test_algo_selects_the_loop(emulated, algo, want):
     m = gl.LSTM(3, 5, backend="emulated", dtype="float64", algo=algo)
     x = np.random.default_rng(0).standard_normal((6, 2, 3))
@@ -194,7 +195,7 @@ def test_proj_size_runs_stepwise(emulated):
     m = gl.LSTM(3, 5, proj_size=2, backend="emulated", dtype="float64", algo="fused")
     x = np.random.default_rng(0).standard_normal((4, 2, 3))
     counts = _count_launches(m, x, None)
-    assert "lstm_fused_forward" not in counts and counts["lstm_forward"] == 4
+    assert "fused_forward<LstmCell>" not in counts and counts["lstm_forward"] == 4
 
 
 def test_algo_is_checked():
@@ -226,7 +227,7 @@ def test_launch_trace_fused_lstm_T100():
         assert tr.count(phase=phase, kind="gemm", in_loop=True) == 0
         assert tr.count(phase=phase, kind="op", in_loop=True) == 0
     names = {c.name for c in tr.calls if c.kind == "kernel"}
-    assert names == {"lstm_fused_forward<float>", "lstm_fused_backward<float>"}
+    assert names == {"fused_forward<LstmCell, float>", "fused_backward<LstmCell, float>"}
     st = gl.launch_trace(m, x, algo="stepwise")
     for phase in ("forward", "backward"):
         assert st.count(phase=phase, kind="gemm", in_loop=True) == 100
@@ -246,7 +247,7 @@ def test_launch_trace_persistent_count_does_not_depend_on_T():
         counts.append(len(tr.calls))
         coop = [c for c in tr.calls if c.kind == "kernel"]
         assert len(coop) == 4 and all(c.cooperative for c in coop)
-        assert {c.name for c in coop} == {"gru_persistent_forward<float>", "gru_persistent_backward<float>"}
+        assert {c.name for c in coop} == {"persistent_forward<GruCell, float>", "persistent_backward<GruCell, float>"}
     assert counts[0] == counts[1] == counts[2]
 
 
@@ -396,10 +397,11 @@ def test_cupy_execution_launch_glue_on_the_cpu(emulated, monkeypatch, rng, cls, 
         np.testing.assert_allclose(m.grads[k], ref.grads[k], rtol=0, atol=1e-4 * max(1, np.abs(ref.grads[k]).max()))
     names = {n for n, _, _ in fake.launches}
     if algo == "fused":
-        assert names == {"gru_fused_forward<float>", "gru_fused_backward<float>"}
+        assert names == {"fused_forward<GruCell, float>", "fused_backward<GruCell, float>"}
     else:
-        kind = cls.lower()
-        assert names == {f"{kind}_persistent_forward<float>", f"{kind}_persistent_backward<float>"}
+        struct = {"LSTM": "LstmCell", "GRU": "GruCell", "RNN": "RnnCell"}[cls]
+        assert names == {f"persistent_forward<{struct}, float>",
+                         f"persistent_backward<{struct}, float>"}
         assert all(coop for _, coop, _ in fake.launches)
     if H == 400:  # the resident weight slice (8 units) needs the > 48 KiB opt-in
         assert max(s for _, _, s in fake.launches) == 400 * 5 * 8 * 4 > 48 * 1024
@@ -447,8 +449,8 @@ def test_inference_forward_matches(emulated, rng, cls, algo):
     np.testing.assert_allclose(m(x)[0], want, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel, extra", [("_fused", ()), ("_persistent", (4,))])
-def test_weight_index_width_is_refused_clearly(emulated, kernel, extra):
+@pytest.mark.parametrize("kernel", ["_fused", "_persistent"])
+def test_weight_index_width_is_refused_clearly(emulated, kernel):
     """4 H^2 must stay under 2**31 (the kernels' int weight index): H = 23171 is refused with
     an error naming the limit, before anything is allocated; H = 23170 passes the check;
     algo="auto" runs such an H stepwise."""
@@ -456,7 +458,7 @@ def test_weight_index_width_is_refused_clearly(emulated, kernel, extra):
     from gpulstm.cells import LSTMCell
     ex = get_backend("emulated", "fused")
     with pytest.raises(ValueError, match=r"4 \* H \* H must be < 2\*\*31"):
-        getattr(ex, kernel)("lstm_fused_forward", np.float32, 1, 23171, *extra)
+        getattr(ex, kernel)(LSTMCell(), kernel.strip("_") + "_forward", np.float32, 1, 23171)
     _check_int_index("k", 1, 23170)
     auto = get_backend("emulated")
     assert auto.loop_algo(LSTMCell(), 0, 2, 1, 23171, 4) == "stepwise"
@@ -493,23 +495,23 @@ def test_simulated_occupancy_limit_falls_back_to_fused(emulated, rng, cls, algo)
         counts = {}
         orig = ex.pw.kernel
 
-        def counting(kname, dtype, orig=orig, counts=counts):
-            k = orig(kname, dtype)
+        def counting(kname, dtype, cell=None, orig=orig, counts=counts):
+            k = orig(kname, dtype, cell)
 
             def launch(*a, **kw):
-                counts[kname] = counts.get(kname, 0) + 1
+                counts[f"{kname}<{cell}>"] = counts.get(f"{kname}<{cell}>", 0) + 1
                 return k(*a, **kw)
             return launch
         ex.pw = __import__("copy").copy(ex.pw)
         ex.pw.kernel = counting
         results[label], names[label] = _fwd_bwd(m, x, gy), set(counts)
-    kind = cls.lower()
-    assert names["small"] == names["fused"] == {f"{kind}_fused_forward", f"{kind}_fused_backward"}
-    assert names["roomy"] == {f"{kind}_persistent_forward", f"{kind}_persistent_backward"}
+    s = {"LSTM": "LstmCell", "GRU": "GruCell"}[cls]
+    assert names["small"] == names["fused"] == {f"fused_forward<{s}>", f"fused_backward<{s}>"}
+    assert names["roomy"] == {f"persistent_forward<{s}>", f"persistent_backward<{s}>"}
     for a, b in zip(results["small"], results["fused"]):
         assert np.array_equal(a, b)
     assert {(f[0], f[2]) for f in fallbacks} == {("small", 0)}
-    assert {f[1] for f in fallbacks} == {f"{kind}_persistent_{p}" for p in ("forward", "backward")}
+    assert {f[1] for f in fallbacks} == {f"persistent_{p}<{s}>" for p in ("forward", "backward")}
 
 
 def test_simulated_sm_count_and_shared_memory_change_the_plan(emulated):
@@ -565,7 +567,7 @@ def test_cupy_occupancy_guard_on_a_fake_cupy(emulated, monkeypatch, rng, occupan
         object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
         out[algo] = _fwd_bwd(m, x, gy)
         names = {n for n, _, _ in fake.launches}
-    assert names == {f"lstm_{ran}_forward<float>", f"lstm_{ran}_backward<float>"}
+    assert names == {f"{ran}_forward<LstmCell, float>", f"{ran}_backward<LstmCell, float>"}
     if ran == "fused":
         for a, b in zip(out["persistent"], out["fused"]):
             assert np.array_equal(a, b)
@@ -576,7 +578,7 @@ def test_cupy_grid_shrink_warning_is_an_error(emulated, monkeypatch, rng):
     ex, fake = _fake_cupy_execution(monkeypatch, "persistent", warn=True)
     m = gl.LSTM(5, 40, backend="numpy", dtype="float32", seed=3)
     object.__setattr__(m, "ex", ex)  # past the fixed-attribute guard
-    with pytest.raises(RuntimeError, match="launch of lstm_persistent_forward.*refused"):
+    with pytest.raises(RuntimeError, match=r"launch of persistent_forward<LstmCell, float>.*refused"):
         m(rng.standard_normal((4, 3, 5)).astype(np.float32))
     assert not fake.launches  # nothing ran
 
@@ -591,7 +593,7 @@ def test_launch_trace_records_the_fallback(emulated):
     object.__setattr__(m, "ex", m.ex.with_device_limits(smem_per_sm=4096))  # past the guard
     tr = gl.launch_trace(m, x)
     fb = [c for c in tr.calls if c.kind == "fallback"]
-    assert [c.name for c in fb] == ["lstm_persistent_forward", "lstm_persistent_backward"]
+    assert [c.name for c in fb] == ["persistent_forward<LstmCell>", "persistent_backward<LstmCell>"]
     assert all(c.cooperative and c.shared_mem > 0 for c in fb)
     assert tr.count(kind="kernel", cooperative=True) == 0
     assert tr.count(kind="kernel", in_loop=True) == 2 * 6  # the fused steps

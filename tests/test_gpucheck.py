@@ -76,11 +76,11 @@ def test_dry_run_checks_every_cell_and_algorithm(dry_out):
         assert r["algo_ran"] == r["expected_ran"] == want, r
     launches = json.loads((out / "launches.json").read_text())
     lstm = launches["lstm/float32/persistent"]["kernels"]
-    assert {k["kernel"] for k in lstm} == {"lstm_persistent_forward", "lstm_persistent_backward"}
+    assert {k["kernel"] for k in lstm} == {"persistent_forward<LstmCell>", "persistent_backward<LstmCell>"}
     assert all(k["cooperative"] and k["shared"] > 0 for k in lstm)
     assert launches["gru/float32/fused+graphs"]["graph_replays"] >= 2
     limited = launches["lstm/float32/persistent+limited"]
-    assert {k["kernel"] for k in limited["kernels"]} == {"lstm_fused_forward", "lstm_fused_backward"}
+    assert {k["kernel"] for k in limited["kernels"]} == {"fused_forward<LstmCell>", "fused_backward<LstmCell>"}
     assert [f["blocks_per_sm"] for f in limited["persistent_fallbacks"]] == [0, 0]
 
 
@@ -244,8 +244,8 @@ def test_the_check_reports_a_persistent_fallback(rng):
     m.backward(np.ones_like(y))
     s = gpucheck.summarize_launches(rec)
     assert s["algo_ran"] == "fused"
-    assert [f["kernel"] for f in s["persistent_fallbacks"]] == ["lstm_persistent_forward",
-                                                                "lstm_persistent_backward"]
+    assert [f["kernel"] for f in s["persistent_fallbacks"]] == ["persistent_forward<LstmCell>",
+                                                                "persistent_backward<LstmCell>"]
     assert all(f["blocks_per_sm"] == 0 for f in s["persistent_fallbacks"])
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpulstm.backends import numpy_pointwise
-from gpulstm.kernel_source import (KERNELS, LOOP_KERNELS, NVRTC_OPTIONS, RNG_KERNELS, kernel_dir,
+from gpulstm.kernel_source import (KERNELS, LOOP_KERNELS, NVRTC_OPTIONS, RNG_KERNELS, cell_structs,
+                                   kernel_dir,
                                    kernel_source)
 
 nvrtc = pytest.importorskip(
@@ -136,7 +137,32 @@ def test_source_is_self_contained(source):
     assert source.code.count("#ifndef GPULSTM_COMMON_CUH") == 1
     for k in KERNELS + RNG_KERNELS:
         assert re.search(rf"__global__\s+void\s+{k}\s*\(", source.code), k
-    assert len(source.name_expressions) == 2 * (len(KERNELS) + len(LOOP_KERNELS) + len(RNG_KERNELS))
+    for k in LOOP_KERNELS:  # templates on the cell: one instantiation per cell header
+        assert re.search(rf"template <class Cell, typename T>\s*__global__\s+void\s+{k}\s*\(",
+                         source.code), k
+    structs = cell_structs()
+    assert {"LstmCell", "GruCell", "RnnCell", "CifgCell", "IndRnnCell"} <= set(structs)
+    assert len(source.name_expressions) == 2 * (len(KERNELS) + len(RNG_KERNELS)
+                                                 + len(LOOP_KERNELS) * len(structs))
+    assert "fused_forward<CifgCell, double>" in source.name_expressions
+
+
+def test_a_cell_header_dropped_in_kernels_cells_is_compiled_into_the_loop_kernels(tmp_path):
+    """A new cell's header in kernels/cells/ (nothing else) is inlined into the source and gets
+    every time-loop kernel's name expressions; a header with no or two cell structs is refused."""
+    from gpulstm import kernel_source as ks
+    d = tmp_path / "kernels"
+    shutil.copytree(kernel_dir(), d)
+    text = (d / "cells" / "cifg.cuh").read_text().replace("CifgCell", "MyCell").replace(
+        "GPULSTM_CELL_CIFG_CUH", "GPULSTM_CELL_MY_CUH")
+    (d / "cells" / "mycell.cuh").write_text(text)
+    assert "MyCell" in ks._cell_structs(d)
+    assert "struct MyCell {" in ks._assemble(d)
+    (d / "cells" / "two.cuh").write_text("struct A {\n};\nstruct B {\n};\n")
+    ks._cell_structs.cache_clear()  # (read once per folder)
+    with pytest.raises(ValueError, match="exactly one cell struct"):
+        ks._cell_structs(d)
+    ks._cell_structs.cache_clear()
 
 
 def test_flag_values_match_numpy_reference():
@@ -168,6 +194,7 @@ def test_kernel_dir_override(tmp_path, monkeypatch):
     for f in kernel_dir().iterdir():
         if f.is_file():  # the CUDA sources (kernels/cpu/ holds the CPU execution's C++)
             (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(kernel_dir() / "cells", tmp_path / "cells")  # the cell headers
     monkeypatch.setenv("GPULSTM_KERNEL_DIR", str(tmp_path))
     assert ks.kernel_dir() == tmp_path
     assert ks.kernel_source().code == kernel_source().code
@@ -219,8 +246,10 @@ def test_ptxas_resource_report_no_spills(source, arch):
     assert not bad, f"kernels spill to local memory on {arch}: {bad}"
     from gpulstm.backends.kernel_loop import ROWS, THREADS, TILE
     for ne, m in lowered.items():  # static FusedShared<T>: the left operand's tile, partial sums
-        if "_fused_" in ne or "_persistent_" in ne:
-            want = (ROWS * (TILE + 1) + 4 * THREADS) * (8 if "<double>" in ne else 4)
+        if ne.startswith(("fused_", "persistent_")):
+            want = (ROWS * (TILE + 1) + 4 * THREADS) * (8 if ne.endswith("double>") else 4)
+            if "<IndRnnCell," in ne:  # no dense recurrence: no product, no shared memory
+                want = 0
             assert report[m]["smem"] == want, (ne, report[m]["smem"], want)
 
 
@@ -234,7 +263,7 @@ def test_persistent_kernels_are_co_resident_on_h100_h200(source):
     assert ok, log
     report = ptxas_report(log)
     checked = 0
-    for cell, G in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+    for cell, G in (("LstmCell", 4), ("GruCell", 3), ("RnnCell", 1), ("CifgCell", 3)):
         for ctype, item in (("float", 4), ("double", 8)):
             for B in (1, 6, 8, 32, 64):
                 for H in (72, 128, 512, 1024):
@@ -243,13 +272,13 @@ def test_persistent_kernels_are_co_resident_on_h100_h200(source):
                         continue  # "auto" runs fused here
                     threads = plan["block"][0] * plan["block"][1] * plan["block"][2]
                     for d in ("forward", "backward"):
-                        r = report[lowered[f"{cell}_persistent_{d}<{ctype}>"]]
+                        r = report[lowered[f"persistent_{d}<{cell}, {ctype}>"]]
                         smem = r["smem"] + plan["shared"]
-                        print(f"  {cell}_persistent_{d}<{ctype}> B={B} H={H}: {plan['blocks']} "
+                        print(f"  persistent_{d}<{cell}, {ctype}> B={B} H={H}: {plan['blocks']} "
                               f"blocks, {threads} threads x {r['registers']} regs, {smem} B shared"
                               f"{' (W_hh resident)' if plan['resident'] else ''}")
                         assert plan["blocks"] <= kl.SM_COUNT
                         assert threads * r["registers"] <= 65536 and threads <= 1024
                         assert smem <= kl.SMEM_PER_BLOCK
                         checked += 1
-    assert checked > 50
+    assert checked > 60

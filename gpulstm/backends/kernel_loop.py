@@ -138,23 +138,33 @@ def _check_int_index(name, B, H):
 _STEP_INTS = ("t", "has")
 
 
-def binder(spec, a, ints):
-    """The kernel arguments a cell declares (:class:`gpulstm.cells.Cell`, e.g.
+#: buffers of the kernels' argument lists that a cell may not have (passed as a placeholder)
+_OPTIONAL = ("C", "dc", "gates", "konst")
+
+
+def binder(spec, a, ints, cell):
+    """The kernel arguments ``cell`` declares (:class:`gpulstm.cells.Cell`, e.g.
     ``fused_forward_args``), resolved once per direction: a buffer of ``a`` by name,
-    ``"name@slot"`` its time slot, an int scalar of ``ints`` (or of the step: ``t``, ``has``)
-    as int32. Returns ``args(at)``: the argument tuple of one step, ``at`` giving the slots
-    (``t``, ``prev``, ``nxt``, ``last``) and the step's scalars; a step then only indexes."""
+    ``"name@slot"`` its time slot, ``konst`` the cell's ``kernel_constant``, an int scalar of
+    ``ints`` (or of the step: ``t``, ``has``) as int32. A buffer of ``_OPTIONAL`` the cell does
+    not have is an empty array of the state's dtype (a valid pointer its kernels never read).
+    Returns ``args(at)``: the argument tuple of one step, ``at`` giving the slots (``t``,
+    ``prev``, ``nxt``, ``last``) and the step's scalars; a step then only indexes."""
+    absent = a["S"].reshape(-1)[:0]
     parts = []  # (None, fixed value) | (slot, buffer) | (scalar name, None)
     for name in spec:
         if name in _STEP_INTS:
             parts.append((name, None))
         elif name in ints:
             parts.append((None, _i32(ints[name])))
-        elif "@" in name:
-            buf, slot = name.split("@")
-            parts.append((slot, a[buf]))
         else:
-            parts.append((None, a[name]))
+            buf, _, slot = name.partition("@")
+            key = cell.kernel_constant if buf == "konst" else buf
+            value = a.get(key) if buf in _OPTIONAL else a[buf]
+            if value is None:
+                parts.append((None, absent))
+            else:
+                parts.append((slot or None, value))
 
     def args(at):
         return tuple(v if k is None else (_i32(at[k]) if v is None else v[at[k]])
@@ -317,13 +327,15 @@ class KernelLoop(ExecutionOptions):
                 return "persistent"
         return "fused"
 
-    def _persistent(self, name, dtype, B, H, gates):
-        """The launcher of persistent kernel ``name``, or None where the occupancy guard finds
-        its grid not co-resident (the caller runs fused)."""
+    def _persistent(self, cell, kernel, dtype, B, H):
+        """The launcher of persistent kernel ``kernel`` ("persistent_forward" / "_backward")
+        of ``cell``, or None where the occupancy guard finds its grid not co-resident (the
+        caller runs fused)."""
+        name = f"{kernel}<{cell.kernel_struct}>"
         _check_int_index(name, B, H)
         itemsize = np.dtype(dtype).itemsize
-        plan = persistent_plan(B, H, gates, itemsize, *self._limits())
-        k = self.pw.kernel(name, dtype)
+        plan = persistent_plan(B, H, cell.gates, itemsize, *self._limits())
+        k = self.pw.kernel(kernel, dtype, cell.kernel_struct)
         fits, per_sm = self._co_resident(k, plan, itemsize)
         if not fits:
             self._fallback(name, plan, per_sm)
@@ -339,9 +351,11 @@ class KernelLoop(ExecutionOptions):
         """The steps of one direction, in order (a hook: the launch trace marks them)."""
         return steps
 
-    def _fused(self, name, dtype, B, H):
-        _check_int_index(name, B, H)
-        return self.pw.kernel(name, dtype), fused_launch_shape(B, H)
+    def _fused(self, cell, kernel, dtype, B, H):
+        """The fused kernel ``kernel`` ("fused_forward" / "_backward") of ``cell`` and its
+        launch shape."""
+        _check_int_index(f"{kernel}<{cell.kernel_struct}>", B, H)
+        return self.pw.kernel(kernel, dtype, cell.kernel_struct), fused_launch_shape(B, H)
 
     def _forward_algo(self, cell, s, flags, T, B, H):
         algo = self.loop_algo(cell, flags, T, B, H, s["S"].dtype.itemsize)
@@ -360,20 +374,20 @@ class KernelLoop(ExecutionOptions):
         algo = self._forward_algo(cell, s, flags, T, B, H)
         if algo == "stepwise":
             return False
-        launch = (self._persistent(cell.kind + "_persistent_forward", S.dtype, B, H, cell.gates)
+        launch = (self._persistent(cell, "persistent_forward", S.dtype, B, H)
                   if algo == "persistent" else None)
         if launch is not None:
             ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
-            launch(binder(cell.persistent_forward_args, s, ints)({}))
+            launch(binder(cell.persistent_forward_args, s, ints, cell)({}))
             return True
-        k, (grid, block) = self._fused(cell.kind + "_fused_forward", S.dtype, B, H)
+        k, (grid, block) = self._fused(cell, "fused_forward", S.dtype, B, H)
         self._fused_forward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], s)
         return True
 
     def _fused_forward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused forward on the buffers of ``a`` (the saved dict, or an
         arena's arrays under the same names)."""
-        args = binder(cell.fused_forward_args, a, dict(B=B, H=H, flags=flags))
+        args = binder(cell.fused_forward_args, a, dict(B=B, H=H, flags=flags), cell)
         for t, prev, nxt in self._loop(_steps(T, reverse)):
             k(grid, block, args({"t": t, "prev": prev, "nxt": nxt}))
 
@@ -383,20 +397,20 @@ class KernelLoop(ExecutionOptions):
         algo = self.loop_algo(cell, flags, T, B, H, S.dtype.itemsize)
         if algo == "stepwise":
             return False
-        launch = (self._persistent(cell.kind + "_persistent_backward", S.dtype, B, H, cell.gates)
+        launch = (self._persistent(cell, "persistent_backward", S.dtype, B, H)
                   if algo == "persistent" else None)
         if launch is not None:
             a = dict(s, **g)
             a["w_hh"] = w["w_hh"]
             ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
-            launch(binder(cell.persistent_backward_args, a, ints)({}))
+            launch(binder(cell.persistent_backward_args, a, ints, cell)({}))
             first = T - 1 if s["reverse"] else 0  # the step processed last
             self.matmul_acc(g["dGh"][first], w["w_hh"], out=g["dh"])  # dL/dh_0
             return True
         lease = s.get("graph_lease")
         if lease is not None and self.graphs and self._graph_backward(cell, w, s, g, flags, lease):
             return True
-        k, (grid, block) = self._fused(cell.kind + "_fused_backward", S.dtype, B, H)
+        k, (grid, block) = self._fused(cell, "fused_backward", S.dtype, B, H)
         a = dict(s, **g)
         a["w_hh"] = w["w_hh"]
         last = self._fused_backward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], a)
@@ -406,7 +420,7 @@ class KernelLoop(ExecutionOptions):
     def _fused_backward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
         """The T launches of the fused backward on the buffers of ``a`` (saved and gradient
         dicts with ``w_hh``, or an arena's arrays); returns the step processed last."""
-        args = binder(cell.fused_backward_args, a, dict(B=B, H=H, flags=flags))
+        args = binder(cell.fused_backward_args, a, dict(B=B, H=H, flags=flags), cell)
         last = None  # the step processed before this one
         for t, prev, nxt in self._loop(_steps(T, reverse)[::-1]):
             k(grid, block, args({"t": t, "prev": prev, "nxt": nxt, "has": last is not None,
@@ -428,12 +442,12 @@ class KernelLoop(ExecutionOptions):
         H = S.shape[2]
         if self._forward_algo(cell, s, flags, T, B, H) != "fused":
             return False
-        kind = cell.kind
-        self._fused(kind + "_fused_forward", S.dtype, B, H)  # the size check, before allocating
+        struct = cell.kernel_struct
+        self._fused(cell, "fused_forward", S.dtype, B, H)  # the size check, before allocating
         inference = gates is not None and gates.strides[0] == 0
         width = 0 if gates is None else gates.shape[2]
         GH = s["w_hh_T"].shape[1]
-        key = (kind, S.dtype.name, T, B, H, bool(s["reverse"]), int(flags), inference) \
+        key = (struct, S.dtype.name, T, B, H, bool(s["reverse"]), int(flags), inference) \
             + tuple(self._graph_scope())
         lease = self._graph_pool.acquire(
             key, lambda: self._new_arena(key, cell, S.dtype, T, B, H, GH, width, inference))
@@ -493,20 +507,20 @@ class KernelLoop(ExecutionOptions):
             self._copy_in(a[carried][first], s[carried][first])
         for name in cell.kernel_constants(H):
             self._copy_in(a[name], s[name])
-        self._replay(arena, "forward", cell.kind, a["S"].dtype, B, H,
+        self._replay(arena, "forward", cell, a["S"].dtype, B, H,
                      lambda k, grid, block: self._fused_forward_steps(
                          k, grid, block, cell, T, B, H, flags, s["reverse"], a))
         for name in ("S", carried, "gates", "Y"):
             if name and a.get(name) is not None:
                 s[name] = self._leased(a[name], lease)
 
-    def _replay(self, arena, phase, kind, dtype, B, H, steps):
+    def _replay(self, arena, phase, cell, dtype, B, H, steps):
         """Launch the arena's graph of ``phase`` ("forward" / "backward"), capturing it first
         from ``steps(kernel, grid, block)`` (the fused loop's launches) on first use."""
         pool = self._graph_pool
         graph = arena.graphs.get(phase)
         if graph is None:
-            k, (grid, block) = self._fused(f"{kind}_fused_{phase}", dtype, B, H)
+            k, (grid, block) = self._fused(cell, f"fused_{phase}", dtype, B, H)
             graph = self._capture(k, lambda: steps(k, grid, block))
             arena.graphs[phase] = graph
             pool.captures[phase] += 1
@@ -541,7 +555,7 @@ class KernelLoop(ExecutionOptions):
             self._copy_in(a[cell.carried_grad], g[cell.carried_grad])
         for name in cell.kernel_constants(H):
             self._copy_in(a[name], s[name])
-        self._replay(arena, "backward", cell.kind, dt, B, H,
+        self._replay(arena, "backward", cell, dt, B, H,
                      lambda k, grid, block: self._fused_backward_steps(
                          k, grid, block, cell, T, B, H, flags, s["reverse"], a))
         last = T - 1 if s["reverse"] else 0  # the step processed last

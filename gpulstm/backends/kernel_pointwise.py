@@ -43,9 +43,10 @@ class KernelPointwise:
         self.xp = xp
         self._kernels = {}
 
-    def kernel(self, name, dtype):
-        """The cached launcher of kernel ``name`` for ``dtype``."""
-        key = (name, np.dtype(dtype).name)
+    def kernel(self, name, dtype, cell=None):
+        """The cached launcher of kernel ``name`` for ``dtype`` (and the cell struct ``cell``
+        of a time-loop kernel, e.g. ``kernel("fused_forward", "float32", "LstmCell")``)."""
+        key = (name, np.dtype(dtype).name, cell)
         k = self._kernels.get(key)
         if k is None:
             k = self._kernels[key] = self._get_function(name_expression(*key))

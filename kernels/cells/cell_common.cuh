@@ -8,9 +8,11 @@
 // zero gate gradient: the cell never sees lengths). The readable spec of each struct is its
 // class in gpulstm/cells.py with the NumPy step of gpulstm/backends/numpy_pointwise.py.
 //
-// Status: the headers are tested on their own (tests/test_cell_headers.py: forward against the
-// NumPy step and the published formulas, backward against finite differences); the CUDA
-// kernels and the cpu loop do not include them yet (they still carry their own copy).
+// Tests: tests/test_cell_headers.py checks each header on its own (forward against the NumPy
+// step and the published formulas, backward against finite differences); the generic kernels
+// (kernels/cell_step.cuh and the kernels built on it) are checked through the emulated
+// execution against the NumPy reference. The compiled cpu loop (kernels/cpu/sequence.cpp)
+// still carries its own copy of the LSTM, GRU and RNN math.
 //
 // Plain C++ (C++17): no system or CUDA headers, device qualifiers only behind GPULSTM_HD, so
 // the same file compiles with NVRTC, with the host compiler under the CPU emulation
@@ -23,6 +25,7 @@
 //   DENSE   the recurrence is the GEMM h_{t-1} W_hh^T (gh); false: elementwise (IndRNN's u)
 //   NCONST  per-unit constant rows the step reads ([NCONST, H]: LSTM peepholes, GRU b_hn,
 //           IndRNN u); 0: none
+//   BWD_H, BWD_HP  backward reads h_t / h_{t-1} (the generic kernels load only what is read)
 //   SPLIT_DGH  backward writes a hidden-side pre-activation gradient dgh that differs from dgx
 //           (GRU: r * dn); false: dgh is dgx and the cell writes dgx only
 //   forward<M>(gx, gh, gs, k, ks, cp, hp, flags, saved, ss, c, h)

@@ -13,6 +13,7 @@
 struct GruCell {
   static constexpr int G = 3, SAVED = 4, NCONST = 1;
   static constexpr bool HAS_C = false, DENSE = true, SPLIT_DGH = true;
+  static constexpr bool BWD_H = false, BWD_HP = true;
 
   template <class M, class T>
   static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,

@@ -11,6 +11,7 @@
 struct IndRnnCell {
   static constexpr int G = 1, SAVED = 0, NCONST = 1;
   static constexpr bool HAS_C = false, DENSE = false, SPLIT_DGH = false;
+  static constexpr bool BWD_H = true, BWD_HP = false;
 
   template <class M, class T>
   static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,

@@ -15,6 +15,7 @@
 struct LstmCell {
   static constexpr int G = 4, SAVED = 4, NCONST = 3;
   static constexpr bool HAS_C = true, DENSE = true, SPLIT_DGH = false;
+  static constexpr bool BWD_H = false, BWD_HP = false;
 
   template <class M, class T>
   static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,

@@ -20,6 +20,7 @@ GPULSTM_HD T gl_rnn_act_grad(const T dh, const T h, const int flags) {
 struct RnnCell {
   static constexpr int G = 1, SAVED = 0, NCONST = 0;
   static constexpr bool HAS_C = false, DENSE = true, SPLIT_DGH = false;
+  static constexpr bool BWD_H = true, BWD_HP = false;
 
   template <class M, class T>
   static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,
