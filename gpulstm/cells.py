@@ -71,6 +71,24 @@ class Cell:
     #: ``dGx`` (GRU: r * dn on the hidden side)
     split_dgh = False
 
+    #: the recurrence is the GEMM h_{t-1} W_hh^T (False: the cell's own, e.g. IndRNN's
+    #: elementwise u * h_{t-1}; the engine then makes no W_hh^T and no dense W_hh gradient)
+    dense_recurrence = True
+
+    def weight_shapes(self, I, H, Hs):
+        """Shapes of the input and recurrent weights of one layer and direction (input size
+        ``I``, hidden size ``H``, state size ``Hs``): both faces build their parameters from
+        these."""
+        return {"w_ih": (self.gates * H, I), "w_hh": (self.gates * H, Hs)}
+
+    def state_size(self, w):
+        """Hs, the width of the state h the recurrence reads (P with LSTM's proj_size)."""
+        return w["w_hh"].shape[1]
+
+    def recurrent_grad(self, ex, dGh, s_prev):
+        """dL/dW_hh from dGh [T*B, G*H] and the states each step read [T*B, Hs]."""
+        return product(ex, dGh.T, s_prev)
+
     def kernel_constants(self, H):
         """Constant buffers of the saved dict the kernels read beside the weights: {name:
         shape} (copied into a CUDA-graph arena before each replay)."""
@@ -389,3 +407,73 @@ class CIFGCell(LSTMCell):
             g["dc"][...] = xp.where(act, dcp, g["dc"])
             g["dh"][...] = xp.where(act, 0, g["dh"])
         ex.matmul_acc(d, w["w_hh"], out=g["dh"])
+
+
+class IndRNNCell(Cell):
+    """The independently recurrent network (IndRNN; Li et al. 2018, "Independently Recurrent
+    Neural Network (IndRNN): Building A Longer and Deeper RNN"): each unit recurs on itself
+    only, through a recurrent weight vector ``u`` [H] (``w_hh``) instead of a matrix::
+
+        h_t = act(W_ih x_t + b_ih + b_hh + u * h_{t-1})      act = relu (default) or tanh
+
+    No dense recurrence (``dense_recurrence = False``): the engine makes no W_hh^T and the
+    gradient of ``u`` is sum_t sum_b dG_t h_{t-1}. Its header ``kernels/cells/indrnn.cuh``
+    gives it the fused and persistent kernels (no recurrent product there, u is the kernels'
+    constant); the stepwise step is written here against the execution's array module.
+    """
+    kind = "indrnn"
+    gates = 1
+    dense_recurrence = False
+    kernel_struct, kernel_constant = "IndRnnCell", "u"
+
+    def __init__(self, nonlinearity="relu"):
+        self.nonlinearity = nonlinearity
+        self.name = "indrnn_" + nonlinearity
+
+    def flags(self, w):
+        return RNN_RELU if self.nonlinearity == "relu" else 0
+
+    def weight_shapes(self, I, H, Hs):
+        return {"w_ih": (H, I), "w_hh": (H,)}
+
+    def state_size(self, w):
+        return w["w_hh"].shape[0]
+
+    def recurrent_grad(self, ex, dGh, s_prev):
+        return (dGh * s_prev).sum(axis=0)
+
+    def kernel_constants(self, H):
+        return {"u": (H,)}
+
+    def init_forward(self, ex, w, s, c0):
+        s["u"] = w["w_hh"]
+
+    def saved_width(self, H):
+        return 0  # backward needs only the new state, already in S
+
+    def _act(self, xp, a):
+        return xp.maximum(a, 0) if self.nonlinearity == "relu" else xp.tanh(a)
+
+    def step_forward(self, ex, w, s, t, prev, nxt, flags):
+        xp, S = ex.xp, s["S"]
+        h = self._act(xp, s["gx"][t] + s["u"] * S[prev])
+        act = CIFGCell._active(xp, s["L"], t)
+        if act is None:
+            S[nxt], s["Y"][t] = h, h
+        else:
+            S[nxt] = xp.where(act, h, S[prev])
+            s["Y"][t] = xp.where(act, h, 0)
+
+    def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
+        xp = ex.xp
+        h = s["S"][nxt]
+        dh = g["dh"] + g["dY"][t]
+        # torch's convention at 0 (relu) and the kernels' (gl_rnn_act_grad): NaN propagates
+        da = xp.where(h <= 0, 0, dh) if self.nonlinearity == "relu" else dh * (1 - h * h)
+        act = CIFGCell._active(xp, s["L"], t)
+        if act is None:
+            g["dGx"][t] = da
+            g["dh"][...] = da * s["u"]
+        else:
+            g["dGx"][t] = xp.where(act, da, 0)
+            g["dh"][...] = xp.where(act, da * s["u"], g["dh"])

@@ -77,7 +77,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     T, B, I = x.shape
     GH = w["w_ih"].shape[0]
     H = GH // cell.gates
-    Hs = w["w_hh"].shape[1]
+    Hs = cell.state_size(w)
     dt = x.dtype
     s = {"x": x, "L": lengths, "reverse": reverse}
     run = getattr(ex, "sequence_forward", None)
@@ -85,7 +85,8 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop, unless
     # the execution's own loop reads the weights as stored
     stored = run is not None and getattr(ex, "stored_weights", False)
-    if not stored:
+    dense = cell.dense_recurrence  # else no W_hh^T: the cell's step reads its own weights
+    if dense and not stored:
         s["w_hh_T"] = ex.transposed(w["w_hh"])
     ring = not save and T > 1 and (run is None or getattr(ex, "ring_states", False))
     s["S"] = xp.empty((2 if ring else T + 1, B, Hs), dt)
@@ -113,7 +114,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
         s["gx"] = gx
     s["gh"] = xp.empty((B, GH), dt)
     if run is None or not run(cell, w, s, flags):
-        if "w_hh_T" not in s:  # the execution declined: the stepwise loop's GEMMs need it
+        if dense and "w_hh_T" not in s:  # the execution declined: the stepwise GEMMs need it
             s["w_hh_T"] = ex.transposed(w["w_hh"])
         for t, prev, nxt in _slots(T, reverse, s["S"].shape[0]):
             cell.step_forward(ex, w, s, t, prev, nxt, flags)
@@ -171,7 +172,7 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
         db = dGx.sum(axis=0)
     grads = {
         "w_ih": product(ex, dGx.T, x.reshape(TB, I)),
-        "w_hh": product(ex, dGh.T, s_prev.reshape(TB, Hs)),
+        "w_hh": cell.recurrent_grad(ex, dGh, s_prev.reshape(TB, Hs)),
         "b_ih": db,
         # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
         "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),

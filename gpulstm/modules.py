@@ -24,7 +24,7 @@ from . import engine
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
                       check_lengths, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
-from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
+from .cells import CIFGCell, GRUCell, IndRNNCell, LSTMCell, RNNCell
 from .init import check_init, initialize
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -186,11 +186,12 @@ class _RNNBase:
 
     def _build_keys(self):
         G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self.num_directions
+        cell = self._make_cell()
         out = []
         for layer in range(self.num_layers):
             I = self.input_size if layer == 0 else D * Hs
             for d in range(D):
-                shapes = {"w_ih": (G * H, I), "w_hh": (G * H, Hs)}
+                shapes = dict(cell.weight_shapes(I, H, Hs))
                 if self.bias:
                     shapes.update(b_ih=(G * H,), b_hh=(G * H,))
                 shapes.update(self._extra_shapes())
@@ -480,8 +481,9 @@ class CIFG(_RNNBase):
     """The coupled input-forget gate LSTM (Greff et al. 2017): an LSTM whose input gate is
     ``1 - f``, gate order (f, g, o), so ``weight_ih_l{k}`` is (3H, I) and ``weight_hh_l{k}``
     (3H, H). Interface and state as :class:`LSTM` (hx = (h0, c0); returns (out, (h_n, c_n)));
-    no projection, peepholes or bias initialisation options. Runs the stepwise loop on every
-    backend (no fused kernels yet)."""
+    no projection, peepholes or bias initialisation options. Its fused and persistent device
+    kernels come from its cell header (kernels/cells/cifg.cuh); the cpu backend runs its
+    stepwise loop."""
     _gates = 3
     _has_cell_state = True
 
@@ -524,6 +526,11 @@ class GRU(_RNNBase):
         return self._backward(grad_out, grad_h_n, None)
 
 
+def _check_nonlinearity(nonlinearity):
+    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+
+
 class RNN(GRU):
     """Elman RNN layer(s): h = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu).
 
@@ -535,8 +542,7 @@ class RNN(GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="default", **kwargs):
-        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        _check_nonlinearity(nonlinearity)
         if not isinstance(init, str) or init not in ("default", "identity"):
             raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
         self.nonlinearity = nonlinearity
@@ -551,3 +557,26 @@ class RNN(GRU):
 
     def _make_cell(self):
         return RNNCell(self.nonlinearity)
+
+
+class IndRNN(GRU):
+    """Independently recurrent layer(s) (IndRNN; Li et al. 2018): each unit recurs on itself
+    through a recurrent weight vector, h = act(W_ih x + b_ih + u * h_{t-1} + b_hh), act relu
+    (default) or tanh. Parameters as :class:`RNN`'s except ``weight_hh_l{k}``: the vector u of
+    shape (H,), not an (H, H) matrix; all drawn from U(-1/sqrt(H), 1/sqrt(H)) like torch's
+    RNN. Interface and state as :class:`RNN` (hx = h0; returns (out, h_n)).
+
+    Positional arguments as ``RNN``: ``IndRNN(input_size, hidden_size, num_layers,
+    nonlinearity, bias, batch_first, dropout, bidirectional)``.
+    """
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
+        _check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)
+
+    def _make_cell(self):
+        return IndRNNCell(self.nonlinearity)

@@ -29,3 +29,17 @@ def numpy_gemm_ex(a, b, out, beta):
     when beta = 0, as cuBLAS), for tests that drive the cupy execution through a fake CuPy
     (tests/test_tf32.py checks the cublasGemmEx call itself)."""
     out[...] = a @ b + (beta * out if beta else 0)
+
+
+def record_kernels(monkeypatch):
+    """The kernels the kernel executions look up from now on, as a set of names (a loop kernel
+    with its cell: "fused_forward<CifgCell>")."""
+    from gpulstm.backends.kernel_pointwise import KernelPointwise
+    ran = set()
+    orig = KernelPointwise.kernel
+
+    def kernel(self, name, dtype, cell=None):
+        ran.add(f"{name}<{cell}>" if cell else name)
+        return orig(self, name, dtype, cell)
+    monkeypatch.setattr(KernelPointwise, "kernel", kernel)
+    return ran

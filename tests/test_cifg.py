@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpulstm as gl
-from conftest import backend_or_skip
+from conftest import backend_or_skip, record_kernels
 
 torch = pytest.importorskip("torch")
 
@@ -48,12 +48,7 @@ def torch_cifg(sd, x, lengths, h0, c0, num_layers, D):
                                           ("emulated", "fused"), ("emulated", "persistent")])
 def test_cifg_matches_torch_reference(backend, algo, monkeypatch):
     backend_or_skip(backend)
-    ran = set()
-    if backend == "emulated":
-        from gpulstm.backends.kernel_pointwise import KernelPointwise
-        orig = KernelPointwise.kernel
-        monkeypatch.setattr(KernelPointwise, "kernel", lambda self, name, dtype, cell=None: (
-            ran.add(f"{name}<{cell}>" if cell else name), orig(self, name, dtype, cell))[1])
+    ran = record_kernels(monkeypatch)
     rng = np.random.default_rng()
     T, B, I, H, layers, D = 6, 4, 5, 7, 2, 2
     m = gl.CIFG(I, H, num_layers=layers, bidirectional=True, backend=backend, algo=algo,

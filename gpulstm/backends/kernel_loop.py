@@ -139,7 +139,7 @@ _STEP_INTS = ("t", "has")
 
 
 #: buffers of the kernels' argument lists that a cell may not have (passed as a placeholder)
-_OPTIONAL = ("C", "dc", "gates", "konst")
+_OPTIONAL = ("C", "dc", "gates", "konst", "w_hh_T")
 
 
 def binder(spec, a, ints, cell):
@@ -405,7 +405,8 @@ class KernelLoop(ExecutionOptions):
             ints = dict(T=T, B=B, H=H, flags=flags, reverse=s["reverse"])
             launch(binder(cell.persistent_backward_args, a, ints, cell)({}))
             first = T - 1 if s["reverse"] else 0  # the step processed last
-            self.matmul_acc(g["dGh"][first], w["w_hh"], out=g["dh"])  # dL/dh_0
+            if cell.dense_recurrence:
+                self.matmul_acc(g["dGh"][first], w["w_hh"], out=g["dh"])  # dL/dh_0
             return True
         lease = s.get("graph_lease")
         if lease is not None and self.graphs and self._graph_backward(cell, w, s, g, flags, lease):
@@ -414,7 +415,8 @@ class KernelLoop(ExecutionOptions):
         a = dict(s, **g)
         a["w_hh"] = w["w_hh"]
         last = self._fused_backward_steps(k, grid, block, cell, T, B, H, flags, s["reverse"], a)
-        self.matmul_acc(g["dGh"][last], w["w_hh"], out=g["dh"])  # dL/dh_0: the first step's term
+        if cell.dense_recurrence:  # dL/dh_0: the first step's term
+            self.matmul_acc(g["dGh"][last], w["w_hh"], out=g["dh"])
         return True
 
     def _fused_backward_steps(self, k, grid, block, cell, T, B, H, flags, reverse, a):
@@ -435,7 +437,7 @@ class KernelLoop(ExecutionOptions):
         the arena's ``gx`` (no copy). Takes the arena here (a lease in ``s["graph_lease"]``);
         False without graphs, for another algorithm, or when every arena of the shape is in
         use (the ordinary fused loop then runs)."""
-        if not self.graphs:
+        if not self.graphs or not cell.dense_recurrence:  # the arenas hold a dense W_hh
             return False
         S, gates = s["S"], s["gates"]
         T, B, _ = s["x"].shape
