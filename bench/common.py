@@ -24,14 +24,16 @@ computes parameter lists at import):
 
 - ``quick`` (default; 2 CPU cores: bench/speed took 2.8 minutes with asv's overhead on an idle
   2-core AMD EPYC VM, numpy + torch-cpu; a busy machine can take 3x): sequence-length sweep
-  T in {10, 50, 100, 500} at B=16, H=I=256 for rnn_tanh, lstm, gru; batch x hidden sweep at
+  T in {10, 50, 100, 500} at B=16, H=I=256 for rnn_tanh, lstm, gru and the plug-in cells cifg
+  and indrnn (gpulstm's backends only: torch.nn has no twin); batch x hidden sweep at
   T=50: B in {1, 32} x H in {128, 512}, lstm only; one asv round, 3-10 samples.
 - ``full`` (GPU machines): T in {10, 50, 100, 500, 1000, 2000} at B=16, H=I=256; B in
   {1, 16, 64, 256} x H in {128, 256, 512, 1024} at T=100, all three cells; torch-cudnn-tf32
   rows added; two asv rounds, 5-20 samples.
 
 FLOPs per layer and direction (docs/design.md, "Reference numbers"): forward 2*G*T*B*H*(I+H) with G
-gates (LSTM 4 -> 8TBH(I+H), GRU 3, RNN 1); a training step (forward + backward) about 3x that.
+gates (LSTM 4 -> 8TBH(I+H), GRU 3, CIFG 3, RNN 1; IndRNN 2TBH(I+1), its recurrence is
+elementwise); a training step (forward + backward) about 3x that.
 """
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ except ImportError:  # pragma: no cover - optional
     threadpoolctl = None
 
 CELLS = ("rnn_tanh", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+#: cells brought through the plug-in (no torch.nn twin: timed on gpulstm's backends only)
+PLUGIN_CELLS = ("cifg", "indrnn")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "cifg": 3, "indrnn": 1}
 GPULSTM_BACKENDS = ("numpy", "cpu", "cupy", "emulated")
 TORCH_BACKENDS = ("torch-cpu", "torch-cudnn", "torch-cudnn-tf32")
 # The PyTorch reference of each backend, timed in the same process for the speed ratios.
@@ -66,13 +70,14 @@ REFERENCE = {"numpy": "torch-cpu", "cpu": "torch-cpu", "emulated": "torch-cpu", 
 
 PROFILES = {
     "quick": {
-        "T": (10, 50, 100, 500), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
+        "T": (10, 50, 100, 500), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS + PLUGIN_CELLS,
         "bh_T": 50, "bh_B": (1, 32), "bh_H": (128, 512), "bh_cells": ("lstm",),
         "backends": ("numpy", "cpu", "cupy", "torch-cpu", "torch-cudnn"),
         "rounds": 1, "repeat": (3, 10, 1.0), "track_repeat": 5,
     },
     "full": {
-        "T": (10, 50, 100, 500, 1000, 2000), "seq_B": 16, "seq_H": 256, "seq_cells": CELLS,
+        "T": (10, 50, 100, 500, 1000, 2000), "seq_B": 16, "seq_H": 256,
+        "seq_cells": CELLS + PLUGIN_CELLS,
         "bh_T": 100, "bh_B": (1, 16, 64, 256), "bh_H": (128, 256, 512, 1024), "bh_cells": CELLS,
         "backends": ("numpy", "cpu", "cupy", "torch-cpu", "torch-cudnn", "torch-cudnn-tf32"),
         "rounds": 2, "repeat": (5, 20, 4.0), "track_repeat": 5,
@@ -100,8 +105,10 @@ PROFILE_NAME, GRID = _profile()
 
 
 def flops(cell, T, B, I, H, training=False):
-    """FLOPs of one layer, one direction: forward 2*G*T*B*H*(I+H); training 3x forward."""
-    return 2 * GATES[cell] * T * B * H * (I + H) * (3 if training else 1)
+    """FLOPs of one layer, one direction: forward 2*G*T*B*H*(I+H) (IndRNN: 2*T*B*H*(I+1), its
+    recurrence is elementwise); training 3x forward."""
+    recurrent = 1 if cell == "indrnn" else H
+    return 2 * GATES[cell] * T * B * H * (I + recurrent) * (3 if training else 1)
 
 
 class Workload:
@@ -163,10 +170,10 @@ def _gpulstm_workload(backend, cell, T, B, I, H, seed):
         raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
     except ImportError as e:  # the backend's module or its library is not installed
         raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
-    if cell == "lstm":
-        m = gl.LSTM(I, H, backend=backend, dtype="float32", seed=seed)
-    elif cell == "gru":
-        m = gl.GRU(I, H, backend=backend, dtype="float32", seed=seed)
+    if cell in ("lstm", "gru", "cifg"):
+        m = getattr(gl, cell.upper())(I, H, backend=backend, dtype="float32", seed=seed)
+    elif cell == "indrnn":
+        m = gl.IndRNN(I, H, backend=backend, dtype="float32", seed=seed)
     else:
         m = gl.RNN(I, H, nonlinearity=cell.split("_")[1], backend=backend, dtype="float32",
                    seed=seed)
@@ -205,6 +212,9 @@ def _set_tf32(on):
 def _torch_workload(backend, cell, T, B, I, H, seed):
     if torch is None:
         raise NotImplementedError(f"backend {backend!r} unavailable: torch is not installed")
+    if cell in PLUGIN_CELLS:
+        raise NotImplementedError(f"{cell}: torch.nn has no such cell (timed on gpulstm's "
+                                  "backends only)")
     if backend == "torch-cpu":
         device = torch.device("cpu")
 

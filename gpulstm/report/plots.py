@@ -79,7 +79,7 @@ def _label(keys: list[str], key) -> str:
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442", "#882255", "#44AA99", "#999933", "#AA4499")
 KNOWN_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_fb1", "lstm_nofg", "irnn",
-               "lstm_proj", "lstm_fb0", "lstm_peep")
+               "lstm_proj", "lstm_fb0", "lstm_peep", "cifg", "indrnn")
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
