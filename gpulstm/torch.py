@@ -48,10 +48,10 @@ from . import engine
 from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_int, check_lengths
 from .backends import BackendUnavailable, get_backend
 from .backends.kernel_loop import check_algo
-from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
+from . import cells as _cells  # the engine's cell math (not torch's public cell modules)
 from .init import check_init, initialize
 
-__all__ = ["LSTM", "GRU", "RNN", "CIFG"]
+__all__ = ["LSTM", "GRU", "RNN", "CIFG", "LSTMCell", "GRUCell", "RNNCell"]
 
 _DOUBLE_BACKWARD = (
     "gpulstm.torch: double backward (a gradient of a gradient, create_graph=True) through "
@@ -257,6 +257,25 @@ class _EngineFunction(torch.autograd.Function):
         return tuple(out)
 
 
+def _execution(name, algo, device):
+    """The execution for tensors on ``device``: the backend ``name`` if given, else the fastest
+    correct one there (cpu, or numpy where it cannot build; cupy on CUDA), as "auto"."""
+    if name is not None and name != "auto":
+        ex = get_backend(name, algo)
+    elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
+        try:
+            ex = get_backend("cpu", algo)
+        except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
+            ex = get_backend("numpy", algo)
+    elif device.type == "cuda":
+        ex = get_backend("cupy", algo)
+    else:
+        raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
+                         f"CUDA tensors (cupy backend); got tensors on {device}")
+    # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
+    return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+
+
 # -- the modules ----------------------------------------------------------------------------------
 _Spec = namedtuple("_Spec", "shape dtype")
 _SHORT = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
@@ -272,6 +291,35 @@ def _spec(name, t):
     except TypeError:
         raise TypeError(f"{name} must have dtype float32 or float64; got {t.dtype}") from None
     return _Spec(tuple(t.shape), dt)
+
+
+def _weights_dtype(weights):
+    """The one NumPy dtype (float32 or float64) of the parameters."""
+    dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
+    if any(w.dtype != weights[0].dtype for w in weights):
+        raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
+    return dtype
+
+
+def _one_device(tensors):
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
+
+
+def _initial_state(name, h, shape, axis, batched, x, dtype):
+    """The state ``h`` given by the user with its batch axis ``axis`` (checked against
+    ``shape``, or ``shape`` without that axis for unbatched input), or zeros of ``shape``."""
+    if h is None:
+        return x.new_zeros(shape)
+    check_array(name, _spec(name, h), shape if batched else shape[:axis] + shape[axis + 1:], dtype)
+    return h if batched else h.unsqueeze(axis)
+
+
+def _zero_of(tensors):
+    """0 that depends on every tensor: empty (B = 0) outputs get zero gradients for them all,
+    as torch.nn's do."""
+    return sum(t.sum() for t in tensors if t is not None) * 0
 
 
 class _RNNBase(torch.nn.Module):
@@ -384,28 +432,12 @@ class _RNNBase(torch.nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def _execution(self, device):
-        name = self.backend
-        if name is not None and name != "auto":
-            ex = get_backend(name, self.algo)
-        elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
-            try:
-                ex = get_backend("cpu", self.algo)
-            except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
-                ex = get_backend("numpy", self.algo)
-        elif device.type == "cuda":
-            ex = get_backend("cupy", self.algo)
-        else:
-            raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
-                             f"CUDA tensors (cupy backend); got tensors on {device}")
-        # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
-        return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+        return _execution(self.backend, self.algo, device)
 
     def _run(self, input, hx):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
         weights = self._flat_weights
-        dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
-        if any(w.dtype != weights[0].dtype for w in weights):
-            raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
+        dtype = _weights_dtype(weights)
         packed = isinstance(input, PackedSequence)
         H, Hs, LD = self.hidden_size, self._state_size, self.num_layers * self._num_directions
         if packed:
@@ -430,32 +462,17 @@ class _RNNBase(torch.nn.Module):
             if name == "c_0" and not self._has_cell_state:
                 states.append(None)
                 continue
-            if h is None:
-                h = torch.zeros(LD, B, size, dtype=x.dtype, device=x.device)
-            else:
-                want = (LD, B, size) if batched else (LD, size)
-                check_array(name, _spec(name, h), want, dtype)
-                h = h if batched else h.unsqueeze(1)
-            states.append(h)
-        devices = {t.device for t in [x, *states, *weights] if t is not None}
-        if len(devices) > 1:
-            raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
-        device = x.device
+            states.append(_initial_state(name, h, (LD, B, size), 1, batched, x, dtype))
         tensors = [x, *states, *weights]
+        _one_device(tensors)
         if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
-            zero = sum(t.sum() for t in tensors if t is not None) * 0
+            zero = _zero_of(tensors)
             y = x.new_zeros(T, 0, self._num_directions * Hs) + zero
             h_n = x.new_zeros(LD, 0, Hs) + zero
             c_n = x.new_zeros(LD, 0, H) + zero if self._has_cell_state else None
             return (y.transpose(0, 1) if self.batch_first else y), h_n, c_n
         lengths = np.full(B, T, np.int32) if lens is None else check_lengths(lens.numpy(), T, B)
-        call = _Call(self, self._execution(device), device, lengths, self.training)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            outs = _EngineFunction.apply(call, x, states[0], states[1], *weights)
-            y, h_n, c_n = outs if len(outs) == 3 else (*outs, None)
-        else:  # no autograd: the engine's saved context is dropped at once
-            with call.bridge.scope():
-                y, h_n, c_n, _ = call.forward(x, states[0], states[1], weights)
+        y, h_n, c_n = _run_engine(self, x, states[0], states[1], weights, lengths)
         if packed:
             idx = input.sorted_indices
             ys = y if idx is None else y.index_select(1, idx)
@@ -468,6 +485,19 @@ class _RNNBase(torch.nn.Module):
         elif self.batch_first:
             y = y.transpose(0, 1)
         return y, h_n, c_n
+
+
+def _run_engine(module, x, h0, c0, weights, lengths):
+    """The engine on checked tensors of one device: x [T,B,I] with B >= 1, h0 [L*D,B,Hs],
+    c0 [L*D,B,H] or None, weights in torch's flat order, lengths int32 [B] (NumPy). Returns
+    (y, h_n, c_n or None), through autograd where anything requires grad."""
+    call = _Call(module, module._execution(x.device), x.device, lengths, module.training)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)):
+        outs = _EngineFunction.apply(call, x, h0, c0, *weights)
+        return outs if len(outs) == 3 else (*outs, None)
+    with call.bridge.scope():  # no autograd: the engine's saved context is dropped at once
+        y, h_n, c_n, _ = call.forward(x, h0, c0, weights)
+    return y, h_n, c_n
 
 
 def _bias_options(module, bias, **options):
@@ -514,7 +544,7 @@ class LSTM(_RNNBase):
         return self._peephole
 
     def _make_cell(self):
-        return LSTMCell(forget_gate=self._forget_gate, peephole=self._peephole)
+        return _cells.LSTMCell(forget_gate=self._forget_gate, peephole=self._peephole)
 
     def forward(self, input, hx=None):
         """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
@@ -542,7 +572,7 @@ class CIFG(_RNNBase):
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
     def _make_cell(self):
-        return CIFGCell()
+        return _cells.CIFGCell()
 
     forward = LSTM.forward
 
@@ -560,7 +590,7 @@ class GRU(_RNNBase):
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
     def _make_cell(self):
-        return GRUCell()
+        return _cells.GRUCell()
 
     def forward(self, input, hx=None):
         """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
@@ -585,8 +615,146 @@ class RNN(GRU):
                           algo=algo)
 
     def _make_cell(self):
-        return RNNCell(self.nonlinearity)
+        return _cells.RNNCell(self.nonlinearity)
 
     def extra_repr(self):
         s = super().extra_repr()
         return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+
+
+# -- step cells -----------------------------------------------------------------------------------
+class _CellBase(torch.nn.Module):
+    """``torch.nn.RNNCellBase`` on gpulstm's engine: one time step per call (a sequence of
+    length 1 through the same engine and autograd function as the layers). Parameters
+    ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H) as
+    torch.nn's cells (same initialisation under ``torch.manual_seed``; state dicts load both
+    ways)."""
+    _gates = 1
+    _has_cell_state = False
+    # the layer surface that _Call reads: one layer, one direction, no projection or dropout
+    num_layers, _num_directions, proj_size, dropout, algo = 1, 1, 0, 0.0, "auto"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend=None):
+        super().__init__()
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.bias = check_bool("bias", bias)
+        if backend is not None and backend != "auto":
+            get_backend(backend)  # an unknown or unusable backend fails here, with the reason
+        self.backend = backend
+        kw = {"device": device, "dtype": dtype}
+        G, H = self._gates, self.hidden_size
+        self.weight_ih = torch.nn.Parameter(torch.empty((G * H, self.input_size), **kw))
+        self.weight_hh = torch.nn.Parameter(torch.empty((G * H, H), **kw))
+        if bias:
+            self.bias_ih = torch.nn.Parameter(torch.empty(G * H, **kw))
+            self.bias_hh = torch.nn.Parameter(torch.empty(G * H, **kw))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    @property
+    def _state_size(self):
+        return self.hidden_size
+
+    def reset_parameters(self):
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            torch.nn.init.uniform_(w, -stdv, stdv)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s + (f", backend={self.backend!r}" if self.backend is not None else "")
+
+    def _layout(self):
+        return [[["w_ih", "w_hh", "b_ih", "b_hh"] if self.bias else ["w_ih", "w_hh"]]]
+
+    def _execution(self, device):
+        return _execution(self.backend, self.algo, device)
+
+    def _step(self, input, states):
+        """input [B,I] or [I]; states (h, c or None), each [B,H] / [H] or None (zeros).
+        Returns the new (h, c or None), shaped as the input."""
+        name = type(self).__name__
+        weights = [p for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None]
+        dtype = _weights_dtype(weights)
+        ndim = len(_spec("input", input).shape)
+        if ndim not in (1, 2):
+            raise ValueError(f"{name}: input must be 2-D (B, {self.input_size}) or 1-D "
+                             f"({self.input_size},) unbatched; got shape {tuple(input.shape)}")
+        batched = ndim == 2
+        x = input if batched else input.unsqueeze(0)
+        check_array("input", _spec("input", x), (None, self.input_size), dtype)
+        B, H = x.shape[0], self.hidden_size
+        hs = []
+        for i, h in enumerate(states):
+            if i == 1 and not self._has_cell_state:
+                hs.append(None)
+                continue
+            label = ("hx[0]", "hx[1]")[i] if self._has_cell_state else "hx"
+            hs.append(_initial_state(label, h, (B, H), 0, batched, x, dtype))
+        tensors = [x, *hs, *weights]
+        _one_device(tensors)
+        if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
+            zero = _zero_of(tensors)
+            out = [None if h is None else x.new_zeros(0, H) + zero for h in hs]
+        else:
+            _, h_n, c_n = _run_engine(self, x.unsqueeze(0), hs[0].unsqueeze(0),
+                                      None if hs[1] is None else hs[1].unsqueeze(0), weights,
+                                      np.ones(B, np.int32))
+            out = [h_n[0], None if c_n is None else c_n[0]]
+        return [o if o is None or batched else o.squeeze(0) for o in out]
+
+
+class LSTMCell(_CellBase):
+    """``torch.nn.LSTMCell`` on gpulstm's engine: ``forward(input, hx=None)`` with input [B, I]
+    (or [I]) and hx = (h, c) each [B, H] (or [H]) returns (h', c'). ``backend=`` as on
+    :class:`LSTM`."""
+    _gates = 4
+    _has_cell_state = True
+
+    def _make_cell(self):
+        return _cells.LSTMCell()
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
+            raise TypeError(f"LSTMCell hx must be a tuple (h, c) of tensors or None; got {type(hx).__name__}")
+        h, c = self._step(input, tuple(hx))
+        return h, c
+
+
+class GRUCell(_CellBase):
+    """``torch.nn.GRUCell`` on gpulstm's engine: ``forward(input, hx=None)`` returns h'."""
+    _gates = 3
+
+    def _make_cell(self):
+        return _cells.GRUCell()
+
+    def forward(self, input, hx=None):
+        if hx is not None and not isinstance(hx, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} hx must be a tensor or None; got {type(hx).__name__}")
+        return self._step(input, (hx, None))[0]
+
+
+class RNNCell(GRUCell):
+    """``torch.nn.RNNCell`` (tanh or relu) on gpulstm's engine: ``forward(input, hx=None)``
+    returns h'."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def _make_cell(self):
+        return _cells.RNNCell(self.nonlinearity)
