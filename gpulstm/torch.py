@@ -35,10 +35,15 @@ if __name__ == "torch":  # pragma: no cover - only when gpulstm/ itself is on sy
         "directory is on sys.path (a script inside gpulstm/ was run by its path); run it as "
         "'python -m gpulstm.<name>' instead")
 
+import ast
 import contextlib
+import functools
 import math
+import itertools
 import warnings
+import weakref
 from collections import namedtuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -146,18 +151,31 @@ def _unpack(skeleton, arrays, cell, params):
                                          for dirs in saved], [get(m) for m in masks])
 
 
+def _spec_of(module):
+    """What a forward of ``module`` needs beyond its tensors, as one string (an argument the
+    registered operators take): the engine's cell, the weight layout, (I, H, Hs, L, D),
+    backend and algo. (The dropout probability travels as a number: torch.compile may trace
+    a float attribute as a symbolic value.)"""
+    return repr((module._cell_spec(), module._layout(),
+                 (module.input_size, module.hidden_size, module._state_size, module.num_layers,
+                  module._num_directions), module.backend, module.algo))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(spec):
+    return ast.literal_eval(spec)
+
+
 class _Call:
     """The fixed arguments of one forward: execution, cell, weight layout, lengths, dropout."""
 
-    def __init__(self, module, ex, device, lengths, training):
-        self.ex = ex
-        self.bridge = _Bridge(ex, device)
-        self.cell = module._make_cell()
-        self.layout = module._layout()
-        self.dims = (module.input_size, module.hidden_size, module._state_size,
-                     module.num_layers, module._num_directions)
+    def __init__(self, spec, device, lengths, dropout):
+        (cell, kwargs), self.layout, self.dims, backend, algo = _parse_spec(spec)
+        self.dropout = dropout
+        self.ex = _execution(backend, algo, device)
+        self.bridge = _Bridge(self.ex, device)
+        self.cell = getattr(_cells, cell)(**kwargs)
         self.lengths = lengths  # NumPy int32 [B]
-        self.dropout = module.dropout if training else 0.0
 
     def params(self, weights):
         """Flat weight arrays (torch's order) -> [layer][direction] dicts for the engine."""
@@ -274,6 +292,95 @@ def _execution(name, algo, device):
                          f"CUDA tensors (cupy backend); got tensors on {device}")
     # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
     return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+
+
+# -- registered operators (torch.compile) ---------------------------------------------------------
+# The same forward and backward as gpulstm::forward / gpulstm::backward, whose fake kernels give
+# the output shapes without running anything, so torch.compile traces a gpulstm layer as one
+# node (no graph break) and autograd calls the backward operator. The engine's saved context
+# stays in _SAVED under a key; the forward returns the key as a one-element int64 "handle"
+# tensor that autograd saves for the backward, and the entry goes when that tensor is freed
+# (after the backward, or with the graph), as a saved tensor would. Eager calls keep
+# _EngineFunction.
+_SAVED = {}
+_KEYS = itertools.count()
+
+
+def _keep(call, ectx):
+    key = next(_KEYS)
+    _SAVED[key] = (call, ectx)
+    handle = torch.tensor([key], dtype=torch.int64)
+    weakref.finalize(handle, _SAVED.pop, key, None)
+    return handle
+
+
+@torch.library.custom_op("gpulstm::forward", mutates_args=())
+def _op_forward(spec: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                weights: list[torch.Tensor], lengths: torch.Tensor, dropout: float, save: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h_n, c_n (empty without a cell state), handle of the saved context (-1 unless
+    ``save``))."""
+    call = _Call(spec, x.device, lengths.numpy().astype(np.int32), dropout)
+    with call.bridge.scope():
+        y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
+    handle = _keep(call, ectx) if save else torch.tensor([-1], dtype=torch.int64)
+    c_n = x.new_empty(0) if c_n is None else c_n
+    # outputs must not alias each other or the inputs (views of the engine's buffers may)
+    return tuple(t.clone() if t._base is not None else t for t in (y, h_n, c_n)) + (handle,)
+
+
+@_op_forward.register_fake
+def _(spec, x, h0, c0, weights, lengths, dropout, save):
+    (_, _), _, (I, H, Hs, L, D), _, _ = _parse_spec(spec)
+    T, B = x.shape[0], x.shape[1]
+    c_n = x.new_empty(L * D, B, H) if c0 is not None else x.new_empty(0)
+    return (x.new_empty(T, B, D * Hs), x.new_empty(L * D, B, Hs), c_n,
+            torch.empty(1, dtype=torch.int64, device="cpu"))
+
+
+@torch.library.custom_op("gpulstm::backward", mutates_args=())
+def _op_backward(handle: torch.Tensor, x: torch.Tensor, has_c0: bool, weights: list[torch.Tensor],
+                 dy: torch.Tensor, dh_n: torch.Tensor, dc_n: Optional[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(dx, dh0, dc0 (empty without a cell state), gradients of ``weights``)."""
+    call, ectx = _SAVED[int(handle[0])]
+    b = call.bridge
+    with b.scope():
+        dx, dh0, dc0, grads = engine.backward(call.ex, ectx, b.array(dy), b.array(dh_n), b.array(dc_n))
+        flat = [grads[layer][d][short] for layer, dirs in enumerate(call.layout)
+                for d, shorts in enumerate(dirs) for short in shorts]
+        return (b.tensor(dx), b.tensor(dh0), b.tensor(dc0) if has_c0 else x.new_empty(0),
+                [b.tensor(g) for g in flat])
+
+
+@_op_backward.register_fake
+def _(handle, x, has_c0, weights, dy, dh_n, dc_n):
+    return (torch.empty_like(x), torch.empty_like(dh_n),
+            torch.empty_like(dc_n) if has_c0 else x.new_empty(0), [torch.empty_like(w) for w in weights])
+
+
+def _op_setup_context(ctx, inputs, output):
+    spec, x, h0, c0, weights, lengths, dropout, save = inputs
+    ctx.has_c0 = c0 is not None
+    # x and the weights too: the engine keeps views of them (version counters, as eager)
+    ctx.save_for_backward(output[3], x, *weights)
+
+
+def _op_autograd_backward(ctx, dy, dh_n, dc_n, _dhandle):
+    handle, x, *weights = ctx.saved_tensors
+    dx, dh0, dc0, dw = torch.ops.gpulstm.backward(handle, x, ctx.has_c0, weights, dy, dh_n,
+                                                  dc_n if ctx.has_c0 else None)
+    return None, dx, dh0, dc0 if ctx.has_c0 else None, dw, None, None, None
+
+
+_op_forward.register_autograd(_op_autograd_backward, setup_context=_op_setup_context)
+
+
+def _op_backward_backward(ctx, *grads):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+_op_backward.register_autograd(_op_backward_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 # -- the modules ----------------------------------------------------------------------------------
@@ -427,7 +534,8 @@ class _RNNBase(torch.nn.Module):
         (registered after them, as :class:`gpulstm.LSTM` orders them)."""
         return {}
 
-    def _make_cell(self):
+    def _cell_spec(self):
+        """(name of the engine's cell class in gpulstm.cells, its keyword arguments)."""
         raise NotImplementedError
 
     # -- forward ----------------------------------------------------------------------------------
@@ -491,7 +599,13 @@ def _run_engine(module, x, h0, c0, weights, lengths):
     """The engine on checked tensors of one device: x [T,B,I] with B >= 1, h0 [L*D,B,Hs],
     c0 [L*D,B,H] or None, weights in torch's flat order, lengths int32 [B] (NumPy). Returns
     (y, h_n, c_n or None), through autograd where anything requires grad."""
-    call = _Call(module, module._execution(x.device), x.device, lengths, module.training)
+    dropout = module.dropout if module.training else 0.0
+    if torch.compiler.is_compiling():  # one traced node per layer call (registered operators)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+        y, h_n, c_n, _ = torch.ops.gpulstm.forward(_spec_of(module), x, h0, c0, list(weights),
+                                                   torch.from_numpy(lengths), dropout, save)
+        return y, h_n, (c_n if c0 is not None else None)
+    call = _Call(_spec_of(module), x.device, lengths, dropout)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)):
         outs = _EngineFunction.apply(call, x, h0, c0, *weights)
         return outs if len(outs) == 3 else (*outs, None)
@@ -543,8 +657,8 @@ class LSTM(_RNNBase):
         :class:`gpulstm.LSTM`."""
         return self._peephole
 
-    def _make_cell(self):
-        return _cells.LSTMCell(forget_gate=self._forget_gate, peephole=self._peephole)
+    def _cell_spec(self):
+        return "LSTMCell", {"forget_gate": self._forget_gate, "peephole": self._peephole}
 
     def forward(self, input, hx=None):
         """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
@@ -571,8 +685,8 @@ class CIFG(_RNNBase):
         super().__init__("CIFG", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
-    def _make_cell(self):
-        return _cells.CIFGCell()
+    def _cell_spec(self):
+        return "CIFGCell", {}
 
     forward = LSTM.forward
 
@@ -589,8 +703,8 @@ class GRU(_RNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
-    def _make_cell(self):
-        return _cells.GRUCell()
+    def _cell_spec(self):
+        return "GRUCell", {}
 
     def forward(self, input, hx=None):
         """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
@@ -614,8 +728,8 @@ class RNN(GRU):
                           bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend,
                           algo=algo)
 
-    def _make_cell(self):
-        return _cells.RNNCell(self.nonlinearity)
+    def _cell_spec(self):
+        return "RNNCell", {"nonlinearity": self.nonlinearity}
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -719,8 +833,8 @@ class LSTMCell(_CellBase):
     _gates = 4
     _has_cell_state = True
 
-    def _make_cell(self):
-        return _cells.LSTMCell()
+    def _cell_spec(self):
+        return "LSTMCell", {}
 
     def forward(self, input, hx=None):
         if hx is None:
@@ -735,8 +849,8 @@ class GRUCell(_CellBase):
     """``torch.nn.GRUCell`` on gpulstm's engine: ``forward(input, hx=None)`` returns h'."""
     _gates = 3
 
-    def _make_cell(self):
-        return _cells.GRUCell()
+    def _cell_spec(self):
+        return "GRUCell", {}
 
     def forward(self, input, hx=None):
         if hx is not None and not isinstance(hx, torch.Tensor):
@@ -756,5 +870,5 @@ class RNNCell(GRUCell):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
 
-    def _make_cell(self):
-        return _cells.RNNCell(self.nonlinearity)
+    def _cell_spec(self):
+        return "RNNCell", {"nonlinearity": self.nonlinearity}
