@@ -15,6 +15,11 @@ backward, checked against in-place edits like any torch tensor, and several forw
 precede one backward. Under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is kept
 after the call. Double backward (``create_graph=True`` through the layer) raises.
 
+``torch.compile``: a layer or cell call traces as the registered operators ``gpulstm::forward``
+and ``gpulstm::backward`` (no graph break, ``fullgraph=True`` works). ``torch.onnx.export``: LSTM,
+GRU and RNN layers are exported as torch's own RNN operators with the same weights, which the
+exporters write as ONNX's LSTM / GRU / RNN.
+
 Devices: CPU tensors run on the compiled ``cpu`` backend (``numpy`` where it cannot build, as
 ``backend="auto"`` elsewhere) and cross as zero-copy views
 (``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
@@ -520,6 +525,39 @@ class _RNNBase(torch.nn.Module):
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
+    def _torch_op(self):
+        """torch's own operator for this layer (in torch._VF), which ONNX exporters map to
+        ONNX's LSTM / GRU / RNN; None where ONNX has no such cell."""
+        return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}.get(self.mode)
+
+    def _export_forward(self, input, hx):
+        """Under ``torch.onnx.export``: the layer as torch.nn's own RNN operator with the same
+        weights (torch's flat order), which both exporters translate to the ONNX LSTM/GRU/RNN
+        operators (reordering the gates to ONNX's order), as torch.nn.RNNBase.forward does."""
+        op = self._torch_op()
+        if op is None or self.proj_size or isinstance(input, PackedSequence):
+            what = ("a PackedSequence input" if isinstance(input, PackedSequence) else
+                    "proj_size" if self.proj_size and op else f"{type(self).__name__} with these options")
+            raise ValueError(f"gpulstm.torch: ONNX export supports LSTM, GRU and RNN on tensor "
+                             f"input without proj_size (what ONNX's LSTM/GRU/RNN operators "
+                             f"express); not {what}")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        x = input if batched else input.unsqueeze(batch_dim)
+        LD, B = self.num_layers * self._num_directions, x.shape[batch_dim]
+        states = [h if h is None or batched else h.unsqueeze(1) for h in hx]
+        states = [x.new_zeros(LD, B, self.hidden_size) if h is None else h for h in states]
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional, self.batch_first)
+        if op == "lstm":
+            y, h_n, c_n = torch._VF.lstm(x, tuple(states), *args)
+        else:
+            (y, h_n), c_n = getattr(torch._VF, op)(x, states[0], *args), None
+        if not batched:
+            y, h_n = y.squeeze(batch_dim), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        return y, h_n, c_n
+
     def _layout(self):
         """[layer][direction] -> engine names of the weights in torch's flat order."""
         D = self._num_directions
@@ -544,6 +582,8 @@ class _RNNBase(torch.nn.Module):
 
     def _run(self, input, hx):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(input, hx)
         weights = self._flat_weights
         dtype = _weights_dtype(weights)
         packed = isinstance(input, PackedSequence)
@@ -650,6 +690,9 @@ class LSTM(_RNNBase):
 
     def _extra_shapes(self):
         return {"weight_peep": (3, self.hidden_size)} if self._peephole else {}
+
+    def _torch_op(self):
+        return "lstm" if self._forget_gate and not self._peephole else None
 
     @property
     def peephole(self):
