@@ -136,3 +136,32 @@ def test_inductor_compiled_layer_matches_torch(kind):
     x, hx = fresh(kind, ours, gen)
     for a, b in zip(grads_of(compiled, ours, x, hx), grads_of(loss_of, ref, x, hx)):
         assert (a - b).abs().max() <= 1e-12 * (1 + b.abs().max())
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
+def test_compiled_step_cell_loop_matches_torch(kind):
+    """A loop of step cells (LSTMCell with its (h, c) state, RNNCell) compiles with
+    fullgraph=True; outputs and every gradient equal torch.nn's cells'."""
+    ours_cls, ref_cls = (gt.LSTMCell, torch.nn.LSTMCell) if kind == "lstm" else (gt.RNNCell, torch.nn.RNNCell)
+    torch.manual_seed(4)
+    ours = ours_cls(3, 5, dtype=F64)
+    torch.manual_seed(4)
+    ref = ref_cls(3, 5, dtype=F64)
+
+    def unroll(cell, xs):
+        state, total = None, 0
+        for t in range(xs.shape[0]):
+            state = cell(xs[t], state)
+            total = total + sum(s.pow(2).sum() for s in (state if isinstance(state, tuple) else (state,)))
+        return total
+
+    gen = torch.Generator().manual_seed(12)
+    xs = torch.randn(4, 2, 3, generator=gen, dtype=F64, requires_grad=True)
+    assert torch._dynamo.explain(unroll)(ours, xs).graph_break_count == 0
+    compiled = torch.compile(unroll, fullgraph=True, backend="aot_eager")
+    got = compiled(ours, xs)
+    want = unroll(ref, xs)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, [xs, *ours.parameters()]),
+                    torch.autograd.grad(want, [xs, *ref.parameters()])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
