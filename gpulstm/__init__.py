@@ -6,7 +6,8 @@ the CPU (NumPy), PyTorch-shaped.
 """
 from .backends import BackendUnavailable, available_backends, get_backend
 from .tracing import launch_trace
-from .modules import CIFG, GRU, LSTM, RNN, IndRNN
+from .modules import CIFG, GRU, LSTM, RNN, GRUCell, IndRNN, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "CIFG", "IndRNN", "get_backend", "available_backends", "BackendUnavailable", "launch_trace"]
+__all__ = ["LSTM", "GRU", "RNN", "CIFG", "IndRNN", "LSTMCell", "GRUCell", "RNNCell", "get_backend",
+           "available_backends", "BackendUnavailable", "launch_trace"]

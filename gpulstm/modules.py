@@ -24,7 +24,7 @@ from . import engine
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
                       check_lengths, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
-from .cells import CIFGCell, GRUCell, IndRNNCell, LSTMCell, RNNCell
+from . import cells as _cells  # the engine's cell math (the public cells are below)
 from .init import check_init, initialize
 
 _WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -450,7 +450,7 @@ class LSTM(_RNNBase):
         return out
 
     def _make_cell(self):
-        return LSTMCell(forget_gate=self.forget_gate, peephole=self.peephole)
+        return _cells.LSTMCell(forget_gate=self.forget_gate, peephole=self.peephole)
 
     def forward(self, x, hx=None, lengths=None):
         """x [T,B,I] ([B,T,I] with batch_first); hx = (h0 [L*D,B,Hs], c0 [L*D,B,H]) or None.
@@ -488,7 +488,7 @@ class CIFG(_RNNBase):
     _has_cell_state = True
 
     def _make_cell(self):
-        return CIFGCell()
+        return _cells.CIFGCell()
 
     forward = LSTM.forward
     __call__ = forward
@@ -511,7 +511,7 @@ class GRU(_RNNBase):
         self._init_biases(update_bias=update_bias)
 
     def _make_cell(self):
-        return GRUCell()
+        return _cells.GRUCell()
 
     def forward(self, x, hx=None, lengths=None):
         """x [T,B,I]; hx = h0 [L*D,B,H] or None. Returns out [T,B,D*H], h_n."""
@@ -556,7 +556,7 @@ class RNN(GRU):
                     a[...] = 0
 
     def _make_cell(self):
-        return RNNCell(self.nonlinearity)
+        return _cells.RNNCell(self.nonlinearity)
 
 
 class IndRNN(GRU):
@@ -579,4 +579,119 @@ class IndRNN(GRU):
                          bidirectional, **kwargs)
 
     def _make_cell(self):
-        return IndRNNCell(self.nonlinearity)
+        return _cells.IndRNNCell(self.nonlinearity)
+
+
+# -- step cells -------------------------------------------------------------------------------
+class _StepCell(_RNNBase):
+    """One time step per call, shaped like ``torch.nn.LSTMCell/GRUCell/RNNCell``: parameters
+    ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H) (torch's
+    cell names: a torch cell's ``state_dict`` converted to NumPy loads as is). ``forward``
+    takes x [B, I] (or [I] unbatched) and the state [B, H] (or [H]); ``backward`` takes the
+    gradient of the new state(s), returns dL/dx and fills ``grads`` and ``grad_hx`` (the
+    gradient of the state passed in). Each step is a sequence of length 1 through the same
+    engine as the layers; as they, a cell keeps what its last forward needs for backward."""
+
+    def __init__(self, input_size, hidden_size, bias=True, *, backend="auto", dtype="float32",
+                 seed=None, allow_tf32=False):
+        super().__init__(input_size, hidden_size, 1, bias, backend=backend, dtype=dtype,
+                         seed=seed, allow_tf32=allow_tf32)
+
+    def _build_keys(self):
+        return [(layer, d, short, key.removesuffix("_l0"), shape)
+                for layer, d, short, key, shape in super()._build_keys()]
+
+    def _user_state(self, name, a, want):
+        """A state-shaped array given by the user, checked against its own shape ``want``
+        ((B, H) or (H,)), with the layer axis the sequence engine wants in front."""
+        a = self.ex.from_user(_no_autograd(name, a))
+        return check_array(name, a, want, self.dtype)[None]
+
+    def _step(self, x, h, c):
+        x = self.ex.from_user(_no_autograd("x", x))
+        I, H = self.input_size, self.hidden_size
+        if getattr(x, "ndim", None) not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: x must be 2-D (B, {I}) or 1-D ({I},) "
+                             f"unbatched; got shape {tuple(getattr(x, 'shape', ()))}")
+        want = (x.shape[0], H) if x.ndim == 2 else (H,)
+        names = ("hx[0]", "hx[1]") if self._has_cell_state else ("hx", None)
+        h = None if h is None else self._user_state(names[0], h, want)
+        c = None if c is None else self._user_state(names[1], c, want)
+        _, h_n, c_n = self._forward(x[None], h, c, None)
+        return h_n[0], (None if c_n is None else c_n[0])
+
+    def _step_backward(self, grad_h, grad_c):
+        if self._ctx is None:
+            return self._backward(None, None, None)  # raises: backward needs a forward
+        _, B, H = self._out_shape
+        want = (H,) if self._unbatched else (B, H)
+        gh = self._user_state("grad_h", grad_h, want)
+        gc = None if grad_c is None else self._user_state("grad_c", grad_c, want)
+        dx = self._backward(self.ex.xp.zeros((1, *want), self.dtype), gh, gc)
+        g = self.grad_hx
+        self.grad_hx = (g[0][0], g[1][0]) if self._has_cell_state else g[0]
+        return dx[0]
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, bias={self.bias}, "
+                f"backend={self.backend!r}, dtype={self.dtype.name!r})")
+
+
+class LSTMCell(_StepCell):
+    """One LSTM step (torch.nn.LSTMCell's math and gate order i, f, g, o):
+    ``h, c = cell(x, (h, c))``; ``dx = cell.backward(grad_h, grad_c)`` fills ``grads`` and
+    ``grad_hx = (dL/dh, dL/dc)`` of the state passed in."""
+    _gates = 4
+    _has_cell_state = True
+
+    def _make_cell(self):
+        return _cells.LSTMCell()
+
+    def forward(self, x, hx=None):
+        """x [B,I] (or [I]); hx = (h [B,H], c [B,H]) or None (zeros). Returns (h', c')."""
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2) or any(a is None for a in hx):
+            raise TypeError(f"LSTMCell hx must be a tuple (h, c) of two arrays or None; got "
+                            f"{type(hx).__name__}")
+        return self._step(x, hx[0], hx[1])
+
+    __call__ = forward
+
+    def backward(self, grad_h, grad_c=None):
+        """dL/dx from dL/dh' (and dL/dc'); fills grads and grad_hx."""
+        return self._step_backward(grad_h, grad_c)
+
+
+class GRUCell(_StepCell):
+    """One GRU step (torch.nn.GRUCell's math): ``h = cell(x, h)``; ``dx = cell.backward(grad_h)``
+    fills ``grads`` and ``grad_hx`` (dL/dh of the state passed in)."""
+    _gates = 3
+
+    def _make_cell(self):
+        return _cells.GRUCell()
+
+    def forward(self, x, hx=None):
+        """x [B,I] (or [I]); hx = h [B,H] or None (zeros). Returns h'."""
+        return self._step(x, hx, None)[0]
+
+    __call__ = forward
+
+    def backward(self, grad_h):
+        """dL/dx from dL/dh'; fills grads and grad_hx."""
+        return self._step_backward(grad_h, None)
+
+
+class RNNCell(GRUCell):
+    """One Elman step, h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu), as
+    torch.nn.RNNCell (arguments in its order: input_size, hidden_size, bias, nonlinearity)."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", **kwargs):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, **kwargs)
+
+    def _make_cell(self):
+        return _cells.RNNCell(self.nonlinearity)

@@ -15,6 +15,11 @@ backward, checked against in-place edits like any torch tensor, and several forw
 precede one backward. Under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is kept
 after the call. Double backward (``create_graph=True`` through the layer) raises.
 
+``torch.compile``: a layer or cell call traces as the registered operators ``gpulstm::forward``
+and ``gpulstm::backward`` (no graph break, ``fullgraph=True`` works). ``torch.onnx.export``: LSTM,
+GRU and RNN layers are exported as torch's own RNN operators with the same weights, which the
+exporters write as ONNX's LSTM / GRU / RNN.
+
 Devices: CPU tensors run on the compiled ``cpu`` backend (``numpy`` where it cannot build, as
 ``backend="auto"`` elsewhere) and cross as zero-copy views
 (``Tensor.numpy()`` / ``torch.from_numpy``); CUDA tensors run on the ``cupy`` backend, crossing
@@ -35,10 +40,15 @@ if __name__ == "torch":  # pragma: no cover - only when gpulstm/ itself is on sy
         "directory is on sys.path (a script inside gpulstm/ was run by its path); run it as "
         "'python -m gpulstm.<name>' instead")
 
+import ast
 import contextlib
+import functools
 import math
+import itertools
 import warnings
+import weakref
 from collections import namedtuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -48,10 +58,10 @@ from . import engine
 from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_int, check_lengths
 from .backends import BackendUnavailable, get_backend
 from .backends.kernel_loop import check_algo
-from .cells import CIFGCell, GRUCell, LSTMCell, RNNCell
+from . import cells as _cells  # the engine's cell math (not torch's public cell modules)
 from .init import check_init, initialize
 
-__all__ = ["LSTM", "GRU", "RNN", "CIFG"]
+__all__ = ["LSTM", "GRU", "RNN", "CIFG", "IndRNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 _DOUBLE_BACKWARD = (
     "gpulstm.torch: double backward (a gradient of a gradient, create_graph=True) through "
@@ -146,18 +156,31 @@ def _unpack(skeleton, arrays, cell, params):
                                          for dirs in saved], [get(m) for m in masks])
 
 
+def _spec_of(module):
+    """What a forward of ``module`` needs beyond its tensors, as one string (an argument the
+    registered operators take): the engine's cell, the weight layout, (I, H, Hs, L, D),
+    backend and algo. (The dropout probability travels as a number: torch.compile may trace
+    a float attribute as a symbolic value.)"""
+    return repr((module._cell_spec(), module._layout(),
+                 (module.input_size, module.hidden_size, module._state_size, module.num_layers,
+                  module._num_directions), module.backend, module.algo))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(spec):
+    return ast.literal_eval(spec)
+
+
 class _Call:
     """The fixed arguments of one forward: execution, cell, weight layout, lengths, dropout."""
 
-    def __init__(self, module, ex, device, lengths, training):
-        self.ex = ex
-        self.bridge = _Bridge(ex, device)
-        self.cell = module._make_cell()
-        self.layout = module._layout()
-        self.dims = (module.input_size, module.hidden_size, module._state_size,
-                     module.num_layers, module._num_directions)
+    def __init__(self, spec, device, lengths, dropout):
+        (cell, kwargs), self.layout, self.dims, backend, algo = _parse_spec(spec)
+        self.dropout = dropout
+        self.ex = _execution(backend, algo, device)
+        self.bridge = _Bridge(self.ex, device)
+        self.cell = getattr(_cells, cell)(**kwargs)
         self.lengths = lengths  # NumPy int32 [B]
-        self.dropout = module.dropout if training else 0.0
 
     def params(self, weights):
         """Flat weight arrays (torch's order) -> [layer][direction] dicts for the engine."""
@@ -257,6 +280,114 @@ class _EngineFunction(torch.autograd.Function):
         return tuple(out)
 
 
+def _execution(name, algo, device):
+    """The execution for tensors on ``device``: the backend ``name`` if given, else the fastest
+    correct one there (cpu, or numpy where it cannot build; cupy on CUDA), as "auto"."""
+    if name is not None and name != "auto":
+        ex = get_backend(name, algo)
+    elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
+        try:
+            ex = get_backend("cpu", algo)
+        except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
+            ex = get_backend("numpy", algo)
+    elif device.type == "cuda":
+        ex = get_backend("cupy", algo)
+    else:
+        raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
+                         f"CUDA tensors (cupy backend); got tensors on {device}")
+    # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
+    return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+
+
+# -- registered operators (torch.compile) ---------------------------------------------------------
+# The same forward and backward as gpulstm::forward / gpulstm::backward, whose fake kernels give
+# the output shapes without running anything, so torch.compile traces a gpulstm layer as one
+# node (no graph break) and autograd calls the backward operator. The engine's saved context
+# stays in _SAVED under a key; the forward returns the key as a one-element int64 "handle"
+# tensor that autograd saves for the backward, and the entry goes when that tensor is freed
+# (after the backward, or with the graph), as a saved tensor would. Eager calls keep
+# _EngineFunction.
+_SAVED = {}
+_KEYS = itertools.count()
+
+
+def _keep(call, ectx):
+    key = next(_KEYS)
+    _SAVED[key] = (call, ectx)
+    handle = torch.tensor([key], dtype=torch.int64)
+    weakref.finalize(handle, _SAVED.pop, key, None)
+    return handle
+
+
+@torch.library.custom_op("gpulstm::forward", mutates_args=())
+def _op_forward(spec: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                weights: list[torch.Tensor], lengths: torch.Tensor, dropout: float, save: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h_n, c_n (empty without a cell state), handle of the saved context (-1 unless
+    ``save``))."""
+    call = _Call(spec, x.device, lengths.numpy().astype(np.int32), dropout)
+    with call.bridge.scope():
+        y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
+    handle = _keep(call, ectx) if save else torch.tensor([-1], dtype=torch.int64)
+    c_n = x.new_empty(0) if c_n is None else c_n
+    # outputs must not alias each other or the inputs (views of the engine's buffers may)
+    return tuple(t.clone() if t._base is not None else t for t in (y, h_n, c_n)) + (handle,)
+
+
+@_op_forward.register_fake
+def _(spec, x, h0, c0, weights, lengths, dropout, save):
+    (_, _), _, (I, H, Hs, L, D), _, _ = _parse_spec(spec)
+    T, B = x.shape[0], x.shape[1]
+    c_n = x.new_empty(L * D, B, H) if c0 is not None else x.new_empty(0)
+    return (x.new_empty(T, B, D * Hs), x.new_empty(L * D, B, Hs), c_n,
+            torch.empty(1, dtype=torch.int64, device="cpu"))
+
+
+@torch.library.custom_op("gpulstm::backward", mutates_args=())
+def _op_backward(handle: torch.Tensor, x: torch.Tensor, has_c0: bool, weights: list[torch.Tensor],
+                 dy: torch.Tensor, dh_n: torch.Tensor, dc_n: Optional[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(dx, dh0, dc0 (empty without a cell state), gradients of ``weights``)."""
+    call, ectx = _SAVED[int(handle[0])]
+    b = call.bridge
+    with b.scope():
+        dx, dh0, dc0, grads = engine.backward(call.ex, ectx, b.array(dy), b.array(dh_n), b.array(dc_n))
+        flat = [grads[layer][d][short] for layer, dirs in enumerate(call.layout)
+                for d, shorts in enumerate(dirs) for short in shorts]
+        return (b.tensor(dx), b.tensor(dh0), b.tensor(dc0) if has_c0 else x.new_empty(0),
+                [b.tensor(g) for g in flat])
+
+
+@_op_backward.register_fake
+def _(handle, x, has_c0, weights, dy, dh_n, dc_n):
+    return (torch.empty_like(x), torch.empty_like(dh_n),
+            torch.empty_like(dc_n) if has_c0 else x.new_empty(0), [torch.empty_like(w) for w in weights])
+
+
+def _op_setup_context(ctx, inputs, output):
+    spec, x, h0, c0, weights, lengths, dropout, save = inputs
+    ctx.has_c0 = c0 is not None
+    # x and the weights too: the engine keeps views of them (version counters, as eager)
+    ctx.save_for_backward(output[3], x, *weights)
+
+
+def _op_autograd_backward(ctx, dy, dh_n, dc_n, _dhandle):
+    handle, x, *weights = ctx.saved_tensors
+    dx, dh0, dc0, dw = torch.ops.gpulstm.backward(handle, x, ctx.has_c0, weights, dy, dh_n,
+                                                  dc_n if ctx.has_c0 else None)
+    return None, dx, dh0, dc0 if ctx.has_c0 else None, dw, None, None, None
+
+
+_op_forward.register_autograd(_op_autograd_backward, setup_context=_op_setup_context)
+
+
+def _op_backward_backward(ctx, *grads):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+_op_backward.register_autograd(_op_backward_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 # -- the modules ----------------------------------------------------------------------------------
 _Spec = namedtuple("_Spec", "shape dtype")
 _SHORT = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
@@ -272,6 +403,35 @@ def _spec(name, t):
     except TypeError:
         raise TypeError(f"{name} must have dtype float32 or float64; got {t.dtype}") from None
     return _Spec(tuple(t.shape), dt)
+
+
+def _weights_dtype(weights):
+    """The one NumPy dtype (float32 or float64) of the parameters."""
+    dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
+    if any(w.dtype != weights[0].dtype for w in weights):
+        raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
+    return dtype
+
+
+def _one_device(tensors):
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
+
+
+def _initial_state(name, h, shape, axis, batched, x, dtype):
+    """The state ``h`` given by the user with its batch axis ``axis`` (checked against
+    ``shape``, or ``shape`` without that axis for unbatched input), or zeros of ``shape``."""
+    if h is None:
+        return x.new_zeros(shape)
+    check_array(name, _spec(name, h), shape if batched else shape[:axis] + shape[axis + 1:], dtype)
+    return h if batched else h.unsqueeze(axis)
+
+
+def _zero_of(tensors):
+    """0 that depends on every tensor: empty (B = 0) outputs get zero gradients for them all,
+    as torch.nn's do."""
+    return sum(t.sum() for t in tensors if t is not None) * 0
 
 
 class _RNNBase(torch.nn.Module):
@@ -303,11 +463,13 @@ class _RNNBase(torch.nn.Module):
         self.backend = backend
         kw = {"device": device, "dtype": dtype}
         G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self._num_directions
+        name, options = self._cell_spec()
+        cell = getattr(_cells, name)(**options)  # its weight shapes, as the numpy face's
         self._flat_weights_names, self._all_weights = [], []
         for layer in range(self.num_layers):
             I = self.input_size if layer == 0 else D * Hs
             for d in range(D):
-                shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, Hs)}
+                shapes = {f"weight_{k[2:]}": v for k, v in cell.weight_shapes(I, H, Hs).items()}
                 if bias:
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
                 if self.proj_size:
@@ -365,6 +527,39 @@ class _RNNBase(torch.nn.Module):
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
 
+    def _torch_op(self):
+        """torch's own operator for this layer (in torch._VF), which ONNX exporters map to
+        ONNX's LSTM / GRU / RNN; None where ONNX has no such cell."""
+        return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}.get(self.mode)
+
+    def _export_forward(self, input, hx):
+        """Under ``torch.onnx.export``: the layer as torch.nn's own RNN operator with the same
+        weights (torch's flat order), which both exporters translate to the ONNX LSTM/GRU/RNN
+        operators (reordering the gates to ONNX's order), as torch.nn.RNNBase.forward does."""
+        op = self._torch_op()
+        if op is None or self.proj_size or isinstance(input, PackedSequence):
+            what = ("a PackedSequence input" if isinstance(input, PackedSequence) else
+                    "proj_size" if self.proj_size and op else f"{type(self).__name__} with these options")
+            raise ValueError(f"gpulstm.torch: ONNX export supports LSTM, GRU and RNN on tensor "
+                             f"input without proj_size (what ONNX's LSTM/GRU/RNN operators "
+                             f"express); not {what}")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        x = input if batched else input.unsqueeze(batch_dim)
+        LD, B = self.num_layers * self._num_directions, x.shape[batch_dim]
+        states = [h if h is None or batched else h.unsqueeze(1) for h in hx]
+        states = [x.new_zeros(LD, B, self.hidden_size) if h is None else h for h in states]
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional, self.batch_first)
+        if op == "lstm":
+            y, h_n, c_n = torch._VF.lstm(x, tuple(states), *args)
+        else:
+            (y, h_n), c_n = getattr(torch._VF, op)(x, states[0], *args), None
+        if not batched:
+            y, h_n = y.squeeze(batch_dim), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        return y, h_n, c_n
+
     def _layout(self):
         """[layer][direction] -> engine names of the weights in torch's flat order."""
         D = self._num_directions
@@ -379,33 +574,20 @@ class _RNNBase(torch.nn.Module):
         (registered after them, as :class:`gpulstm.LSTM` orders them)."""
         return {}
 
-    def _make_cell(self):
+    def _cell_spec(self):
+        """(name of the engine's cell class in gpulstm.cells, its keyword arguments)."""
         raise NotImplementedError
 
     # -- forward ----------------------------------------------------------------------------------
     def _execution(self, device):
-        name = self.backend
-        if name is not None and name != "auto":
-            ex = get_backend(name, self.algo)
-        elif device.type == "cpu":  # the compiled loops where they build here, as "auto"
-            try:
-                ex = get_backend("cpu", self.algo)
-            except BackendUnavailable:  # its reason is kept: no rebuild is tried per call
-                ex = get_backend("numpy", self.algo)
-        elif device.type == "cuda":
-            ex = get_backend("cupy", self.algo)
-        else:
-            raise ValueError(f"gpulstm.torch runs CPU tensors (cpu or numpy backend) and "
-                             f"CUDA tensors (cupy backend); got tensors on {device}")
-        # TF32 for the GEMMs as torch's matmuls: torch.backends.cuda.matmul.allow_tf32
-        return ex.with_tf32(bool(torch.backends.cuda.matmul.allow_tf32))
+        return _execution(self.backend, self.algo, device)
 
     def _run(self, input, hx):
         """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(input, hx)
         weights = self._flat_weights
-        dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
-        if any(w.dtype != weights[0].dtype for w in weights):
-            raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
+        dtype = _weights_dtype(weights)
         packed = isinstance(input, PackedSequence)
         H, Hs, LD = self.hidden_size, self._state_size, self.num_layers * self._num_directions
         if packed:
@@ -430,32 +612,17 @@ class _RNNBase(torch.nn.Module):
             if name == "c_0" and not self._has_cell_state:
                 states.append(None)
                 continue
-            if h is None:
-                h = torch.zeros(LD, B, size, dtype=x.dtype, device=x.device)
-            else:
-                want = (LD, B, size) if batched else (LD, size)
-                check_array(name, _spec(name, h), want, dtype)
-                h = h if batched else h.unsqueeze(1)
-            states.append(h)
-        devices = {t.device for t in [x, *states, *weights] if t is not None}
-        if len(devices) > 1:
-            raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
-        device = x.device
+            states.append(_initial_state(name, h, (LD, B, size), 1, batched, x, dtype))
         tensors = [x, *states, *weights]
+        _one_device(tensors)
         if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
-            zero = sum(t.sum() for t in tensors if t is not None) * 0
+            zero = _zero_of(tensors)
             y = x.new_zeros(T, 0, self._num_directions * Hs) + zero
             h_n = x.new_zeros(LD, 0, Hs) + zero
             c_n = x.new_zeros(LD, 0, H) + zero if self._has_cell_state else None
             return (y.transpose(0, 1) if self.batch_first else y), h_n, c_n
         lengths = np.full(B, T, np.int32) if lens is None else check_lengths(lens.numpy(), T, B)
-        call = _Call(self, self._execution(device), device, lengths, self.training)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            outs = _EngineFunction.apply(call, x, states[0], states[1], *weights)
-            y, h_n, c_n = outs if len(outs) == 3 else (*outs, None)
-        else:  # no autograd: the engine's saved context is dropped at once
-            with call.bridge.scope():
-                y, h_n, c_n, _ = call.forward(x, states[0], states[1], weights)
+        y, h_n, c_n = _run_engine(self, x, states[0], states[1], weights, lengths)
         if packed:
             idx = input.sorted_indices
             ys = y if idx is None else y.index_select(1, idx)
@@ -468,6 +635,25 @@ class _RNNBase(torch.nn.Module):
         elif self.batch_first:
             y = y.transpose(0, 1)
         return y, h_n, c_n
+
+
+def _run_engine(module, x, h0, c0, weights, lengths):
+    """The engine on checked tensors of one device: x [T,B,I] with B >= 1, h0 [L*D,B,Hs],
+    c0 [L*D,B,H] or None, weights in torch's flat order, lengths int32 [B] (NumPy). Returns
+    (y, h_n, c_n or None), through autograd where anything requires grad."""
+    dropout = module.dropout if module.training else 0.0
+    if torch.compiler.is_compiling():  # one traced node per layer call (registered operators)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+        y, h_n, c_n, _ = torch.ops.gpulstm.forward(_spec_of(module), x, h0, c0, list(weights),
+                                                   torch.from_numpy(lengths), dropout, save)
+        return y, h_n, (c_n if c0 is not None else None)
+    call = _Call(_spec_of(module), x.device, lengths, dropout)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)):
+        outs = _EngineFunction.apply(call, x, h0, c0, *weights)
+        return outs if len(outs) == 3 else (*outs, None)
+    with call.bridge.scope():  # no autograd: the engine's saved context is dropped at once
+        y, h_n, c_n, _ = call.forward(x, h0, c0, weights)
+    return y, h_n, c_n
 
 
 def _bias_options(module, bias, **options):
@@ -507,14 +693,17 @@ class LSTM(_RNNBase):
     def _extra_shapes(self):
         return {"weight_peep": (3, self.hidden_size)} if self._peephole else {}
 
+    def _torch_op(self):
+        return "lstm" if self._forget_gate and not self._peephole else None
+
     @property
     def peephole(self):
         """True: diagonal peepholes, parameters ``weight_peep_l{k}`` (3, H) = p_i, p_f, p_o, as
         :class:`gpulstm.LSTM`."""
         return self._peephole
 
-    def _make_cell(self):
-        return LSTMCell(forget_gate=self._forget_gate, peephole=self._peephole)
+    def _cell_spec(self):
+        return "LSTMCell", {"forget_gate": self._forget_gate, "peephole": self._peephole}
 
     def forward(self, input, hx=None):
         """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
@@ -541,8 +730,8 @@ class CIFG(_RNNBase):
         super().__init__("CIFG", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
-    def _make_cell(self):
-        return CIFGCell()
+    def _cell_spec(self):
+        return "CIFGCell", {}
 
     forward = LSTM.forward
 
@@ -559,8 +748,8 @@ class GRU(_RNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend, algo=algo)
 
-    def _make_cell(self):
-        return GRUCell()
+    def _cell_spec(self):
+        return "GRUCell", {}
 
     def forward(self, input, hx=None):
         """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
@@ -584,9 +773,171 @@ class RNN(GRU):
                           bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend,
                           algo=algo)
 
-    def _make_cell(self):
-        return RNNCell(self.nonlinearity)
+    def _cell_spec(self):
+        return "RNNCell", {"nonlinearity": self.nonlinearity}
 
     def extra_repr(self):
         s = super().extra_repr()
         return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+
+
+class IndRNN(GRU):
+    """The independently recurrent layer (:class:`gpulstm.IndRNN`, Li et al. 2018: h = act(W_ih x
+    + b_ih + u * h_{t-1} + b_hh), relu by default) as a torch module: RNN's interface (hx = h_0;
+    returns output, h_n) with ``weight_hh_l{k}`` the vector u of shape (H,). torch.nn has no
+    such layer (and ONNX no such operator: export is refused)."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 backend=None, algo="auto"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        _RNNBase.__init__(self, "IndRNN", input_size, hidden_size, num_layers, bias, batch_first,
+                          dropout, bidirectional, 0, device, dtype, backend=backend, algo=algo)
+
+    def _cell_spec(self):
+        return "IndRNNCell", {"nonlinearity": self.nonlinearity}
+
+    def extra_repr(self):
+        s = _RNNBase.extra_repr(self)
+        return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "relu" else "")
+
+
+# -- step cells -----------------------------------------------------------------------------------
+class _CellBase(torch.nn.Module):
+    """``torch.nn.RNNCellBase`` on gpulstm's engine: one time step per call (a sequence of
+    length 1 through the same engine and autograd function as the layers). Parameters
+    ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H) as
+    torch.nn's cells (same initialisation under ``torch.manual_seed``; state dicts load both
+    ways)."""
+    _gates = 1
+    _has_cell_state = False
+    # the layer surface that _Call reads: one layer, one direction, no projection or dropout
+    num_layers, _num_directions, proj_size, dropout, algo = 1, 1, 0, 0.0, "auto"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend=None):
+        super().__init__()
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.bias = check_bool("bias", bias)
+        if backend is not None and backend != "auto":
+            get_backend(backend)  # an unknown or unusable backend fails here, with the reason
+        self.backend = backend
+        kw = {"device": device, "dtype": dtype}
+        G, H = self._gates, self.hidden_size
+        self.weight_ih = torch.nn.Parameter(torch.empty((G * H, self.input_size), **kw))
+        self.weight_hh = torch.nn.Parameter(torch.empty((G * H, H), **kw))
+        if bias:
+            self.bias_ih = torch.nn.Parameter(torch.empty(G * H, **kw))
+            self.bias_hh = torch.nn.Parameter(torch.empty(G * H, **kw))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    @property
+    def _state_size(self):
+        return self.hidden_size
+
+    def reset_parameters(self):
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            torch.nn.init.uniform_(w, -stdv, stdv)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s + (f", backend={self.backend!r}" if self.backend is not None else "")
+
+    def _layout(self):
+        return [[["w_ih", "w_hh", "b_ih", "b_hh"] if self.bias else ["w_ih", "w_hh"]]]
+
+    def _execution(self, device):
+        return _execution(self.backend, self.algo, device)
+
+    def _step(self, input, states):
+        """input [B,I] or [I]; states (h, c or None), each [B,H] / [H] or None (zeros).
+        Returns the new (h, c or None), shaped as the input."""
+        name = type(self).__name__
+        weights = [p for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None]
+        dtype = _weights_dtype(weights)
+        ndim = len(_spec("input", input).shape)
+        if ndim not in (1, 2):
+            raise ValueError(f"{name}: input must be 2-D (B, {self.input_size}) or 1-D "
+                             f"({self.input_size},) unbatched; got shape {tuple(input.shape)}")
+        batched = ndim == 2
+        x = input if batched else input.unsqueeze(0)
+        check_array("input", _spec("input", x), (None, self.input_size), dtype)
+        B, H = x.shape[0], self.hidden_size
+        hs = []
+        for i, h in enumerate(states):
+            if i == 1 and not self._has_cell_state:
+                hs.append(None)
+                continue
+            label = ("hx[0]", "hx[1]")[i] if self._has_cell_state else "hx"
+            hs.append(_initial_state(label, h, (B, H), 0, batched, x, dtype))
+        tensors = [x, *hs, *weights]
+        _one_device(tensors)
+        if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
+            zero = _zero_of(tensors)
+            out = [None if h is None else x.new_zeros(0, H) + zero for h in hs]
+        else:
+            _, h_n, c_n = _run_engine(self, x.unsqueeze(0), hs[0].unsqueeze(0),
+                                      None if hs[1] is None else hs[1].unsqueeze(0), weights,
+                                      np.ones(B, np.int32))
+            out = [h_n[0], None if c_n is None else c_n[0]]
+        return [o if o is None or batched else o.squeeze(0) for o in out]
+
+
+class LSTMCell(_CellBase):
+    """``torch.nn.LSTMCell`` on gpulstm's engine: ``forward(input, hx=None)`` with input [B, I]
+    (or [I]) and hx = (h, c) each [B, H] (or [H]) returns (h', c'). ``backend=`` as on
+    :class:`LSTM`."""
+    _gates = 4
+    _has_cell_state = True
+
+    def _cell_spec(self):
+        return "LSTMCell", {}
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
+            raise TypeError(f"LSTMCell hx must be a tuple (h, c) of tensors or None; got {type(hx).__name__}")
+        h, c = self._step(input, tuple(hx))
+        return h, c
+
+
+class GRUCell(_CellBase):
+    """``torch.nn.GRUCell`` on gpulstm's engine: ``forward(input, hx=None)`` returns h'."""
+    _gates = 3
+
+    def _cell_spec(self):
+        return "GRUCell", {}
+
+    def forward(self, input, hx=None):
+        if hx is not None and not isinstance(hx, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} hx must be a tensor or None; got {type(hx).__name__}")
+        return self._step(input, (hx, None))[0]
+
+
+class RNNCell(GRUCell):
+    """``torch.nn.RNNCell`` (tanh or relu) on gpulstm's engine: ``forward(input, hx=None)``
+    returns h'."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def _cell_spec(self):
+        return "RNNCell", {"nonlinearity": self.nonlinearity}

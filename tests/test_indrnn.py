@@ -108,3 +108,28 @@ def test_indrnn_parameters_and_options():
         gl.IndRNN(5, 7, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match=r"weight_hh_l0.*shape \(7,\)"):
         m.load_state_dict(dict(m.state_dict(), weight_hh_l0=np.ones((7, 7))))
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_indrnn_torch_face_matches_numpy_face(nonlinearity):
+    """gpulstm.torch.IndRNN (autograd; weight_hh_l{k} of shape (H,)) gives the numpy face's
+    outputs and gradients."""
+    import gpulstm.torch as gt
+    rng = np.random.default_rng()
+    T, B, I, H = 5, 3, 4, 6
+    tm = gt.IndRNN(I, H, 2, nonlinearity, bidirectional=True, dtype=torch.float64)
+    assert tm.weight_hh_l1_reverse.shape == (H,)
+    m = gl.IndRNN(I, H, 2, nonlinearity, bidirectional=True, backend="numpy", dtype="float64")
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    x = rng.standard_normal((T, B, I))
+    gy = rng.standard_normal((T, B, 2 * H))
+    tx = torch.tensor(x, requires_grad=True)
+    ty, th = tm(tx)
+    (ty * torch.tensor(gy)).sum().backward()
+    y, h = m(x)
+    dx = m.backward(gy)
+    for a, b in ((y, ty), (h, th), (dx, tx.grad)):
+        np.testing.assert_allclose(np.asarray(a), b.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for k, p in tm.named_parameters():
+        np.testing.assert_allclose(m.grads[k], p.grad.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
+    assert ("nonlinearity='tanh'" in repr(tm)) == (nonlinearity == "tanh")
