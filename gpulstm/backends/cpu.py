@@ -8,11 +8,9 @@ weights are read as the model stores them and packed, transposed, once per call 
 contiguous column panels) and one fused,
 vectorised pointwise pass (polynomial exp and tanh that the compiler vectorises; libm's
 scalar ones would dominate). The whole-sequence GEMMs of the engine (the input projection with
-the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
-(A read in place, W packed into column panels, 8 rows x 3 vectors of accumulators; ~90 % of
-an AVX-512 core's FMA peak, NumPy's OpenBLAS about half), except outputs narrower than one
-vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights they need
-transposed are copied once per call by an AVX-512 register transpose. An inference forward
+the bias as its initial value, dW = dG^T x read from dG as stored, dx) call the BLAS that
+scipy-openblas32 ships (OpenBLAS with per-CPU kernels, DYNAMIC_ARCH), linked at build time
+through the Python package: no system BLAS needed. An inference forward
 keeps its states in a ring of 2 slots (the engine's ``ring_states``).
 
 What it runs: every LSTM (with or without forget gate, peepholes), GRU and RNN (tanh, relu)
@@ -25,8 +23,11 @@ threadpoolctl's limits apply too). Batch rows never interact in the recurrence, 
 is split into row blocks (multiples of 4 rows) run without any barrier, from ~4e6
 multiply-adds per thread (smaller calls lose more to the parallel region than they gain);
 the forward of 1-8 rows instead splits the hidden units over the threads (each thread the
-four gate slices of its units, one barrier per step). The bits do not depend on the thread
-count. A fork()ed child runs single threaded (GNU OpenMP would hang there).
+four gate slices of its units, one barrier per step). The whole-sequence GEMMs run on the same
+OpenMP threads: single-threaded BLAS calls on row blocks fixed by the shape (OpenBLAS's own
+pool is set to 1 thread at load, so ``OPENBLAS_NUM_THREADS`` has no effect here and the two
+pools never compete). The bits do not depend on the thread count. A fork()ed child runs
+single threaded (GNU OpenMP would hang there).
 
 Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp -fno-trapping-math``
 (no fast-math: NaN and infinities behave; the floating-point exception flags are not kept,
@@ -58,7 +59,11 @@ _num_threads = 0  # 0: OpenMP's default
 
 
 def set_num_threads(n):
-    """Threads of the compiled time loops (0: OpenMP's default). Returns the previous value."""
+    """Threads of the compiled time loops and of the whole-sequence GEMMs (0: OpenMP's
+    default, ``OMP_NUM_THREADS`` or the cores). Both run on OpenMP's one pool: the BLAS is
+    called single threaded on blocks of rows that OpenMP's threads share out (its own pool is
+    set to 1 thread when the library loads), so ``OPENBLAS_NUM_THREADS`` changes nothing here
+    and nothing is oversubscribed. Returns the previous value."""
     global _num_threads
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"num_threads must be an int >= 0 (0: OpenMP's default); got {n!r}")
@@ -69,6 +74,13 @@ def set_num_threads(n):
 def get_num_threads():
     """Threads the compiled loops use now (resolving 0 to OpenMP's default)."""
     return _num_threads or int(_library().max_threads())
+
+
+def blas_info():
+    """The BLAS the library links, as it describes itself (OpenBLAS's configuration string:
+    version, DYNAMIC_ARCH, the kernel chosen for this CPU) and its pool's thread count."""
+    lib = _library()
+    return {"config": lib.blas_config().decode(), "threads": int(lib.blas_get_num_threads())}
 
 
 def _cpu_identity():
@@ -84,16 +96,32 @@ def _cpu_identity():
 _CACHE = buildcache.BuildCache("cpu", "the cpu execution's compile cache", BackendUnavailable)
 
 
+def _blas():
+    """(compile flags, link flags, identity) of the BLAS the library links: scipy-openblas32's
+    OpenBLAS (a declared dependency; its headers and library come with the wheel, its
+    symbols carry the prefix ``scipy_``)."""
+    try:
+        import scipy_openblas32 as ob
+    except ImportError as e:
+        raise BackendUnavailable("backend 'cpu': the BLAS it links, scipy-openblas32, is not "
+                                 "installed (pip install scipy-openblas32)") from e
+    lib = Path(ob.get_lib_dir())
+    return ([f"-I{ob.get_include_dir()}"],
+            [f"-L{lib}", f"-l{ob.get_library()}", f"-Wl,-rpath,{lib}"],
+            f"scipy-openblas32 {ob.__version__} {lib}")
+
+
 def _build(src: Path) -> Path:
     """The verified library of ``src`` in the cache (gpulstm/buildcache.py: private
     directory, digest checked before loading, compiled once under a lock)."""
     cxx = buildcache.compiler()
     text = src.read_text()
+    cflags, ldflags, blas = _blas()
     key = hashlib.sha256("\0".join([text, *FLAGS, buildcache.compiler_identity(cxx),
-                                     _cpu_identity()]).encode()).hexdigest()[:32]
+                                     _cpu_identity(), blas]).encode()).hexdigest()[:32]
 
     def compile(out: Path) -> None:
-        cmd = [cxx, *FLAGS, "-o", str(out), str(src)]
+        cmd = [cxx, *FLAGS, *cflags, "-o", str(out), str(src), *ldflags]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
@@ -120,7 +148,9 @@ def _library():
             if not src.is_file():
                 raise BackendUnavailable(f"backend 'cpu': source {src} not found")
             try:
-                _lib = _bind(ctypes.CDLL(str(_build(src))))
+                lib = _bind(ctypes.CDLL(str(_build(src))))
+                lib.blas_set_num_threads(1)  # one pool: OpenMP's shares out the GEMM blocks
+                _lib = lib
             except BackendUnavailable as e:
                 _failure = e
                 raise
@@ -139,7 +169,7 @@ _SIGS = {
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppiippii",
     "rnn_backward": "iiippippppii",
-    "gemm": "iiiiplplplpli",
+    "gemm": "iiiipliplplpli",
     "transpose": "iiplp",
 }
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
@@ -156,6 +186,9 @@ def _bind(dll):
     dll.max_threads.restype = ctypes.c_int
     dll.last_threads.restype = ctypes.c_int
     dll.tile_rows.restype = ctypes.c_int
+    dll.blas_set_num_threads.argtypes = [ctypes.c_int]
+    dll.blas_get_num_threads.restype = ctypes.c_int
+    dll.blas_config.restype = ctypes.c_char_p
     return dll
 
 
@@ -214,6 +247,21 @@ def _compiled(cell, spec):
     return out
 
 
+def _operand(a, step):
+    """(transposed, leading dimension) of a 2-D GEMM operand as the BLAS reads it: row-major
+    with unit column stride, or a transposed view of one (unit row stride); (0, None) for
+    any other layout. A dimension of extent 1 (or 0) may have any stride."""
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if s1 == step or cols <= 1:
+        if s0 % step == 0 and (rows <= 1 or s0 >= step * cols):
+            return 0, max(s0 // step, cols, 1) if rows > 1 else max(cols, 1)
+    if s0 == step or rows <= 1:
+        if s1 % step == 0 and (cols <= 1 or s1 >= step * rows):
+            return 1, max(s1 // step, rows, 1) if cols > 1 else max(rows, 1)
+    return 0, None
+
+
 class CpuExecution(HostExecution):
     """The NumPy execution plus whole-sequence compiled time loops."""
 
@@ -225,34 +273,28 @@ class CpuExecution(HostExecution):
         self._lib = lib
 
     def _gemm(self, a, b, out, accumulate, c0=None):
-        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype,
-        ``b`` and ``out`` row-contiguous, ``a`` row- or column-contiguous (a transposed view),
-        and ``out`` at least one vector wide; False otherwise (the caller then uses NumPy's:
-        for a narrow ``out``, e.g. dx with 2 inputs, OpenBLAS is the faster)."""
+        """out (+)= a @ b through the library's BLAS call when all three are 2-D, of one float
+        dtype, ``out`` row-contiguous, ``a`` and ``b`` each row- or column-contiguous (a
+        transposed view); False otherwise (the caller then uses NumPy's)."""
         suf = _SUFFIX.get(out.dtype)
         if (suf is None or a.ndim != 2 or b.ndim != 2 or out.ndim != 2
                 or not a.dtype == b.dtype == out.dtype
-                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])
-                or out.shape[1] * out.itemsize < 64):
+                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
             return False
         step = out.itemsize
-        if b.strides[1] != step or out.strides[1] != step:
-            return False
-        if a.strides[1] == step:
-            ta, lda = 0, a.strides[0] // step
-        elif a.strides[0] == step:
-            ta, lda = 1, a.strides[1] // step
-        else:
+        ta, lda = _operand(a, step)
+        tb, ldb = _operand(b, step)
+        tc, ldc = _operand(out, step)
+        if lda is None or ldb is None or ldc is None or tc:
             return False
         M, K = a.shape
         N = b.shape[1]
         if c0 is not None:  # one row (the bias), broadcast: row stride 0
             c0, ld0 = c0.ctypes.data, 0
         else:
-            c0, ld0 = (out.ctypes.data if accumulate else None), out.strides[0] // step
-        getattr(self._lib, f"gemm_{suf}")(M, K, N, ta, a.ctypes.data, lda, b.ctypes.data,
-                                          b.strides[0] // step, c0, ld0, out.ctypes.data,
-                                          out.strides[0] // step, _num_threads)
+            c0, ld0 = (out.ctypes.data if accumulate else None), ldc
+        getattr(self._lib, f"gemm_{suf}")(M, K, N, ta, a.ctypes.data, lda, tb, b.ctypes.data,
+                                          ldb, c0, ld0, out.ctypes.data, ldc, _num_threads)
         return True
 
     def matmul(self, a, b, out):

@@ -34,6 +34,7 @@
 #include <immintrin.h>
 #endif
 #include <pthread.h>
+#include <cblas.h>  // scipy-openblas32 (prefixed symbols: scipy_cblas_sgemm, ...)
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1171,20 +1172,93 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 GL_DEFINE(f32, float)
 GL_DEFINE(f64, double)
 
-// C[M,N] = C0 + op(A) @ W (op(A) = A [M,K], or with ta the transpose of A [K,M]; row strides
-// lda, ldw, ld0, ldc; C0 null: zeros, C0 = C: accumulate, ld0 = 0: one row broadcast), rows
-// split over threads: the execution's matmul (the input projection of every time step in
-// one GEMM, the weight and input gradients of the whole sequence)
+// C[M,N] = C0 + op(A) @ op(W) through the BLAS (scipy-openblas32's OpenBLAS; op: the
+// transpose with ta / tw, i.e. a column-major view; row strides lda, ldw, ld0, ldc; C0 null:
+// zeros, C0 = C: accumulate, ld0 = 0: one row broadcast, the bias): the execution's matmul
+// (the input projection of every time step in one GEMM, the weight and input gradients of
+// the whole sequence). 1 thread, best of 7, on a 2-core AVX-512 Xeon: 125-150 GFLOP/s at the
+// LSTM's weight gradients (the hand GEMM this replaced: 62-74; docs/design.md, "BLAS").
+//
+// Threads: OpenBLAS's own pool is not bitwise stable across thread counts (measured: its
+// split of N leaves different columns to its edge kernels, float64 (120, 280, 140) differs
+// in 170 of 16800 elements between 1 and 2 threads, ~1 ulp; and it splits a K above its
+// GEMM_Q differently with 1 thread than with several). So the BLAS runs single threaded
+// (blas_set_num_threads(1) at load: one pool, OpenMP's, no oversubscription) on blocks of
+// rows fixed by the shape alone (blas_block_rows), which the OpenMP threads share out; and
+// K in blocks of kBlasK, each one call accumulating into C. Every element then sums in an
+// order that depends on the shape, never on the thread count.
+constexpr int kBlasK = 256;  // <= GEMM_Q of every OpenBLAS x86-64 / ARMv8 kernel we know of
+// rows of a block: about M / 8 (8 blocks: enough for 8 threads) in multiples of 64, at
+// least 128 (each block packs W again: 8 blocks at (2048, 6400, 512) cost 2 % vs one call)
+static int blas_block_rows(int M) {
+  const int per = ((M + 7) / 8 + 63) / 64 * 64;
+  return std::max(128, per);
+}
+
+template <class R>
+static void blas_call(int M, int K, int N, int ta, const R* A, long lda, int tw, const R* W,
+                      long ldw, const R* C0, long ld0, R* C, long ldc) {
+  if (M <= 0 || N <= 0) return;
+  R beta = R(0);
+  if (C0 == C) {
+    beta = R(1);
+  } else if (C0) {  // the initial value copied in, then accumulated
+    for (int r = 0; r < M; ++r) std::memcpy(C + (long)r * ldc, C0 + (long)r * ld0, N * sizeof(R));
+    beta = R(1);
+  }
+  if (K <= 0) {  // nothing to add (and a [M, 0] operand has no valid leading dimension)
+    if (!C0)
+      for (int r = 0; r < M; ++r) std::fill(C + (long)r * ldc, C + (long)r * ldc + N, R(0));
+    return;
+  }
+  const auto op = [](int t) { return t ? CblasTrans : CblasNoTrans; };
+  for (int k0 = 0; k0 < K; k0 += kBlasK, beta = R(1)) {
+    const int kn = std::min(kBlasK, K - k0);
+    const R* Ak = ta ? A + (long)k0 * lda : A + k0;
+    const R* Wk = tw ? W + k0 : W + (long)k0 * ldw;
+    if constexpr (std::is_same<R, float>::value)
+      scipy_cblas_sgemm(CblasRowMajor, op(ta), op(tw), M, N, kn, 1.0f, Ak, (blasint)lda, Wk,
+                        (blasint)ldw, beta, C, (blasint)ldc);
+    else
+      scipy_cblas_dgemm(CblasRowMajor, op(ta), op(tw), M, N, kn, 1.0, Ak, (blasint)lda, Wk,
+                        (blasint)ldw, beta, C, (blasint)ldc);
+  }
+}
+
+template <class R>
+static void blas_gemm(int M, int K, int N, int ta, const R* A, long lda, int tw, const R* W,
+                      long ldw, const R* C0, long ld0, R* C, long ldc, int nthreads) {
+  const int per = blas_block_rows(M), nb = (M + per - 1) / per;
+  int nt = std::min(requested_threads(nthreads), nb);
+  nt = std::max(1, std::min(nt, (int)std::min(1e6, (double)M * K * N / kMinMacs)));
+  auto block = [&](int i) {
+    const long r0 = (long)i * per;
+    blas_call<R>(std::min(per, M - (int)r0), K, N, ta, ta ? A + r0 : A + r0 * lda, lda, tw, W,
+                 ldw, C0 == C ? C + r0 * ldc : C0 ? C0 + r0 * ld0 : nullptr, ld0,
+                 C + r0 * ldc, ldc);
+  };
+  if (nt == 1) {
+    for (int i = 0; i < nb; ++i) block(i);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int i = 0; i < nb; ++i) block(i);
+}
+
 #define GL_GEMM(SUF, R)                                                                         \
-  GL_EXPORT void gemm_##SUF(int M, int K, int N, int ta, const R* A, long lda, const R* W,     \
-                            long ldw, const R* C0, long ld0, R* C, long ldc, int nt) {         \
-    for_row_blocks(M, (double)M * K * N, nt, [&](int b0, int b1) {                             \
-      gemm<R>(ta, ta ? A + b0 : A + b0 * lda, lda, W, ldw,                                      \
-              C0 ? C0 + b0 * ld0 : nullptr, ld0, C + b0 * ldc, ldc, b1 - b0, K, N);             \
-    });                                                                                         \
+  GL_EXPORT void gemm_##SUF(int M, int K, int N, int ta, const R* A, long lda, int tw,         \
+                            const R* W, long ldw, const R* C0, long ld0, R* C, long ldc,       \
+                            int nt) {                                                           \
+    blas_gemm<R>(M, K, N, ta, A, lda, tw, W, ldw, C0, ld0, C, ldc, nt);                        \
   }
 GL_GEMM(f32, float)
 GL_GEMM(f64, double)
+
+// The BLAS's own thread pool: set to 1 when the library loads (gemm_* above shares its
+// blocks over OpenMP's threads instead)
+GL_EXPORT void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
+GL_EXPORT int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }
+GL_EXPORT const char* blas_config() { return scipy_openblas_get_config(); }
 
 // dst[cols, rows] = src[rows, cols]^T (src row stride lds; dst C-contiguous)
 GL_EXPORT void transpose_f32(int rows, int cols, const float* src, long lds, float* dst) {
