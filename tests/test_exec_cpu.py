@@ -462,3 +462,25 @@ def test_fused_step_gemm_same_bits(threads, rng, dtype, H):
         np.testing.assert_array_equal(yf, yc[:, :Bf])
         np.testing.assert_array_equal(hf, hc[:, :Bf])
         np.testing.assert_array_equal(cf, cc[:, :Bf])
+
+
+def test_blas_pool_stays_single_threaded(threads, rng):
+    """The whole-sequence GEMMs run single-threaded BLAS calls inside OpenMP's threads: a
+    pool that threadpoolctl (or anyone) set to 2 threads is put back to 1 by the next GEMM
+    (a 2-thread pool inside the parallel region would oversubscribe the cores), and the
+    result has the bits of the undisturbed call."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    ex = threads.create()
+    threads.set_num_threads(2)
+    a = rng.standard_normal((3000, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 70)).astype(np.float32)
+    want = np.full((3000, 70), np.nan, np.float32)
+    ex.matmul(a, b, want)
+    assert threads.blas_info()["threads"] == 1
+    assert "OpenBLAS" in threads.blas_info()["config"]
+    with threadpoolctl.threadpool_limits(2):
+        threads._library().blas_set_num_threads(2)
+        out = np.full((3000, 70), np.nan, np.float32)
+        ex.matmul(a, b, out)
+        assert threads.blas_info()["threads"] == 1
+    np.testing.assert_array_equal(out, want)

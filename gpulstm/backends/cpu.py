@@ -29,10 +29,12 @@ pool is set to 1 thread at load, so ``OPENBLAS_NUM_THREADS`` has no effect here 
 pools never compete). The bits do not depend on the thread count. A fork()ed child runs
 single threaded (GNU OpenMP would hang there).
 
-Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp -fno-trapping-math``
+Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -fopenmp -fno-trapping-math`` and the flags of
+the machine's ISA level (:func:`isa_flags`: x86-64-v4/v3/v2/baseline, ARMv8-A; never
+``-march=native``)
 (no fast-math: NaN and infinities behave; the floating-point exception flags are not kept,
 so both arms of a select are computed and blended), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
-``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, with the trust
+``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and BLAS, with the trust
 rules of :mod:`gpulstm.buildcache` (private directory, digest verified before loading). :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
 compiler log when the build fails.
 """
@@ -52,7 +54,7 @@ from . import BackendUnavailable, numpy_pointwise
 from .numpy import HostExecution
 
 SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
-FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
+FLAGS = ("-std=c++17", "-O3", "-fopenmp", "-fPIC", "-shared",
          "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math")
 _lock = threading.Lock()
 _num_threads = 0  # 0: OpenMP's default
@@ -83,14 +85,42 @@ def blas_info():
     return {"config": lib.blas_config().decode(), "threads": int(lib.blas_get_num_threads())}
 
 
-def _cpu_identity():
-    """What ``-march=native`` depends on: the CPU model and feature flags."""
+# x86-64 micro-architecture levels (the psABI's): the /proc/cpuinfo flags each one needs
+_X86_LEVELS = (
+    ("-march=x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+    ("-march=x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe"}),
+    ("-march=x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+)
+
+
+def _cpu_flags():
+    """The feature flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "\n".join(dict.fromkeys(keep))
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith(("flags", "Features")):
+                return set(ln.split(":", 1)[1].split())
     except OSError:
-        return platform.machine() + platform.processor()
+        pass
+    return set()
+
+
+def isa_flags(machine=None, cpu_flags=None):
+    """The instruction-set flags of the build for this machine: one build per ISA level,
+    chosen when the library loads (never ``-march=native``: a result may depend on the level,
+    AVX-512 / AVX2+FMA / SSE4.2 / baseline, never on the exact CPU model or its tuning).
+    x86-64: the highest psABI level whose flags /proc/cpuinfo lists (x86-64-v4 with AVX-512,
+    v3 with AVX2 and FMA, v2, else the x86-64 baseline); aarch64: ARMv8-A (NEON is part of
+    it); anything else: the compiler's default."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine in ("x86_64", "amd64"):
+        have = _cpu_flags() if cpu_flags is None else set(cpu_flags)
+        for flag, need in _X86_LEVELS:
+            if need <= have:
+                return (flag, "-mtune=generic")
+        return ("-march=x86-64", "-mtune=generic")
+    if machine in ("aarch64", "arm64"):
+        return ("-march=armv8-a",)
+    return ()
 
 
 _CACHE = buildcache.BuildCache("cpu", "the cpu execution's compile cache", BackendUnavailable)
@@ -117,11 +147,12 @@ def _build(src: Path) -> Path:
     cxx = buildcache.compiler()
     text = src.read_text()
     cflags, ldflags, blas = _blas()
-    key = hashlib.sha256("\0".join([text, *FLAGS, buildcache.compiler_identity(cxx),
-                                     _cpu_identity(), blas]).encode()).hexdigest()[:32]
+    isa = isa_flags()
+    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, buildcache.compiler_identity(cxx),
+                                     blas]).encode()).hexdigest()[:32]
 
     def compile(out: Path) -> None:
-        cmd = [cxx, *FLAGS, *cflags, "-o", str(out), str(src), *ldflags]
+        cmd = [cxx, *FLAGS, *isa, *cflags, "-o", str(out), str(src), *ldflags]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "

@@ -1231,6 +1231,10 @@ static void blas_gemm(int M, int K, int N, int ta, const R* A, long lda, int tw,
   const int per = blas_block_rows(M), nb = (M + per - 1) / per;
   int nt = std::min(requested_threads(nthreads), nb);
   nt = std::max(1, std::min(nt, (int)std::min(1e6, (double)M * K * N / kMinMacs)));
+  // OpenBLAS's pool back to 1 thread where something set it (threadpoolctl's limits do): a
+  // pool called from inside the parallel region oversubscribes (OpenBLAS warns "Detect
+  // OpenMP Loop" and may hang)
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
   auto block = [&](int i) {
     const long r0 = (long)i * per;
     blas_call<R>(std::min(per, M - (int)r0), K, N, ta, ta ? A + r0 : A + r0 * lda, lda, tw, W,
