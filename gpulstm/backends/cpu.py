@@ -8,11 +8,9 @@ weights are read as the model stores them and packed, transposed, once per call 
 contiguous column panels) and one fused,
 vectorised pointwise pass (polynomial exp and tanh that the compiler vectorises; libm's
 scalar ones would dominate). The whole-sequence GEMMs of the engine (the input projection with
-the bias as its initial value, dW = dG^T x read from dG as stored, dx) run on the same GEMM
-(A read in place, W packed into column panels, 8 rows x 3 vectors of accumulators; ~90 % of
-an AVX-512 core's FMA peak, NumPy's OpenBLAS about half), except outputs narrower than one
-vector (dx of a 2-input task), which NumPy's BLAS does faster; the weights they need
-transposed are copied once per call by an AVX-512 register transpose. An inference forward
+the bias as its initial value, dW = dG^T x read from dG as stored, dx) call the BLAS that
+scipy-openblas32 ships (OpenBLAS with per-CPU kernels, DYNAMIC_ARCH), linked at build time
+through the Python package: no system BLAS needed. An inference forward
 keeps its states in a ring of 2 slots (the engine's ``ring_states``).
 
 What it runs: every LSTM (with or without forget gate, peepholes), GRU and RNN (tanh, relu)
@@ -25,13 +23,18 @@ threadpoolctl's limits apply too). Batch rows never interact in the recurrence, 
 is split into row blocks (multiples of 4 rows) run without any barrier, from ~4e6
 multiply-adds per thread (smaller calls lose more to the parallel region than they gain);
 the forward of 1-8 rows instead splits the hidden units over the threads (each thread the
-four gate slices of its units, one barrier per step). The bits do not depend on the thread
-count. A fork()ed child runs single threaded (GNU OpenMP would hang there).
+four gate slices of its units, one barrier per step). The whole-sequence GEMMs run on the same
+OpenMP threads: single-threaded BLAS calls on row blocks fixed by the shape (OpenBLAS's own
+pool is set to 1 thread at load, so ``OPENBLAS_NUM_THREADS`` has no effect here and the two
+pools never compete). The bits do not depend on the thread count. A fork()ed child runs
+single threaded (GNU OpenMP would hang there).
 
-Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -march=native -fopenmp -fno-trapping-math``
+Build: ``$GPULSTM_CXX`` (default g++) with ``-O3 -fopenmp -fno-trapping-math`` and the flags of
+the machine's ISA level (:func:`isa_flags`: x86-64-v4/v3/v2/baseline, ARMv8-A; never
+``-march=native``)
 (no fast-math: NaN and infinities behave; the floating-point exception flags are not kept,
 so both arms of a select are computed and blended), cached in ``$GPULSTM_CACHE_DIR/cpu`` (default
-``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and CPU model, with the trust
+``~/.cache/gpulstm/cpu``) under a hash of source, flags, compiler and BLAS, with the trust
 rules of :mod:`gpulstm.buildcache` (private directory, digest verified before loading). :func:`create` raises :class:`~gpulstm.backends.BackendUnavailable` with the
 compiler log when the build fails.
 """
@@ -51,14 +54,18 @@ from . import BackendUnavailable, numpy_pointwise
 from .numpy import HostExecution
 
 SOURCE = Path("cpu") / "sequence.cpp"  # relative to gpulstm.kernel_source.kernel_dir()
-FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared",
+FLAGS = ("-std=c++17", "-O3", "-fopenmp", "-fPIC", "-shared",
          "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math")
 _lock = threading.Lock()
 _num_threads = 0  # 0: OpenMP's default
 
 
 def set_num_threads(n):
-    """Threads of the compiled time loops (0: OpenMP's default). Returns the previous value."""
+    """Threads of the compiled time loops and of the whole-sequence GEMMs (0: OpenMP's
+    default, ``OMP_NUM_THREADS`` or the cores). Both run on OpenMP's one pool: the BLAS is
+    called single threaded on blocks of rows that OpenMP's threads share out (its own pool is
+    set to 1 thread when the library loads), so ``OPENBLAS_NUM_THREADS`` changes nothing here
+    and nothing is oversubscribed. Returns the previous value."""
     global _num_threads
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"num_threads must be an int >= 0 (0: OpenMP's default); got {n!r}")
@@ -71,17 +78,67 @@ def get_num_threads():
     return _num_threads or int(_library().max_threads())
 
 
-def _cpu_identity():
-    """What ``-march=native`` depends on: the CPU model and feature flags."""
+def blas_info():
+    """The BLAS the library links, as it describes itself (OpenBLAS's configuration string:
+    version, DYNAMIC_ARCH, the kernel chosen for this CPU) and its pool's thread count."""
+    lib = _library()
+    return {"config": lib.blas_config().decode(), "threads": int(lib.blas_get_num_threads())}
+
+
+# x86-64 micro-architecture levels (the psABI's): the /proc/cpuinfo flags each one needs
+_X86_LEVELS = (
+    ("-march=x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+    ("-march=x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe"}),
+    ("-march=x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+)
+
+
+def _cpu_flags():
+    """The feature flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "\n".join(dict.fromkeys(keep))
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith(("flags", "Features")):
+                return set(ln.split(":", 1)[1].split())
     except OSError:
-        return platform.machine() + platform.processor()
+        pass
+    return set()
+
+
+def isa_flags(machine=None, cpu_flags=None):
+    """The instruction-set flags of the build for this machine: one build per ISA level,
+    chosen when the library loads (never ``-march=native``: a result may depend on the level,
+    AVX-512 / AVX2+FMA / SSE4.2 / baseline, never on the exact CPU model or its tuning).
+    x86-64: the highest psABI level whose flags /proc/cpuinfo lists (x86-64-v4 with AVX-512,
+    v3 with AVX2 and FMA, v2, else the x86-64 baseline); aarch64: ARMv8-A (NEON is part of
+    it); anything else: the compiler's default."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine in ("x86_64", "amd64"):
+        have = _cpu_flags() if cpu_flags is None else set(cpu_flags)
+        for flag, need in _X86_LEVELS:
+            if need <= have:
+                return (flag, "-mtune=generic")
+        return ("-march=x86-64", "-mtune=generic")
+    if machine in ("aarch64", "arm64"):
+        return ("-march=armv8-a",)
+    return ()
 
 
 _CACHE = buildcache.BuildCache("cpu", "the cpu execution's compile cache", BackendUnavailable)
+
+
+def _blas():
+    """(compile flags, link flags, identity) of the BLAS the library links: scipy-openblas32's
+    OpenBLAS (a declared dependency; its headers and library come with the wheel, its
+    symbols carry the prefix ``scipy_``)."""
+    try:
+        import scipy_openblas32 as ob
+    except ImportError as e:
+        raise BackendUnavailable("backend 'cpu': the BLAS it links, scipy-openblas32, is not "
+                                 "installed (pip install scipy-openblas32)") from e
+    lib = Path(ob.get_lib_dir())
+    return ([f"-I{ob.get_include_dir()}"],
+            [f"-L{lib}", f"-l{ob.get_library()}", f"-Wl,-rpath,{lib}"],
+            f"scipy-openblas32 {ob.__version__} {lib}")
 
 
 def _build(src: Path) -> Path:
@@ -89,11 +146,13 @@ def _build(src: Path) -> Path:
     directory, digest checked before loading, compiled once under a lock)."""
     cxx = buildcache.compiler()
     text = src.read_text()
-    key = hashlib.sha256("\0".join([text, *FLAGS, buildcache.compiler_identity(cxx),
-                                     _cpu_identity()]).encode()).hexdigest()[:32]
+    cflags, ldflags, blas = _blas()
+    isa = isa_flags()
+    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, buildcache.compiler_identity(cxx),
+                                     blas]).encode()).hexdigest()[:32]
 
     def compile(out: Path) -> None:
-        cmd = [cxx, *FLAGS, "-o", str(out), str(src)]
+        cmd = [cxx, *FLAGS, *isa, *cflags, "-o", str(out), str(src), *ldflags]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
@@ -120,7 +179,9 @@ def _library():
             if not src.is_file():
                 raise BackendUnavailable(f"backend 'cpu': source {src} not found")
             try:
-                _lib = _bind(ctypes.CDLL(str(_build(src))))
+                lib = _bind(ctypes.CDLL(str(_build(src))))
+                lib.blas_set_num_threads(1)  # one pool: OpenMP's shares out the GEMM blocks
+                _lib = lib
             except BackendUnavailable as e:
                 _failure = e
                 raise
@@ -139,7 +200,7 @@ _SIGS = {
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppiippii",
     "rnn_backward": "iiippippppii",
-    "gemm": "iiiiplplplpli",
+    "gemm": "iiiipliplplpli",
     "transpose": "iiplp",
 }
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
@@ -156,6 +217,9 @@ def _bind(dll):
     dll.max_threads.restype = ctypes.c_int
     dll.last_threads.restype = ctypes.c_int
     dll.tile_rows.restype = ctypes.c_int
+    dll.blas_set_num_threads.argtypes = [ctypes.c_int]
+    dll.blas_get_num_threads.restype = ctypes.c_int
+    dll.blas_config.restype = ctypes.c_char_p
     return dll
 
 
@@ -214,6 +278,21 @@ def _compiled(cell, spec):
     return out
 
 
+def _operand(a, step):
+    """(transposed, leading dimension) of a 2-D GEMM operand as the BLAS reads it: row-major
+    with unit column stride, or a transposed view of one (unit row stride); (0, None) for
+    any other layout. A dimension of extent 1 (or 0) may have any stride."""
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if s1 == step or cols <= 1:
+        if s0 % step == 0 and (rows <= 1 or s0 >= step * cols):
+            return 0, max(s0 // step, cols, 1) if rows > 1 else max(cols, 1)
+    if s0 == step or rows <= 1:
+        if s1 % step == 0 and (cols <= 1 or s1 >= step * rows):
+            return 1, max(s1 // step, rows, 1) if cols > 1 else max(rows, 1)
+    return 0, None
+
+
 class CpuExecution(HostExecution):
     """The NumPy execution plus whole-sequence compiled time loops."""
 
@@ -225,34 +304,28 @@ class CpuExecution(HostExecution):
         self._lib = lib
 
     def _gemm(self, a, b, out, accumulate, c0=None):
-        """out (+)= a @ b with the library's GEMM when all three are 2-D, of one float dtype,
-        ``b`` and ``out`` row-contiguous, ``a`` row- or column-contiguous (a transposed view),
-        and ``out`` at least one vector wide; False otherwise (the caller then uses NumPy's:
-        for a narrow ``out``, e.g. dx with 2 inputs, OpenBLAS is the faster)."""
+        """out (+)= a @ b through the library's BLAS call when all three are 2-D, of one float
+        dtype, ``out`` row-contiguous, ``a`` and ``b`` each row- or column-contiguous (a
+        transposed view); False otherwise (the caller then uses NumPy's)."""
         suf = _SUFFIX.get(out.dtype)
         if (suf is None or a.ndim != 2 or b.ndim != 2 or out.ndim != 2
                 or not a.dtype == b.dtype == out.dtype
-                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])
-                or out.shape[1] * out.itemsize < 64):
+                or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
             return False
         step = out.itemsize
-        if b.strides[1] != step or out.strides[1] != step:
-            return False
-        if a.strides[1] == step:
-            ta, lda = 0, a.strides[0] // step
-        elif a.strides[0] == step:
-            ta, lda = 1, a.strides[1] // step
-        else:
+        ta, lda = _operand(a, step)
+        tb, ldb = _operand(b, step)
+        tc, ldc = _operand(out, step)
+        if lda is None or ldb is None or ldc is None or tc:
             return False
         M, K = a.shape
         N = b.shape[1]
         if c0 is not None:  # one row (the bias), broadcast: row stride 0
             c0, ld0 = c0.ctypes.data, 0
         else:
-            c0, ld0 = (out.ctypes.data if accumulate else None), out.strides[0] // step
-        getattr(self._lib, f"gemm_{suf}")(M, K, N, ta, a.ctypes.data, lda, b.ctypes.data,
-                                          b.strides[0] // step, c0, ld0, out.ctypes.data,
-                                          out.strides[0] // step, _num_threads)
+            c0, ld0 = (out.ctypes.data if accumulate else None), ldc
+        getattr(self._lib, f"gemm_{suf}")(M, K, N, ta, a.ctypes.data, lda, tb, b.ctypes.data,
+                                          ldb, c0, ld0, out.ctypes.data, ldc, _num_threads)
         return True
 
     def matmul(self, a, b, out):

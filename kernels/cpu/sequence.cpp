@@ -34,6 +34,7 @@
 #include <immintrin.h>
 #endif
 #include <pthread.h>
+#include <cblas.h>  // scipy-openblas32 (prefixed symbols: scipy_cblas_sgemm, ...)
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -158,22 +159,19 @@ inline float vtanh<float>(float x) {
 template <>
 inline float vsigmoid<float>(float x) { return 0.5f + 0.5f * vtanh<float>(0.5f * x); }
 
-// ---- GEMM: C[M, N] = C0 + op(A)[M, K] @ W[K, N] -------------------------------------------
-// op(A) is A [M, K] (row stride lda) or, with ``ta``, the transpose of A [K, M] (the weight
-// gradients dW = dG^T @ x read dG as stored). C0 is C itself (accumulate), another matrix
-// (row stride ld0; 0 broadcasts one row: the bias), or null (zeros).
-// Blocking: k in blocks of KC, rows in blocks of MC; each (k, row) block of op(A) stays in
-// L1/L2 while every column panel of W passes over it. op(A) is read in place: the hardware
-// prefetchers follow a tile's 8 row streams, and packing it into [k][RN] tiles first
-// measured slower at every size tried (4e3 to 1.3e7 elements of A: 0-30 %; the weight
-// gradients of a T = 100, B = 32, H = 32 step 30 %). Only the row groups of a chunk of time
-// steps (grp, below) are packed. W is packed (pack_w). A register tile
-// of RN rows x NV vectors of C stays in vector registers while k runs over the block. 8 rows
-// x 3 vectors (24 accumulators; 3 loads of W and 8 broadcasts per 24 FMAs) measured fastest
-// on an AVX-512 core (~200 GFLOP/s float per core at large sizes, NumPy's OpenBLAS ~120);
-// fewer than 4 rows (B = 1) use 8-vector tiles to hide the FMA latency. Narrow remainders
-// of rows use tiles of 4, 2, 1 rows, and of columns 2 and 1 vectors and a scalar loop.
-// BLAS call overhead (~1 us) would exceed the whole time step at H = 32, hence our own.
+// ---- the time loops' GEMM: C[M, N] = C0 + A[M, K] @ W[K, N] -------------------------------
+// A [M, K] (row stride lda). C0 is C itself (accumulate), another matrix (row stride ld0; 0
+// broadcasts one row: the bias), or null (zeros). The per-step products of a time loop (a
+// few rows; gemm() below says what it measured against a BLAS call per step).
+// Blocking: k in blocks of KC, rows in blocks of MC; each (k, row) block of A stays in
+// L1/L2 while every column panel of W passes over it. A is read in place: the hardware
+// prefetchers follow a tile's 8 row streams (packing it measured 0-30 % slower). Only the
+// row groups of a chunk of time steps (grp, below) are packed. W is packed (pack_w). A
+// register tile of RN rows x NV vectors of C stays in vector registers while k runs over
+// the block. 8 rows x 3 vectors (24 accumulators; 3 loads of W and 8 broadcasts per 24 FMAs)
+// measured fastest on an AVX-512 core; fewer than 4 rows (B = 1) use 8-vector tiles to hide
+// the FMA latency. Narrow remainders of rows use tiles of 4, 2, 1 rows, and of columns 2
+// and 1 vectors and a scalar loop.
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
 #elif defined(__AVX__)
@@ -186,28 +184,14 @@ constexpr int kVecBytes = 16;
 // on a 2-core AMD EPYC with AVX2 and no AVX-512, float32, 1 thread, best of 7 (shared
 // machine): whole-sequence GEMMs 41-55 -> 60-88 GFLOP/s; LSTM fwd+bwd vs torch at
 // (T,B,I,H) = (100,64,512,512) 1.67 -> 0.72, (100,32,128,256) 1.47 -> 0.71. AVX-512 keeps 8 x 3.
-#ifndef GL_RM
 #if defined(__AVX512F__)
-#define GL_RM 8
+constexpr int RM = 8, NVM = 3;  // rows and vectors of the main register tile
 #else
-#define GL_RM 6
-#endif
-#endif
-#ifndef GL_NV
-#if defined(__AVX512F__)
-#define GL_NV 3
-#else
-#define GL_NV 2
-#endif
+constexpr int RM = 6, NVM = 2;
 #endif
 // KC: 512 measured 0-6 % faster than 256 once W is packed (one k block for K = 512: no
 // pass of C through L1 between blocks), 1024 slower for the large weight gradients
-#ifndef GL_KC
-#define GL_KC 512
-#endif
-constexpr int KC = GL_KC;      // k block
-constexpr int RM = GL_RM;      // rows of the main register tile
-constexpr int NVM = GL_NV;     // vectors of the main register tile
+constexpr int KC = 512;        // k block
 constexpr int MC = 16 * RM;    // row block
 
 // GCC/Clang vector extension: one native SIMD register of R
@@ -468,24 +452,20 @@ static R* pack_buffer() {
 // needs anyway; small calls measured 7-20 % faster than a separate transpose read in place),
 // a backward loop's once per call when T * B reaches kPackMinRows (B < 4: the wide panels of
 // few rows gain most, 11 % at T = 20, B = 1) or kPackMinRowsWide (T = 10, B = 8: 10 % slower
-// packed, T = 10, B = 16 even), a single GEMM's W one k block at a time when M reaches
-// kPackMinRowsGemm; below these the copy costs more than it saves
-#ifndef GL_PACK_MIN_ROWS
-#define GL_PACK_MIN_ROWS 16
-#endif
-#ifndef GL_PACK_MIN_ROWS_WIDE
-#define GL_PACK_MIN_ROWS_WIDE 128
-#endif
-constexpr long kPackMinRowsWide = GL_PACK_MIN_ROWS_WIDE;
-#ifndef GL_PACK_MIN_ROWS_GEMM
-#define GL_PACK_MIN_ROWS_GEMM 256
-#endif
-constexpr long kPackMinRows = GL_PACK_MIN_ROWS;
-constexpr long kPackMinRowsGemm = GL_PACK_MIN_ROWS_GEMM;
+// packed, T = 10, B = 16 even); below these the copy costs more than it saves
+constexpr long kPackMinRows = 16, kPackMinRowsWide = 128;
 
-// C = C0 + op(A) @ W, W [K, N] row-major (row stride ldw) or packed (wp; W, ldw unused)
+// C = C0 + A @ W in the time loops, W [K, N] row-major (row stride ldw) or packed (wp; W, ldw
+// unused). Kept by measurement against one BLAS call per step (scipy-openblas32, 1 thread,
+// best of 200 calls, 2-core AVX-512 Xeon; rows = a thread's batch rows): the LSTM forward
+// step [x_t | h] @ [W_ih^T; W_hh^T] hand vs BLAS 5.9 vs 7.6 us (rows 1, I = H = 128), 159 vs
+// 296 (32, 128, 256), 1883 vs 2448 (64, 512, 512), 12.9 vs 51.7 (8, 128, 128), 3.2 vs 7.3
+// (32, 32, 32); the backward step dG @ W_hh 2.9 vs 3.4, 106 vs 166, 952 vs 1103, 6.7 vs 8.8,
+// 1.6 vs 1.8 us at the same shapes: 12-400 % faster everywhere but the backward of 4 rows at
+// H = 128 (4.7 vs 4.4 us, BLAS 5 % faster, within the noise; the same code serves the rows
+// where it wins). The whole-sequence GEMMs are the BLAS's (gemm_* below).
 template <class R>
-static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
+static void gemm(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
                  R* C, long ldc, int M, int K, int N, int grp = 0, long ldg = 0,
                  const WPack<R>* wp = nullptr) {
   constexpr int VL = kVecBytes / (int)sizeof(R);
@@ -500,17 +480,12 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
   // op(A) in place, but rows in groups (grp) packed block by block
   const bool in_place = grp == 0;
   R* P = in_place ? nullptr : pack_buffer<R>();
-  // W not packed by the caller but reused by many rows: each k block is packed here
-  const bool pack_blocks = !wp && M >= kPackMinRowsGemm;
   const bool few = wp ? wp->few : M < 4;
-  std::vector<R> own;
   for (int k0 = 0; k0 < K; k0 += KC) {
     const int kn = std::min(KC, K - k0);
     const R* Wk = W + (long)k0 * ldw;
-    WPack<R> blk;
-    if (pack_blocks) blk = pack_w<R>(Wk, ldw, kn, N, few, scratch<R, 1>((size_t)KC * N, own));
-    const WPack<R>* pk = wp ? wp : pack_blocks ? &blk : nullptr;
-    const int kp = wp ? k0 : 0;  // k0 within the packed matrix
+    const WPack<R>* pk = wp;
+    const int kp = k0;  // k0 within the packed matrix
     // column panel at j0 of width w: its first column of W and row stride
     auto wcol = [&](int j0, int w, long& lw) -> const R* {
       if (!pk) { lw = ldw; return Wk + j0; }
@@ -521,9 +496,7 @@ static void gemm(bool ta, const R* A, long lda, const R* W, long ldw, const R* C
       const int rows = std::min(MC, M - m0);
       ABlock ab;
       if (in_place) {
-        ab.sr = ta ? 1 : lda;
-        ab.sk = ta ? lda : 1;
-        ab.P = A + m0 * ab.sr + k0 * ab.sk;
+        ab = ABlock{A + m0 * lda + k0, lda, 1};
       } else {
         gather_rows<R>(A, lda, m0, rows, k0, kn, P, grp, ldg);
         ab = ABlock{P, kn, 1};
@@ -566,13 +539,13 @@ template <class R>
 static inline void gemm_add(const R* A, long lda, const R* W, long ldw, const R* C0, long ld0,
                             R* C, long ldc, int rows, int K, int N,
                             const WPack<R>* wp = nullptr) {
-  gemm<R>(false, A, lda, W, ldw, C0, ld0, C, ldc, rows, K, N, 0, 0, wp);
+  gemm<R>(A, lda, W, ldw, C0, ld0, C, ldc, rows, K, N, 0, 0, wp);
 }
 
 template <class R>
 static inline void gemm_acc(const R* A, long lda, const R* W, long ldw, R* C, long ldc, int rows,
                             int K, int N, const WPack<R>* wp = nullptr) {
-  gemm<R>(false, A, lda, W, ldw, C, ldc, C, ldc, rows, K, N, 0, 0, wp);
+  gemm<R>(A, lda, W, ldw, C, ldc, C, ldc, rows, K, N, 0, 0, wp);
 }
 
 // The weights of a time loop of T steps x B rows, packed once per call (into scratch slot
@@ -615,9 +588,7 @@ __attribute__((constructor)) void gl_register_atfork() {
 // by the calling thread and read by all was rewritten on the next call while the other
 // cores still held its lines, and the pack took 190 instead of 35 us (T = 1, B = 32,
 // H = 256, 2 threads: 277 -> 90 us a call).
-#ifndef GL_UNITS_MAXB
-#define GL_UNITS_MAXB 8
-#endif
+constexpr int kUnitsMaxB = 8;  // the LSTM forward's split over units: up to 8 batch rows
 constexpr double kMinMacs = 4e6;
 constexpr double kMinMacsUnits = 1e6;  // the split over hidden units (below): no region per call is cheaper
 static int requested_threads(int nthreads) {
@@ -762,17 +733,13 @@ struct LstmInput {
 
 // time steps per projection chunk for ``rows`` rows: about 256 KB of gates, at least 64 rows
 // of GEMM (fewer make the projection's register tiles starve), at most T
-#ifndef GL_CHUNK_KB
-#define GL_CHUNK_KB 256
-#endif
-#ifndef GL_CHUNK_ROWS
-#define GL_CHUNK_ROWS 64
-#endif
+constexpr long kChunkBytes = 256 << 10;
+constexpr int kChunkRows = 64;
 template <class R>
 static int chunk_steps(int T, int rows, int G) {
   const long per_step = (long)rows * G * (long)sizeof(R);
-  int c = (int)std::max<long>(1, ((long)GL_CHUNK_KB << 10) / std::max<long>(1, per_step));
-  c = std::max(c, (GL_CHUNK_ROWS + rows - 1) / rows);
+  int c = (int)std::max<long>(1, kChunkBytes / std::max<long>(1, per_step));
+  c = std::max(c, (kChunkRows + rows - 1) / rows);
   return std::max(1, std::min(c, T));
 }
 
@@ -791,7 +758,7 @@ static bool lstm_forward_units(int T, int B, int H, const LstmInput<R>& in, cons
   int nt = requested_threads(nthreads);
   nt = std::min(nt, H / (2 * VL));  // at least 2 vectors of units each
   const double macs = (double)T * B * 4 * H * (H + (in.gx ? 0 : in.I));
-  if (nt < 2 || B > GL_UNITS_MAXB || macs < kMinMacsUnits * nt) return false;
+  if (nt < 2 || B > kUnitsMaxB || macs < kMinMacsUnits * nt) return false;
   g_last_threads.store(nt, std::memory_order_relaxed);
   const int G = 4 * H;
   const int c = in.gx ? 1 : chunk_steps<R>(T, B, G);
@@ -890,7 +857,7 @@ static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* w
       const int tlo = reverse ? T - s0 - cn : s0;
       if (!in.gx) {  // the chunk's input projection: one GEMM
         // rows b0..b1 of every step of the chunk: groups of ``rows`` rows, B * I apart
-        gemm<R>(false, in.x + ((long)tlo * B + b0) * in.I, in.I, nullptr, 0, in.bias, 0,
+        gemm<R>(in.x + ((long)tlo * B + b0) * in.I, in.I, nullptr, 0, in.bias, 0,
                 abuf.data(), G, cn * rows, in.I, G, rows == B ? 0 : rows, (long)B * in.I, wip);
       }
       for (int s = s0; s < s0 + cn; ++s) {
@@ -1171,20 +1138,97 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 GL_DEFINE(f32, float)
 GL_DEFINE(f64, double)
 
-// C[M,N] = C0 + op(A) @ W (op(A) = A [M,K], or with ta the transpose of A [K,M]; row strides
-// lda, ldw, ld0, ldc; C0 null: zeros, C0 = C: accumulate, ld0 = 0: one row broadcast), rows
-// split over threads: the execution's matmul (the input projection of every time step in
-// one GEMM, the weight and input gradients of the whole sequence)
+// C[M,N] = C0 + op(A) @ op(W) through the BLAS (scipy-openblas32's OpenBLAS; op: the
+// transpose with ta / tw, i.e. a column-major view; row strides lda, ldw, ld0, ldc; C0 null:
+// zeros, C0 = C: accumulate, ld0 = 0: one row broadcast, the bias): the execution's matmul
+// (the input projection of every time step in one GEMM, the weight and input gradients of
+// the whole sequence). 1 thread, best of 7, on a 2-core AVX-512 Xeon: 125-150 GFLOP/s at the
+// LSTM's weight gradients (the hand GEMM this replaced: 62-74; docs/design.md, "BLAS").
+//
+// Threads: OpenBLAS's own pool is not bitwise stable across thread counts (measured: its
+// split of N leaves different columns to its edge kernels, float64 (120, 280, 140) differs
+// in 170 of 16800 elements between 1 and 2 threads, ~1 ulp; and it splits a K above its
+// GEMM_Q differently with 1 thread than with several). So the BLAS runs single threaded
+// (blas_set_num_threads(1) at load: one pool, OpenMP's, no oversubscription) on blocks of
+// rows fixed by the shape alone (blas_block_rows), which the OpenMP threads share out; and
+// K in blocks of kBlasK, each one call accumulating into C. Every element then sums in an
+// order that depends on the shape, never on the thread count.
+constexpr int kBlasK = 256;  // <= GEMM_Q of every OpenBLAS x86-64 / ARMv8 kernel we know of
+// rows of a block: about M / 8 (8 blocks: enough for 8 threads) in multiples of 64, at
+// least 128 (each block packs W again: 8 blocks at (2048, 6400, 512) cost 2 % vs one call)
+static int blas_block_rows(int M) {
+  const int per = ((M + 7) / 8 + 63) / 64 * 64;
+  return std::max(128, per);
+}
+
+template <class R>
+static void blas_call(int M, int K, int N, int ta, const R* A, long lda, int tw, const R* W,
+                      long ldw, const R* C0, long ld0, R* C, long ldc) {
+  if (M <= 0 || N <= 0) return;
+  R beta = R(0);
+  if (C0 == C) {
+    beta = R(1);
+  } else if (C0) {  // the initial value copied in, then accumulated
+    for (int r = 0; r < M; ++r) std::memcpy(C + (long)r * ldc, C0 + (long)r * ld0, N * sizeof(R));
+    beta = R(1);
+  }
+  if (K <= 0) {  // nothing to add (and a [M, 0] operand has no valid leading dimension)
+    if (!C0)
+      for (int r = 0; r < M; ++r) std::fill(C + (long)r * ldc, C + (long)r * ldc + N, R(0));
+    return;
+  }
+  const auto op = [](int t) { return t ? CblasTrans : CblasNoTrans; };
+  for (int k0 = 0; k0 < K; k0 += kBlasK, beta = R(1)) {
+    const int kn = std::min(kBlasK, K - k0);
+    const R* Ak = ta ? A + (long)k0 * lda : A + k0;
+    const R* Wk = tw ? W + k0 : W + (long)k0 * ldw;
+    if constexpr (std::is_same<R, float>::value)
+      scipy_cblas_sgemm(CblasRowMajor, op(ta), op(tw), M, N, kn, 1.0f, Ak, (blasint)lda, Wk,
+                        (blasint)ldw, beta, C, (blasint)ldc);
+    else
+      scipy_cblas_dgemm(CblasRowMajor, op(ta), op(tw), M, N, kn, 1.0, Ak, (blasint)lda, Wk,
+                        (blasint)ldw, beta, C, (blasint)ldc);
+  }
+}
+
+template <class R>
+static void blas_gemm(int M, int K, int N, int ta, const R* A, long lda, int tw, const R* W,
+                      long ldw, const R* C0, long ld0, R* C, long ldc, int nthreads) {
+  const int per = blas_block_rows(M), nb = (M + per - 1) / per;
+  int nt = std::min(requested_threads(nthreads), nb);
+  nt = std::max(1, std::min(nt, (int)std::min(1e6, (double)M * K * N / kMinMacs)));
+  // OpenBLAS's pool back to 1 thread where something set it (threadpoolctl's limits do): a
+  // pool called from inside the parallel region oversubscribes (OpenBLAS warns "Detect
+  // OpenMP Loop" and may hang)
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
+  auto block = [&](int i) {
+    const long r0 = (long)i * per;
+    blas_call<R>(std::min(per, M - (int)r0), K, N, ta, ta ? A + r0 : A + r0 * lda, lda, tw, W,
+                 ldw, C0 == C ? C + r0 * ldc : C0 ? C0 + r0 * ld0 : nullptr, ld0,
+                 C + r0 * ldc, ldc);
+  };
+  if (nt == 1) {
+    for (int i = 0; i < nb; ++i) block(i);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int i = 0; i < nb; ++i) block(i);
+}
+
 #define GL_GEMM(SUF, R)                                                                         \
-  GL_EXPORT void gemm_##SUF(int M, int K, int N, int ta, const R* A, long lda, const R* W,     \
-                            long ldw, const R* C0, long ld0, R* C, long ldc, int nt) {         \
-    for_row_blocks(M, (double)M * K * N, nt, [&](int b0, int b1) {                             \
-      gemm<R>(ta, ta ? A + b0 : A + b0 * lda, lda, W, ldw,                                      \
-              C0 ? C0 + b0 * ld0 : nullptr, ld0, C + b0 * ldc, ldc, b1 - b0, K, N);             \
-    });                                                                                         \
+  GL_EXPORT void gemm_##SUF(int M, int K, int N, int ta, const R* A, long lda, int tw,         \
+                            const R* W, long ldw, const R* C0, long ld0, R* C, long ldc,       \
+                            int nt) {                                                           \
+    blas_gemm<R>(M, K, N, ta, A, lda, tw, W, ldw, C0, ld0, C, ldc, nt);                        \
   }
 GL_GEMM(f32, float)
 GL_GEMM(f64, double)
+
+// The BLAS's own thread pool: set to 1 when the library loads (gemm_* above shares its
+// blocks over OpenMP's threads instead)
+GL_EXPORT void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
+GL_EXPORT int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }
+GL_EXPORT const char* blas_config() { return scipy_openblas_get_config(); }
 
 // dst[cols, rows] = src[rows, cols]^T (src row stride lds; dst C-contiguous)
 GL_EXPORT void transpose_f32(int rows, int cols, const float* src, long lds, float* dst) {
