@@ -23,20 +23,27 @@ import pandas as pd
 
 from ..report import load_results
 from ..report.markdown import to_markdown
-from ..report.memory import (criterion_tables, load_sweep_records, plot_gradient_flow,
-                            plot_training_curves, plot_updates_to_criterion)
+from ..report.memory import (MEMORY_TASKS, criterion_tables, load_sweep_records,
+                             plot_gradient_flow, plot_training_curves, plot_updates_to_criterion)
 from .sweep import PROFILES, seeds_needed, updates_wide
 
 __all__ = ["render", "build", "main"]
 
-_TITLES = {"adding": "Adding problem", "temporal_order": "Temporal order",
+_TITLES = {"adding": "Adding problem (Arjovsky et al.'s variant: fixed length, values U[0, 1])",
+           "adding_1997": "Adding problem as published (Hochreiter & Schmidhuber 1997, Exp. 4)",
+           "long_lag_2a": "Noise-free long time lag, task 2a (Hochreiter & Schmidhuber 1997; T = p)",
+           "temporal_order": "Temporal order",
            "recall": "Delayed recall (one symbol of 8, fixed lag)",
            "recall_variable": "Delayed recall (one symbol of 8, variable lag uniform in [2, T + 1])"}
 _CRITERIA = {"adding": "validation MSE < 0.01 (baseline 1/6 = 0.167 by predicting 1; 1/12 = "
                        "0.083 when only one of the two numbers is remembered)",
              "temporal_order": "validation accuracy >= 0.99 (chance 0.25)",
              "recall": "validation accuracy >= 0.99 (chance 1/8)",
-             "recall_variable": "validation accuracy >= 0.99 (chance 1/8)"}
+             "recall_variable": "validation accuracy >= 0.99 (chance 1/8)",
+             "adding_1997": "at least 99 % of the validation sequences within 0.04 of the "
+                            "target (the paper's 'processed correctly'; predicting 0.5: 15.4 %)",
+             "long_lag_2a": "the last prediction right on every validation sequence (chance "
+                            "1/2)"}
 
 
 def _fmt(v, digits=3):
@@ -206,7 +213,7 @@ def render(df, out_dir=None, results_dir=None, machine=None):
         if out_dir is not None:
             lines += _plots(sub, per[per["machine"] == m], best[best["machine"] == m], m,
                             commits, Path(out_dir), results_dir)
-        for task in ("adding", "temporal_order", "recall", "recall_variable"):
+        for task in MEMORY_TASKS:
             if task in set(per["task"]):
                 lines += _task_tables(task, per[per["machine"] == m], best[best["machine"] == m])
         lines += _flow_table(sub)

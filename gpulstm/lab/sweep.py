@@ -551,8 +551,9 @@ def add_arguments(p):
     """The ``gpulstm memory`` options (every one validated before anything trains)."""
     p.add_argument("--profile", default="quick", choices=tuple(PROFILES),
                    help="grid and budgets (default: %(default)s)")
-    p.add_argument("--task", help="comma-separated tasks of the profile (default: all of "
-                                  "the profile's: adding, temporal_order, recall)")
+    p.add_argument("--task", help="comma-separated tasks (default: the profile's; one of "
+                                  "adding, adding_1997, temporal_order, recall, "
+                                  "recall_variable, long_lag_2a, copy)")
     p.add_argument("--cell", help="comma-separated cells (default: the profile's; one of "
                                   f"{', '.join(CELLS)})")
     p.add_argument("--T", help="comma-separated lags (default: the profile's per task)")
