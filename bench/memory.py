@@ -20,7 +20,7 @@ series rules did not run are skipped (``NotImplementedError`` in ``setup``).
 Profiles (gpulstm.lab.sweep.PROFILES): ``GPULSTM_MEMORY_PROFILE`` (``quick``, ``cpu-full``,
 ``gpu-full``); default ``quick``, or with ``GPULSTM_BENCH_PROFILE=full`` ``gpu-full`` on
 the cupy backend and ``cpu-full`` otherwise. Backend: ``GPULSTM_BENCH_BACKEND`` (default
-numpy). Workers: ``GPULSTM_BENCH_WORKERS`` (default: sized to the machine; 0 = serial) or a
+:func:`gpulstm.lab.sweep.default_memory_backend`: the compiled ``cpu`` where it builds). Workers: ``GPULSTM_BENCH_WORKERS`` (default: sized to the machine; 0 = serial) or a
 Dask scheduler in ``GPULSTM_DASK_SCHEDULER``. ``GPULSTM_SWEEP_CACHE``: a folder of finished
 points reused across runs (the main job trains there first, with a progress bar).
 """
@@ -31,9 +31,9 @@ import numpy as np
 
 from gpulstm import BackendUnavailable, get_backend
 from gpulstm.lab.memory import gradient_flow
-from gpulstm.lab.sweep import PROFILES, memory_profile_name, run_sweep
+from gpulstm.lab.sweep import PROFILES, default_memory_backend, memory_profile_name, run_sweep
 
-BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND", "numpy")
+BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND") or default_memory_backend()
 
 
 PROFILE_NAME = memory_profile_name(backend=BACKEND)
