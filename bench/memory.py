@@ -9,16 +9,18 @@ series rules did not run are skipped (``NotImplementedError`` in ``setup``).
 - ``TrackGradFlow``: at initialisation, loss at the last step only (gpulstm.lab.memory): the
   distance at which ||dL/dh_t|| / ||dL/dh_T|| first falls below 1e-3 and 1e-6 (T + 1 = not
   within T) and log10 of the ratio at the initial state (distance T).
-- ``TrackAdding``, ``TrackTemporalOrder``, ``TrackRecall`` (params cell, T, lr, seed):
+- ``TrackAdding``, ``TrackTemporalOrder``, ``TrackRecall``, ``TrackRecallVariable``,
+  ``TrackAdding1997``, ``TrackLongLag2a`` (params cell, T, lr, seed):
   ``track_updates_to_criterion`` (NaN when the criterion was not met within the budget: the
   report shows "> budget", a lower bound), ``track_reached`` (1/0), ``track_budget``
   (updates allowed), ``track_test_metric`` (the task's metric on 1000 fresh sequences after
-  the last update); adding also the gradient flow of the trained cell.
+  the last update), ``track_passed_test`` (1/0: the criterion on those test sequences);
+  adding also the gradient flow of the trained cell.
 
 Profiles (gpulstm.lab.sweep.PROFILES): ``GPULSTM_MEMORY_PROFILE`` (``quick``, ``cpu-full``,
 ``gpu-full``); default ``quick``, or with ``GPULSTM_BENCH_PROFILE=full`` ``gpu-full`` on
 the cupy backend and ``cpu-full`` otherwise. Backend: ``GPULSTM_BENCH_BACKEND`` (default
-numpy). Workers: ``GPULSTM_BENCH_WORKERS`` (default: sized to the machine; 0 = serial) or a
+:func:`gpulstm.lab.sweep.default_memory_backend`: the compiled ``cpu`` where it builds). Workers: ``GPULSTM_BENCH_WORKERS`` (default: sized to the machine; 0 = serial) or a
 Dask scheduler in ``GPULSTM_DASK_SCHEDULER``. ``GPULSTM_SWEEP_CACHE``: a folder of finished
 points reused across runs (the main job trains there first, with a progress bar).
 """
@@ -29,9 +31,9 @@ import numpy as np
 
 from gpulstm import BackendUnavailable, get_backend
 from gpulstm.lab.memory import gradient_flow
-from gpulstm.lab.sweep import PROFILES, memory_profile_name, run_sweep
+from gpulstm.lab.sweep import PROFILES, default_memory_backend, memory_profile_name, run_sweep
 
-BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND", "numpy")
+BACKEND = os.environ.get("GPULSTM_BENCH_BACKEND") or default_memory_backend()
 
 
 PROFILE_NAME = memory_profile_name(backend=BACKEND)
@@ -161,6 +163,15 @@ class _TaskBench:
 
     track_test_metric.unit = "metric"
 
+    def track_passed_test(self, cache, cell, T, lr, seed):
+        """1 when the stopped model passed the task's criterion on the held-out test
+        sequences (a seed counts as solved only when it reached on validation and passed
+        here), else 0."""
+        r = cache[(cell, T, lr, seed)]
+        return float(bool(r.get("passed_test", False)))
+
+    track_passed_test.unit = "fraction"
+
 
 def _params(task):
     # a task outside the profile keeps one placeholder lag (0): its points all skip
@@ -211,8 +222,41 @@ class TrackRecall(_TaskBench):
     setup_cache.timeout = CACHE_TIMEOUT
 
 
+class TrackRecallVariable(_TaskBench):
+    """Delayed recall with the symbol at a uniform position in [0, T) (variable lag)."""
+    params = _params("recall_variable")
+
+    def setup_cache(self):
+        return _task_cache("recall_variable")
+
+    setup_cache.timeout = CACHE_TIMEOUT
+
+
+class TrackAdding1997(_TaskBench):
+    """The adding problem as published (Hochreiter & Schmidhuber 1997, Exp. 4): lengths in
+    [T, 1.1 T], criterion >= 99 % of the sequences within 0.04 of the target."""
+    params = _params("adding_1997")
+
+    def setup_cache(self):
+        return _task_cache("adding_1997")
+
+    setup_cache.timeout = CACHE_TIMEOUT
+
+
+class TrackLongLag2a(_TaskBench):
+    """The noise-free long-time-lag task 2a (Hochreiter & Schmidhuber 1997), T = p: the last
+    prediction right on every test sequence."""
+    params = _params("long_lag_2a")
+
+    def setup_cache(self):
+        return _task_cache("long_lag_2a")
+
+    setup_cache.timeout = CACHE_TIMEOUT
+
+
 if __name__ == "__main__":
     np.set_printoptions(precision=4)
-    for cls in (TrackAdding, TrackTemporalOrder, TrackRecall):
+    for cls in (TrackAdding, TrackTemporalOrder, TrackRecall, TrackRecallVariable,
+                TrackAdding1997, TrackLongLag2a):
         for k, v in sorted(cls().setup_cache().items()):
             print(cls.__name__, k, v.get("updates_to_criterion"), v.get("test_metric"))

@@ -303,12 +303,12 @@ def run_memory_sweep(args):
     progress bar into the per-point cache GPULSTM_SWEEP_CACHE, which asv's memory suite then
     reads (same profile, backend and settings, so the same points). Skipped when the asv run
     is restricted to benchmarks that are not memory ones."""
-    from .sweep import PROFILES, memory_profile_name, run_sweep
+    from .sweep import PROFILES, default_memory_backend, memory_profile_name, run_sweep
 
     if args.dry_run or (args.bench and not any("memory" in b for b in args.bench)):
         return None
-    backend = os.environ.get("GPULSTM_BENCH_BACKEND") or args.backend or (
-        "cupy" if benchrun.gpu_info() else "numpy")
+    backend = os.environ.get("GPULSTM_BENCH_BACKEND") or args.backend or \
+        default_memory_backend(bool(benchrun.gpu_info()))
     name = memory_profile_name(args.profile, backend)
     print(f"gpulstm: long-range memory sweep, profile {name}, backend {backend} "
           f"(points cached in {os.environ['GPULSTM_SWEEP_CACHE']})", flush=True)

@@ -1,6 +1,7 @@
 """Write a long-range memory report (``MEMORY.md`` + plots): measured here, beside the papers.
 
-    python -m gpulstm.memory_doc [RESULTS_DIR] [-o OUT_DIR] [--machine NAME]
+    python -m gpulstm.lab.memory_doc [RESULTS_DIR] [-o OUT_DIR] [--machine NAME]
+        [--sweep RESULTS_DIR/sweep/<machine>-<commit> ...] [--docs docs/memory.md]
 
 Defaults: ``results`` and ``report/memory`` (untracked). The maintainer regenerates the
 committed copy with ``-o results/memory`` after a committed run. Reads the asv results with
@@ -9,8 +10,11 @@ result of each memory benchmark per machine, and the sweep's per-point records i
 ``RESULTS_DIR/sweep/<machine>-<commit>/`` for the training curves. Writes per machine:
 updates to criterion per task, cell and T (best learning rate; every learning rate in a
 second table), the gradient flow at initialisation, and the plots; then each published
-outcome with whether ours agrees and how the setups differ. Which paper statements were
-checked against the papers' text is in ``docs/memory.md``.
+outcome beside ours with the verdict computed from the records
+(:mod:`gpulstm.report.memory_literature`). ``--sweep`` adds the records of sweeps run with
+``gpulstm memory --cache FOLDER`` for tasks the asv results lack; ``--docs`` writes the
+literature table into the generated part of ``docs/memory.md`` as well. Which paper
+statements were checked against the papers' text is in ``docs/memory.md``.
 """
 from __future__ import annotations
 
@@ -23,20 +27,28 @@ import pandas as pd
 
 from ..report import load_results
 from ..report.markdown import to_markdown
-from ..report.memory import (criterion_tables, load_sweep_records, plot_gradient_flow,
-                            plot_training_curves, plot_updates_to_criterion)
-from .sweep import PROFILES, seeds_needed, updates_wide
+from ..report.memory import (MEMORY_TASKS, criterion_tables, load_sweep_records,
+                             plot_gradient_flow, plot_training_curves, plot_updates_to_criterion)
+from ..report.memory_literature import literature_table
+from .sweep import PROFILES, seeds_needed, summarize, updates_wide
 
 __all__ = ["render", "build", "main"]
 
-_TITLES = {"adding": "Adding problem", "temporal_order": "Temporal order",
+_TITLES = {"adding": "Adding problem (Arjovsky et al.'s variant: fixed length, values U[0, 1])",
+           "adding_1997": "Adding problem as published (Hochreiter & Schmidhuber 1997, Exp. 4)",
+           "long_lag_2a": "Noise-free long time lag, task 2a (Hochreiter & Schmidhuber 1997; T = p)",
+           "temporal_order": "Temporal order",
            "recall": "Delayed recall (one symbol of 8, fixed lag)",
            "recall_variable": "Delayed recall (one symbol of 8, variable lag uniform in [2, T + 1])"}
 _CRITERIA = {"adding": "validation MSE < 0.01 (baseline 1/6 = 0.167 by predicting 1; 1/12 = "
                        "0.083 when only one of the two numbers is remembered)",
              "temporal_order": "validation accuracy >= 0.99 (chance 0.25)",
              "recall": "validation accuracy >= 0.99 (chance 1/8)",
-             "recall_variable": "validation accuracy >= 0.99 (chance 1/8)"}
+             "recall_variable": "validation accuracy >= 0.99 (chance 1/8)",
+             "adding_1997": "at least 99 % of the validation sequences within 0.04 of the "
+                            "target (the paper's 'processed correctly'; predicting 0.5: 15.4 %)",
+             "long_lag_2a": "the last prediction right on every validation sequence (chance "
+                            "1/2)"}
 
 
 def _fmt(v, digits=3):
@@ -105,88 +117,57 @@ def _flow_table(df):
             _table(["cell", "T", "distance < 1e-3", "log10 ratio at distance T"], out), ""]
 
 
-def _solved_at(best, task, cell, T):
-    r = best[(best["task"] == task) & (best["cell"] == cell) & (best["T"] == T)]
-    return None if r.empty else bool(r.iloc[0].solved)
+def literature_section(best, heading="## Published outcomes beside ours"):
+    """The self-judging literature table (:func:`gpulstm.report.memory_literature.
+    literature_table`) as markdown lines: every verdict computed from ``best``."""
+    t = literature_table(best)
+    counts = t["verdict"].value_counts()
+    summary = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("agrees", "differs", "not run"))
+    return [heading, "",
+            "Each published outcome beside ours, the verdict computed from the measured records "
+            "(\"agrees\": the same direction at the same task, cell and lag; \"differs\": the "
+            "other way; \"not run\": no record there). Agreement is about the direction of the "
+            "result, not the numbers: sizes, optimisers and budgets differ (the note). How far "
+            f"each claim was checked against the paper's text: docs/memory.md. Here: {summary}.",
+            "", _table(["source", "published", "their number", "ours", "verdict", "note"],
+                       t[["source", "claim", "theirs", "ours", "verdict", "note"]].values.tolist()),
+            ""]
 
 
-def _longest(best, task, cell):
-    r = best[(best["task"] == task) & (best["cell"] == cell) & best["solved"]]
-    return None if r.empty else int(r["T"].max())
+def _with_sweeps(per, best, sweeps):
+    """(per, best) of the asv results plus those of sweep record folders ``sweeps``
+    ({machine: records}) for the (task, cell) pairs the asv results of that machine do not
+    hold (the asv results win where both have one)."""
+    parts_p, parts_b = [per], [best]
+    for m, recs in (sweeps or {}).items():
+        mine = per[per["machine"] == m]
+        have = set(zip(mine["task"], mine["cell"]))
+        recs = [r for r in recs if (r["task"], r["cell"]) not in have]
+        if recs:
+            p, b = summarize(recs)
+            parts_p.append(p.assign(machine=m))
+            parts_b.append(b.assign(machine=m))
+    return pd.concat(parts_p, ignore_index=True), pd.concat(parts_b, ignore_index=True)
 
 
-def _comparison(best):
-    """Each published outcome beside ours: agrees or not, and how the setups differ."""
-    def said(v, yes="solved", no="not solved"):
-        return "not run" if v is None else (yes if v else no)
-
-    lstm = [c for c in ("lstm_nofg", "lstm_fb1", "lstm_fb0", "lstm_peep")
-            if _longest(best, "adding", c)]
-    longest = {c: _longest(best, "adding", c) for c in lstm}
-    rows = []
-    nofg100 = _solved_at(best, "adding", "lstm_nofg", 100)
-    rows.append(["Hochreiter & Schmidhuber 1997, Table 7 (paper text checked)",
-                 "1997 LSTM solves adding at T=100, 500, 1000 (74k, 209k, 853k sequences)",
-                 f"lstm_nofg at T=100: {said(nofg100)}; longest lag solved by an LSTM variant: "
-                 + (", ".join(f"{c} T={t}" for c, t in longest.items()) or "none"),
-                 "agrees" if nofg100 else "does not agree" if nofg100 is False else "-",
-                 "our adding variant is Arjovsky et al.'s (fixed length, one marker in each "
-                 "half, values U[0,1], target the plain sum); 32 units, Adam with batch 32 and "
-                 "a budget of thousands of updates, vs 2 blocks of 2 cells, online learning at "
-                 "rate 0.5 and up to millions of sequences; lags stop at 400 on the CPU"])
-    rnn = {T: _solved_at(best, "adding", "rnn_tanh", T) for T in (100, 200, 400)}
-    rnn_any = [T for T, v in rnn.items() if v]
-    rows.append(["Pascanu et al. 2013; Hochreiter & Schmidhuber 1997 (RNN baselines)",
-                 "tanh RNNs trained by BPTT fail long lags (1997: 0% at p=100 after 5M "
-                 "sequences, task 2a)",
-                 f"rnn_tanh on adding: solved at T >= 100: {rnn_any or 'none'}",
-                 "agrees" if not rnn_any and any(v is not None for v in rnn.values())
-                 else "does not agree" if rnn_any else "-",
-                 "a different long-lag task (adding, recall); Adam and gradient clipping"])
-    to = {c: _longest(best, "temporal_order", c) for c in ("lstm_nofg", "lstm_fb1", "gru",
-                                                            "rnn_tanh")}
-    rows.append(["Pascanu, Mikolov & Bengio 2013 (paper text checked)",
-                 "tanh RNN with clipping and their regulariser, trained on lengths 50-200: "
-                 "100% of 5 seeds on temporal order",
-                 "longest temporal-order lag solved: " + ", ".join(
-                     f"{c} {t if t else 'none'}" for c, t in to.items()),
-                 "-",
-                 "no regulariser here, 32 vs 50 units, Adam vs SGD, thousands vs millions of "
-                 "updates: the rnn_tanh row is not their setup"])
-    fb0, fb1 = _longest(best, "adding", "lstm_fb0"), _longest(best, "adding", "lstm_fb1")
-    rows.append(["Jozefowicz, Zaremba & Sutskever 2015 (abstract checked)",
-                 "a forget-gate bias of 1 closes the gap between the LSTM and the GRU",
-                 f"longest adding lag solved: lstm_fb0 {fb0 or 'none'}, lstm_fb1 {fb1 or 'none'}, gru "
-                 f"{_longest(best, 'adding', 'gru') or 'none'}", "-",
-                 "their claim is about many tasks; ours is one task at small scale"])
-    irnn = _longest(best, "adding", "irnn")
-    rows.append(["Le, Jaitly & Hinton 2015 (abstract checked)",
-                 "the IRNN is comparable to a standard LSTM on the adding problem "
-                 "(T = 150..400; per-T outcomes not checked)",
-                 f"longest adding lag solved: irnn {irnn or 'none'}, lstm_fb1 {fb1 or 'none'}", "-",
-                 "their budgets were far larger (SGD, up to ~1M updates)"])
-    return ["## Published outcomes beside ours", "",
-            "What each paper reported, checked as far as the \"source\" column says (details "
-            "in docs/memory.md), our measurement and the difference in setup. Agreement "
-            "is about the direction of the result, not the numbers: budgets, sizes and "
-            "optimisers differ.", "",
-            _table(["source", "published", "ours", "agrees?", "setup differences"], rows), ""]
-
-
-def render(df, out_dir=None, results_dir=None, machine=None):
-    """The MEMORY.md text from a results DataFrame (the output of ``load_results``); with
-    ``out_dir`` the plots are written there and linked."""
+def render(df, out_dir=None, results_dir=None, machine=None, sweeps=None):
+    """The MEMORY.md text from a results DataFrame (the output of ``load_results``) and, in
+    ``sweeps`` ({machine: records}), the per-point records of sweeps run with ``gpulstm
+    memory --cache`` for tasks outside the asv results; with ``out_dir`` the plots are
+    written there and linked."""
     mem = df[df["benchmark"].str.startswith("memory.")]
     if machine is not None:
         mem = mem[mem["machine"] == machine]
+        sweeps = {m: r for m, r in (sweeps or {}).items() if m == machine}
     if mem.empty:
         raise ValueError("no memory.* benchmark results (run the suite in bench/memory.py)")
     mem = _newest_commit(mem)
-    per, best = criterion_tables(mem)
+    per, best = _with_sweeps(*criterion_tables(mem), sweeps)
     lines = ["# Long-range memory: measured here and published", "",
-             "Generated by `python -m gpulstm.memory_doc` from asv results (benchmarks in "
-             "`bench/memory.py`, sweep in `gpulstm/sweep.py`); do not edit by hand.", ""]
-    name, p = _profile_of(per)
+             "Generated by `python -m gpulstm.lab.memory_doc` from asv results (benchmarks in "
+             "`bench/memory.py`, sweep in `gpulstm/lab/sweep.py`) and the sweep record folders "
+             "given with `--sweep`; do not edit by hand.", ""]
+    name, p = _profile_of(per[per["task"].isin(set(criterion_tables(mem)[0]["task"]))])
     n = int(per["seeds"].max())
     if p is not None:
         lines += [f"Profile `{name}`: one layer of {p['hidden']} units and a linear read-out, "
@@ -206,11 +187,13 @@ def render(df, out_dir=None, results_dir=None, machine=None):
         if out_dir is not None:
             lines += _plots(sub, per[per["machine"] == m], best[best["machine"] == m], m,
                             commits, Path(out_dir), results_dir)
-        for task in ("adding", "temporal_order", "recall", "recall_variable"):
+        for task in MEMORY_TASKS:
             if task in set(per["task"]):
                 lines += _task_tables(task, per[per["machine"] == m], best[best["machine"] == m])
         lines += _flow_table(sub)
-    lines += _comparison(best)
+    for m in sorted(best["machine"].unique()):
+        lines += literature_section(best[best["machine"] == m],
+                                    f"## Published outcomes beside ours (machine `{m}`)")
     return "\n".join(lines)
 
 
@@ -246,26 +229,80 @@ def _plots(df, per, best, machine, commits, out, results_dir):
     return lines
 
 
-def build(results_dir="results", out_dir="report/memory", machine=None):
-    """Render ``results_dir`` into ``out_dir/MEMORY.md`` plus plots. Returns the file path."""
+def sweep_folders(folders):
+    """{machine: records} of sweep record folders named ``<machine>-<commit>``."""
+    out = {}
+    for f in folders or ():
+        f = Path(f)
+        if not f.is_dir():
+            raise ValueError(f"--sweep {f}: not a folder")
+        machine = f.name.rsplit("-", 1)[0]
+        out.setdefault(machine, []).extend(load_sweep_records(f))
+    return out
+
+
+DOCS_BEGIN = "<!-- generated by python -m gpulstm.lab.memory_doc --docs: literature table -->"
+DOCS_END = "<!-- end of the generated part -->"
+
+
+def update_docs(path, text):
+    """Replace the generated part of ``path`` (between :data:`DOCS_BEGIN` and
+    :data:`DOCS_END`) by ``text``; ValueError when the markers are missing."""
+    path = Path(path)
+    doc = path.read_text(encoding="utf-8")
+    if doc.count(DOCS_BEGIN) != 1 or doc.count(DOCS_END) != 1 or \
+            doc.index(DOCS_BEGIN) > doc.index(DOCS_END):
+        raise ValueError(f"{path}: expected one generated part between {DOCS_BEGIN!r} and "
+                         f"{DOCS_END!r}")
+    head, rest = doc.split(DOCS_BEGIN)
+    _, tail = rest.split(DOCS_END)
+    path.write_text(head + DOCS_BEGIN + "\n\n" + text.strip() + "\n\n" + DOCS_END + tail,
+                    encoding="utf-8")
+    return path
+
+
+def build(results_dir="results", out_dir="report/memory", machine=None, sweeps=(), docs=None):
+    """Render ``results_dir`` (and the sweep record folders ``sweeps``) into
+    ``out_dir/MEMORY.md`` plus plots; with ``docs``, also the literature table into that
+    file's generated part (:func:`update_docs`). Returns the MEMORY.md path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = render(load_results(results_dir), out, results_dir, machine)
+    recs = sweep_folders(sweeps)
+    df = load_results(results_dir)
+    text = render(df, out, results_dir, machine, recs)
     path = out / "MEMORY.md"
     path.write_text(text + "\n", encoding="utf-8")
+    if docs is not None:
+        mem = _newest_commit(df[df["benchmark"].str.startswith("memory.")])
+        if machine is not None:
+            mem = mem[mem["machine"] == machine]
+        _, best = _with_sweeps(*criterion_tables(mem), recs)
+        parts = []
+        for m in sorted(best["machine"].unique()):
+            parts += literature_section(best[best["machine"] == m],
+                                        f"### Published outcomes beside ours (machine `{m}`)")
+        src = " ".join(f"--sweep {Path(f).as_posix()}" for f in sweeps)
+        parts += [f"Generated from `{Path(results_dir).as_posix()}` {src} by "
+                  "`python -m gpulstm.lab.memory_doc`; do not edit by hand."]
+        update_docs(docs, "\n".join(parts))
     return path
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m gpulstm.memory_doc",
+    ap = argparse.ArgumentParser(prog="python -m gpulstm.lab.memory_doc",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("results_dir", nargs="?", default="results",
                     help="asv results folder (default: results)")
     ap.add_argument("-o", "--out", default="report/memory",
                     help="output folder for MEMORY.md and the plots (default: report/memory)")
     ap.add_argument("--machine", help="only this machine's results")
+    ap.add_argument("--sweep", action="append", default=[],
+                    help="a sweep record folder <machine>-<commit> (gpulstm memory --cache) "
+                         "whose tasks the asv results lack; repeatable")
+    ap.add_argument("--docs", help="also write the literature table into this file's "
+                                   "generated part (e.g. docs/memory.md)")
     args = ap.parse_args(argv)
-    print(build(args.results_dir, args.out, args.machine))
+    print(build(args.results_dir, args.out, args.machine, args.sweep, args.docs))
     return 0
 
 

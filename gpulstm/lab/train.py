@@ -47,7 +47,7 @@ from ..init import initialize
 from ..modules import GRU, LSTM, RNN
 from .tasks import Task, make_task
 
-__all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy",
+__all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy", "task_metric",
            "clip_grad_norm", "Adam", "RMSProp", "TrainResult", "train", "evaluate"]
 
 _CELL_ARGS = {
@@ -217,15 +217,20 @@ class RMSProp:
 _OPTIMIZERS = {"adam": Adam, "rmsprop": RMSProp}
 
 
-def _forward_loss(model, readout, task, x, target, backward):
-    """Loss (0-d array), logits/predictions and, with ``backward``, all gradients filled."""
+def _forward_loss(model, readout, task, x, target, backward, lengths=None):
+    """Loss (0-d array), logits/predictions and, with ``backward``, all gradients filled.
+    ``lengths`` (host int array [B], variable-length tasks): the layer runs each sequence to
+    its own length and the ``"last"`` read-out takes step ``lengths[b] - 1``."""
     ex = model.ex
     xp = ex.xp
-    y, _ = model(x)
+    y, _ = model(x, lengths=lengths)
     L, B, H = y.shape
     K = task.copy_length
+    last = -1  # the last step of every sequence (a view: the fixed-length path as before)
     if task.readout == "last":
-        h = y[-1]
+        if lengths is not None:  # each sequence's own last step
+            last = (ex.asarray(np.asarray(lengths) - 1, np.int64), xp.arange(B))
+        h = y[last]
     elif task.readout == "tail":
         h = y[L - K:].reshape(K * B, H)
     else:
@@ -239,7 +244,7 @@ def _forward_loss(model, readout, task, x, target, backward):
         dh = readout.backward(dz)
         if task.readout == "last":
             dy = xp.zeros_like(y)
-            dy[-1] = dh
+            dy[last] = dh
         elif task.readout == "tail":
             dy = xp.zeros_like(y)
             dy[L - K:] = dh.reshape(K, B, H)
@@ -249,16 +254,33 @@ def _forward_loss(model, readout, task, x, target, backward):
     return loss, z
 
 
-def _to_backend(ex, model, task, x, target):
+def task_metric(xp, task, z, target, loss):
+    """The task's test figure of one batch (0-d array): ``loss`` for an MSE / cross-entropy
+    metric; for ``accuracy`` the fraction of sequences right: within ``task.tolerance`` of
+    the target (adding_1997), the arg-max of the last step only (long_lag_2a), else the
+    arg-max of every read-out row."""
+    if task.metric != "accuracy":
+        return loss
+    if task.tolerance is not None:
+        return (xp.abs(z - target) <= task.tolerance).all(axis=1).mean()
+    labels = target.reshape(-1)
+    if task.name == "long_lag_2a":
+        B = target.shape[-1]
+        return accuracy(xp, z[-B:], labels[-B:])
+    return accuracy(xp, z, labels)
+
+
+def _to_backend(ex, model, task, x, target, lengths=None):
+    """The batch on the model's backend; ``lengths`` stays a host array (the layer's)."""
     x = ex.asarray(x, model.dtype)
     target = ex.asarray(target, model.dtype if task.loss == "mse" else np.int64)
-    return x, target
+    return x, target, lengths
 
 
 def evaluate(model, readout, task, rng, n, chunk=500):
     """Task metric and loss on ``n`` fresh sequences from ``rng`` (in chunks of ``chunk``).
     Returns (metric, loss) as floats: metric is MSE (adding), cross-entropy (copy) or accuracy
-    (temporal order)."""
+    (:func:`task_metric`)."""
     ex, xp = model.ex, model.ex.xp
     total_loss = total_metric = 0.0
     done = 0
@@ -267,9 +289,10 @@ def evaluate(model, readout, task, rng, n, chunk=500):
     try:
         while done < n:
             b = min(chunk, n - done)
-            x, target = _to_backend(ex, model, task, *task.sample(rng, b))
-            loss, z = _forward_loss(model, readout, task, x, target, backward=False)
-            metric = accuracy(xp, z, target.reshape(-1)) if task.metric == "accuracy" else loss
+            x, target, lengths = _to_backend(ex, model, task, *task.sample(rng, b))
+            loss, z = _forward_loss(model, readout, task, x, target, backward=False,
+                                    lengths=lengths)
+            metric = task_metric(xp, task, z, target, loss)
             total_loss += float(loss) * b
             total_metric += float(metric) * b
             done += b
@@ -374,8 +397,8 @@ def train(task, cell, T, steps, batch=32, hidden=32, lr=1e-2, seed=0, backend="n
     t0 = time.perf_counter()
     step = 0
     for step in range(1, steps + 1):
-        x, target = _to_backend(ex, model, task, *task.sample(rng_train, batch))
-        loss, _ = _forward_loss(model, readout, task, x, target, backward=True)
+        x, target, lengths = _to_backend(ex, model, task, *task.sample(rng_train, batch))
+        loss, _ = _forward_loss(model, readout, task, x, target, backward=True, lengths=lengths)
         grads = {("rnn", k): g for k, g in model.grads.items()}
         grads.update({("readout", k): g for k, g in readout.grads.items()})
         norm = clip_grad_norm(xp, list(grads.values()), clip)

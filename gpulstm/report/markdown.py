@@ -109,6 +109,23 @@ def _constant_columns(table: pd.DataFrame, cols) -> tuple[pd.DataFrame, str]:
     return table.drop(columns=fixed), caption
 
 
+def _literature_section(df: pd.DataFrame) -> Section:
+    """Published outcomes beside ours, the verdicts computed from the memory results
+    (:func:`gpulstm.report.memory_literature.literature_table`), per machine."""
+    from .memory import criterion_tables
+    from .memory_literature import literature_table
+    _, best = criterion_tables(df)
+    parts = [literature_table(b).assign(machine=m)
+             for m, b in best.groupby("machine", sort=True)]
+    t = pd.concat(parts, ignore_index=True)
+    table = t[["machine", "source", "claim", "ours", "verdict"]].rename(
+        columns={"claim": "published"})
+    return Section("Published outcomes beside ours", "Verdict computed from the results: "
+                   "\"agrees\" / \"differs\" (same task, cell and lag, the direction of the "
+                   "outcome) or \"not run\"; docs/memory.md says how far each claim was "
+                   "checked and how the setups differ.", table, terminal=False, level=3)
+
+
 def _memory_tables(df: pd.DataFrame) -> dict:
     """{task: table} of the long-range memory results (:func:`gpulstm.report.memory.
     criterion_wide`; raises ValueError without memory results)."""
@@ -123,6 +140,11 @@ _MEMORY_NOTE = {
               "budget of N updates.",
     "temporal_order": "Temporal order: updates to validation accuracy >= 0.99.",
     "recall": "Delayed recall of one symbol: updates to validation accuracy >= 0.99.",
+    "recall_variable": "Delayed recall, the symbol at a uniform position (variable lag).",
+    "adding_1997": "Adding problem as published (Hochreiter & Schmidhuber 1997): updates "
+                   "until >= 99 % of the sequences are within 0.04 of the target.",
+    "long_lag_2a": "Noise-free long time lag, task 2a (T = p): updates until the last "
+                   "prediction is right on every sequence.",
 }
 
 
@@ -189,11 +211,13 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
     else:
         sections.append(Section(
             "Long-range memory", "Updates to criterion per task, cell and lag T (a lag counts "
-            "as solved when 2 of 3 seeds reach the criterion); docs/memory.md explains the "
-            "protocol, results/memory/MEMORY.md sets the committed run beside the papers."))
+            "as solved when 2 of 3 seeds reach the criterion on validation and then pass it "
+            "on the held-out test sequences); docs/memory.md explains the protocol, "
+            "results/memory/MEMORY.md sets the committed run beside the papers."))
         for task, table in mem.items():
             sections.append(Section(task.replace("_", " "), _MEMORY_NOTE.get(task, ""), table,
                                     terminal=True, level=3))
+        sections.append(_literature_section(df))
 
     if gpu_runs is not None:
         from .gpu import gpu_loop_table

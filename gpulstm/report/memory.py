@@ -21,22 +21,32 @@ import numpy as np
 import pandas as pd
 
 from ..lab.sweep import summarize, updates_wide
+from ..lab.tasks import make_task
 from .plots import cell_colors
 
-__all__ = ["TASK_CLASSES", "memory_points", "criterion_tables", "load_sweep_records",
+__all__ = ["TASK_CLASSES", "MEMORY_TASKS", "memory_points", "criterion_tables", "load_sweep_records",
            "plot_updates_to_criterion", "plot_training_curves", "plot_gradient_flow",
            "criterion_wide", "plot_updates_to_criterion_of"]
 
 TASK_CLASSES = {"TrackAdding": "adding", "TrackTemporalOrder": "temporal_order",
-                "TrackRecall": "recall"}
-_TRACKS = ("updates_to_criterion", "reached", "budget", "test_metric")
+                "TrackRecall": "recall", "TrackRecallVariable": "recall_variable",
+                "TrackAdding1997": "adding_1997", "TrackLongLag2a": "long_lag_2a"}
+# the order of the tables and plot panels
+MEMORY_TASKS = ("adding", "adding_1997", "temporal_order", "recall", "recall_variable",
+                "long_lag_2a")
+_TRACKS = ("updates_to_criterion", "reached", "budget", "test_metric", "passed_test")
 _METRIC = {"adding": "validation MSE", "temporal_order": "validation accuracy",
-           "recall": "validation accuracy"}
+           "recall": "validation accuracy", "recall_variable": "validation accuracy",
+           "adding_1997": "validation fraction within 0.04",
+           "long_lag_2a": "validation accuracy of the last prediction"}
 _LINES = {"adding": [(1 / 6, "baseline 1/6 (predict 1)"),
                      (1 / 12, "1/12: remembers one of the two numbers"),
                      (0.01, "criterion 0.01")],
+          "adding_1997": [(0.1536, "baseline 0.154 (predict 0.5)"), (0.99, "criterion 0.99")],
           "temporal_order": [(0.25, "chance 0.25"), (0.99, "criterion 0.99")],
-          "recall": [(1 / 8, "chance 1/8"), (0.99, "criterion 0.99")]}
+          "recall": [(1 / 8, "chance 1/8"), (0.99, "criterion 0.99")],
+          "recall_variable": [(1 / 8, "chance 1/8"), (0.99, "criterion 0.99")],
+          "long_lag_2a": [(0.5, "chance 1/2"), (1.0, "criterion 1 (every sequence)")]}
 
 
 def _color(cell):
@@ -46,7 +56,9 @@ def _color(cell):
 def memory_points(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (machine, commit, task, cell, T, lr, seed) with the columns
     ``updates_to_criterion`` (NaN: not within the budget), ``reached`` (bool), ``budget``,
-    ``test_metric``, ``batch`` (32 unless the result says otherwise) and ``baseline``. Reads
+    ``test_metric``, ``passed_test`` (1/0 from ``track_passed_test``; NaN in results from
+    before that track, where :func:`gpulstm.lab.sweep.passed_test` applies the criterion to
+    ``test_metric``), ``batch`` (32 unless the result says otherwise) and ``baseline``. Reads
     ok and failed (NaN) rows of the task tracks; skipped points are absent. Empty frame when
     ``df`` has none."""
     cols = ["machine", "commit", "task", "cell", "T", "lr", "seed", *_TRACKS]
@@ -73,8 +85,8 @@ def memory_points(df: pd.DataFrame) -> pd.DataFrame:
             wide[t] = np.nan
     wide["reached"] = wide["reached"].astype(float) > 0.5
     wide["batch"] = 32
-    wide["baseline"] = wide["task"].map({"adding": 1 / 6, "temporal_order": 0.25,
-                                         "recall": 1 / 8})
+    wide["passed_test"] = wide["passed_test"].astype(float)
+    wide["baseline"] = [make_task(t, int(T)).baseline for t, T in zip(wide["task"], wide["T"])]
     wide.columns.name = None
     return wide[cols + ["batch", "baseline"]].reset_index(drop=True)
 
@@ -84,8 +96,8 @@ def criterion_tables(df: pd.DataFrame):
     :func:`memory_points`, with a ``machine`` column first. Raises ValueError without rows."""
     pts = memory_points(df)
     if pts.empty:
-        raise ValueError("no long-range memory task results (memory.TrackAdding, "
-                         "TrackTemporalOrder, TrackRecall with params cell, T, lr, seed)")
+        raise ValueError("no long-range memory task results (memory." + ", ".join(TASK_CLASSES)
+                         + " with params cell, T, lr, seed)")
     per, best = [], []
     for machine, g in pts.groupby("machine", sort=True):
         recs = g.assign(updates_to_criterion=g["updates_to_criterion"].where(g["reached"]))
@@ -143,7 +155,7 @@ def plot_updates_to_criterion(best: pd.DataFrame, path, *, title=""):
     """Updates to criterion against T per cell (best learning rate; log-log), one panel per
     task. Solved lags: the median with a bar over the seeds that reached it. Unsolved lags:
     an upward arrow from the budget ("> budget", a lower bound, not a value)."""
-    tasks = [t for t in ("adding", "temporal_order", "recall") if t in set(best["task"])]
+    tasks = [t for t in MEMORY_TASKS if t in set(best["task"])]
     if not tasks:
         raise ValueError("plot_updates_to_criterion: no rows")
     fig, axes = _figure(len(tasks))
@@ -194,7 +206,7 @@ def plot_training_curves(records, path, *, T=100, seed=0, best=None):
     if df.empty:
         raise ValueError("plot_training_curves: no records")
     df = df[(df["T"] == T) & (df["seed"] == seed)]
-    tasks = [t for t in ("adding", "temporal_order", "recall") if t in set(df["task"])]
+    tasks = [t for t in MEMORY_TASKS if t in set(df["task"])]
     if not tasks:
         raise ValueError(f"plot_training_curves: no records at T={T}, seed {seed}")
     fig, axes = _figure(len(tasks))
@@ -272,7 +284,7 @@ def criterion_wide(df: pd.DataFrame) -> dict:
     (:func:`gpulstm.lab.sweep.updates_wide`): the long-range memory tables of the report."""
     _, best = criterion_tables(df)
     out = {}
-    for task in ("adding", "temporal_order", "recall"):
+    for task in MEMORY_TASKS:
         b = best[best["task"] == task]
         if not b.empty:
             out[task] = updates_wide(b, ("machine", "cell"))
