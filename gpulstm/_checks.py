@@ -45,6 +45,13 @@ def check_bool(name, value):
     return bool(value)
 
 
+def check_nonlinearity(nonlinearity):
+    """The activation of RNN and IndRNN layers and cells: 'tanh' or 'relu'."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+    return nonlinearity
+
+
 def check_dropout(p):
     """A dropout probability in [0, 1] (torch's range; 1 zeroes every element)."""
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import engine
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
-                      check_lengths, check_seed, host_memory_guard)
+                      check_lengths, check_nonlinearity, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
 from . import cells as _cells  # the engine's cell math (the public cells are below)
 from .init import check_init, initialize
@@ -526,11 +526,6 @@ class GRU(_RNNBase):
         return self._backward(grad_out, grad_h_n, None)
 
 
-def _check_nonlinearity(nonlinearity):
-    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
-
-
 class RNN(GRU):
     """Elman RNN layer(s): h = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu).
 
@@ -542,7 +537,7 @@ class RNN(GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="default", **kwargs):
-        _check_nonlinearity(nonlinearity)
+        check_nonlinearity(nonlinearity)
         if not isinstance(init, str) or init not in ("default", "identity"):
             raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
         self.nonlinearity = nonlinearity
@@ -573,7 +568,7 @@ class IndRNN(GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
-        _check_nonlinearity(nonlinearity)
+        check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, **kwargs)
@@ -688,8 +683,7 @@ class RNNCell(GRUCell):
     _gates = 1
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", **kwargs):
-        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, **kwargs)
 

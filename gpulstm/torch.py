@@ -55,7 +55,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import engine
-from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_int, check_lengths
+from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
+                      check_lengths, check_nonlinearity)
 from .backends import BackendUnavailable, get_backend
 from .backends.kernel_loop import check_algo
 from . import cells as _cells  # the engine's cell math (not torch's public cell modules)
@@ -766,8 +767,7 @@ class RNN(GRU):
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
                  backend=None, algo="auto"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         _RNNBase.__init__(self, "RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers,
                           bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend,
@@ -791,8 +791,7 @@ class IndRNN(GRU):
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
                  backend=None, algo="auto"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         _RNNBase.__init__(self, "IndRNN", input_size, hidden_size, num_layers, bias, batch_first,
                           dropout, bidirectional, 0, device, dtype, backend=backend, algo=algo)
@@ -934,8 +933,7 @@ class RNNCell(GRUCell):
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
 

@@ -331,14 +331,12 @@ class KernelLoop(ExecutionOptions):
         """The launcher of persistent kernel ``kernel`` ("persistent_forward" / "_backward")
         of ``cell``, or None where the occupancy guard finds its grid not co-resident (the
         caller runs fused)."""
-        name = f"{kernel}<{cell.kernel_struct}>"
-        _check_int_index(name, B, H)
+        k = self._loop_kernel(cell, kernel, dtype, B, H)
         itemsize = np.dtype(dtype).itemsize
         plan = persistent_plan(B, H, cell.gates, itemsize, *self._limits())
-        k = self.pw.kernel(kernel, dtype, cell.kernel_struct)
         fits, per_sm = self._co_resident(k, plan, itemsize)
         if not fits:
-            self._fallback(name, plan, per_sm)
+            self._fallback(f"{kernel}<{cell.kernel_struct}>", plan, per_sm)
             return None
 
         def launch(args):
@@ -351,11 +349,16 @@ class KernelLoop(ExecutionOptions):
         """The steps of one direction, in order (a hook: the launch trace marks them)."""
         return steps
 
+    def _loop_kernel(self, cell, kernel, dtype, B, H):
+        """Time-loop kernel ``kernel`` instantiated for ``cell``'s struct, after the int-index
+        size check of the shape."""
+        _check_int_index(f"{kernel}<{cell.kernel_struct}>", B, H)
+        return self.pw.kernel(kernel, dtype, cell.kernel_struct)
+
     def _fused(self, cell, kernel, dtype, B, H):
         """The fused kernel ``kernel`` ("fused_forward" / "_backward") of ``cell`` and its
         launch shape."""
-        _check_int_index(f"{kernel}<{cell.kernel_struct}>", B, H)
-        return self.pw.kernel(kernel, dtype, cell.kernel_struct), fused_launch_shape(B, H)
+        return self._loop_kernel(cell, kernel, dtype, B, H), fused_launch_shape(B, H)
 
     def _forward_algo(self, cell, s, flags, T, B, H):
         algo = self.loop_algo(cell, flags, T, B, H, s["S"].dtype.itemsize)
