@@ -221,6 +221,11 @@ def shape_name(shape):
     return " ".join(f"{k}={v}" for k, v in zip("TBIH", shape))
 
 
+def parse_shape(name):
+    """"T=100 B=1 I=128 H=128" -> (100, 1, 128, 128) (the inverse of :func:`shape_name`)."""
+    return tuple(int(part.split("=", 1)[1]) for part in name.split())
+
+
 def measure_cpu(shapes=CPU_SHAPES, threads=CPU_THREADS, backends=CPU_BACKENDS,
                 repeat=GRID["track_repeat"]):
     """{(shape name, mode, threads, backend): seconds per call, or the reason it was skipped}
@@ -263,8 +268,10 @@ _measure_cpu.timeout = 4 * TIMEOUT
 
 class CpuVsTorch:
     """The LSTM (float32) at the five (T, B, I, H) shapes of the CPU speed table, training and
-    forward, at 1 and 2 threads: time over torch-cpu's time (``t/t_torch``) and us per time
-    step, both libraries limited to the same threads (BLAS, OpenMP, torch's pool)."""
+    forward, at 1 and 2 threads: time over torch-cpu's time (``t/t_torch``), us per time
+    step and GFLOP/s (the report sets it beside the machine's modelled FMA peak,
+    :mod:`gpulstm.cpuinfo`), both libraries limited to the same threads (BLAS, OpenMP,
+    torch's pool)."""
     params = [[shape_name(s) for s in CPU_SHAPES], list(MODES), list(CPU_THREADS), CPU_BACKENDS]
     param_names = ["shape", "mode", "threads", "backend"]
     setup_cache = _measure_cpu
@@ -279,9 +286,15 @@ class CpuVsTorch:
     track_time_ratio_vs_torch.unit = "t/t_torch"
 
     def track_us_per_step(self, cache, shape, mode, threads, backend):
-        T = int(shape.split()[0].split("=")[1])
+        T = parse_shape(shape)[0]
         return _seconds(cache, (shape, mode, threads, backend)) / T * 1e6
     track_us_per_step.unit = "us/step"
+
+    def track_gflops(self, cache, shape, mode, threads, backend):
+        T, B, I, H = parse_shape(shape)
+        work = flops("lstm", T, B, I, H, training=mode == "training")
+        return work / _seconds(cache, (shape, mode, threads, backend)) / 1e9
+    track_gflops.unit = "GFLOP/s"
 
 
 def measure_memory_step(backends=CPU_BACKENDS, repeat=GRID["track_repeat"]):

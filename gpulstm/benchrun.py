@@ -11,7 +11,8 @@ Steps:
    GPU machine (``h100-80gb-hbm3-node7``); it is registered in asv's machine file
    (``~/.asv-machine.json``) with asv's own fields plus ``gpu``, ``gpu_count``,
    ``gpu_memory``, ``driver``, ``cuda`` (the driver's CUDA version), ``cuda_runtime`` and
-   ``cupy`` (CuPy's), ``torch``, ``torch_cuda``, ``cudnn`` and ``numpy``; ``asv run`` copies
+   ``cupy`` (CuPy's), ``torch``, ``torch_cuda``, ``cudnn``, ``numpy`` and the CPU facts of the
+   FMA peak model (``cpu_vendor``, ``cpu_family``, ``cpu_mhz``, ``cpu_simd``); ``asv run`` copies
    them into ``results/<machine>/machine.json`` (``gpu`` is ``none`` on a CPU machine);
 2. ``asv run -E existing:same --set-commit-hash <HEAD> --machine NAME --show-stderr`` with
    ``GPULSTM_BENCH_PROFILE`` set, on a copy of the project's ``asv.conf.json`` (the one beside
@@ -55,6 +56,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from . import cpuinfo
 
 PROFILES = ("quick", "full")
 # The source checkout this package lives in (an editable install): its asv.conf.json, bench/
@@ -141,11 +144,14 @@ def default_machine_name(gpu=None):
 
 
 def machine_info(name, gpu=None, versions=None):
-    """asv's machine fields (its own defaults) for ``name`` plus the GPU and library keys."""
+    """asv's machine fields (its own defaults) for ``name`` plus the CPU facts of the FMA peak
+    model (:func:`gpulstm.cpuinfo.machine_fields`: vendor, family, clock, SIMD flags), the GPU
+    and the library keys."""
     from asv.machine import Machine
 
     info = Machine.get_defaults()
     info["machine"] = name
+    info.update(cpuinfo.machine_fields())
     info.update(gpu or {"gpu": "none"})
     info.update(versions or {})
     return {k: str(v) for k, v in info.items()}

@@ -91,11 +91,13 @@ def _speed_display(table: pd.DataFrame) -> pd.DataFrame:
         "×torch": table["ratio_vs_torch"].map(lambda v: _g(v, ".2f")),
         "µs/step": table["us_per_step"].map(_g),
         "GFLOP/s": table["gflops"].map(_g),
+        "% of FMA peak (model)": table["of_peak_model"].map(
+            lambda v: "" if pd.isna(v) else f"{100 * v:.0f}"),
         "peak MiB": table["peak_mib"].map(lambda v: _g(v, ".0f")),
     })
     for col in ("T", "B", "H=I"):
         out[col] = out[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    empty = [c for c in ("×torch", "GFLOP/s", "peak MiB", "B", "H=I", "T", "shape", "threads",
+    empty = [c for c in ("×torch", "GFLOP/s", "% of FMA peak (model)", "peak MiB", "B", "H=I", "T", "shape", "threads",
                          "cell")
              if (out[c] == "").all()]
     return out.drop(columns=empty)
@@ -174,7 +176,10 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
             "samples [q25–q75] (ms); “× torch”: time over the PyTorch reference timed in the "
             "same process (numpy / torch-cpu, cupy / torch-cudnn; > 1 is slower than "
             "PyTorch); µs per time step; GFLOP/s (forward 2·G·T·B·H·(I+H) FLOPs, training "
-            "3×); peak resident memory of the benchmark process (MiB, host). SequenceLength "
+            "3×); on rows with a thread count, GFLOP/s as a share of the machine's float32 FMA peak, "
+            "a model from its CPU facts (threads × clock × 2 FMA pipes × lanes × 2, "
+            "gpulstm.cpuinfo), not a measurement; peak resident memory of the benchmark "
+            "process (MiB, host). SequenceLength "
             "sweeps T at fixed B and H; BatchHidden sweeps B and H at a fixed T (50 in the "
             "quick profile, 100 in the full one).")
     if speed.empty:

@@ -14,6 +14,11 @@ Reads the tidy frame of :func:`gpulstm.report.load_results` and puts the figures
 ``gflops``                ``track_gflops`` (GFLOP/s: forward 2*G*T*B*H*(I+H) FLOPs, training 3x)
 ``peak_mib``              ``peakmem_*``: the benchmark process's peak resident memory (MiB,
                           host memory; a GPU backend's device memory is not in it)
+``fma_peak_gflops_model`` a MODEL, not a measurement: the float32 FMA peak of the row's
+                          ``threads`` cores from its machine.json's CPU facts
+                          (:func:`gpulstm.cpuinfo.fma_peak_gflops_model`); rows with a
+                          thread count only (CpuVsTorch), empty where the facts are missing
+``of_peak_model``         ``gflops`` / ``fma_peak_gflops_model``
 ========================= ==================================================================
 """
 
@@ -22,6 +27,8 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+
+from ..cpuinfo import fma_peak_gflops_model
 
 __all__ = ["speed_table", "machine_ratios", "SPEED_COLUMNS"]
 
@@ -32,7 +39,9 @@ _SWEEP_CONSTANTS = {"SequenceLength": {"B": 16, "H": 256}}
 # shape and threads: the CpuVsTorch grid (a shape name per point, 1 or 2 threads)
 _KEYS = ["machine", "sweep", "T", "B", "H", "shape", "threads", "cell", "backend", "mode"]
 SPEED_COLUMNS = _KEYS + ["time_ms", "q25_ms", "q75_ms", "ratio_vs_torch", "us_per_step",
-                         "gflops", "peak_mib"]
+                         "gflops", "peak_mib", "fma_peak_gflops_model", "of_peak_model"]
+# machine.json fields of the FMA peak model (gpulstm.cpuinfo.machine_fields, and asv's arch)
+_PEAK_FACTS = ("arch", "cpu_vendor", "cpu_family", "cpu_mhz", "cpu_simd")
 _TRACKS = {"time_ratio_vs_torch": "ratio_vs_torch", "us_per_step": "us_per_step",
            "gflops": "gflops"}
 
@@ -101,6 +110,9 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     if "time_ms" in out.columns:  # µs per step from the median time where no track has it
         T = pd.to_numeric(out["T"].replace("", float("nan")), errors="coerce")
         out["us_per_step"] = out["us_per_step"].fillna(out["time_ms"] * 1e3 / T)
+    out["fma_peak_gflops_model"] = _peak_model(df, out)
+    out["of_peak_model"] = pd.to_numeric(out["gflops"], errors="coerce") \
+        / out["fma_peak_gflops_model"]
     out = out[SPEED_COLUMNS].replace("", pd.NA)
     num = {c: pd.to_numeric(out[c], errors="coerce") for c in ("T", "B", "H")}
     order = out.assign(**{f"_{c}": v for c, v in num.items()}).sort_values(
@@ -111,6 +123,29 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("T", "B", "H"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     return out
+
+
+def _peak_model(df: pd.DataFrame, out: pd.DataFrame) -> pd.Series:
+    """The modelled FMA peak of each row of ``out`` with a thread count, from its machine's
+    CPU facts in ``df`` (NaN where there are none)."""
+    facts = {}
+    cols = [c for c in _PEAK_FACTS if c in df.columns]
+    if "machine" in df.columns:
+        for machine, g in df.groupby("machine", sort=False):
+            facts[machine] = {c: g[c].dropna().iloc[0] if g[c].notna().any() else None
+                              for c in cols}
+
+    def peak(row):
+        f = facts.get(row["machine"], {})
+        if row["threads"] in ("", None) or pd.isna(row["threads"]):
+            return float("nan")
+        v = fma_peak_gflops_model(f.get("arch"), f.get("cpu_vendor"), f.get("cpu_family"),
+                                  f.get("cpu_mhz"), f.get("cpu_simd"), row["threads"])
+        return float("nan") if v is None else v
+
+    if out.empty:
+        return pd.Series(dtype=float)
+    return out.apply(peak, axis=1).astype(float)
 
 
 def machine_ratios(table: pd.DataFrame, this: str) -> pd.DataFrame:
