@@ -18,7 +18,10 @@ def _torch_state_grads(model, x, u):
     H = model.hidden_size
     T, B = x.shape[:2]
     xs = torch.tensor(x)
-    lstm = hasattr(model, "forget_gate")
+    import gpulstm as gl
+    cifg = isinstance(model, gl.CIFG)
+    indrnn = isinstance(model, gl.IndRNN)
+    lstm = hasattr(model, "forget_gate") or cifg
     h = torch.zeros(B, H, dtype=torch.float64)
     c = torch.zeros(B, H, dtype=torch.float64)
     eh, ec = [], []
@@ -28,7 +31,16 @@ def _torch_state_grads(model, x, u):
         h, c = h + eh[t], c + ec[t]
         if t == T:
             break
-        if lstm:
+        if cifg:  # gate order (f, g, o), i = 1 - f (Greff et al. 2017)
+            a = xs[t] @ w_ih.T + h @ w_hh.T + b
+            af, ag, ao = a.split(H, dim=1)
+            f = torch.sigmoid(af)
+            c = f * c + (1 - f) * torch.tanh(ag)
+            h = torch.sigmoid(ao) * torch.tanh(c)
+        elif indrnn:  # elementwise recurrence u * h (Li et al. 2018)
+            a = xs[t] @ w_ih.T + w_hh * h + b
+            h = torch.relu(a) if model.nonlinearity == "relu" else torch.tanh(a)
+        elif lstm:
             a = xs[t] @ w_ih.T + h @ w_hh.T + b
             ai, af, ag, ao = a.split(H, dim=1)
             if model.peephole:

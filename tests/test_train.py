@@ -164,6 +164,14 @@ def test_make_cell_variants(name):
             np.testing.assert_allclose(zb, 3)
         else:
             assert np.abs(zb).max() < 1  # PyTorch's U(-1/2, 1/2) per bias
+    elif name == "cifg":
+        assert isinstance(m, gl.CIFG)
+        np.testing.assert_array_equal(sd["bias_ih_l0"][:4] + sd["bias_hh_l0"][:4], 1)
+    elif name == "indrnn":
+        assert isinstance(m, gl.IndRNN) and m.nonlinearity == "relu"
+        u = sd["weight_hh_l0"]
+        assert u.shape == (4,) and np.all((u >= 0) & (u < 1)) and np.ptp(u) > 0
+        assert not np.array_equal(u, make_cell(name, 3, 4, seed=1).state_dict()["weight_hh_l0"])
     else:
         assert isinstance(m, gl.RNN)
         if name == "irnn":

@@ -20,6 +20,11 @@ Cell variants (:func:`make_cell`, all through the public :mod:`gpulstm` API)::
     rnn_tanh    Elman RNN, tanh
     irnn        Elman RNN, relu, W_hh = I and zero biases, input weights N(0, 0.001^2)
                 (Le et al. 2015)
+    cifg        coupled input-forget gate LSTM (i = 1 - f; Greff et al. 2017), forget-gate
+                bias 1 as lstm_fb1
+    indrnn      IndRNN, relu (Li et al. 2018), recurrent weights u ~ U(0, 1) (our choice:
+                every unit starts as a leaky integrator; |u| is not constrained during
+                training), input weights and biases PyTorch's default
 
 Weights use PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)) except where stated;
 the bias initialisations of ``lstm_fb3``, ``lstm_chrono`` and ``gru_ub3`` are
@@ -44,7 +49,7 @@ import numpy as np
 
 from .._checks import check_int
 from ..init import initialize
-from ..modules import GRU, LSTM, RNN
+from ..modules import CIFG, GRU, LSTM, RNN, IndRNN
 from .tasks import Task, make_task
 
 __all__ = ["CELLS", "make_cell", "Readout", "mse_loss", "softmax_xent", "accuracy", "task_metric",
@@ -61,6 +66,8 @@ _CELL_ARGS = {
     "gru_ub3": (GRU, {}),
     "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
     "irnn": (RNN, {"nonlinearity": "relu", "init": "identity"}),
+    "cifg": (CIFG, {}),
+    "indrnn": (IndRNN, {"nonlinearity": "relu"}),
 }
 CELLS = tuple(_CELL_ARGS)
 _ALIASES = {"lstm": "lstm_fb1"}
@@ -95,6 +102,13 @@ def make_cell(name, input_size, hidden_size, backend="numpy", dtype="float32", s
         b = np.concatenate([np.full(len(q), v) for q, v in zip(quarters, NOFG_INPUT_BIAS)])
         params["bias_ih_l0"][:H] = model.ex.asarray(b, model.dtype)
         params["bias_hh_l0"][:H] = 0
+    elif name == "cifg":  # gate order (f, g, o): the forget block is the first
+        params["bias_ih_l0"][:H] = 1
+        params["bias_hh_l0"][:H] = 0
+    elif name == "indrnn":
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x696e6472]))
+        u = rng.uniform(0.0, 1.0, size=params["weight_hh_l0"].shape)
+        params["weight_hh_l0"][...] = model.ex.asarray(u, model.dtype)
     elif name == "irnn":
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x69726e6e]))
         w = rng.normal(0.0, IRNN_INPUT_STD, size=params["weight_ih_l0"].shape)
