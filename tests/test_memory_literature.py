@@ -162,3 +162,16 @@ def test_memory_doc_adds_sweep_records_and_judges_them(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="generated part"):
         memory_doc.update_docs(doc, "x")
+
+
+def test_doc_section_of_a_machine_without_any_judged_claim_is_one_line():
+    """A machine whose records judge none of the claims (e.g. only the plug-in cells) gets a
+    sentence, not a table of "not run" rows; one judged claim brings the table back."""
+    from gpulstm.lab.memory_doc import literature_section
+
+    none = literature_section(summarize(_recs({("adding", "cifg", 50): [300]}))[1], "## m")
+    assert none[0] == "## m" and len(none) == 4 and "None of the" in none[2]
+    assert not any(line.startswith("| source") for line in none)
+    some = literature_section(summarize(_recs({("adding_1997", "lstm_nofg", 100): [600]}))[1],
+                              "## m")
+    assert any(line.startswith("| source") for line in some) and "1 agrees" in some[2]

@@ -123,6 +123,9 @@ def literature_section(best, heading="## Published outcomes beside ours"):
     t = literature_table(best)
     counts = t["verdict"].value_counts()
     summary = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("agrees", "differs", "not run"))
+    if int(counts.get("not run", 0)) == len(t):  # a table of "not run" rows says nothing
+        return [heading, "", f"None of the {len(t)} published outcomes has a record on this "
+                "machine (its records are of other tasks, cells or lags).", ""]
     return [heading, "",
             "Each published outcome beside ours, the verdict computed from the measured records "
             "(\"agrees\": the same direction at the same task, cell and lag; \"differs\": the "
