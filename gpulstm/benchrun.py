@@ -11,8 +11,10 @@ Steps:
    GPU machine (``h100-80gb-hbm3-node7``); it is registered in asv's machine file
    (``~/.asv-machine.json``) with asv's own fields plus ``gpu``, ``gpu_count``,
    ``gpu_memory``, ``driver``, ``cuda`` (the driver's CUDA version), ``cuda_runtime`` and
-   ``cupy`` (CuPy's), ``torch``, ``torch_cuda``, ``cudnn``, ``numpy`` and the CPU facts of the
-   FMA peak model (``cpu_vendor``, ``cpu_family``, ``cpu_mhz``, ``cpu_simd``); ``asv run`` copies
+   ``cupy`` (CuPy's), ``torch``, ``torch_cuda``, ``cudnn``, ``numpy``, the CPU facts of the
+   FMA peak model (``cpu_vendor``, ``cpu_family``, ``cpu_mhz``, ``cpu_simd``) and the kernels
+   the cpu execution's OpenBLAS runs (``openblas_kernels``, e.g. SkylakeX or Haswell, and
+   ``openblas_coretype``: the ``OPENBLAS_CORETYPE`` that forced them, or auto); ``asv run`` copies
    them into ``results/<machine>/machine.json`` (``gpu`` is ``none`` on a CPU machine);
 2. ``asv run -E existing:same --set-commit-hash <HEAD> --machine NAME --show-stderr`` with
    ``GPULSTM_BENCH_PROFILE`` set, on a copy of the project's ``asv.conf.json`` (the one beside
@@ -85,6 +87,18 @@ try:
     out["torch_cuda"] = str(torch.version.cuda) if torch.version.cuda else "none"
     if torch.cuda.is_available() and torch.backends.cudnn.is_available():
         out["cudnn"] = str(torch.backends.cudnn.version())
+except Exception: pass
+import os
+# OpenBLAS's kernels: OPENBLAS_CORETYPE (when set) forces them, whatever the CPU can do
+out["openblas_coretype"] = os.environ.get("OPENBLAS_CORETYPE") or "auto"
+try:
+    import ctypes, glob, threadpoolctl, scipy_openblas32 as ob
+    for f in glob.glob(os.path.join(ob.get_lib_dir(), "lib" + ob.get_library() + ".*")):
+        ctypes.CDLL(f)
+        break
+    for lib in threadpoolctl.threadpool_info():
+        if lib.get("internal_api") == "openblas" and "scipy_openblas32" in lib.get("filepath", ""):
+            out["openblas_kernels"] = str(lib.get("architecture"))
 except Exception: pass
 cupy_dists = sorted(d.metadata["Name"] for d in md.distributions()
                     if (d.metadata["Name"] or "").lower().startswith("cupy"))

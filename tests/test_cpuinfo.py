@@ -96,3 +96,16 @@ def test_speed_table_sets_gflops_beside_the_modelled_peak():
     assert two["fma_peak_gflops_model"] == pytest.approx(2 * 147.2)
     assert table[table["sweep"] == "SequenceLength"]["fma_peak_gflops_model"].isna().all()
     assert table[table["machine"] == "old"]["of_peak_model"].isna().all()
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", None])
+def test_benchrun_records_the_openblas_kernels(monkeypatch, coretype):
+    """OPENBLAS_CORETYPE forces OpenBLAS's kernels (e.g. Haswell's 256-bit ones on an AVX-512
+    CPU, half its GEMM speed): the machine record says which ran and what forced them."""
+    if coretype is None:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    v = benchrun.library_versions()
+    assert v["openblas_coretype"] == (coretype or "auto")
+    assert v["openblas_kernels"] and (coretype is None or v["openblas_kernels"] == coretype)
