@@ -178,7 +178,8 @@ def build_report(df: pd.DataFrame, out_dir, *, this_machine: str | None = None,
             "PyTorch); µs per time step; GFLOP/s (forward 2·G·T·B·H·(I+H) FLOPs, training "
             "3×); on rows with a thread count, GFLOP/s as a share of the machine's float32 FMA peak, "
             "a model from its CPU facts (threads × clock × 2 FMA pipes × lanes × 2, "
-            "gpulstm.cpuinfo), not a measurement; peak resident memory of the benchmark "
+            "gpulstm.cpuinfo), not a measurement: /proc/cpuinfo's clock is often the nominal "
+            "one, so a core that boosts shows more than 100 %; peak resident memory of the benchmark "
             "process (MiB, host). SequenceLength "
             "sweeps T at fixed B and H; BatchHidden sweeps B and H at a fixed T (50 in the "
             "quick profile, 100 in the full one).")
