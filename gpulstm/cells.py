@@ -75,6 +75,19 @@ class Cell:
     #: elementwise u * h_{t-1}; the engine then makes no W_hh^T and no dense W_hh gradient)
     dense_recurrence = True
 
+    #: accepts ``proj_size`` (LSTM's projection of the state, h = W_hr m)
+    projects = False
+
+    def config(self):
+        """The keyword arguments that rebuild this cell: ``type(cell)(**cell.config())``."""
+        return {}
+
+    def extra_shapes(self, H, P):
+        """Parameters beyond ``w_ih``, ``w_hh`` and the biases, per layer and direction, for
+        hidden size ``H`` and projection size ``P`` (0: none): {short name: shape}, in the
+        order they follow torch's (LSTM: ``w_hr`` (P, H), ``peep`` (3, H))."""
+        return {}
+
     def weight_shapes(self, I, H, Hs):
         """Shapes of the input and recurrent weights of one layer and direction (input size
         ``I``, hidden size ``H``, state size ``Hs``): both faces build their parameters from
@@ -167,6 +180,13 @@ class LSTMCell(Cell):
     cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "C", "peep", "gates", "dY", "dh",
                          "dc", "dGx", "db", "flags", "threads")
     loop_projects_input = True
+    projects = True
+
+    def extra_shapes(self, H, P):
+        out = {"w_hr": (P, H)} if P else {}
+        if self.peephole:
+            out["peep"] = (3, H)
+        return out
 
     def kernel_constants(self, H):
         return {"peep": (3, H)}
@@ -177,6 +197,9 @@ class LSTMCell(Cell):
     def __init__(self, forget_gate=True, peephole=False):
         self.forget_gate = forget_gate
         self.peephole = peephole
+
+    def config(self):
+        return {"forget_gate": self.forget_gate, "peephole": self.peephole}
 
     def flags(self, w):
         f = 0 if self.forget_gate else LSTM_NO_FORGET
@@ -312,6 +335,9 @@ class RNNCell(Cell):
         self.nonlinearity = nonlinearity
         self.name = "rnn_" + nonlinearity
 
+    def config(self):
+        return {"nonlinearity": self.nonlinearity}
+
     def flags(self, w):
         return RNN_RELU if self.nonlinearity == "relu" else 0
 
@@ -346,9 +372,13 @@ class CIFGCell(LSTMCell):
     kernel_struct, kernel_constant = "CifgCell", None
     cpu_forward_args = cpu_backward_args = ()
     loop_projects_input = False
+    projects = False  # no proj_size (nor peepholes)
 
     def __init__(self):
         super().__init__(forget_gate=True, peephole=False)
+
+    def config(self):
+        return {}
 
     def flags(self, w):
         return 0
@@ -429,6 +459,9 @@ class IndRNNCell(Cell):
     def __init__(self, nonlinearity="relu"):
         self.nonlinearity = nonlinearity
         self.name = "indrnn_" + nonlinearity
+
+    def config(self):
+        return {"nonlinearity": self.nonlinearity}
 
     def flags(self, w):
         return RNN_RELU if self.nonlinearity == "relu" else 0

@@ -199,6 +199,38 @@ class Context:
     masks: list = field(default_factory=list)  # dropout mask after each layer but the last
     state_grads: list = None  # [layer][direction] per-step dL/dh_t, dL/dc_t (when recorded)
 
+    def pack(self, xp):
+        """(skeleton, arrays): every array saved (``saved`` and ``masks``, not ``params``),
+        listed once per reference, and the rest with their places; :meth:`unpack` with the
+        same arrays (e.g. after torch's ``save_for_backward``) and the weights rebuilds it."""
+        arrays = []
+
+        def put(v):
+            if isinstance(v, xp.ndarray):
+                arrays.append(v)
+                return _Slot(len(arrays) - 1)
+            return v
+
+        saved = [[{k: put(v) for k, v in s.items()} for s in dirs] for dirs in self.saved]
+        return (saved, [put(m) for m in self.masks]), arrays
+
+    @classmethod
+    def unpack(cls, skeleton, arrays, cell, params):
+        def get(v):
+            return arrays[v.i] if isinstance(v, _Slot) else v
+
+        saved, masks = skeleton
+        return cls(cell, params, [[{k: get(v) for k, v in s.items()} for s in dirs]
+                                  for dirs in saved], [get(m) for m in masks])
+
+
+class _Slot:
+    """Place of a saved array in the list :meth:`Context.pack` returns."""
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
 
 def private_input(ex, x, lengths):
     """A C-contiguous copy of x [T,B,I] with the padded positions (t >= lengths[b]) set to 0.

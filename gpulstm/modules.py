@@ -15,21 +15,16 @@ forward or backward that raises leaves no saved forward or gradients behind.
 from __future__ import annotations
 
 import numbers
-import sys
-import warnings
 
 import numpy as np
 
-from . import engine
-from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
-                      check_lengths, check_nonlinearity, check_seed, host_memory_guard)
+from . import engine, layer
+from ._checks import (check_array, check_bool, check_dropout, check_dtype_name,
+                      check_nonlinearity, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
 from . import cells as _cells  # the engine's cell math (the public cells are below)
 from .init import check_init, initialize
-
-_WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
-                 "w_hr": "weight_hr", "peep": "weight_peep"}
-
+from .layer import LayerSpec, warn_dropout
 
 # Attributes the parameters' shapes or the saved arrays depend on: fixed once built.
 _FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bias",
@@ -37,12 +32,31 @@ _FIXED = frozenset({"input_size", "hidden_size", "num_layers", "proj_size", "bia
                     "cuda_graphs"})
 
 
+def _spec_attr(name):
+    return property(lambda self: getattr(self._spec, name),
+                    doc=f"``{name}`` of the layer's :class:`gpulstm.layer.LayerSpec` (fixed).")
+
+
 class _RNNBase:
-    _gates = 1
-    #: a cell state c next to h (LSTM): c0/c_n/grad_c_n exist and grad_hx is (dh0, dc0)
-    _has_cell_state = False
-    #: proj_size accepted (LSTM)
-    _projects = False
+    """The parameter holder of the NumPy/CuPy face: the layer's :class:`LayerSpec`, its
+    parameters (arrays of the execution, by torch name), the execution and the last forward's
+    :class:`gpulstm.layer.Reserve`. Everything else (names, shapes, checks, the forward and
+    backward) is :mod:`gpulstm.layer`'s, shared with :mod:`gpulstm.torch`."""
+    #: a step cell (LSTMCell, ...): names without the ``_l0`` suffix
+    _step_cell = False
+
+    input_size = _spec_attr("input_size")
+    hidden_size = _spec_attr("hidden_size")
+    num_layers = _spec_attr("num_layers")
+    proj_size = _spec_attr("proj_size")
+    bias = _spec_attr("bias")
+    bidirectional = _spec_attr("bidirectional")
+    num_directions = _spec_attr("num_directions")
+    _state_size = _spec_attr("state_size")
+
+    @property
+    def _has_cell_state(self):
+        return self._spec.has_cell_state
 
     def __setattr__(self, name, value):
         if name in _FIXED and "_params" in self.__dict__:
@@ -53,23 +67,12 @@ class _RNNBase:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
                  dtype="float32", seed=None, algo="auto", allow_tf32=False, cuda_graphs=False):
-        self.input_size = check_int("input_size", input_size, 1)
-        self.hidden_size = check_int("hidden_size", hidden_size, 1)
-        self.num_layers = check_int("num_layers", num_layers, 1)
-        self.proj_size = check_int("proj_size", proj_size, 0)
-        if self.proj_size and not self._projects:
-            raise ValueError(f"proj_size is supported by LSTM only, not {type(self).__name__}")
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be < hidden_size={hidden_size}; got {proj_size}")
-        self.bias = check_bool("bias", bias)
+        self._spec = LayerSpec(self._make_cell(), input_size, hidden_size, num_layers, bias,
+                               bidirectional, proj_size, owner=type(self).__name__,
+                               step=self._step_cell)
         self.batch_first = check_bool("batch_first", batch_first)
-        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.dropout = dropout  # validated by the property
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                          "non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={num_layers}", UserWarning,
-                          stacklevel=_user_stacklevel())
+        warn_dropout(self.dropout, self.num_layers)
         self.dtype = check_dtype_name(dtype)
         seed = check_seed(seed)
         # algo: the time loop (backends.kernel_loop); allow_tf32: the GEMMs' compute type
@@ -83,7 +86,7 @@ class _RNNBase:
         init_seq, drop_seq, self._bias_seed = np.random.SeedSequence(seed).spawn(3)
         # dropout masks: Philox stream (seed from the module seed, offset advancing per mask)
         self._dropout_stream = engine.DropoutStream(int(drop_seq.generate_state(1, np.uint64)[0]))
-        self._ctx = None
+        self._reserve = None  # the last forward's layer.Reserve
         self._ctx_error = None  # why the last forward failed (backward's message)
         self.record_state_grads = False  # set True to keep per-step dL/dh_t (state_grads)
         self.state_grads = None
@@ -91,10 +94,11 @@ class _RNNBase:
         self.grad_hx = None
         self._params = {}
         rng = np.random.default_rng(init_seq)
-        for _, _, _, key, shape in self._keys():
-            nbytes = int(np.prod(shape, dtype=object)) * self.dtype.itemsize
-            with host_memory_guard(nbytes, f"parameter {key} of shape {shape}"):
-                self._params[key] = self.ex.asarray(self._init_param(rng, key, shape), self.dtype)
+        for p in self._spec.params:
+            nbytes = int(np.prod(p.shape, dtype=object)) * self.dtype.itemsize
+            with host_memory_guard(nbytes, f"parameter {p.name} of shape {p.shape}"):
+                self._params[p.name] = self.ex.asarray(self._init_param(rng, p.name, p.shape),
+                                                       self.dtype)
 
     @property
     def allow_tf32(self):
@@ -126,7 +130,7 @@ class _RNNBase:
             return
         if not self.bias:
             raise ValueError(f"{', '.join(sorted(options))} needs bias=True")
-        new = initialize(self.state_dict(), _MODE[type(self)._gates], self.hidden_size,
+        new = initialize(self.state_dict(), self._init_mode, self.hidden_size,
                          rng=np.random.default_rng(self._bias_seed), **options)
         self.load_state_dict(new)
 
@@ -137,7 +141,7 @@ class _RNNBase:
         state = self.__dict__.copy()
         ex = state.pop("ex")
         state["_allow_tf32"] = ex.allow_tf32
-        state["_ctx"] = None
+        state["_reserve"] = None
         state["_ctx_error"] = None
         for k in ("_params", "grads", "grad_hx", "state_grads"):
             state[k] = _map_arrays(state[k], ex.to_numpy)
@@ -147,6 +151,15 @@ class _RNNBase:
         """Re-attach the execution of the backend the module was saved with."""
         allow_tf32 = state.pop("_allow_tf32", False)
         self.__dict__.update(state)
+        self.__dict__.pop("_ctx", None)  # saved before the reserve (always None in a pickle)
+        self.__dict__.setdefault("_reserve", None)
+        if "_spec" not in state:  # saved before the LayerSpec: its fields were attributes
+            d = self.__dict__
+            d.pop("_key_list", None)
+            d["_spec"] = LayerSpec(self._make_cell(), d.pop("input_size"), d.pop("hidden_size"),
+                                   d.pop("num_layers"), d.pop("bias"), d.pop("bidirectional"),
+                                   d.pop("proj_size"), owner=type(self).__name__,
+                                   step=self._step_cell)
         if "_dropout_stream" not in state:  # saved before the Philox masks: seed from its Generator
             rng = self.__dict__.pop("_dropout_rng", None)
             seed = int(rng.bit_generator.random_raw()) if rng is not None else 0
@@ -167,63 +180,35 @@ class _RNNBase:
             setattr(self, k, _map_arrays(getattr(self, k), conv))
 
     # -- structure ----------------------------------------------------------------------------
-    @property
-    def num_directions(self):
-        return 2 if self.bidirectional else 1
-
-    @property
-    def _state_size(self):
-        return self.proj_size or self.hidden_size
-
     def _keys(self):
-        """((layer, direction, short, state_dict key, shape), ...) in PyTorch's order; built
-        once (it depends only on attributes fixed when the module is built; rebuilding it cost
-        ~4 us of every call)."""
-        keys = self.__dict__.get("_key_list")
-        if keys is None:
-            keys = self.__dict__["_key_list"] = tuple(self._build_keys())
-        return keys
-
-    def _build_keys(self):
-        G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self.num_directions
-        cell = self._make_cell()
-        out = []
-        for layer in range(self.num_layers):
-            I = self.input_size if layer == 0 else D * Hs
-            for d in range(D):
-                shapes = dict(cell.weight_shapes(I, H, Hs))
-                if self.bias:
-                    shapes.update(b_ih=(G * H,), b_hh=(G * H,))
-                shapes.update(self._extra_shapes())
-                for short, shape in shapes.items():
-                    key = f"{_WEIGHT_NAMES[short]}_l{layer}{'_reverse' if d else ''}"
-                    out.append((layer, d, short, key, shape))
-        return out
-
-    def _extra_shapes(self):
-        return {}
+        """The parameters (:class:`gpulstm.layer.Param`: layer, direction, short, torch name,
+        shape) in PyTorch's order."""
+        return self._spec.params
 
     def _init_param(self, rng, key, shape):
         k = 1.0 / np.sqrt(self.hidden_size)
         return rng.uniform(-k, k, size=shape)
 
+    def _flat(self, copy=False):
+        """The parameters in the spec's order. With ``copy``, private copies: what a forward
+        saves for its backward, so that updating the parameters in place before ``backward``
+        cannot change the gradients of that forward."""
+        ps = self._params
+        return [ps[n].copy() for n in self._spec.names] if copy else \
+            [ps[n] for n in self._spec.names]
+
     def _weights(self, copy=False):
-        """[layer][direction] -> weight dict for the engine (None for absent biases). With
-        ``copy``, private copies: what a forward saves for its backward, so that updating the
-        parameters in place before ``backward`` cannot change the gradients of that forward."""
-        ws = [[{"b_ih": None, "b_hh": None} for _ in range(self.num_directions)]
-              for _ in range(self.num_layers)]
-        for layer, d, short, key, _ in self._keys():
-            ws[layer][d][short] = self._params[key].copy() if copy else self._params[key]
-        return ws
+        """[layer][direction] -> weight dict for the engine (None for absent biases)."""
+        return self._spec.nest(self._flat(copy))
 
     def _make_cell(self):
+        """A new engine cell of this layer's kind (:mod:`gpulstm.cells`), with its options."""
         raise NotImplementedError
 
     # -- parameters ---------------------------------------------------------------------------
     def state_dict(self):
         """{PyTorch name: copy of the parameter} (arrays of the backend's module)."""
-        return {key: self._params[key].copy() for _, _, _, key, _ in self._keys()}
+        return {key: self._params[key].copy() for key in self._spec.names}
 
     def load_state_dict(self, state_dict):
         """Load parameters by PyTorch name, copying them (the module never shares memory with
@@ -231,7 +216,7 @@ class _RNNBase:
         converted to the module's dtype. Nothing changes if any entry is wrong."""
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
-        expected = {key: shape for _, _, _, key, shape in self._keys()}
+        expected = {p.name: p.shape for p in self._spec.params}
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
         if missing or unexpected:
@@ -258,17 +243,24 @@ class _RNNBase:
         return self.train(False)
 
     # -- forward / backward -------------------------------------------------------------------
-    def _check_state(self, name, a, B, size, unbatched):
-        LD = self.num_layers * self.num_directions
+    @property
+    def _ctx(self):
+        """The engine context inside the last forward's reserve (None: none saved)."""
+        r = self._reserve
+        return None if r is None else (r.ctx if r.ctx is not None else _EMPTY_BATCH)
+
+    @_ctx.setter
+    def _ctx(self, value):
+        if value is not None:
+            raise ValueError("only None (drop the saved forward) may be assigned to _ctx")
+        self._reserve = None
+
+    def _state(self, name, a, which, B, batched):
+        """A state (or state gradient) given by the user: checked by the spec, with the batch
+        axis for unbatched input, as an array of the execution."""
         a = self.ex.from_user(_no_autograd(name, a))
-        if unbatched:
-            if getattr(a, "ndim", 2) != 2:
-                raise ValueError(f"for unbatched 2-D input, {name} must also be 2-D ({LD}, {size}); "
-                                 f"got shape {tuple(a.shape)}")
-            a = check_array(name, a, (LD, size), self.dtype)[:, None, :]
-        else:
-            a = check_array(name, a, (LD, B, size), self.dtype)
-        return self.ex.asarray(a, self.dtype)
+        self._spec.check_state(name, a, which, B, batched, self.dtype)
+        return self.ex.asarray(a if batched else a[:, None, :], self.dtype)
 
     def _forward(self, x, h0, c0, lengths):
         self._ctx = None  # a failed forward leaves no saved forward behind
@@ -280,45 +272,26 @@ class _RNNBase:
             raise
 
     def _forward_impl(self, x, h0, c0, lengths):
-        ex = self.ex
+        ex, spec = self.ex, self._spec
         x = ex.from_user(_no_autograd("x", x))
-        unbatched = getattr(x, "ndim", None) == 2
-        if unbatched:  # (T, I): one sequence, batch_first does not apply (as in torch)
-            x = check_array("x", x, (None, self.input_size), self.dtype)[:, None, :]
-        else:
-            x = check_array("x", x, (None, None, self.input_size), self.dtype)
-            if self.batch_first:
-                x = x.transpose(1, 0, 2)
-        T, B = x.shape[0], x.shape[1]
-        if T < 1:
-            raise ValueError(f"x must have at least one time step; got shape {tuple(x.shape)}")
-        Hs, H, LD = self._state_size, self.hidden_size, self.num_layers * self.num_directions
-        h0 = ex.xp.zeros((LD, B, Hs), self.dtype) if h0 is None \
-            else self._check_state("h0", h0, B, Hs, unbatched)
-        if self._has_cell_state:
-            c0 = ex.xp.zeros((LD, B, H), self.dtype) if c0 is None \
-                else self._check_state("c0", c0, B, H, unbatched)
-        lens = np.full(B, T, np.int32) if lengths is None else check_lengths(lengths, T, B)
-        F = self.num_directions * Hs
-        if B == 0:  # an empty batch: empty outputs, and a backward of zeros
-            y = ex.xp.zeros((T, 0, F), self.dtype)
-            h_n, c_n, ctx = h0.copy(), (c0.copy() if c0 is not None else None), _EMPTY_BATCH
-        else:
-            lens = ex.asarray(lens, np.int32)
-            cell = self._make_cell()
-            need = engine.saved_bytes(cell, T, B, self.input_size, H, Hs, self.num_layers,
-                                      self.num_directions, self.dtype.itemsize)
-            with ex.memory_guard(need, f"{type(self).__name__} forward (T={T}, B={B}, H={H})"):
-                # private weight copies only for a backward to read (inference saves nothing:
-                # at B=32, H=256 the copy was 1.5 % of a forward)
-                y, h_n, c_n, ctx = engine.forward(ex, cell, self._weights(copy=self.training), x,
-                                                  h0, c0, lens,
-                                                  self.dropout if self.training else 0.0,
-                                                  self._dropout_stream, save=self.training)
-        self._ctx = ctx
-        self._out_shape = (T, B, F)
-        self._unbatched = unbatched
-        if unbatched:
+        batched, T, B = spec.check_input("x", x, self.dtype, self.batch_first)
+        if not batched:  # (T, I): one sequence, batch_first does not apply (as in torch)
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        h0 = None if h0 is None else self._state("h0", h0, "h", B, batched)
+        c0 = None if c0 is None or not spec.has_cell_state else \
+            self._state("c0", c0, "c", B, batched)
+        lens = spec.check_lengths(lengths, T, B)
+        # private weight copies only for a backward to read (inference saves nothing: at
+        # B=32, H=256 the copy was 1.5 % of a forward)
+        y, h_n, c_n, self._reserve = layer.forward(
+            ex, spec, self._flat(copy=self.training), x, h0, c0, lens,
+            dropout=self.dropout if self.training else 0.0, rng=self._dropout_stream,
+            save=self.training)
+        self._out_shape = (T, B, spec.output_size)
+        self._unbatched = not batched
+        if not batched:
             return y[:, 0], h_n[:, 0], (c_n[:, 0] if c_n is not None else None)
         if self.batch_first:
             y = ex.xp.ascontiguousarray(y.transpose(1, 0, 2))
@@ -326,47 +299,32 @@ class _RNNBase:
 
     def _backward(self, grad_out, grad_h_n, grad_c_n):
         self.grads = self.grad_hx = self.state_grads = None  # a failed backward leaves none
-        if self._ctx is None:
+        if self._reserve is None:
             why = f"; the last forward() failed with {self._ctx_error}" if self._ctx_error else ""
             raise RuntimeError(f"backward() needs a successful forward() first{why}")
-        ex = self.ex
+        ex, spec = self.ex, self._spec
         T, B, F = self._out_shape
-        unbatched = self._unbatched
-        want = (T, F) if unbatched else (B, T, F) if self.batch_first else (T, B, F)
-        g = check_array("grad_out", ex.from_user(_no_autograd("grad_out", grad_out)), want, self.dtype)
-        if unbatched:
+        batched = not self._unbatched
+        want = (B, T, F) if batched and self.batch_first else (T, B, F) if batched else (T, F)
+        g = check_array("grad_out", ex.from_user(_no_autograd("grad_out", grad_out)), want,
+                        self.dtype)
+        if not batched:
             g = g[:, None, :]
         elif self.batch_first:
             g = g.transpose(1, 0, 2)
         g = ex.asarray(g, self.dtype)
-        dh_n = None if grad_h_n is None else \
-            self._check_state("grad_h_n", grad_h_n, B, self._state_size, unbatched)
-        dc_n = None if grad_c_n is None else \
-            self._check_state("grad_c_n", grad_c_n, B, self.hidden_size, unbatched)
-        if self._ctx is _EMPTY_BATCH:
-            xp, LD = ex.xp, self.num_layers * self.num_directions
-            dx = xp.zeros((T, 0, self.input_size), self.dtype)
-            dh0 = xp.zeros((LD, 0, self._state_size), self.dtype)
-            dc0 = xp.zeros((LD, 0, self.hidden_size), self.dtype)
-            grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
-            state_grads = None
-        else:
-            record = check_bool("record_state_grads", self.record_state_grads)
-            H, Hs = self.hidden_size, self._state_size
-            need = engine.saved_bytes(self._ctx.cell, T, B, self.input_size, H, Hs,
-                                      self.num_layers, self.num_directions, self.dtype.itemsize)
-            with ex.memory_guard(need, f"{type(self).__name__} backward (T={T}, B={B}, H={H})"):
-                dx, dh0, dc0, gl = engine.backward(ex, self._ctx, g, dh_n, dc_n, record)
-            grads = {key: gl[layer][d][short] for layer, d, short, key, _ in self._keys()}
-            state_grads = self._ctx.state_grads if record else None
-        if unbatched:
+        dh_n = None if grad_h_n is None else self._state("grad_h_n", grad_h_n, "h", B, batched)
+        dc_n = None if grad_c_n is None else self._state("grad_c_n", grad_c_n, "c", B, batched)
+        record = check_bool("record_state_grads", self.record_state_grads)
+        dx, dh0, dc0, flat, state_grads = layer.backward(ex, self._reserve, g, dh_n, dc_n, record)
+        if not batched:
             dx, dh0 = dx[:, 0], dh0[:, 0]
             dc0 = dc0[:, 0] if dc0 is not None else None
         elif self.batch_first:
             dx = ex.xp.ascontiguousarray(dx.transpose(1, 0, 2))
         self.state_grads = state_grads
-        self.grads = grads
-        self.grad_hx = (dh0, dc0) if self._has_cell_state else dh0
+        self.grads = dict(zip(spec.names, flat))
+        self.grad_hx = (dh0, dc0) if spec.has_cell_state else dh0
         return dx
 
     def __repr__(self):
@@ -374,19 +332,9 @@ class _RNNBase:
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
 
-_MODE = {4: "LSTM", 3: "GRU"}  # gate count -> gpulstm.init mode (RNN takes no bias option)
 
 
-def _user_stacklevel():
-    """warnings.warn's stacklevel of the first caller outside this module (the user's line),
-    for a warning raised in a constructor, whatever the depth of subclass ``__init__``s."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-_EMPTY_BATCH = "empty batch"  # the saved "forward" of a B = 0 call: backward returns zeros
+_EMPTY_BATCH = "empty batch"  # what _ctx shows after a forward of B = 0
 
 
 def _map_arrays(obj, f):
@@ -429,9 +377,7 @@ class LSTM(_RNNBase):
     1997 cell, f = 1), ``peephole=True`` (diagonal peepholes, parameters ``weight_peep_l{k}``
     of shape (3, H): p_i, p_f, p_o).
     """
-    _gates = 4
-    _has_cell_state = True
-    _projects = True
+    _init_mode = "LSTM"  # gpulstm.init's mode for forget_bias / chrono
 
     def __init__(self, *args, forget_bias=None, init="default", t_max=None, forget_gate=True,
                  peephole=False, **kwargs):
@@ -440,14 +386,6 @@ class LSTM(_RNNBase):
         t_max = check_init(init, t_max, ("default", "chrono"))
         super().__init__(*args, **kwargs)
         self._init_biases(forget_bias=forget_bias, t_max=t_max)
-
-    def _extra_shapes(self):
-        out = {}
-        if self.proj_size:
-            out["w_hr"] = (self.proj_size, self.hidden_size)
-        if self.peephole:
-            out["peep"] = (3, self.hidden_size)
-        return out
 
     def _make_cell(self):
         return _cells.LSTMCell(forget_gate=self.forget_gate, peephole=self.peephole)
@@ -484,9 +422,6 @@ class CIFG(_RNNBase):
     no projection, peepholes or bias initialisation options. Its fused and persistent device
     kernels come from its cell header (kernels/cells/cifg.cuh); the cpu backend runs its
     stepwise loop."""
-    _gates = 3
-    _has_cell_state = True
-
     def _make_cell(self):
         return _cells.CIFGCell()
 
@@ -501,10 +436,10 @@ class GRU(_RNNBase):
     Extra keyword option beyond ``torch.nn.GRU``: ``update_bias`` (the update-gate block of
     ``bias_ih`` at initialisation, that of ``bias_hh`` 0; > 0 makes the units keep h longer,
     see :mod:`gpulstm.init`)."""
-    _gates = 3
+    _init_mode = "GRU"  # gpulstm.init's mode for update_bias
 
     def __init__(self, *args, update_bias=None, **kwargs):
-        if update_bias is not None and type(self)._gates != 3:
+        if update_bias is not None and self._init_mode != "GRU":
             raise TypeError(f"update_bias is a GRU option; {type(self).__name__} has no update "
                             "gate")
         super().__init__(*args, **kwargs)
@@ -533,7 +468,7 @@ class RNN(GRU):
     nonlinearity, bias, batch_first, dropout, bidirectional)``.
     ``init="identity"`` gives the IRNN of Le et al. 2015 (W_hh = I, biases 0; use with relu).
     """
-    _gates = 1
+    _init_mode = None  # no bias option
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="default", **kwargs):
@@ -564,7 +499,7 @@ class IndRNN(GRU):
     Positional arguments as ``RNN``: ``IndRNN(input_size, hidden_size, num_layers,
     nonlinearity, bias, batch_first, dropout, bidirectional)``.
     """
-    _gates = 1
+    _init_mode = None  # no bias option
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
@@ -586,15 +521,12 @@ class _StepCell(_RNNBase):
     gradient of the new state(s), returns dL/dx and fills ``grads`` and ``grad_hx`` (the
     gradient of the state passed in). Each step is a sequence of length 1 through the same
     engine as the layers; as they, a cell keeps what its last forward needs for backward."""
+    _step_cell = True
 
     def __init__(self, input_size, hidden_size, bias=True, *, backend="auto", dtype="float32",
                  seed=None, allow_tf32=False):
         super().__init__(input_size, hidden_size, 1, bias, backend=backend, dtype=dtype,
                          seed=seed, allow_tf32=allow_tf32)
-
-    def _build_keys(self):
-        return [(layer, d, short, key.removesuffix("_l0"), shape)
-                for layer, d, short, key, shape in super()._build_keys()]
 
     def _user_state(self, name, a, want):
         """A state-shaped array given by the user, checked against its own shape ``want``
@@ -636,9 +568,6 @@ class LSTMCell(_StepCell):
     """One LSTM step (torch.nn.LSTMCell's math and gate order i, f, g, o):
     ``h, c = cell(x, (h, c))``; ``dx = cell.backward(grad_h, grad_c)`` fills ``grads`` and
     ``grad_hx = (dL/dh, dL/dc)`` of the state passed in."""
-    _gates = 4
-    _has_cell_state = True
-
     def _make_cell(self):
         return _cells.LSTMCell()
 
@@ -661,8 +590,6 @@ class LSTMCell(_StepCell):
 class GRUCell(_StepCell):
     """One GRU step (torch.nn.GRUCell's math): ``h = cell(x, h)``; ``dx = cell.backward(grad_h)``
     fills ``grads`` and ``grad_hx`` (dL/dh of the state passed in)."""
-    _gates = 3
-
     def _make_cell(self):
         return _cells.GRUCell()
 
@@ -680,8 +607,6 @@ class GRUCell(_StepCell):
 class RNNCell(GRUCell):
     """One Elman step, h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu), as
     torch.nn.RNNCell (arguments in its order: input_size, hidden_size, bias, nonlinearity)."""
-    _gates = 1
-
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", **kwargs):
         check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity

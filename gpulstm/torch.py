@@ -47,20 +47,19 @@ import math
 import itertools
 import warnings
 import weakref
-from collections import namedtuple
 from typing import Optional
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import engine
-from ._checks import (check_array, check_bool, check_dropout, check_dtype_name, check_int,
-                      check_lengths, check_nonlinearity)
-from .backends import BackendUnavailable, get_backend
+from . import layer
+from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_nonlinearity
+from .backends import BackendUnavailable, get_backend, with_graphs
 from .backends.kernel_loop import check_algo
 from . import cells as _cells  # the engine's cell math (not torch's public cell modules)
 from .init import check_init, initialize
+from .layer import LayerSpec, Shaped, warn_dropout
 
 __all__ = ["LSTM", "GRU", "RNN", "CIFG", "IndRNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -124,89 +123,44 @@ class _TorchUniform:
         return self.bridge.array(torch.rand(tuple(shape), dtype=torch.float64, device=dev))
 
 
-class _Slot:
-    """Place of a saved array in the list handed to ``save_for_backward``."""
-    __slots__ = ("i",)
-
-    def __init__(self, i):
-        self.i = i
-
-
-def _pack(ectx, xp):
-    """engine.Context -> (skeleton, arrays): every array it saved, listed once per reference;
-    the skeleton keeps the rest (flags) and the slots. ``ectx.params`` is rebuilt from the
-    weights in backward and left out."""
-    arrays = []
-
-    def put(v):
-        if isinstance(v, xp.ndarray):
-            arrays.append(v)
-            return _Slot(len(arrays) - 1)
-        return v
-
-    saved = [[{k: put(v) for k, v in s.items()} for s in dirs] for dirs in ectx.saved]
-    return (saved, [put(m) for m in ectx.masks]), arrays
-
-
-def _unpack(skeleton, arrays, cell, params):
-    def get(v):
-        return arrays[v.i] if isinstance(v, _Slot) else v
-
-    saved, masks = skeleton
-    return engine.Context(cell, params, [[{k: get(v) for k, v in s.items()} for s in dirs]
-                                         for dirs in saved], [get(m) for m in masks])
-
-
-def _spec_of(module):
+def _op_key(module):
     """What a forward of ``module`` needs beyond its tensors, as one string (an argument the
-    registered operators take): the engine's cell, the weight layout, (I, H, Hs, L, D),
+    registered operators take): the layer's spec (:meth:`gpulstm.layer.LayerSpec.key`),
     backend and algo. (The dropout probability travels as a number: torch.compile may trace
     a float attribute as a symbolic value.)"""
-    return repr((module._cell_spec(), module._layout(),
-                 (module.input_size, module.hidden_size, module._state_size, module.num_layers,
-                  module._num_directions), module.backend, module.algo))
+    return repr((module._spec.key(), module.backend, module.algo))
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_spec(spec):
-    return ast.literal_eval(spec)
+def _parse_key(key):
+    spec_key, backend, algo = ast.literal_eval(key)
+    return LayerSpec.from_key(spec_key), backend, algo
 
 
 class _Call:
-    """The fixed arguments of one forward: execution, cell, weight layout, lengths, dropout."""
+    """The fixed arguments of one forward: execution, layer spec, lengths, dropout."""
 
-    def __init__(self, spec, device, lengths, dropout):
-        (cell, kwargs), self.layout, self.dims, backend, algo = _parse_spec(spec)
+    def __init__(self, key, device, lengths, dropout, ex=None):
+        self.spec, backend, algo = _parse_key(key)
         self.dropout = dropout
-        self.ex = _execution(backend, algo, device)
+        self.ex = _execution(backend, algo, device) if ex is None else ex
         self.bridge = _Bridge(self.ex, device)
-        self.cell = getattr(_cells, cell)(**kwargs)
         self.lengths = lengths  # NumPy int32 [B]
 
-    def params(self, weights):
-        """Flat weight arrays (torch's order) -> [layer][direction] dicts for the engine."""
-        ps = [[{"b_ih": None, "b_hh": None} for _ in dirs] for dirs in self.layout]
-        it = iter(weights)
-        for layer, dirs in enumerate(self.layout):
-            for d, shorts in enumerate(dirs):
-                for short in shorts:
-                    ps[layer][d][short] = next(it)
-        return ps
-
-    def forward(self, x, h0, c0, weights):
-        """Tensors in, tensors out: (y, h_n, c_n or None, engine context). Call inside
+    def forward(self, x, h0, c0, weights, save=True):
+        """Tensors in, tensors out: (y, h_n, c_n or None, layer.Reserve). Call inside
         ``self.bridge.scope()``."""
-        ex, b = self.ex, self.bridge
-        T, B = x.shape[0], x.shape[1]
-        I, H, Hs, L, D = self.dims
-        xa = b.array(x)
-        lens = ex.asarray(self.lengths, np.int32)
-        need = engine.saved_bytes(self.cell, T, B, I, H, Hs, L, D, xa.dtype.itemsize)
-        with ex.memory_guard(need, f"gpulstm.torch {self.cell.name} forward (T={T}, B={B}, H={H})"):
-            y, h_n, c_n, ectx = engine.forward(
-                ex, self.cell, self.params([b.array(w) for w in weights]), xa, b.array(h0),
-                b.array(c0), lens, self.dropout, _TorchUniform(b) if self.dropout else None)
-        return b.tensor(y), b.tensor(h_n), None if c_n is None else b.tensor(c_n), ectx
+        b = self.bridge
+        y, h_n, c_n, reserve = layer.forward(
+            self.ex, self.spec, [b.array(w) for w in weights], b.array(x), b.array(h0),
+            b.array(c0), self.lengths, dropout=self.dropout,
+            rng=_TorchUniform(b) if self.dropout else None, save=save)
+        return b.tensor(y), b.tensor(h_n), None if c_n is None else b.tensor(c_n), reserve
+
+    def backward(self, reserve, dy, dh_n, dc_n):
+        """(dx, dh0, dc0 or None, flat weight gradients) as arrays of the execution."""
+        b = self.bridge
+        return layer.backward(self.ex, reserve, b.array(dy), b.array(dh_n), b.array(dc_n))[:4]
 
 
 def _once_differentiable(fn):
@@ -246,10 +200,10 @@ class _EngineFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, x, h0, c0, *weights):
         with call.bridge.scope():
-            y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
-            skeleton, arrays = _pack(ectx, call.ex.xp)
+            y, h_n, c_n, reserve = call.forward(x, h0, c0, weights)
+            token, arrays = reserve.pack(call.ex.xp)  # opaque: the layer's reserve space
             saved = [call.bridge.tensor(a, move=False) for a in arrays]
-        ctx.call, ctx.skeleton, ctx.n_weights = call, skeleton, len(weights)
+        ctx.call, ctx.token, ctx.n_weights = call, token, len(weights)
         # x and the weights too: the engine keeps views of them, so torch's version counters
         # must catch an in-place edit before the backward
         ctx.save_for_backward(x, *weights, *saved)
@@ -262,21 +216,18 @@ class _EngineFunction(torch.autograd.Function):
         call, n = ctx.call, ctx.n_weights
         tensors = ctx.saved_tensors
         x, weights, saved = tensors[0], tensors[1:1 + n], tensors[1 + n:]
-        b, ex = call.bridge, call.ex
+        b = call.bridge
         with b.scope():
-            params = call.params([b.array(w) for w in weights])
-            ectx = _unpack(ctx.skeleton, [b.array(t) for t in saved], call.cell, params)
-            T, B = x.shape[0], x.shape[1]
-            width = call.dims[4] * call.dims[2]
-            dya = ex.xp.zeros((T, B, width), ectx.saved[0][0]["S"].dtype) if dy is None else b.array(dy)
-            dx, dh0, dc0, grads = engine.backward(ex, ectx, dya, b.array(dh_n), b.array(dc_n))
+            reserve = layer.Reserve.unpack(ctx.token, [b.array(t) for t in saved],
+                                           [b.array(w) for w in weights])
+            if dy is None:
+                dy = x.new_zeros(x.shape[0], x.shape[1], call.spec.output_size)
+            dx, dh0, dc0, flat = call.backward(reserve, dy, dh_n, dc_n)
             need = ctx.needs_input_grad
             out = [None,
                    b.tensor(dx) if need[1] else None,
                    b.tensor(dh0) if need[2] else None,
                    b.tensor(dc0) if dc0 is not None and need[3] else None]
-            flat = [grads[layer][d][short] for layer, dirs in enumerate(call.layout)
-                    for d, shorts in enumerate(dirs) for short in shorts]
             out += [b.tensor(g) if need[4 + i] else None for i, g in enumerate(flat)]
         return tuple(out)
 
@@ -312,9 +263,9 @@ _SAVED = {}
 _KEYS = itertools.count()
 
 
-def _keep(call, ectx):
+def _keep(call, reserve):
     key = next(_KEYS)
-    _SAVED[key] = (call, ectx)
+    _SAVED[key] = (call, reserve)
     handle = torch.tensor([key], dtype=torch.int64)
     weakref.finalize(handle, _SAVED.pop, key, None)
     return handle
@@ -328,8 +279,8 @@ def _op_forward(spec: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch
     ``save``))."""
     call = _Call(spec, x.device, lengths.numpy().astype(np.int32), dropout)
     with call.bridge.scope():
-        y, h_n, c_n, ectx = call.forward(x, h0, c0, weights)
-    handle = _keep(call, ectx) if save else torch.tensor([-1], dtype=torch.int64)
+        y, h_n, c_n, reserve = call.forward(x, h0, c0, weights, save=save)
+    handle = _keep(call, reserve) if save else torch.tensor([-1], dtype=torch.int64)
     c_n = x.new_empty(0) if c_n is None else c_n
     # outputs must not alias each other or the inputs (views of the engine's buffers may)
     return tuple(t.clone() if t._base is not None else t for t in (y, h_n, c_n)) + (handle,)
@@ -337,10 +288,10 @@ def _op_forward(spec: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch
 
 @_op_forward.register_fake
 def _(spec, x, h0, c0, weights, lengths, dropout, save):
-    (_, _), _, (I, H, Hs, L, D), _, _ = _parse_spec(spec)
+    layer_spec = _parse_key(spec)[0]
     T, B = x.shape[0], x.shape[1]
-    c_n = x.new_empty(L * D, B, H) if c0 is not None else x.new_empty(0)
-    return (x.new_empty(T, B, D * Hs), x.new_empty(L * D, B, Hs), c_n,
+    c_n = x.new_empty(layer_spec.state_shape("c", B)) if c0 is not None else x.new_empty(0)
+    return (x.new_empty(T, B, layer_spec.output_size), x.new_empty(layer_spec.state_shape("h", B)), c_n,
             torch.empty(1, dtype=torch.int64, device="cpu"))
 
 
@@ -349,12 +300,10 @@ def _op_backward(handle: torch.Tensor, x: torch.Tensor, has_c0: bool, weights: l
                  dy: torch.Tensor, dh_n: torch.Tensor, dc_n: Optional[torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(dx, dh0, dc0 (empty without a cell state), gradients of ``weights``)."""
-    call, ectx = _SAVED[int(handle[0])]
+    call, reserve = _SAVED[int(handle[0])]
     b = call.bridge
     with b.scope():
-        dx, dh0, dc0, grads = engine.backward(call.ex, ectx, b.array(dy), b.array(dh_n), b.array(dc_n))
-        flat = [grads[layer][d][short] for layer, dirs in enumerate(call.layout)
-                for d, shorts in enumerate(dirs) for short in shorts]
+        dx, dh0, dc0, flat = call.backward(reserve, dy, dh_n, dc_n)
         return (b.tensor(dx), b.tensor(dh0), b.tensor(dc0) if has_c0 else x.new_empty(0),
                 [b.tensor(g) for g in flat])
 
@@ -390,25 +339,20 @@ _op_backward.register_autograd(_op_backward_backward, setup_context=lambda ctx, 
 
 
 # -- the modules ----------------------------------------------------------------------------------
-_Spec = namedtuple("_Spec", "shape dtype")
-_SHORT = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
-          "weight_hr": "w_hr", "weight_peep": "peep"}
-
-
-def _spec(name, t):
-    """A tensor's shape and NumPy dtype, for the shared array checks."""
+def _shaped(name, t):
+    """A tensor's shape and NumPy dtype, for the layer's shared checks."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     try:
         dt = np.dtype(str(t.dtype).removeprefix("torch."))
     except TypeError:
         raise TypeError(f"{name} must have dtype float32 or float64; got {t.dtype}") from None
-    return _Spec(tuple(t.shape), dt)
+    return Shaped(tuple(t.shape), dt)
 
 
 def _weights_dtype(weights):
     """The one NumPy dtype (float32 or float64) of the parameters."""
-    dtype = check_dtype_name(_spec("the parameters", weights[0]).dtype)
+    dtype = check_dtype_name(_shaped("the parameters", weights[0]).dtype)
     if any(w.dtype != weights[0].dtype for w in weights):
         raise TypeError(f"the parameters must share one dtype; got {sorted({str(w.dtype) for w in weights})}")
     return dtype
@@ -420,79 +364,87 @@ def _one_device(tensors):
         raise ValueError(f"input, hx and the parameters must be on one device; got {sorted(map(str, devices))}")
 
 
-def _initial_state(name, h, shape, axis, batched, x, dtype):
-    """The state ``h`` given by the user with its batch axis ``axis`` (checked against
-    ``shape``, or ``shape`` without that axis for unbatched input), or zeros of ``shape``."""
-    if h is None:
-        return x.new_zeros(shape)
-    check_array(name, _spec(name, h), shape if batched else shape[:axis] + shape[axis + 1:], dtype)
-    return h if batched else h.unsqueeze(axis)
-
-
 def _zero_of(tensors):
     """0 that depends on every tensor: empty (B = 0) outputs get zero gradients for them all,
     as torch.nn's do."""
     return sum(t.sum() for t in tensors if t is not None) * 0
 
 
-class _RNNBase(torch.nn.Module):
-    _gates = 1
-    _has_cell_state = False  # LSTM: a c_0 next to h_0
+#: the graphed executions of modules with cuda_graphs=True (one arena pool per module and
+#: device, as gpulstm.LSTM(cuda_graphs=True) has one per module)
+_GRAPHED = weakref.WeakKeyDictionary()
 
-    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None, algo="auto"):
+
+class _Module(torch.nn.Module):
+    """The parameter holder of the torch face (layers and step cells): the layer's
+    :class:`gpulstm.layer.LayerSpec` and its parameters as registered ``torch.nn.Parameter``s
+    in torch's order. Names, shapes, checks and the forward/backward are
+    :mod:`gpulstm.layer`'s, shared with :class:`gpulstm.LSTM` & co.; what is here is torch's
+    surface (autograd, PackedSequence, devices, ``torch.compile``, ONNX)."""
+    _step = False  # a step cell (torch.nn.LSTMCell & co.)
+    #: gpulstm.init's mode of the bias options (None: the layer has none)
+    _init_mode = None
+
+    def __init__(self, cell, mode, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+                 dtype=None, *, backend=None, algo="auto", cuda_graphs=False, init=None):
         super().__init__()
+        spec = LayerSpec(cell, input_size, hidden_size, num_layers, bias, bidirectional,
+                         proj_size, owner=type(self).__name__, step=self._step)
+        self._spec = spec
         self.mode = mode
-        self.algo = check_algo(algo)  # the time loop, as gpulstm.LSTM's (backends.kernel_loop)
-        self.input_size = check_int("input_size", input_size, 1)
-        self.hidden_size = check_int("hidden_size", hidden_size, 1)
-        self.num_layers = check_int("num_layers", num_layers, 1)
-        self.proj_size = check_int("proj_size", proj_size, 0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be < hidden_size={hidden_size}; got {proj_size}")
-        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be a bool; got {type(v).__name__} {v!r}")
-        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.input_size, self.hidden_size = spec.input_size, spec.hidden_size
+        self.num_layers, self.proj_size = spec.num_layers, spec.proj_size
+        self.bias, self.bidirectional = spec.bias, spec.bidirectional
+        self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = check_dropout(dropout)  # [0, 1] as torch.nn (1 zeroes every element)
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(f"dropout applies after every recurrent layer but the last, so dropout="
-                          f"{dropout} does nothing with num_layers=1", stacklevel=3)
+        warn_dropout(self.dropout, self.num_layers)
+        self.algo = check_algo(algo)  # the time loop, as gpulstm.LSTM's (backends.kernel_loop)
+        self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
         if backend is not None and backend != "auto":
-            get_backend(backend, algo)  # an unknown or unusable backend fails here, with the reason
+            ex = get_backend(backend, algo)  # an unknown or unusable backend fails here
+            if self.cuda_graphs:
+                with_graphs(ex)  # and one without CUDA kernels to capture
         self.backend = backend
+        self._init = init  # bias / weight initialisation options reset_parameters applies
         kw = {"device": device, "dtype": dtype}
-        G, H, Hs, D = self._gates, self.hidden_size, self._state_size, self._num_directions
-        name, options = self._cell_spec()
-        cell = getattr(_cells, name)(**options)  # its weight shapes, as the numpy face's
-        self._flat_weights_names, self._all_weights = [], []
-        for layer in range(self.num_layers):
-            I = self.input_size if layer == 0 else D * Hs
-            for d in range(D):
-                shapes = {f"weight_{k[2:]}": v for k, v in cell.weight_shapes(I, H, Hs).items()}
-                if bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                if self.proj_size:
-                    shapes["weight_hr"] = (self.proj_size, H)
-                shapes.update(self._extra_shapes())
-                names = []
-                for base, shape in shapes.items():  # torch's registration order
-                    name = f"{base}_l{layer}{'_reverse' if d else ''}"
-                    self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **kw)))
-                    names.append(name)
-                self._flat_weights_names += names
-                self._all_weights.append(names)
+        self._flat_weights_names = spec.names
+        D = spec.num_directions
+        self._all_weights = [[p.name for p in spec.params if (p.layer, p.direction) == (k // D, k % D)]
+                             for k in range(spec.num_layers * D)]
+        for p in spec.params:  # torch's registration order
+            self.register_parameter(p.name, torch.nn.Parameter(torch.empty(p.shape, **kw)))
+        if self._step and not spec.bias:  # torch.nn's cells register absent biases as None
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
         self.reset_parameters()
+
+    # -- pickling (torch.save): the spec as its key, a str, so that torch.load(weights_only=True)
+    # needs only the module classes allow-listed ---------------------------------------------
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_spec"] = self._spec.key()
+        return state
+
+    def __setstate__(self, state):
+        spec = state.get("_spec")
+        if isinstance(spec, str):
+            state = dict(state, _spec=LayerSpec.from_key(spec))
+        super().__setstate__(state)
 
     # -- torch.nn.RNNBase's surface ---------------------------------------------------------------
     @property
     def _num_directions(self):
-        return 2 if self.bidirectional else 1
+        return self._spec.num_directions
 
     @property
     def _state_size(self):
-        return self.proj_size or self.hidden_size
+        return self._spec.state_size
+
+    @property
+    def _has_cell_state(self):
+        return self._spec.has_cell_state
 
     @property
     def _flat_weights(self):
@@ -503,30 +455,82 @@ class _RNNBase(torch.nn.Module):
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def reset_parameters(self):
-        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn."""
+        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn;
+        then the initialisation options (forget_bias, chrono t_max, update_bias of
+        :mod:`gpulstm.init`, seeded by torch's RNG; RNN's init="identity")."""
         stdv = 1.0 / math.sqrt(self.hidden_size)
         for w in self.parameters():
             torch.nn.init.uniform_(w, -stdv, stdv)
-        options = getattr(self, "_bias_init", None)
-        if options:  # forget_bias / chrono t_max / update_bias (gpulstm.init), torch's RNG seeds it
+        options = dict(self._init or {})
+        identity = options.pop("identity", False)
+        if options:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             params = {n: p.detach().cpu().numpy() for n, p in self.named_parameters()}
-            new = initialize(params, self.mode, self.hidden_size, rng=seed, **options)
+            new = initialize(params, self._init_mode, self.hidden_size, rng=seed, **options)
             with torch.no_grad():
                 for n, p in self.named_parameters():
                     if new[n] is not params[n]:
                         p.copy_(torch.from_numpy(new[n]))
+        if identity:  # the IRNN (Le et al. 2015): W_hh = I, biases 0
+            with torch.no_grad():
+                for n, p in self.named_parameters():
+                    if n.startswith("weight_hh"):
+                        p.copy_(torch.eye(self.hidden_size, dtype=p.dtype, device=p.device))
+                    elif n.startswith("bias"):
+                        p.zero_()
 
     def flatten_parameters(self):
         """No-op (kept so scripts written for cuDNN run unchanged)."""
 
+    #: a cell's own options and their defaults (shown by repr when changed)
+    _option_defaults = {}
+
     def extra_repr(self):
         """torch.nn's repr (options shown when not their default), plus ``backend``."""
-        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
-                    "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto"}
+        if self._step:
+            defaults = {"bias": True, "backend": None}
+        else:
+            defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
+                        "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto",
+                        "cuda_graphs": False}
         defaults.update(self._option_defaults)
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _execution(self, device):
+        ex = _execution(self.backend, self.algo, device)
+        if not self.cuda_graphs:
+            return ex
+        pools = _GRAPHED.setdefault(self, {})
+        key = (str(device), ex.name, ex.allow_tf32)
+        if key not in pools:
+            pools[key] = with_graphs(ex)
+        return pools[key]
+
+    def _engine(self, x, h0, c0, weights, lengths):
+        """The layer on checked tensors of one device: x [T,B,I] with B >= 1, h0 [L*D,B,Hs],
+        c0 [L*D,B,H] or None, weights in torch's flat order, lengths int32 [B] (NumPy).
+        Returns (y, h_n, c_n or None), through autograd where anything requires grad."""
+        dropout = self.dropout if self.training else 0.0
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+        if torch.compiler.is_compiling():  # one traced node per call (registered operators;
+            # cuda_graphs: the same fused loop, not captured)
+            y, h_n, c_n, _ = torch.ops.gpulstm.forward(_op_key(self), x, h0, c0, list(weights),
+                                                       torch.from_numpy(lengths), dropout, grad)
+            return y, h_n, (c_n if c0 is not None else None)
+        call = _Call(_op_key(self), x.device, lengths, dropout, self._execution(x.device))
+        if grad:
+            outs = _EngineFunction.apply(call, x, h0, c0, *weights)
+            return outs if len(outs) == 3 else (*outs, None)
+        with call.bridge.scope():  # no autograd: nothing is kept for a backward
+            y, h_n, c_n, _ = call.forward(x, h0, c0, weights, save=False)
+        return y, h_n, c_n
+
+
+class _Layer(_Module):
+    """LSTM/GRU/RNN/... : the sequence layers."""
 
     def _torch_op(self):
         """torch's own operator for this layer (in torch._VF), which ONNX exporters map to
@@ -561,69 +565,42 @@ class _RNNBase(torch.nn.Module):
             c_n = None if c_n is None else c_n.squeeze(1)
         return y, h_n, c_n
 
-    def _layout(self):
-        """[layer][direction] -> engine names of the weights in torch's flat order."""
-        D = self._num_directions
-        return [[[_SHORT[n.split("_l")[0]] for n in self._all_weights[layer * D + d]]
-                 for d in range(D)] for layer in range(self.num_layers)]
-
-    #: a cell's own options and their defaults (shown by repr when changed)
-    _option_defaults = {}
-
-    def _extra_shapes(self):
-        """Parameters of the cell beyond torch.nn's, per layer and direction: {name: shape}
-        (registered after them, as :class:`gpulstm.LSTM` orders them)."""
-        return {}
-
-    def _cell_spec(self):
-        """(name of the engine's cell class in gpulstm.cells, its keyword arguments)."""
-        raise NotImplementedError
-
-    # -- forward ----------------------------------------------------------------------------------
-    def _execution(self, device):
-        return _execution(self.backend, self.algo, device)
-
     def _run(self, input, hx):
-        """Shared forward of LSTM/GRU/RNN. ``hx``: (h0, c0) with either None."""
+        """Shared forward of the layers. ``hx``: (h0, c0) with either None."""
         if torch.onnx.is_in_onnx_export():
             return self._export_forward(input, hx)
+        spec = self._spec
         weights = self._flat_weights
         dtype = _weights_dtype(weights)
         packed = isinstance(input, PackedSequence)
-        H, Hs, LD = self.hidden_size, self._state_size, self.num_layers * self._num_directions
         if packed:
             x, lens = pad_packed_sequence(input)  # [T,B,I] in the batch's original order
-            batched = True
+            batched, T, B = spec.check_input("input", _shaped("input", x), dtype)
         else:
-            ndim = len(_spec("input", input).shape)
-            if ndim not in (2, 3):
-                raise ValueError(f"input must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} "
-                                 f"or 2-D (T, I) unbatched; got shape {tuple(input.shape)}")
-            batched = ndim == 3
+            batched, T, B = spec.check_input("input", _shaped("input", input), dtype,
+                                             self.batch_first)
             x = input if not batched else (input.transpose(0, 1) if self.batch_first else input)
             x = x if batched else x.unsqueeze(1)
             lens = None
-        check_array("input", _spec("input", x), (None, None, self.input_size), dtype)
-        T, B = x.shape[0], x.shape[1]
-        if T < 1:
-            raise ValueError(f"input must have at least one time step; got shape "
-                             f"{tuple(input.data.shape if packed else input.shape)}")
         states = []
-        for name, h, size in (("h_0", hx[0], Hs), ("c_0", hx[1], H)):
-            if name == "c_0" and not self._has_cell_state:
+        for which, name, h in (("h", "h_0", hx[0]), ("c", "c_0", hx[1])):
+            if which == "c" and not spec.has_cell_state:
                 states.append(None)
-                continue
-            states.append(_initial_state(name, h, (LD, B, size), 1, batched, x, dtype))
+            elif h is None:
+                states.append(x.new_zeros(spec.state_shape(which, B)))
+            else:
+                spec.check_state(name, _shaped(name, h), which, B, batched, dtype)
+                states.append(h if batched else h.unsqueeze(1))
         tensors = [x, *states, *weights]
         _one_device(tensors)
         if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
             zero = _zero_of(tensors)
-            y = x.new_zeros(T, 0, self._num_directions * Hs) + zero
-            h_n = x.new_zeros(LD, 0, Hs) + zero
-            c_n = x.new_zeros(LD, 0, H) + zero if self._has_cell_state else None
+            y = x.new_zeros(T, 0, spec.output_size) + zero
+            h_n = x.new_zeros(spec.state_shape("h", 0)) + zero
+            c_n = x.new_zeros(spec.state_shape("c", 0)) + zero if spec.has_cell_state else None
             return (y.transpose(0, 1) if self.batch_first else y), h_n, c_n
-        lengths = np.full(B, T, np.int32) if lens is None else check_lengths(lens.numpy(), T, B)
-        y, h_n, c_n = _run_engine(self, x, states[0], states[1], weights, lengths)
+        lengths = spec.check_lengths(None if lens is None else lens.numpy(), T, B)
+        y, h_n, c_n = self._engine(x, states[0], states[1], weights, lengths)
         if packed:
             idx = input.sorted_indices
             ys = y if idx is None else y.index_select(1, idx)
@@ -637,242 +614,171 @@ class _RNNBase(torch.nn.Module):
             y = y.transpose(0, 1)
         return y, h_n, c_n
 
-
-def _run_engine(module, x, h0, c0, weights, lengths):
-    """The engine on checked tensors of one device: x [T,B,I] with B >= 1, h0 [L*D,B,Hs],
-    c0 [L*D,B,H] or None, weights in torch's flat order, lengths int32 [B] (NumPy). Returns
-    (y, h_n, c_n or None), through autograd where anything requires grad."""
-    dropout = module.dropout if module.training else 0.0
-    if torch.compiler.is_compiling():  # one traced node per layer call (registered operators)
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
-        y, h_n, c_n, _ = torch.ops.gpulstm.forward(_spec_of(module), x, h0, c0, list(weights),
-                                                   torch.from_numpy(lengths), dropout, save)
-        return y, h_n, (c_n if c0 is not None else None)
-    call = _Call(_spec_of(module), x.device, lengths, dropout)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)):
-        outs = _EngineFunction.apply(call, x, h0, c0, *weights)
-        return outs if len(outs) == 3 else (*outs, None)
-    with call.bridge.scope():  # no autograd: the engine's saved context is dropped at once
-        y, h_n, c_n, _ = call.forward(x, h0, c0, weights)
-    return y, h_n, c_n
-
-
-def _bias_options(module, bias, **options):
-    """Keep the bias initialisation options (gpulstm.init) that reset_parameters applies."""
-    options = {k: v for k, v in options.items() if v is not None}
-    if options and bias is not True:
-        raise ValueError(f"{', '.join(sorted(options))} needs bias=True")
-    module._bias_init = options
-
-
-class LSTM(_RNNBase):
-    """``torch.nn.LSTM`` on gpulstm's engine: same arguments, parameters and results, plus the
-    keywords ``backend=`` (None/"auto": cpu for CPU tensors, cupy for CUDA tensors) and, as
-    on :class:`gpulstm.LSTM`, ``forget_bias=`` and ``init="chrono"`` with ``t_max=`` (bias
-    initialisations of :mod:`gpulstm.init`, re-applied by ``reset_parameters``)."""
-    _gates = 4
-    _has_cell_state = True
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None, algo="auto", forget_bias=None, init="default", t_max=None,
-                 forget_gate=True, peephole=False):
-        t_max = check_init(init, t_max, ("default", "chrono"))
-        _bias_options(self, bias, forget_bias=forget_bias, t_max=t_max)
-        self._forget_gate = check_bool("forget_gate", forget_gate)
-        self._peephole = check_bool("peephole", peephole)
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend=backend, algo=algo)
-
-    @property
-    def forget_gate(self):
-        """False: the 1997 cell without a forget gate (f = 1), as :class:`gpulstm.LSTM`."""
-        return self._forget_gate
-
-    _option_defaults = {"forget_gate": True, "peephole": False}
-
-    def _extra_shapes(self):
-        return {"weight_peep": (3, self.hidden_size)} if self._peephole else {}
-
-    def _torch_op(self):
-        return "lstm" if self._forget_gate and not self._peephole else None
-
-    @property
-    def peephole(self):
-        """True: diagonal peepholes, parameters ``weight_peep_l{k}`` (3, H) = p_i, p_f, p_o, as
-        :class:`gpulstm.LSTM`."""
-        return self._peephole
-
-    def _cell_spec(self):
-        return "LSTMCell", {"forget_gate": self._forget_gate, "peephole": self._peephole}
-
-    def forward(self, input, hx=None):
-        """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
-        hx = (h_0 [L*D,B,Hs], c_0 [L*D,B,H]) or None. Returns output, (h_n, c_n)."""
-        if hx is None:
-            hx = (None, None)
-        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
-            raise TypeError(f"LSTM hx must be a tuple (h_0, c_0) of tensors or None; got {type(hx).__name__}")
-        y, h_n, c_n = self._run(input, tuple(hx))
-        return y, (h_n, c_n)
-
-
-class CIFG(_RNNBase):
-    """The coupled input-forget gate LSTM (:class:`gpulstm.CIFG`: i = 1 - f, gates f, g, o) as a
-    torch module: LSTM's interface (hx = (h_0, c_0); returns output, (h_n, c_n)) with three
-    gate blocks, ``weight_ih_l{k}`` (3H, I); no ``proj_size``."""
-    _gates = 3
-    _has_cell_state = True
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 algo="auto"):
-        _bias_options(self, bias)
-        super().__init__("CIFG", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend, algo=algo)
-
-    def _cell_spec(self):
-        return "CIFGCell", {}
-
-    forward = LSTM.forward
-
-
-class GRU(_RNNBase):
-    """``torch.nn.GRU`` on gpulstm's engine (see :class:`LSTM` for ``backend=``), plus
-    ``update_bias=`` (:mod:`gpulstm.init`)."""
-    _gates = 3
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 algo="auto", update_bias=None):
-        _bias_options(self, bias, update_bias=update_bias)
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend, algo=algo)
-
-    def _cell_spec(self):
-        return "GRUCell", {}
-
-    def forward(self, input, hx=None):
-        """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
+    def _forward_h(self, input, hx):
+        """forward of the layers with state h alone: returns output, h_n."""
         if hx is not None and not isinstance(hx, torch.Tensor):
             raise TypeError(f"{type(self).__name__} hx must be a tensor h_0 or None; got {type(hx).__name__}")
         y, h_n, _ = self._run(input, (hx, None))
         return y, h_n
 
+    def _forward_hc(self, input, hx):
+        """forward of the layers with states (h, c): returns output, (h_n, c_n)."""
+        if hx is None:
+            hx = (None, None)
+        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
+            raise TypeError(f"{type(self).__name__} hx must be a tuple (h_0, c_0) of tensors or None; got {type(hx).__name__}")
+        y, h_n, c_n = self._run(input, tuple(hx))
+        return y, (h_n, c_n)
 
-class RNN(GRU):
-    """``torch.nn.RNN`` (Elman, tanh or relu) on gpulstm's engine."""
-    _gates = 1
+
+def _bias_init(bias, **options):
+    """The initialisation options (gpulstm.init) that reset_parameters applies."""
+    options = {k: v for k, v in options.items() if v is not None and v is not False}
+    if options and bias is not True:
+        raise ValueError(f"{', '.join(sorted(options))} needs bias=True")
+    return options
+
+
+class LSTM(_Layer):
+    """``torch.nn.LSTM`` on gpulstm's engine: same arguments, parameters and results, plus the
+    keywords of :class:`gpulstm.LSTM`: ``backend=`` (None/"auto": cpu for CPU tensors, cupy for
+    CUDA tensors), ``algo=``, ``cuda_graphs=``, ``forget_bias=``, ``init="chrono"`` with
+    ``t_max=`` (bias initialisations of :mod:`gpulstm.init`, re-applied by
+    ``reset_parameters``), ``forget_gate=False`` and ``peephole=True``."""
+    _init_mode = "LSTM"
+    _option_defaults = {"forget_gate": True, "peephole": False}
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend=None, algo="auto", cuda_graphs=False, forget_bias=None, init="default",
+                 t_max=None, forget_gate=True, peephole=False):
+        t_max = check_init(init, t_max, ("default", "chrono"))
+        cell = _cells.LSTMCell(forget_gate=check_bool("forget_gate", forget_gate),
+                               peephole=check_bool("peephole", peephole))
+        super().__init__(cell, "LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype, backend=backend,
+                         algo=algo, cuda_graphs=cuda_graphs,
+                         init=_bias_init(bias, forget_bias=forget_bias, t_max=t_max))
+
+    @property
+    def forget_gate(self):
+        """False: the 1997 cell without a forget gate (f = 1), as :class:`gpulstm.LSTM`."""
+        return self._spec.cell.forget_gate
+
+    @property
+    def peephole(self):
+        """True: diagonal peepholes, parameters ``weight_peep_l{k}`` (3, H) = p_i, p_f, p_o, as
+        :class:`gpulstm.LSTM`."""
+        return self._spec.cell.peephole
+
+    def _torch_op(self):
+        return "lstm" if self.forget_gate and not self.peephole else None
+
+    def forward(self, input, hx=None):
+        """input [T,B,I] ([B,T,I] with batch_first), [T,I] unbatched, or a PackedSequence;
+        hx = (h_0 [L*D,B,Hs], c_0 [L*D,B,H]) or None. Returns output, (h_n, c_n)."""
+        return self._forward_hc(input, hx)
+
+
+class CIFG(_Layer):
+    """The coupled input-forget gate LSTM (:class:`gpulstm.CIFG`: i = 1 - f, gates f, g, o) as a
+    torch module: LSTM's interface (hx = (h_0, c_0); returns output, (h_n, c_n)) with three
+    gate blocks, ``weight_ih_l{k}`` (3H, I); no ``proj_size``."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
+                 algo="auto", cuda_graphs=False, proj_size=0):
+        super().__init__(_cells.CIFGCell(), "CIFG", input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, proj_size, device, dtype, backend=backend,
+                         algo=algo, cuda_graphs=cuda_graphs)
+
+    forward = LSTM.forward
+
+
+class GRU(_Layer):
+    """``torch.nn.GRU`` on gpulstm's engine (see :class:`LSTM` for ``backend=``, ``algo=``,
+    ``cuda_graphs=``), plus ``update_bias=`` (:mod:`gpulstm.init`)."""
+    _init_mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
+                 algo="auto", cuda_graphs=False, proj_size=0, update_bias=None):
+        super().__init__(_cells.GRUCell(), "GRU", input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, proj_size, device, dtype, backend=backend,
+                         algo=algo, cuda_graphs=cuda_graphs,
+                         init=_bias_init(bias, update_bias=update_bias))
+
+    def forward(self, input, hx=None):
+        """Like :meth:`LSTM.forward` with hx = h_0 (or None). Returns output, h_n."""
+        return self._forward_h(input, hx)
+
+
+class RNN(_Layer):
+    """``torch.nn.RNN`` (Elman, tanh or relu) on gpulstm's engine, plus ``init="identity"``
+    (the IRNN of Le et al. 2015: W_hh = I, biases 0, as :class:`gpulstm.RNN`)."""
+    _option_defaults = {"nonlinearity": "tanh"}
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend=None, algo="auto"):
+                 backend=None, algo="auto", cuda_graphs=False, proj_size=0, init="default"):
         check_nonlinearity(nonlinearity)
+        if not isinstance(init, str) or init not in ("default", "identity"):
+            raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
         self.nonlinearity = nonlinearity
-        _RNNBase.__init__(self, "RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers,
-                          bias, batch_first, dropout, bidirectional, 0, device, dtype, backend=backend,
-                          algo=algo)
+        super().__init__(_cells.RNNCell(nonlinearity), "RNN_" + nonlinearity.upper(),
+                         input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend, algo=algo,
+                         cuda_graphs=cuda_graphs, init={"identity": init == "identity"})
 
-    def _cell_spec(self):
-        return "RNNCell", {"nonlinearity": self.nonlinearity}
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+    forward = GRU.forward
 
 
-class IndRNN(GRU):
+class IndRNN(_Layer):
     """The independently recurrent layer (:class:`gpulstm.IndRNN`, Li et al. 2018: h = act(W_ih x
     + b_ih + u * h_{t-1} + b_hh), relu by default) as a torch module: RNN's interface (hx = h_0;
     returns output, h_n) with ``weight_hh_l{k}`` the vector u of shape (H,). torch.nn has no
     such layer (and ONNX no such operator: export is refused)."""
-    _gates = 1
+    _option_defaults = {"nonlinearity": "relu"}
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend=None, algo="auto"):
+                 backend=None, algo="auto", cuda_graphs=False, proj_size=0):
         check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
-        _RNNBase.__init__(self, "IndRNN", input_size, hidden_size, num_layers, bias, batch_first,
-                          dropout, bidirectional, 0, device, dtype, backend=backend, algo=algo)
+        super().__init__(_cells.IndRNNCell(nonlinearity), "IndRNN", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
+                         dtype, backend=backend, algo=algo, cuda_graphs=cuda_graphs)
 
-    def _cell_spec(self):
-        return "IndRNNCell", {"nonlinearity": self.nonlinearity}
-
-    def extra_repr(self):
-        s = _RNNBase.extra_repr(self)
-        return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "relu" else "")
+    forward = GRU.forward
 
 
 # -- step cells -----------------------------------------------------------------------------------
-class _CellBase(torch.nn.Module):
+class _CellBase(_Module):
     """``torch.nn.RNNCellBase`` on gpulstm's engine: one time step per call (a sequence of
-    length 1 through the same engine and autograd function as the layers). Parameters
+    length 1 through the same layer core and autograd function as the layers). Parameters
     ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H) as
     torch.nn's cells (same initialisation under ``torch.manual_seed``; state dicts load both
     ways)."""
-    _gates = 1
-    _has_cell_state = False
-    # the layer surface that _Call reads: one layer, one direction, no projection or dropout
-    num_layers, _num_directions, proj_size, dropout, algo = 1, 1, 0, 0.0, "auto"
+    _step = True
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend=None):
-        super().__init__()
-        self.input_size = check_int("input_size", input_size, 1)
-        self.hidden_size = check_int("hidden_size", hidden_size, 1)
-        self.bias = check_bool("bias", bias)
-        if backend is not None and backend != "auto":
-            get_backend(backend)  # an unknown or unusable backend fails here, with the reason
-        self.backend = backend
-        kw = {"device": device, "dtype": dtype}
-        G, H = self._gates, self.hidden_size
-        self.weight_ih = torch.nn.Parameter(torch.empty((G * H, self.input_size), **kw))
-        self.weight_hh = torch.nn.Parameter(torch.empty((G * H, H), **kw))
-        if bias:
-            self.bias_ih = torch.nn.Parameter(torch.empty(G * H, **kw))
-            self.bias_hh = torch.nn.Parameter(torch.empty(G * H, **kw))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
+    def __init__(self, cell, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__(cell, type(self).__name__, input_size, hidden_size, 1, bias,
+                         device=device, dtype=dtype, backend=backend)
 
-    @property
-    def _state_size(self):
-        return self.hidden_size
-
-    def reset_parameters(self):
-        """U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) in registration order, as torch.nn."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for w in self.parameters():
-            torch.nn.init.uniform_(w, -stdv, stdv)
-
-    def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}"
-        if not self.bias:
-            s += ", bias=False"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        return s + (f", backend={self.backend!r}" if self.backend is not None else "")
-
-    def _layout(self):
-        return [[["w_ih", "w_hh", "b_ih", "b_hh"] if self.bias else ["w_ih", "w_hh"]]]
-
-    def _execution(self, device):
-        return _execution(self.backend, self.algo, device)
-
-    def _step(self, input, states):
+    def _step_call(self, input, states):
         """input [B,I] or [I]; states (h, c or None), each [B,H] / [H] or None (zeros).
         Returns the new (h, c or None), shaped as the input."""
         name = type(self).__name__
-        weights = [p for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None]
+        weights = self._flat_weights
         dtype = _weights_dtype(weights)
-        ndim = len(_spec("input", input).shape)
+        ndim = len(_shaped("input", input).shape)
         if ndim not in (1, 2):
             raise ValueError(f"{name}: input must be 2-D (B, {self.input_size}) or 1-D "
                              f"({self.input_size},) unbatched; got shape {tuple(input.shape)}")
         batched = ndim == 2
         x = input if batched else input.unsqueeze(0)
-        check_array("input", _spec("input", x), (None, self.input_size), dtype)
+        check_array("input", _shaped("input", x), (None, self.input_size), dtype)
         B, H = x.shape[0], self.hidden_size
         hs = []
         for i, h in enumerate(states):
@@ -880,16 +786,20 @@ class _CellBase(torch.nn.Module):
                 hs.append(None)
                 continue
             label = ("hx[0]", "hx[1]")[i] if self._has_cell_state else "hx"
-            hs.append(_initial_state(label, h, (B, H), 0, batched, x, dtype))
+            if h is None:
+                hs.append(x.new_zeros(B, H))
+            else:
+                check_array(label, _shaped(label, h), (B, H) if batched else (H,), dtype)
+                hs.append(h if batched else h.unsqueeze(0))
         tensors = [x, *hs, *weights]
         _one_device(tensors)
         if B == 0:  # as torch.nn: empty outputs, and zero gradients for every input
             zero = _zero_of(tensors)
             out = [None if h is None else x.new_zeros(0, H) + zero for h in hs]
         else:
-            _, h_n, c_n = _run_engine(self, x.unsqueeze(0), hs[0].unsqueeze(0),
-                                      None if hs[1] is None else hs[1].unsqueeze(0), weights,
-                                      np.ones(B, np.int32))
+            _, h_n, c_n = self._engine(x.unsqueeze(0), hs[0].unsqueeze(0),
+                                       None if hs[1] is None else hs[1].unsqueeze(0), weights,
+                                       np.ones(B, np.int32))
             out = [h_n[0], None if c_n is None else c_n[0]]
         return [o if o is None or batched else o.squeeze(0) for o in out]
 
@@ -898,44 +808,45 @@ class LSTMCell(_CellBase):
     """``torch.nn.LSTMCell`` on gpulstm's engine: ``forward(input, hx=None)`` with input [B, I]
     (or [I]) and hx = (h, c) each [B, H] (or [H]) returns (h', c'). ``backend=`` as on
     :class:`LSTM`."""
-    _gates = 4
-    _has_cell_state = True
 
-    def _cell_spec(self):
-        return "LSTMCell", {}
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__(_cells.LSTMCell(), input_size, hidden_size, bias, device, dtype,
+                         backend=backend)
 
     def forward(self, input, hx=None):
         if hx is None:
             hx = (None, None)
         elif not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, torch.Tensor) for h in hx)):
             raise TypeError(f"LSTMCell hx must be a tuple (h, c) of tensors or None; got {type(hx).__name__}")
-        h, c = self._step(input, tuple(hx))
+        h, c = self._step_call(input, tuple(hx))
         return h, c
 
 
 class GRUCell(_CellBase):
     """``torch.nn.GRUCell`` on gpulstm's engine: ``forward(input, hx=None)`` returns h'."""
-    _gates = 3
 
-    def _cell_spec(self):
-        return "GRUCell", {}
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend=None):
+        super().__init__(_cells.GRUCell(), input_size, hidden_size, bias, device, dtype,
+                         backend=backend)
 
     def forward(self, input, hx=None):
         if hx is not None and not isinstance(hx, torch.Tensor):
             raise TypeError(f"{type(self).__name__} hx must be a tensor or None; got {type(hx).__name__}")
-        return self._step(input, (hx, None))[0]
+        return self._step_call(input, (hx, None))[0]
 
 
-class RNNCell(GRUCell):
+class RNNCell(_CellBase):
     """``torch.nn.RNNCell`` (tanh or relu) on gpulstm's engine: ``forward(input, hx=None)``
     returns h'."""
-    _gates = 1
+    _option_defaults = {"nonlinearity": "tanh"}
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend=None):
         check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+        super().__init__(_cells.RNNCell(nonlinearity), input_size, hidden_size, bias, device,
+                         dtype, backend=backend)
 
-    def _cell_spec(self):
-        return "RNNCell", {"nonlinearity": self.nonlinearity}
+    forward = GRUCell.forward

@@ -52,7 +52,7 @@ def _torch_state_grads(model, x, u):
             if model.peephole:
                 ao = ao + p[2] * c
             h = torch.sigmoid(ao) * torch.tanh(c)
-        elif model._gates == 3:  # GRU, PyTorch's formulation
+        elif model._spec.cell.gates == 3:  # GRU, PyTorch's formulation
             gx = xs[t] @ w_ih.T + sd["bias_ih_l0"]
             gh = h @ w_hh.T + sd["bias_hh_l0"]
             r = torch.sigmoid(gx[:, :H] + gh[:, :H])
