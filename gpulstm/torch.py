@@ -18,7 +18,7 @@ after the call. Double backward (``create_graph=True`` through the layer) raises
 ``torch.compile``: a layer or cell call traces as the registered operators ``gpulstm::forward``
 and ``gpulstm::backward`` (no graph break, ``fullgraph=True`` works). ``torch.onnx.export``: LSTM,
 GRU and RNN layers are exported as torch's own RNN operators with the same weights, which the
-exporters write as ONNX's LSTM / GRU / RNN.
+exporters write as ONNX's LSTM / GRU / RNN; the step cells as torch's step operators.
 
 Devices: CPU tensors run on the compiled ``cpu`` backend (``numpy`` where it cannot build, as
 ``backend="auto"`` elsewhere) and cross as zero-copy views
@@ -766,9 +766,30 @@ class _CellBase(_Module):
         super().__init__(cell, type(self).__name__, input_size, hidden_size, 1, bias,
                          device=device, dtype=dtype, backend=backend)
 
+    #: torch's own step operator (torch._VF), what the ONNX exporters translate
+    _vf_cell = None
+
+    def _export_step(self, input, states):
+        """Under ``torch.onnx.export``: the step as torch.nn's cells run it (torch._VF's
+        lstm_cell / gru_cell / rnn_*_cell with the same weights), which both exporters
+        translate to ONNX operators."""
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        H = self.hidden_size
+        hs = [None if h is None else (h if batched else h.unsqueeze(0)) for h in states]
+        hs = [x.new_zeros(x.shape[0], H) if h is None else h for h in hs]
+        op = getattr(torch._VF, self._vf_cell)
+        if self._has_cell_state:
+            out = list(op(x, tuple(hs), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
+        else:
+            out = [op(x, hs[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh), None]
+        return [o if o is None or batched else o.squeeze(0) for o in out]
+
     def _step_call(self, input, states):
         """input [B,I] or [I]; states (h, c or None), each [B,H] / [H] or None (zeros).
         Returns the new (h, c or None), shaped as the input."""
+        if torch.onnx.is_in_onnx_export():
+            return self._export_step(input, states)
         name = type(self).__name__
         weights = self._flat_weights
         dtype = _weights_dtype(weights)
@@ -808,6 +829,7 @@ class LSTMCell(_CellBase):
     """``torch.nn.LSTMCell`` on gpulstm's engine: ``forward(input, hx=None)`` with input [B, I]
     (or [I]) and hx = (h, c) each [B, H] (or [H]) returns (h', c'). ``backend=`` as on
     :class:`LSTM`."""
+    _vf_cell = "lstm_cell"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend=None):
@@ -825,6 +847,7 @@ class LSTMCell(_CellBase):
 
 class GRUCell(_CellBase):
     """``torch.nn.GRUCell`` on gpulstm's engine: ``forward(input, hx=None)`` returns h'."""
+    _vf_cell = "gru_cell"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend=None):
@@ -848,5 +871,6 @@ class RNNCell(_CellBase):
         self.nonlinearity = nonlinearity
         super().__init__(_cells.RNNCell(nonlinearity), input_size, hidden_size, bias, device,
                          dtype, backend=backend)
+        self._vf_cell = f"rnn_{nonlinearity}_cell"
 
     forward = GRUCell.forward

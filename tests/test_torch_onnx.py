@@ -93,3 +93,53 @@ def test_export_refuses_what_onnx_cannot_express(tmp_path):
         with pytest.raises(Exception) as info:
             torch.onnx.export(m.eval(), (torch.randn(5, 2, 3),), str(tmp_path / "m.onnx"), dynamo=False)
         assert "ONNX export supports LSTM, GRU and RNN" in str(info.value)
+
+
+STEP_CELLS = {"lstm": (gt.LSTMCell, {}), "gru": (gt.GRUCell, {}),
+              "rnn_tanh": (gt.RNNCell, {"nonlinearity": "tanh"}),
+              "rnn_relu": (gt.RNNCell, {"nonlinearity": "relu"})}
+
+
+class StepModel(torch.nn.Module):
+    """Three steps of a step cell (with and without the bias), the way a hand-written loop
+    uses one."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, xs, h):
+        for t in range(xs.shape[0]):
+            h = self.cell(xs[t], h)
+        return h if isinstance(h, tuple) else (h,)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cell", list(STEP_CELLS))
+def test_step_cells_export_and_match_torch(cell, bias, dynamo, tmp_path):
+    """gt.LSTMCell/GRUCell/RNNCell export as torch.nn's cells do (torch's own step operators,
+    no gpulstm operator in the graph), and onnxruntime's outputs equal the module's."""
+    cls, kw = STEP_CELLS[cell]
+    torch.manual_seed(3)
+    m = StepModel(cls(3, 4, bias=bias, **kw)).eval()
+    xs = torch.randn(3, 2, 3)
+    states = [torch.randn(2, 4) for _ in range(2 if cell == "lstm" else 1)]
+    hx = tuple(states) if cell == "lstm" else states[0]
+    path = tmp_path / f"{cell}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (xs, hx), str(path), dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not any(op.startswith("gpulstm") for op in ops), ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, [t.numpy() for t in (xs, *states)])))
+    with torch.no_grad():
+        want = m(xs, hx)
+        # and the eager module (gpulstm's engine) agrees with torch.nn's cell on these weights
+        ref = getattr(torch.nn, cls.__name__)(3, 4, bias=bias, **kw)
+        ref.load_state_dict(m.cell.state_dict())
+        want_ref = StepModel(ref)(xs, hx)
+    check(got, want)
+    check([w.numpy() for w in want_ref], want)
