@@ -59,3 +59,20 @@ def test_fallback_levels_compile(tmp_path, flags):
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "seq.o").stat().st_size > 0
+
+
+def test_the_cpu_loop_runs_the_cell_headers():
+    """The compiled loop's pointwise steps are the cells' headers (the CUDA kernels' code),
+    not a copy of the math; a change to a header is a new build (it is in the cache key)."""
+    from gpulstm.backends import cpu
+    from gpulstm.kernel_source import kernel_dir
+    src = kernel_dir() / cpu.SOURCE
+    text = src.read_text()
+    for header, struct in (("lstm", "LstmCell"), ("gru", "GruCell"), ("rnn", "RnnCell")):
+        assert f'#include "../cells/{header}.cuh"' in text
+        assert f"{struct}::forward<CpuMath, R>" in text and f"{struct}::backward<CpuMath, R>" in text
+    for formula in ("R(1) - o", "R(1) - nn * nn", "h[j] * h[j]"):  # the old inline copies
+        assert formula not in text
+    inputs = cpu.build_inputs(src)
+    assert {p.name for p in inputs} >= {"sequence.cpp", "kernel_flags.cuh", "lstm.cuh", "gru.cuh",
+                                        "rnn.cuh", "cell_common.cuh"}

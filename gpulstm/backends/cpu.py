@@ -141,11 +141,18 @@ def _blas():
             f"scipy-openblas32 {ob.__version__} {lib}")
 
 
+def build_inputs(src: Path):
+    """The files the library of ``src`` is compiled from, all in its cache key: the source and
+    the headers it includes (the cells' pointwise math in kernels/cells/, the option flags)."""
+    kernels = src.parent.parent
+    return [src, kernels / "kernel_flags.cuh", *sorted((kernels / "cells").glob("*.cuh"))]
+
+
 def _build(src: Path) -> Path:
     """The verified library of ``src`` in the cache (gpulstm/buildcache.py: private
     directory, digest checked before loading, compiled once under a lock)."""
     cxx = buildcache.compiler()
-    text = src.read_text()
+    text = "\0".join(f.read_text() for f in build_inputs(src))
     cflags, ldflags, blas = _blas()
     isa = isa_flags()
     key = hashlib.sha256("\0".join([text, *FLAGS, *isa, buildcache.compiler_identity(cxx),

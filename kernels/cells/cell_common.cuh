@@ -12,7 +12,8 @@
 // step and the published formulas, backward against finite differences); the generic kernels
 // (kernels/cell_step.cuh and the kernels built on it) are checked through the emulated
 // execution against the NumPy reference. The compiled cpu loop (kernels/cpu/sequence.cpp)
-// still carries its own copy of the LSTM, GRU and RNN math.
+// includes the LSTM, GRU and RNN headers too (math policy CpuMath), checked through the cpu
+// execution against the same reference.
 //
 // Plain C++ (C++17): no system or CUDA headers, device qualifiers only behind GPULSTM_HD, so
 // the same file compiles with NVRTC, with the host compiler under the CPU emulation

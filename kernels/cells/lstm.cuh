@@ -60,7 +60,7 @@ struct LstmCell {
     const T daf = (flags & LSTM_NO_FORGET) ? T(0) : d * cp * f * (T(1) - f);
     const T dag = d * i * (T(1) - g * g);
     T dcp = d * f;
-    if (flags & LSTM_PEEPHOLE) dcp = dcp + dai * k[0] + daf * k[ks];
+    if (flags & LSTM_PEEPHOLE) dcp = dcp + (dai * k[0] + daf * k[ks]);  // the reference's order
     dgx[0] = dai;
     dgx[gs] = daf;
     dgx[2 * gs] = dag;

@@ -39,6 +39,13 @@
 #include <omp.h>
 #endif
 
+// The cells' pointwise math: the headers the CUDA kernels include (kernels/cells/<cell>.cuh,
+// plain C++), inlined into this file's vectorised unit loops with the math policy CpuMath
+#define GPULSTM_HD __attribute__((always_inline)) inline
+#include "../cells/lstm.cuh"
+#include "../cells/gru.cuh"
+#include "../cells/rnn.cuh"
+
 #define GL_EXPORT extern "C" __attribute__((visibility("default")))
 // the GEMM's building blocks: GCC otherwise leaves some of them out of line in the larger
 // instantiations (measured 2-4 % slower GEMMs)
@@ -633,7 +640,26 @@ struct Steps {
   inline int nxt(int t) const { return (reverse ? t : t + 1) % slots; }
 };
 
-enum { LSTM_NO_FORGET = 1, LSTM_PEEPHOLE = 2, LSTM_PROJ = 4, RNN_RELU = 1 };
+// ---- the cell headers' math policy, and their inputs here --------------------------------
+// The loops below run the pointwise step of kernels/cells/<cell>.cuh (the same code as the
+// CUDA kernels) with this file's vectorisable exp/sigmoid/tanh. The option flags are template
+// constants (FL), so the header's branches on them fold away.
+struct CpuMath {
+  template <class R>
+  static inline R sigmoid(R x) { return vsigmoid<R>(x); }
+  template <class R>
+  static inline R tanh(R x) { return vtanh<R>(x); }
+};
+
+// Zeros for a header's hidden-side pre-activations gh where the loop's GEMM has already added
+// gx into ``a`` (its initial value): the header's gx + gh is then a + 0 (the same number; a
+// zero's sign may differ). n elements, per thread, grown as needed.
+template <class R>
+static const R* zeros(long n) {
+  static thread_local std::vector<R> z;
+  if ((long)z.size() < n) z.assign((size_t)n, R(0));
+  return z.data();
+}
 
 // ---- LSTM ---------------------------------------------------------------------------------
 // One time step of the LSTM pointwise forward for batch row b and units [j0, j1): ``a`` the
@@ -644,6 +670,7 @@ template <class R, bool pp, bool nf>
 static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, int j1,
                               const R* a, long gs, int ja, const int* L, R* S, R* C,
                               const R* peep, R* gates, long gates_ts, R* Y) {
+  constexpr int FL = (pp ? LSTM_PEEPHOLE : 0) | (nf ? LSTM_NO_FORGET : 0);
   const int G = 4 * H;
   const R* cp = C + ((long)p * B + b) * H;
   const R* hp = S + ((long)p * B + b) * H;
@@ -651,21 +678,15 @@ static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, 
   R* hn = S + ((long)n * B + b) * H;
   R* y = Y + ((long)t * B + b) * H;
   R* gt = gates + (long)t * gates_ts + (long)b * G;
+  const R* z = zeros<R>(4 * gs) - ja;
   const R* a0 = a - ja;
   const bool act = t < L[b];
 #pragma omp simd
   for (int j = j0; j < j1; ++j) {
-    R c0 = cp[j];
-    R ai = a0[j], af = a0[gs + j], ag = a0[2 * gs + j], ao = a0[3 * gs + j];
-    if (pp) { ai += peep[j] * c0; af += peep[H + j] * c0; }
-    R i = vsigmoid<R>(ai);
-    R f = nf ? R(1) : vsigmoid<R>(af);
-    R g = vtanh<R>(ag);
-    R c = f * c0 + i * g;
-    if (pp) ao += peep[2 * H + j] * c;
-    R o = vsigmoid<R>(ao);
-    R h = o * vtanh<R>(c);
-    gt[j] = i; gt[H + j] = f; gt[2 * H + j] = g; gt[3 * H + j] = o;
+    const R c0 = cp[j];
+    R c, h;
+    LstmCell::forward<CpuMath, R>(a0 + j, z + j, gs, peep + j, H, c0, hp[j], FL, gt + j, H, c,
+                                  h);
     cn[j] = act ? c : c0;
     hn[j] = act ? h : hp[j];
     y[j] = act ? h : R(0);
@@ -882,6 +903,7 @@ template <class R, bool pp, bool nf>
 static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
                           const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
                           R* dc_io, R* dG, R* db, int nthreads) {
+  constexpr int FL = (pp ? LSTM_PEEPHOLE : 0) | (nf ? LSTM_NO_FORGET : 0);
   const int G = 4 * H;
   Steps st{T, reverse, T + 1};
   std::vector<R> rowsum(db ? (size_t)B * G : 0, R(0));
@@ -901,27 +923,18 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
         R* dg = dG + ((long)t * B + b) * G;
         const bool act = t < L[b];
         R* sb = db ? rowsum.data() + (long)b * G : nullptr;
+        if (!act) {  // past the row's end: a zero gate gradient, dh and dc carried
+          std::fill(dg, dg + G, R(0));
+          continue;
+        }
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R i = gt[j], f = gt[H + j], g = gt[2 * H + j], o = gt[3 * H + j];
-          R tc = vtanh<R>(cn[j]);
-          R d = dh[j] + dy[j];
-          R dao = d * tc * o * (R(1) - o);
-          R dcc = dc[j] + d * o * (R(1) - tc * tc);
-          if (pp) dcc += dao * peep[2 * H + j];
-          R dai = dcc * g * i * (R(1) - i);
-          R daf = nf ? R(0) : dcc * cp[j] * f * (R(1) - f);
-          R dag = dcc * i * (R(1) - g * g);
-          R dcp = dcc * f;
-          if (pp) dcp += dai * peep[j] + daf * peep[H + j];
-          dg[j] = act ? dai : R(0);
-          dg[H + j] = act ? daf : R(0);
-          dg[2 * H + j] = act ? dag : R(0);
-          dg[3 * H + j] = act ? dao : R(0);
-          dc[j] = act ? dcp : dc[j];
-          dh[j] = act ? R(0) : dh[j];
+          R dhp;
+          LstmCell::backward<CpuMath, R>(gt + j, H, peep + j, H, cn[j], cp[j], R(0), R(0),
+                                         dh[j] + dy[j], dc[j], FL, dg + j, dg + j, H, dhp);
+          dh[j] = dhp;
         }
-        if (sb && act)  // inactive steps add zeros: nothing to add
+        if (sb)  // (inactive steps add zeros: they skipped this)
 #pragma omp simd
           for (int k = 0; k < G; ++k) sb[k] += dg[k];
       }
@@ -991,12 +1004,9 @@ static void gru_forward(int T, int B, int H, const R* gx, const R* whh, const R*
         const bool act = t < L[b];
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R r = vsigmoid<R>(x[j] + ghr[j]);
-          R z = vsigmoid<R>(x[H + j] + ghr[H + j]);
-          R hn = ghr[2 * H + j] + b_hn[j];
-          R nn = vtanh<R>(x[2 * H + j] + r * hn);
-          R h = nn + z * (hp[j] - nn);
-          gt[j] = r; gt[H + j] = z; gt[2 * H + j] = nn; gt[3 * H + j] = hn;
+          R c = R(0), h;
+          GruCell::forward<CpuMath, R>(x + j, ghr + j, H, b_hn + j, H, R(0), hp[j], 0, gt + j, H,
+                                       c, h);
           hnx[j] = act ? h : hp[j];
           y[j] = act ? h : R(0);
         }
@@ -1025,17 +1035,17 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
         R* dx = dGx + ((long)t * B + b) * G;
         R* dhh = dGh + ((long)t * B + b) * G;
         const bool act = t < L[b];
+        if (!act) {  // past the row's end: zero gate gradients, dh carried
+          std::fill(dx, dx + G, R(0));
+          std::fill(dhh, dhh + G, R(0));
+          continue;
+        }
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R r = gt[j], z = gt[H + j], nn = gt[2 * H + j], hn = gt[3 * H + j];
-          R d = dh[j] + dy[j];
-          R dan = d * (R(1) - z) * (R(1) - nn * nn);
-          R dar = dan * hn * r * (R(1) - r);
-          R daz = d * (hp[j] - nn) * z * (R(1) - z);
-          R vr = act ? dar : R(0), vz = act ? daz : R(0);
-          dx[j] = vr; dx[H + j] = vz; dx[2 * H + j] = act ? dan : R(0);
-          dhh[j] = vr; dhh[H + j] = vz; dhh[2 * H + j] = act ? dan * r : R(0);
-          dh[j] = act ? d * z : dh[j];
+          R c = R(0), dhp;
+          GruCell::backward<CpuMath, R>(gt + j, H, nullptr, 0, R(0), R(0), R(0), hp[j],
+                                        dh[j] + dy[j], c, 0, dx + j, dhh + j, H, dhp);
+          dh[j] = dhp;
         }
       }
       gemm_acc<R>(dGh + ((long)t * B + b0) * G, G, whh, H, dh_io + (long)b0 * H, H, b1 - b0, G, H,
@@ -1045,10 +1055,9 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
 }
 
 // ---- simple RNN ---------------------------------------------------------------------------
-template <class R>
+template <class R, int FL>
 static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const int* L,
-                        int reverse, int slots, R* S, R* Y, int flags, int nthreads) {
-  const bool relu = flags & RNN_RELU;
+                        int reverse, int slots, R* S, R* Y, int nthreads) {
   Steps st{T, reverse, slots};
   for_row_blocks(B, (double)T * B * H * H, nthreads, [&](int b0, int b1) {
     LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
@@ -1057,6 +1066,7 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
     const int rows = b1 - b0;
     std::vector<R> abuf((size_t)rows * H);
     R* a = abuf.data();
+    const R* z = zeros<R>(H);
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
       gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, gx + ((long)t * B + b0) * H, H, a, H,
@@ -1069,7 +1079,9 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
         const bool act = t < L[b];
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R h = relu ? (ar[j] < R(0) ? R(0) : ar[j]) : vtanh<R>(ar[j]);  // NaN stays NaN
+          R c = R(0), h;  // NaN stays NaN (the header's relu)
+          RnnCell::forward<CpuMath, R>(ar + j, z + j, 1, nullptr, 0, R(0), hp[j], FL, nullptr, 0,
+                                       c, h);
           hnx[j] = act ? h : hp[j];
           y[j] = act ? h : R(0);
         }
@@ -1078,10 +1090,9 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
   });
 }
 
-template <class R>
+template <class R, int FL>
 static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
-                         const R* S, const R* dY, R* dh_io, R* dG, int flags, int nthreads) {
-  const bool relu = flags & RNN_RELU;
+                         const R* S, const R* dY, R* dh_io, R* dG, int nthreads) {
   Steps st{T, reverse, T + 1};
   for_row_blocks(B, (double)T * B * H * H, nthreads, [&](int b0, int b1) {
     LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
@@ -1095,12 +1106,16 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
         R* dh = dh_io + (long)b * H;
         R* dg = dG + ((long)t * B + b) * H;
         const bool act = t < L[b];
+        if (!act) {  // past the row's end: a zero gate gradient, dh carried
+          std::fill(dg, dg + H, R(0));
+          continue;
+        }
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          R d = dh[j] + dy[j];
-          R v = relu ? (h[j] <= R(0) ? R(0) : d) : d * (R(1) - h[j] * h[j]);  // torch's at NaN
-          dg[j] = act ? v : R(0);
-          dh[j] = act ? R(0) : dh[j];
+          R c = R(0), dhp;  // torch's gradient at NaN (the header's)
+          RnnCell::backward<CpuMath, R>(nullptr, 0, nullptr, 0, R(0), R(0), h[j], R(0),
+                                        dh[j] + dy[j], c, FL, dg + j, dg + j, 1, dhp);
+          dh[j] = dhp;
         }
       }
       gemm_acc<R>(dG + ((long)t * B + b0) * H, H, whh, H, dh_io + (long)b0 * H, H, b1 - b0, H, H,
@@ -1130,10 +1145,12 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
     gru_backward<R>(T, B, H, whh, L, rev, S, gates, dY, dh, dGx, dGh, nt); }                   \
   GL_EXPORT void rnn_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,            \
       const int* L, int rev, int slots, R* S, R* Y, int flags, int nt) {                       \
-    rnn_forward<R>(T, B, H, gx, whh, L, rev, slots, S, Y, flags, nt); }                        \
+    if (flags & RNN_RELU) rnn_forward<R, RNN_RELU>(T, B, H, gx, whh, L, rev, slots, S, Y, nt); \
+    else rnn_forward<R, 0>(T, B, H, gx, whh, L, rev, slots, S, Y, nt); }                        \
   GL_EXPORT void rnn_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* S, const R* dY, R* dh, R* dG, int flags, int nt) {                              \
-    rnn_backward<R>(T, B, H, whh, L, rev, S, dY, dh, dG, flags, nt); }
+    if (flags & RNN_RELU) rnn_backward<R, RNN_RELU>(T, B, H, whh, L, rev, S, dY, dh, dG, nt);  \
+    else rnn_backward<R, 0>(T, B, H, whh, L, rev, S, dY, dh, dG, nt); }
 
 GL_DEFINE(f32, float)
 GL_DEFINE(f64, double)
