@@ -59,8 +59,14 @@ class Cell:
     #: ``flags``, ``threads``, ``gates_stride``; ``input`` the five arguments of the input
     #: (``gx``, or x, W_ih and the bias where the loop projects it itself, see
     #: ``loop_projects_input``); ``db`` the bias gradient the loop sums on the way
-    cpu_forward_args = ()
-    cpu_backward_args = ()
+    cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "konst", "L", "reverse", "slots", "S", "C",
+                        "gates", "gates_stride", "Y", "flags", "threads")
+    cpu_backward_args = ("T", "B", "H", "w_hh", "konst", "L", "reverse", "S", "C", "gates", "dY",
+                         "dh", "dc", "dGx", "dGh", "flags", "threads")
+    #: the compiled CPU loop's own functions (``<cpu_loop>_forward_f32`` & co.: "lstm", "gru",
+    #: "rnn"); None: the generic loops of the cell's header, ``cell_<kernel_struct>_*``
+    #: (the arguments above), which every cell with a header gets
+    cpu_loop = None
     #: the CPU loop can project the input itself (no [T,B,G*H] projection buffer)
     loop_projects_input = False
     #: the state the kernels carry beside S: its [T+1,B,H] history in the saved dict and its
@@ -170,6 +176,7 @@ def product(ex, a, b):
 
 class LSTMCell(Cell):
     name = kind = "lstm"
+    cpu_loop = "lstm"
     gates = 4
     has_cell_state = True
     forward_transients = ("w_hr_T",)
@@ -279,6 +286,7 @@ class LSTMCell(Cell):
 
 class GRUCell(Cell):
     name = kind = "gru"
+    cpu_loop = "gru"
     gates = 3
     kernel_struct, kernel_constant = "GruCell", "b_hn"
     split_dgh = True
@@ -324,6 +332,7 @@ class GRUCell(Cell):
 
 class RNNCell(Cell):
     kind = "rnn"
+    cpu_loop = "rnn"
     gates = 1
     kernel_struct = "RnnCell"
     cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "L", "reverse", "slots", "S", "Y", "flags",
@@ -363,14 +372,15 @@ class CIFGCell(LSTMCell):
     A cell brought through the plug-in alone: this class and ``kernels/cells/cifg.cuh`` (its
     pointwise math, one unit of one step) are all of it. The header gives it the fused and
     persistent kernels of the device executions (``kernel_struct``); its stepwise step is
-    written here against the execution's array module (``ex.xp``); the compiled CPU loop
-    declines it (no ``cpu_*_args``) and the stepwise loop runs there.
+    written here against the execution's array module (``ex.xp``); the compiled CPU loop runs
+    the generic loops of its header (``cell_CifgCell_*`` in kernels/cpu/sequence.cpp).
     """
     name = kind = "cifg"
     gates = 3
     forward_transients = ()
     kernel_struct, kernel_constant = "CifgCell", None
-    cpu_forward_args = cpu_backward_args = ()
+    cpu_forward_args, cpu_backward_args = Cell.cpu_forward_args, Cell.cpu_backward_args
+    cpu_loop = None  # the generic loops of its header (kernels/cpu/sequence.cpp)
     loop_projects_input = False
     projects = False  # no proj_size (nor peepholes)
 

@@ -420,8 +420,8 @@ class CIFG(_RNNBase):
     ``1 - f``, gate order (f, g, o), so ``weight_ih_l{k}`` is (3H, I) and ``weight_hh_l{k}``
     (3H, H). Interface and state as :class:`LSTM` (hx = (h0, c0); returns (out, (h_n, c_n)));
     no projection, peepholes or bias initialisation options. Its fused and persistent device
-    kernels come from its cell header (kernels/cells/cifg.cuh); the cpu backend runs its
-    stepwise loop."""
+    kernels and its compiled cpu loop come from its cell header (kernels/cells/cifg.cuh)."""
+
     def _make_cell(self):
         return _cells.CIFGCell()
 

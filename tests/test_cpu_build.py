@@ -48,13 +48,14 @@ def test_this_machine_uses_its_level():
                     reason="needs g++ on x86-64")
 @pytest.mark.parametrize("flags", [V3, V2, set()], ids=["v3", "v2", "baseline"])
 def test_fallback_levels_compile(tmp_path, flags):
-    """sequence.cpp compiles (g++, the build's flags, no run) at the levels below AVX-512:
-    the AVX2 path (6 x 2 register tiles, 32-byte vectors), SSE, the baseline."""
+    """sequence.cpp compiles (g++, the build's flags with every cell's generic loops, no run)
+    at the levels below AVX-512: the AVX2 path (6 x 2 register tiles, 32-byte vectors), SSE,
+    the baseline."""
     from gpulstm.kernel_source import kernel_dir
     cflags, _, _ = cpu._blas()
     isa = cpu.isa_flags("x86_64", flags)
     flags_c = [f for f in cpu.FLAGS if f != "-shared"]
-    res = subprocess.run(["g++", *flags_c, *isa, *cflags, "-O1", "-c", "-o",
+    res = subprocess.run(["g++", *flags_c, *isa, *cflags, *cpu.cell_flags(), "-O1", "-c", "-o",
                           str(tmp_path / "seq.o"), str(kernel_dir() / cpu.SOURCE)],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -76,3 +77,35 @@ def test_the_cpu_loop_runs_the_cell_headers():
     inputs = cpu.build_inputs(src)
     assert {p.name for p in inputs} >= {"sequence.cpp", "kernel_flags.cuh", "lstm.cuh", "gru.cuh",
                                         "rnn.cuh", "cell_common.cuh"}
+
+
+@pytest.mark.parametrize("name,kw", [("CIFG", {}), ("IndRNN", {}), ("IndRNN", {"nonlinearity": "tanh"})])
+def test_header_only_cells_run_the_compiled_loop(name, kw, monkeypatch):
+    """A cell that brings only its class and header (CIFG, IndRNN) gets the cpu execution's
+    compiled loop (cell_<Struct>_forward/backward): with its Python step disabled the cpu
+    execution still runs it, and equals the NumPy reference (float64, 2 layers,
+    bidirectional, lengths, every gradient)."""
+    import numpy as np
+    import gpulstm
+    rng = np.random.default_rng()
+    x = rng.standard_normal((6, 3, 5))
+    dy = rng.standard_normal((6, 3, 16))
+    lens = np.array([6, 2, 4])
+    seed = int(rng.integers(1 << 30))
+    ref = getattr(gpulstm, name)(5, 8, 2, bidirectional=True, backend="numpy", dtype="float64",
+                                 seed=seed, **kw)
+    want = [ref(x, lengths=lens)[0], ref.backward(dy), *ref.grads.values()]
+    cell = type(ref._make_cell())
+
+    def refuse(*a, **k):
+        raise AssertionError("the stepwise loop ran")
+
+    monkeypatch.setattr(cell, "step_forward", refuse)
+    monkeypatch.setattr(cell, "step_backward", refuse)
+    m = getattr(gpulstm, name)(5, 8, 2, bidirectional=True, backend="cpu", dtype="float64",
+                               seed=seed, **kw)
+    got = [m(x, lengths=lens)[0], m.backward(dy), *m.grads.values()]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    m.eval()  # the inference path (state ring, no saved gates)
+    np.testing.assert_allclose(m(x, lengths=lens)[0], want[0], rtol=1e-12, atol=1e-13)

@@ -148,6 +148,17 @@ def build_inputs(src: Path):
     return [src, kernels / "kernel_flags.cuh", *sorted((kernels / "cells").glob("*.cuh"))]
 
 
+def cell_flags():
+    """Compiler flags that give the library the generic loops of every cell header in
+    kernels/cells/ (``cell_<Struct>_forward_f32`` & co.): each header force-included, their
+    structs listed in GL_CELL_STRUCTS (kernels/cpu/sequence.cpp instantiates them)."""
+    from ..kernel_source import cell_headers, cell_structs
+    structs = " ".join(f"X({name})" for name in cell_structs())
+    return ["-DGPULSTM_HD=__attribute__((always_inline)) inline",
+            *[f for h in cell_headers() for f in ("-include", str(h))],
+            f"-DGL_CELL_STRUCTS(X)={structs}"]
+
+
 def _build(src: Path) -> Path:
     """The verified library of ``src`` in the cache (gpulstm/buildcache.py: private
     directory, digest checked before loading, compiled once under a lock)."""
@@ -155,11 +166,12 @@ def _build(src: Path) -> Path:
     text = "\0".join(f.read_text() for f in build_inputs(src))
     cflags, ldflags, blas = _blas()
     isa = isa_flags()
-    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, buildcache.compiler_identity(cxx),
-                                     blas]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, *cell_flags(),
+                                     buildcache.compiler_identity(cxx), blas]).encode()
+                         ).hexdigest()[:32]
 
     def compile(out: Path) -> None:
-        cmd = [cxx, *FLAGS, *isa, *cflags, "-o", str(out), str(src), *ldflags]
+        cmd = [cxx, *FLAGS, *isa, *cflags, *cell_flags(), "-o", str(out), str(src), *ldflags]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
@@ -210,6 +222,7 @@ _SIGS = {
     "gemm": "iiiipliplplpli",
     "transpose": "iiplp",
 }
+_CELL_SIGS = {"forward": "iiippppiippplpii", "backward": "iiipppippppppppii"}
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
 
 
@@ -219,6 +232,13 @@ def _bind(dll):
             f = getattr(dll, f"{name}_{suf}")
             f.argtypes = [_CT[c] for c in sig]
             f.restype = None
+    from ..kernel_source import cell_structs
+    for struct in cell_structs():  # the generic loops of every cell header (cell_flags)
+        for what, sig in _CELL_SIGS.items():
+            for suf in ("f32", "f64"):
+                f = getattr(dll, f"cell_{struct}_{what}_{suf}")
+                f.argtypes = [_CT[c] for c in sig]
+                f.restype = None
     for suf in ("f32", "f64"):
         getattr(dll, f"activations_{suf}").argtypes = [ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 3
     dll.max_threads.restype = ctypes.c_int
@@ -266,9 +286,10 @@ def activations(x):
     return tuple(out)
 
 
-_INT, _OUT, _IN, _GATES, _STRIDE, _DB, _INPUT = range(7)
+_INT, _OUT, _IN, _GATES, _STRIDE, _DB, _INPUT, _KONST, _OPT = range(9)
 _SCALARS = ("T", "B", "H", "reverse", "slots", "flags", "threads")
-_SPECIAL = {"gates": _GATES, "gates_stride": _STRIDE, "db": _DB, "input": _INPUT}
+_SPECIAL = {"gates": _GATES, "gates_stride": _STRIDE, "db": _DB, "input": _INPUT,
+            "konst": _KONST, "C": _OPT, "dc": _OPT}
 _compiled_specs = {}
 
 
@@ -364,8 +385,13 @@ class CpuExecution(HostExecution):
         return out
 
     def _fn(self, cell, what, dtype):
+        """The compiled loop of ``cell``: its own (``cell.cpu_loop``: lstm, gru, rnn) or the
+        generic one of its header's struct (``cell_<Struct>_...``); None for other dtypes."""
         suf = _SUFFIX.get(np.dtype(dtype))
-        return None if suf is None else getattr(self._lib, f"{cell.kind}_{what}_{suf}")
+        if suf is None:
+            return None
+        prefix = cell.cpu_loop or f"cell_{cell.kernel_struct}"
+        return getattr(self._lib, f"{prefix}_{what}_{suf}")
 
     def projects_input(self, cell, s, flags):
         """True where the cell's compiled forward projects the input itself, a chunk of time
@@ -391,9 +417,17 @@ class CpuExecution(HostExecution):
                 out.append(_p(x))
             elif code == _GATES:  # the inference path's one slot has time stride 0
                 g = a["gates"]
-                out.append(g.ctypes.data if g.strides[0] == 0 else _p(g))
+                out.append(None if g is None else g.ctypes.data if g.strides[0] == 0 else _p(g))
             elif code == _STRIDE:
-                out.append(_time_stride(a["gates"]))
+                out.append(0 if a["gates"] is None else _time_stride(a["gates"]))
+            elif code == _KONST:  # the cell's constants (kernel_constant), or none
+                k = a.get(cell.kernel_constant) if cell.kernel_constant else None
+                if k is not None:
+                    k = np.ascontiguousarray(k, dtype=dt)
+                    keep.append(k)
+                out.append(None if k is None else _p(k))
+            elif code == _OPT:  # a buffer only some cells have (C, dc): null without it
+                out.append(None if a.get(name) is None else _p(a[name]))
             elif code == _DB:
                 out.append(None if a.get("db") is None else _p(a["db"]))
             else:  # _INPUT

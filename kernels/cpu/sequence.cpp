@@ -41,7 +41,9 @@
 
 // The cells' pointwise math: the headers the CUDA kernels include (kernels/cells/<cell>.cuh,
 // plain C++), inlined into this file's vectorised unit loops with the math policy CpuMath
+#ifndef GPULSTM_HD  // the build defines it too, for the headers it -includes (every cell's)
 #define GPULSTM_HD __attribute__((always_inline)) inline
+#endif
 #include "../cells/lstm.cuh"
 #include "../cells/gru.cuh"
 #include "../cells/rnn.cuh"
@@ -1124,6 +1126,105 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
   });
 }
 
+// ---- any cell, from its header alone ------------------------------------------------------
+// The loops of a cell that brings only its header (kernels/cells/<cell>.cuh; e.g. CIFG,
+// IndRNN): the input projection gx [T,B,G*H] precomputed with the folded bias, per step the
+// recurrent product gh = h_{t-1} W_hh^T (DENSE cells) and the header's pointwise step per unit;
+// backward the header's step and dL/dh_{t-1} = its direct part + dGh W_hh (DENSE). Row blocks
+// over threads as above (the recurrence never mixes rows). The option flags are a run-time
+// argument here (the LSTM/GRU/RNN loops above make them template constants).
+// konst [NCONST, H] the cell's constants (null with NCONST = 0); C / dc null without HAS_C;
+// gates [T,B,SAVED*H] (time stride gates_ts; null with SAVED = 0); dGh [T,B,G*H] only with
+// SPLIT_DGH (else dGx serves both).
+template <class Cell, class R>
+static void cell_forward(int T, int B, int H, const R* gx, const R* whh, const R* konst,
+                         const int* L, int reverse, int slots, R* S, R* C, R* gates,
+                         long gates_ts, R* Y, int flags, int nthreads) {
+  const int G = Cell::G * H, W = Cell::SAVED * H;
+  Steps st{T, reverse, slots};
+  for_row_blocks(B, (double)T * B * G * (Cell::DENSE ? H : 1), nthreads, [&](int b0, int b1) {
+    LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
+    if (Cell::DENSE) pack_loop_weights<R, 2>(pw, whh, H, H, G, T, B, 0, 0, false, true);
+    const WPack<R>* wp = pw.get();
+    const int rows = b1 - b0;
+    std::vector<R> abuf(Cell::DENSE ? (size_t)rows * G : 0);
+    R* gh = abuf.data();
+    for (int s = 0; s < T; ++s) {
+      const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
+      if (Cell::DENSE)
+        gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, nullptr, 0, gh, G, rows, H, G, wp);
+      for (int b = b0; b < b1; ++b) {
+        const R* x = gx + ((long)t * B + b) * G;
+        const R* ghr = Cell::DENSE ? gh + (long)(b - b0) * G : x;  // unread without DENSE
+        const R* hp = S + ((long)p * B + b) * H;
+        R* hnx = S + ((long)n * B + b) * H;
+        const R* cp = Cell::HAS_C ? C + ((long)p * B + b) * H : nullptr;
+        R* cn = Cell::HAS_C ? C + ((long)n * B + b) * H : nullptr;
+        R* y = Y + ((long)t * B + b) * H;
+        R* gt = W ? gates + (long)t * gates_ts + (long)b * W : nullptr;
+        const bool act = t < L[b];
+#pragma omp simd
+        for (int j = 0; j < H; ++j) {
+          const R c0 = Cell::HAS_C ? cp[j] : R(0);
+          R c = c0, h;
+          Cell::template forward<CpuMath, R>(x + j, ghr + j, H, konst ? konst + j : nullptr, H,
+                                             c0, hp[j], flags, W ? gt + j : nullptr, H, c, h);
+          if (Cell::HAS_C) cn[j] = act ? c : c0;
+          hnx[j] = act ? h : hp[j];
+          y[j] = act ? h : R(0);
+        }
+      }
+    }
+  });
+}
+
+template <class Cell, class R>
+static void cell_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
+                          const R* konst, const R* S, const R* C, const R* gates, const R* dY,
+                          R* dh_io, R* dc_io, R* dGx, R* dGh, int flags, int nthreads) {
+  const int G = Cell::G * H, W = Cell::SAVED * H;
+  Steps st{T, reverse, T + 1};
+  R* dG = Cell::SPLIT_DGH ? dGh : dGx;  // what multiplies W_hh
+  for_row_blocks(B, (double)T * B * G * (Cell::DENSE ? H : 1), nthreads, [&](int b0, int b1) {
+    LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
+    if (Cell::DENSE) pack_loop_weights<R, 2>(pw, whh, H, G, H, T, B);
+    const WPack<R>* wp = pw.get();
+    for (int s = T - 1; s >= 0; --s) {
+      const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
+      for (int b = b0; b < b1; ++b) {
+        const R* gt = W ? gates + ((long)t * B + b) * W : nullptr;
+        const R* hp = S + ((long)p * B + b) * H;
+        const R* hn = S + ((long)n * B + b) * H;
+        const R* cp = Cell::HAS_C ? C + ((long)p * B + b) * H : nullptr;
+        const R* cn = Cell::HAS_C ? C + ((long)n * B + b) * H : nullptr;
+        const R* dy = dY + ((long)t * B + b) * H;
+        R* dh = dh_io + (long)b * H;
+        R* dc = Cell::HAS_C ? dc_io + (long)b * H : nullptr;
+        R* dx = dGx + ((long)t * B + b) * G;
+        R* dhh = Cell::SPLIT_DGH ? dGh + ((long)t * B + b) * G : dx;
+        if (t >= L[b]) {  // past the row's end: zero gate gradients, dh and dc carried
+          std::fill(dx, dx + G, R(0));
+          if (Cell::SPLIT_DGH) std::fill(dhh, dhh + G, R(0));
+          continue;
+        }
+#pragma omp simd
+        for (int j = 0; j < H; ++j) {
+          R dcj = Cell::HAS_C ? dc[j] : R(0), dhp;
+          Cell::template backward<CpuMath, R>(
+              W ? gt + j : nullptr, H, konst ? konst + j : nullptr, H,
+              Cell::HAS_C ? cn[j] : R(0), Cell::HAS_C ? cp[j] : R(0), hn[j], hp[j],
+              dh[j] + dy[j], dcj, flags, dx + j, dhh + j, H, dhp);
+          if (Cell::HAS_C) dc[j] = dcj;
+          dh[j] = dhp;
+        }
+      }
+      if (Cell::DENSE)
+        gemm_acc<R>(dG + ((long)t * B + b0) * G, G, whh, H, dh_io + (long)b0 * H, H, b1 - b0, G,
+                    H, wp);
+    }
+  });
+}
+
 }  // namespace
 
 // ---- C exports: <cell>_<forward|backward>_<f32|f64> ---------------------------------------
@@ -1256,6 +1357,25 @@ GL_EXPORT void transpose_f64(int rows, int cols, const double* src, long lds, do
 }
 
 // Elementwise exp/sigmoid/tanh of this library (tests compare them with NumPy's).
+// cell_<Struct>_<forward|backward>_<f32|f64> for every cell struct of kernels/cells/ (the
+// build passes their headers with -include and their names in GL_CELL_STRUCTS, as
+// gpulstm/kernel_source.py instantiates the CUDA loop kernels for each)
+#define GL_DEFINE_CELL_SUF(CELL, SUF, R)                                                       \
+  GL_EXPORT void cell_##CELL##_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,  \
+      const R* konst, const int* L, int rev, int slots, R* S, R* C, R* gates, long gts, R* Y,  \
+      int flags, int nt) {                                                                     \
+    cell_forward<CELL, R>(T, B, H, gx, whh, konst, L, rev, slots, S, C, gates, gts, Y, flags,  \
+                          nt); }                                                               \
+  GL_EXPORT void cell_##CELL##_backward_##SUF(int T, int B, int H, const R* whh,              \
+      const R* konst, const int* L, int rev, const R* S, const R* C, const R* gates,           \
+      const R* dY, R* dh, R* dc, R* dGx, R* dGh, int flags, int nt) {                          \
+    cell_backward<CELL, R>(T, B, H, whh, L, rev, konst, S, C, gates, dY, dh, dc, dGx, dGh,     \
+                           flags, nt); }
+#define GL_DEFINE_CELL(CELL) GL_DEFINE_CELL_SUF(CELL, f32, float) GL_DEFINE_CELL_SUF(CELL, f64, double)
+#ifdef GL_CELL_STRUCTS
+GL_CELL_STRUCTS(GL_DEFINE_CELL)
+#endif
+
 GL_EXPORT void activations_f32(const float* x, long n, float* e, float* s, float* th) {
 #pragma omp simd
   for (long k = 0; k < n; ++k) { e[k] = vexp<float>(x[k]); s[k] = vsigmoid<float>(x[k]); th[k] = vtanh<float>(x[k]); }
