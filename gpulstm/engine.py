@@ -64,19 +64,28 @@ def _slots(T, reverse, n=None):
 
 
 # -- windows and recompute segments (docs/design.md, "Recompute") ---------------------------
-#: rows (time steps x batch rows) of one window: the unit of the whole-sequence GEMMs. A
-#: module constant (tests lower it to get many windows from small shapes).
+#: rows (time steps x batch rows) of one window: the unit of the whole-sequence GEMMs,
+#: unless the execution says otherwise (``ex.window_rows``; the kernel executions take larger
+#: windows, see gpulstm.backends.kernel_loop)
 WINDOW_ROWS = 2048
 
 
-def window_steps(T, B):
+def window_rows(ex):
+    """The rows of one window on execution ``ex``: its ``window_rows``, else
+    :data:`WINDOW_ROWS`."""
+    return int(getattr(ex, "window_rows", None) or WINDOW_ROWS)
+
+
+def window_steps(T, B, rows=None):
     """C, the time steps of one window of a direction of ``T`` steps and ``B`` rows: enough
-    rows (``C * B >= WINDOW_ROWS``) for an efficient GEMM, at most ``T``. Chosen from the shape
-    alone, never from the recompute setting: the input projection, the weight gradients, dx
-    and the bias sums run window by window (window i: steps [i C, (i + 1) C), aligned to
-    absolute time), accumulated in the backward's processing order, with or without
-    recompute; that is what makes recompute's gradients bitwise the same."""
-    return max(1, min(int(T), -(-int(WINDOW_ROWS) // max(int(B), 1))))
+    rows (``C * B >= rows``, default :data:`WINDOW_ROWS`) for an efficient GEMM, at most
+    ``T``. Chosen from the shape (and the execution) alone, never from the recompute setting:
+    the input projection, the weight gradients, dx and the bias sums run window by window
+    (window i: steps [i C, (i + 1) C), aligned to absolute time), accumulated in the
+    backward's processing order, with or without recompute; that is what makes recompute's
+    gradients bitwise the same."""
+    rows = WINDOW_ROWS if rows is None else rows
+    return max(1, min(int(T), -(-int(rows) // max(int(B), 1))))
 
 
 _RECOMPUTE = "recompute must be False, None, True or an int >= 1 (time steps per segment)"
@@ -96,7 +105,7 @@ def check_recompute(recompute):
     return int(recompute)
 
 
-def segment_steps(recompute, T, B):
+def segment_steps(recompute, T, B, rows=None):
     """Steps per recompute segment of a direction of ``T`` steps and ``B`` rows, or None (no
     recompute, or one segment would hold the whole sequence: nothing to save). True:
     ceil(sqrt(T)); an int k: k; either rounded up to a multiple of the window
@@ -104,7 +113,7 @@ def segment_steps(recompute, T, B):
     rc = check_recompute(recompute)
     if rc is None or T < 1:
         return None
-    C = window_steps(T, B)
+    C = window_steps(T, B, rows)
     k = math.isqrt(T - 1) + 1 if rc is True else rc
     k = -(-k // C) * C
     return k if k < T else None
@@ -142,6 +151,7 @@ def _view(ex, cell, d, a, b):
                 v[k] = done[id(d[k])]
     if d.get("L") is not None:
         v["L"] = _clip_lengths(ex.xp, d["L"], a, b)
+    v.pop("graph_lease", None)  # a CUDA-graph arena holds a whole direction, not a window
     return v
 
 
@@ -158,12 +168,13 @@ def _merge_back(cell, d, v):
             d[k] = val
 
 
-def _exact(ex):
-    """Whether the execution's ``sequence_forward`` / ``sequence_backward`` over consecutive
-    windows of a direction give the same bits as one call over the whole direction (its
-    ``segment_exact``): then the engine calls them once per direction (or recompute segment);
-    otherwise once per window, with or without recompute."""
-    return bool(getattr(ex, "segment_exact", False))
+def _exact(ex, phase):
+    """Whether the execution's ``sequence_forward`` (``phase`` "forward") or
+    ``sequence_backward`` ("backward") over consecutive windows of a direction give the same
+    bits as one call over the whole direction (its ``forward_segment_exact`` /
+    ``backward_segment_exact``): then the engine calls it once per direction (or recompute
+    segment); otherwise once per window, with or without recompute."""
+    return bool(getattr(ex, phase + "_segment_exact", False))
 
 
 def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True, window=None):
@@ -184,7 +195,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True, windo
     The dict then serves only :func:`final_states`."""
     xp = ex.xp
     T, B, I = x.shape
-    C = window_steps(T, B) if window is None else window
+    C = window_steps(T, B, window_rows(ex)) if window is None else window
     GH = w["w_ih"].shape[0]
     H = GH // cell.gates
     Hs = cell.state_size(w)
@@ -193,7 +204,7 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True, windo
     run = getattr(ex, "sequence_forward", None)
     wins = _windows(T, C)
     # one loop call for the whole direction, or one per window (see _exact)
-    whole = not save or len(wins) <= 1 or run is None or _exact(ex)
+    whole = not save or len(wins) <= 1 or run is None or _exact(ex, "forward")
     # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop, unless
     # the execution's own loop reads the weights as stored
@@ -333,7 +344,7 @@ def _bptt(ex, cell, w, s, g, C, acc, dx, record=None):
 
     if run is None:
         stepwise(g, T)
-    elif _exact(ex) or len(wins) <= 1:
+    elif _exact(ex, "backward") or len(wins) <= 1:
         if run(cell, w, s, g, flags):
             sums = g.pop("db", None)  # [windows, G*H]
             if sums is not None:
@@ -407,7 +418,7 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
             record["dc"] = xp.empty((T, B, g["dc"].shape[1]), x.dtype)
     acc = {}
     dx = xp.empty((T, B, I), x.dtype)
-    _bptt(ex, cell, w, s, g, window_steps(T, B), acc, dx, record)
+    _bptt(ex, cell, w, s, g, window_steps(T, B, window_rows(ex)), acc, dx, record)
     return dx, g["dh"], g.get("dc"), _grads(ex, cell, w, s, g, acc)
 
 
@@ -436,12 +447,14 @@ def _recompute_backward(ex, cell, w, s, dy, dh_n, dc_n):
     return dx, g["dh"], g.get("dc"), _grads(ex, cell, w, sg, g, acc)
 
 
-def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize, recompute=False):
+def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize, recompute=False,
+                rows=None):
     """Device bytes a stacked forward keeps for its backward (plus its largest transient, the
     input projection of one direction): what an out-of-memory message reports. With
-    ``recompute``: the layer outputs, one state per segment, and one segment's history and
-    projection (what its backward makes again)."""
-    K = segment_steps(recompute, T, B)
+    ``recompute`` (``rows``: the execution's :func:`window_rows`): the layer outputs, one
+    state per segment, and one segment's history, projection and gradient (what its backward
+    makes again)."""
+    K = segment_steps(recompute, T, B, rows)
     out = T * B * D * Hs  # the concatenated / dropped-out layer output
     if K is None:
         per_layer = D * cell.saved_elements(T, B, H, Hs) + out
@@ -540,8 +553,9 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
     ctx = Context(cell, params, recompute=rc)
     h_n, c_n = [], []
     T, B = x.shape[0], x.shape[1]
-    K = segment_steps(rc, T, B) if save else None
-    C = window_steps(T, B)
+    rows = window_rows(ex)
+    K = segment_steps(rc, T, B, rows) if save else None
+    C = window_steps(T, B, rows)
     # inference never reads x again: no private copy
     inp = private_input(ex, x, lengths) if save else x
     for layer, dirs in enumerate(params):

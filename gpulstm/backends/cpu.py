@@ -301,7 +301,7 @@ class CpuExecution(HostExecution):
     #: a loop over part of a direction (a recompute segment) gives the bits of those steps of
     #: one loop over the whole (engine: one call per direction or segment, not per window;
     #: tests/test_recompute.py checks it)
-    segment_exact = True
+    forward_segment_exact = backward_segment_exact = True
 
     def __init__(self, lib):
         super().__init__("cpu", numpy_pointwise)
