@@ -257,3 +257,26 @@ def test_long_sequence_trains_on_the_cpu_execution(rng):
         if v is not None:
             assert np.isfinite(v).all(), k
     assert np.isfinite(dx).all() and np.isfinite(dh0).all()
+
+
+def test_the_asv_benchmarks_run():
+    """bench/recompute.py once at small T: the traced peak is smaller with recompute, the
+    time ratio a positive number."""
+    import importlib
+    bench = importlib.import_module("bench.recompute")
+    peaks = {}
+    for rc in (False, True):
+        b = bench.RecomputeMemory()
+        try:
+            b.setup(3000, rc)
+        except NotImplementedError as e:
+            pytest.skip(str(e))
+        b.peakmem_training_step(3000, rc)
+        b.time_training_step(3000, rc)
+        peaks[rc] = b.track_traced_peak_mib(3000, rc)
+    assert 0 < peaks[True] < 0.5 * peaks[False], peaks
+    ratio = bench.measure_ratio((600,), repeat=1)[600]
+    assert isinstance(ratio, float) and ratio > 0
+    c = bench.RecomputeTimeRatio()
+    c.setup({600: ratio}, 600)
+    assert c.track_time_ratio({600: ratio}, 600) == ratio
