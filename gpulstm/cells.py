@@ -91,10 +91,14 @@ class Cell:
         """Hs, the width of the state h the recurrence reads (P with LSTM's proj_size)."""
         return w["w_hh"].shape[1]
 
-    def recurrent_grad(self, ex, dGh, s_prev):
+    def recurrent_grad(self, ex, dGh, s_prev, out=None):
         """dL/dW_hh from dGh [n*B, G*H] and the states each step read [n*B, Hs] over the n
-        steps of one window (the engine adds the windows up)."""
-        return product(ex, dGh.T, s_prev)
+        steps of one window: a new array, or added into ``out`` (the earlier windows' sum)
+        and ``out`` returned."""
+        if out is None:
+            return product(ex, dGh.T, s_prev)
+        ex.matmul_acc(dGh.T, s_prev, out=out)
+        return out
 
     def kernel_constants(self, H):
         """Constant buffers of the saved dict the kernels read beside the weights: {name:
@@ -457,8 +461,12 @@ class IndRNNCell(Cell):
     def state_size(self, w):
         return w["w_hh"].shape[0]
 
-    def recurrent_grad(self, ex, dGh, s_prev):
-        return (dGh * s_prev).sum(axis=0)
+    def recurrent_grad(self, ex, dGh, s_prev, out=None):
+        part = (dGh * s_prev).sum(axis=0)
+        if out is None:
+            return part
+        out += part
+        return out
 
     def kernel_constants(self, H):
         return {"u": (H,)}

@@ -2,12 +2,14 @@
 
 Per layer and direction (docs/design.md, "The one loop"):
 
-1. the input projection of all time steps: one GEMM ``(T*B, I) x (I, G*H)`` plus bias;
+1. the input projection of all time steps: one GEMM ``(C*B, I) x (I, G*H)`` plus bias per
+   window of C steps (:func:`window_steps`);
 2. for each time step: one recurrent GEMM ``(B, Hs) x (Hs, G*H)`` and ONE pointwise step
    (plus, for an LSTM with ``proj_size``, the projection GEMM and a masking step);
 3. backward runs the steps in reverse: one pointwise backward step, then the recurrent GEMM
-   accumulated into dL/dh; weight gradients are whole-sequence GEMMs after the loop
-   (deterministic: no atomics).
+   accumulated into dL/dh; weight gradients are GEMMs after the loop, one per window, summed
+   in processing order (deterministic: no atomics; the same bits with recompute, see
+   docs/design.md, "Recompute").
 
 Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``ex.xp`` the
 array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)``,
@@ -32,14 +34,20 @@ An execution may run a whole direction's time loop itself by defining
 ``ex.sequence_backward(cell, w, s, g, flags) -> bool``
     The reverse loop: from ``g["dY"]``, ``g["dh"]`` (and ``g["dc"]``) as left by the caller,
     fill ``g["dGx"]`` (and ``g["dGh"]``, ``g["DHR"]``) for every step and leave ``g["dh"]`` /
-    ``g["dc"]`` holding dL/dh0 / dL/dc0. It may also leave ``g["db"]``, the sum of ``dGx``
-    over steps and rows (the input bias gradient), which the engine then does not recompute.
+    ``g["dc"]`` holding dL/dh0 / dL/dc0. It may also leave ``g["db"]`` [n, G*H], the sums of
+    ``dGx`` over the steps and rows of each window of ``g["window"]`` steps (window i: steps
+    [i w, (i + 1) w) of the call; the input bias gradient), which the engine then does not
+    recompute.
 
 Either returns False to decline (an option it does not implement); the engine then runs the
-stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here,
-except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
-True, promising that its ``sequence_forward`` runs that direction and projects the input
-itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
+stepwise loop. Either may run on part of a direction (a window, or a recompute segment: the
+dicts' per-step buffers are then views of those steps, ``L`` clipped to them): an execution
+whose loop over part of a direction gives the bits of the loop over the whole sets
+``forward_segment_exact`` / ``backward_segment_exact`` (the engine then calls it once per
+direction or segment, else once per window); ``window_rows`` (optional) sets its windows.
+The input projection and the weight-gradient GEMMs stay here, except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
+True, promising that its ``sequence_forward`` runs that direction (asked only where one call
+runs the whole direction) and projects the input itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
 absent, ``w["w_ih"]`` as stored) and ``s["bias"]`` (the folded bias or None) are there
 instead (the cpu execution projects a few time steps at a time into a buffer that stays in
 cache, or each step inside its recurrent GEMM).
@@ -373,8 +381,14 @@ def _bptt(ex, cell, w, s, g, C, acc, dx, record=None):
         dGx = gv["dGx"].reshape(rows, GH)
         dGh = gv["dGh"].reshape(rows, GH)
         s_prev = sv["S"][1:] if reverse else sv["S"][:-1]  # the state each time step read
-        part = {"w_ih": product(ex, dGx.T, sv["x"].reshape(rows, I)),
-                "w_hh": cell.recurrent_grad(ex, dGh, s_prev.reshape(rows, s_prev.shape[2]))}
+        xs = sv["x"].reshape(rows, I)
+        if "w_ih" in acc:  # the GEMMs add into the sums of the earlier windows
+            ex.matmul_acc(dGx.T, xs, out=acc["w_ih"])
+        else:
+            acc["w_ih"] = product(ex, dGx.T, xs)
+        acc["w_hh"] = cell.recurrent_grad(ex, dGh, s_prev.reshape(rows, s_prev.shape[2]),
+                                          out=acc.get("w_hh"))
+        part = {}
         if w["b_ih"] is not None:
             part["b_ih"] = db[i].copy() if i in db else dGx.sum(axis=0)
             if split:
