@@ -22,7 +22,8 @@ from conftest import backend_or_skip
 T, B, I, H = 23, 3, 4, 5
 
 EXECUTIONS = [("numpy", "auto"), ("cpu", "auto"), ("emulated", "stepwise"),
-              ("emulated", "fused"), ("emulated", "persistent")]
+              ("emulated", "fused"), ("emulated", "persistent"),
+              ("cupy", "stepwise"), ("cupy", "fused"), ("cupy", "persistent")]  # GPU: skips here
 CONFIGS = {
     "lstm-dropout": ("LSTM", {"dropout": 0.25}),
     "lstm-proj": ("LSTM", {"proj_size": 3}),
@@ -65,12 +66,20 @@ def _problem(rng, cls, kw, dtype, layers=2, D=2):
 
 def _run(ex, p, recompute, save=True):
     rng = engine.DropoutStream(1234, 5)  # the same masks on every run
+    if ex.xp is not np:  # cupy: the problem on the device, the results back on the host
+        dev = {k: (None if v is None else ex.asarray(v, v.dtype))
+               for k, v in p.items() if k in ("x", "h0", "c0", "L", "dy", "dh", "dc")}
+        dev["params"] = [[{k: None if v is None else ex.asarray(v, v.dtype) for k, v in w.items()}
+                          for w in dirs] for dirs in p["params"]]
+        p = dict(p, **dev)
+    host = (lambda a: None if a is None else ex.to_numpy(a))
     y, hn, cn, ctx = engine.forward(ex, p["cell"], p["params"], p["x"], p["h0"], p["c0"],
                                     p["L"], p["dropout"], rng, save=save, recompute=recompute)
     if not save:
-        return y, hn, cn, ctx
+        return host(y), host(hn), host(cn), ctx
     dx, dh0, dc0, grads = engine.backward(ex, ctx, p["dy"], p["dh"], p["dc"])
-    return y, hn, cn, dx, dh0, dc0, grads, ctx
+    grads = [[{k: host(v) for k, v in gd.items()} for gd in dirs] for dirs in grads]
+    return host(y), host(hn), host(cn), host(dx), host(dh0), host(dc0), grads, ctx
 
 
 def _assert_same(got, want, what):
