@@ -289,3 +289,36 @@ def test_the_asv_benchmarks_run():
     c = bench.RecomputeTimeRatio()
     c.setup({600: ratio}, 600)
     assert c.track_time_ratio({600: ratio}, 600) == ratio
+
+
+@pytest.mark.parametrize("T_,B_,dtype", [(200, 8, "float32"), (120, 16, "float64")])
+def test_cpu_loop_is_exact_across_thread_splits(T_, B_, dtype, rng):
+    """The cpu execution claims forward/backward_segment_exact: its loop over a whole
+    direction split over 2 threads (hidden units for B <= 8, row blocks above) and its loop
+    over 4-step segments, too small to split (1 thread), give the same bits."""
+    backend_or_skip("cpu")
+    from gpulstm.backends import cpu
+    ex = _execution("cpu", "auto", B_)
+    old = cpu.set_num_threads(2)
+    try:
+        m = gl.LSTM(16, 64, backend="numpy", dtype=dtype, seed=1)
+        cell, params = m._make_cell(), m._weights()
+        x = rng.standard_normal((T_, B_, 16)).astype(dtype)
+        h0 = rng.standard_normal((1, B_, 64)).astype(dtype)
+        L = np.full(B_, T_, np.int32)
+        L[1] = T_ // 3
+        dy = rng.standard_normal((T_, B_, 64)).astype(dtype)
+        outs, used = [], []
+        for rc in (False, 4):
+            y, hn, cn, ctx = engine.forward(ex, cell, params, x, h0, h0, L, recompute=rc)
+            used.append(cpu._library().last_threads())
+            outs.append((y, hn, cn) + engine.backward(ex, ctx, dy))
+    finally:
+        cpu.set_num_threads(old)
+    assert used == [2, 1], used  # the two calls did split differently
+    a, b = outs
+    for u, v in zip(a[:6], b[:6]):
+        assert np.array_equal(u, v)
+    for k, v in a[6][0][0].items():
+        if v is not None:
+            assert np.array_equal(v, b[6][0][0][k]), k
