@@ -1,7 +1,8 @@
 """Recompute (checkpointed BPTT, ``gpulstm.engine.forward(..., recompute=True)``): memory and
 time of one training step (forward + BPTT, dL/dx and the weight gradients) against sequence
 length, with and without recompute. LSTM, B=4, H=64, I=16, float32, the ``cpu`` execution
-(``GPULSTM_BENCH_BACKEND`` to change it; skipped where it cannot run).
+(``GPULSTM_BENCH_BACKEND``, as for the memory benchmarks, to change it; skipped where it
+cannot run; on cupy the traced peak does not see device memory).
 
 - ``RecomputeMemory``: ``peakmem_training_step`` (asv: the process's peak RSS, which also
   holds the interpreter, NumPy and PyTorch, a few hundred MB) and
@@ -36,7 +37,7 @@ class TrainingStep:
     def __init__(self, T, recompute, backend=BACKEND, seed=0):
         try:
             self.ex = gl.get_backend(backend)
-        except (gl.BackendUnavailable, ImportError) as e:
+        except (gl.BackendUnavailable, ImportError, ValueError) as e:  # ValueError: torch-*
             raise NotImplementedError(f"backend {backend!r} unavailable: {e}") from None
         m = gl.LSTM(I, H, backend="numpy", dtype="float32", seed=seed)
         self.cell, self.params = m._make_cell(), m._weights()
