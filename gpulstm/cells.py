@@ -27,6 +27,11 @@ class Cell:
     has_cell_state = False
     #: entries of the saved dict that :meth:`init_forward` adds and backward never reads
     forward_transients = ()
+    #: the cell's own per-step buffers [T, ...] of the saved or gradient dict, and its own
+    #: state histories [T+1, ...] (beside the engine's ``gates``, ``Y``, ``dGx``, ... and
+    #: ``S``): the engine slices them to a window of steps (engine.py, "Recompute")
+    step_buffers = ()
+    state_buffers = ()
 
     # -- what the compiled kernels take (gpulstm.backends.kernel_loop binds these by name) ----
     #: the cell's struct in ``kernels/cells/`` (e.g. ``"LstmCell"``, the header with its
@@ -56,7 +61,8 @@ class Cell:
     #: argument lists of the compiled CPU loop's ``<kind>_forward`` / ``<kind>_backward``
     #: (``kernels/cpu/sequence.cpp``, bound by :mod:`gpulstm.backends.cpu`): buffer names as
     #: above (whole sequences), int scalars ``T``, ``B``, ``H``, ``reverse``, ``slots``,
-    #: ``flags``, ``threads``, ``gates_stride``; ``input`` the five arguments of the input
+    #: ``flags``, ``threads``, ``gates_stride``, ``window`` (the engine's window of steps);
+    #: ``input`` the five arguments of the input
     #: (``gx``, or x, W_ih and the bias where the loop projects it itself, see
     #: ``loop_projects_input``); ``db`` the bias gradient the loop sums on the way
     cpu_forward_args = ("T", "B", "H", "gx", "w_hh", "konst", "L", "reverse", "slots", "S", "C",
@@ -104,9 +110,14 @@ class Cell:
         """Hs, the width of the state h the recurrence reads (P with LSTM's proj_size)."""
         return w["w_hh"].shape[1]
 
-    def recurrent_grad(self, ex, dGh, s_prev):
-        """dL/dW_hh from dGh [T*B, G*H] and the states each step read [T*B, Hs]."""
-        return product(ex, dGh.T, s_prev)
+    def recurrent_grad(self, ex, dGh, s_prev, out=None):
+        """dL/dW_hh from dGh [n*B, G*H] and the states each step read [n*B, Hs] over the n
+        steps of one window: a new array, or added into ``out`` (the earlier windows' sum)
+        and ``out`` returned."""
+        if out is None:
+            return product(ex, dGh.T, s_prev)
+        ex.matmul_acc(dGh.T, s_prev, out=out)
+        return out
 
     def kernel_constants(self, H):
         """Constant buffers of the saved dict the kernels read beside the weights: {name:
@@ -132,9 +143,18 @@ class Cell:
         ``dc_n`` [B,H] the gradient w.r.t. the final cell state, or None."""
         g["dGh"] = g["dGx"]
 
+    def window_grads(self, ex, w, s, g):
+        """Gradients of the cell's own parameters beyond w_ih, w_hh and the biases from the
+        steps of one window: ``s`` and ``g`` are the saved and gradient dicts restricted to
+        it (per-step buffers [n, ...], state histories [n+1, ...]); the engine adds the
+        windows up in the backward's processing order: {key of ``w``: array}."""
+        return {}
+
     def extra_grads(self, ex, w, s, g):
-        """Gradients of the cell's own parameters beyond w_ih, w_hh and the biases, after the
-        backward loop: {key of ``w``: array}."""
+        """Gradients of the cell's own parameters that its backward steps accumulated
+        themselves (in buffers of ``g``), once after the whole backward loop: {key of ``w``:
+        array}. Gradients computed from whole-sequence buffers belong in
+        :meth:`window_grads` (with recompute, no whole-sequence buffer exists)."""
         return {}
 
     def saved_elements(self, T, B, H, Hs):
@@ -180,12 +200,14 @@ class LSTMCell(Cell):
     gates = 4
     has_cell_state = True
     forward_transients = ("w_hr_T",)
+    step_buffers = ("M", "DHR")  # proj_size: m = o * tanh(c), and dL/dh before W_hr
+    state_buffers = ("C",)
     kernel_struct, kernel_constant = "LstmCell", "peep"
     carried_state, carried_grad = "C", "dc"
     cpu_forward_args = ("T", "B", "H", "input", "w_hh", "L", "reverse", "slots", "S", "C", "peep",
                         "gates", "gates_stride", "Y", "flags", "threads")
     cpu_backward_args = ("T", "B", "H", "w_hh", "L", "reverse", "C", "peep", "gates", "dY", "dh",
-                         "dc", "dGx", "db", "flags", "threads")
+                         "dc", "dGx", "db", "window", "flags", "threads")
     loop_projects_input = True
     projects = True
 
@@ -238,7 +260,7 @@ class LSTMCell(Cell):
             g["DHR"] = xp.empty((T, B, s["S"].shape[2]), dGx.dtype)
             g["dm"] = xp.empty((B, H), dGx.dtype)
 
-    def extra_grads(self, ex, w, s, g):
+    def window_grads(self, ex, w, s, g):
         out = {}
         T, B, GH = g["dGx"].shape
         H = GH // self.gates
@@ -482,8 +504,12 @@ class IndRNNCell(Cell):
     def state_size(self, w):
         return w["w_hh"].shape[0]
 
-    def recurrent_grad(self, ex, dGh, s_prev):
-        return (dGh * s_prev).sum(axis=0)
+    def recurrent_grad(self, ex, dGh, s_prev, out=None):
+        part = (dGh * s_prev).sum(axis=0)
+        if out is None:
+            return part
+        out += part
+        return out
 
     def kernel_constants(self, H):
         return {"u": (H,)}

@@ -2,12 +2,14 @@
 
 Per layer and direction (docs/design.md, "The one loop"):
 
-1. the input projection of all time steps: one GEMM ``(T*B, I) x (I, G*H)`` plus bias;
+1. the input projection of all time steps: one GEMM ``(C*B, I) x (I, G*H)`` plus bias per
+   window of C steps (:func:`window_steps`);
 2. for each time step: one recurrent GEMM ``(B, Hs) x (Hs, G*H)`` and ONE pointwise step
    (plus, for an LSTM with ``proj_size``, the projection GEMM and a masking step);
 3. backward runs the steps in reverse: one pointwise backward step, then the recurrent GEMM
-   accumulated into dL/dh; weight gradients are whole-sequence GEMMs after the loop
-   (deterministic: no atomics).
+   accumulated into dL/dh; weight gradients are GEMMs after the loop, one per window, summed
+   in processing order (deterministic: no atomics; the same bits with recompute, see
+   docs/design.md, "Recompute").
 
 Everything here talks to an *execution* ``ex`` (see :mod:`gpulstm.backends`): ``ex.xp`` the
 array module, ``ex.pw`` the pointwise ops, ``ex.matmul(a, b, out)``,
@@ -32,20 +34,28 @@ An execution may run a whole direction's time loop itself by defining
 ``ex.sequence_backward(cell, w, s, g, flags) -> bool``
     The reverse loop: from ``g["dY"]``, ``g["dh"]`` (and ``g["dc"]``) as left by the caller,
     fill ``g["dGx"]`` (and ``g["dGh"]``, ``g["DHR"]``) for every step and leave ``g["dh"]`` /
-    ``g["dc"]`` holding dL/dh0 / dL/dc0. It may also leave ``g["db"]``, the sum of ``dGx``
-    over steps and rows (the input bias gradient), which the engine then does not recompute.
+    ``g["dc"]`` holding dL/dh0 / dL/dc0. It may also leave ``g["db"]`` [n, G*H], the sums of
+    ``dGx`` over the steps and rows of each window of ``g["window"]`` steps (window i: steps
+    [i w, (i + 1) w) of the call; the input bias gradient), which the engine then does not
+    recompute.
 
 Either returns False to decline (an option it does not implement); the engine then runs the
-stepwise loop. The input projection and the whole-sequence weight-gradient GEMMs stay here,
-except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
-True, promising that its ``sequence_forward`` runs that direction and projects the input
-itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
+stepwise loop. Either may run on part of a direction (a window, or a recompute segment: the
+dicts' per-step buffers are then views of those steps, ``L`` clipped to them): an execution
+whose loop over part of a direction gives the bits of the loop over the whole sets
+``forward_segment_exact`` / ``backward_segment_exact`` (the engine then calls it once per
+direction or segment, else once per window); ``window_rows`` (optional) sets its windows.
+The input projection and the weight-gradient GEMMs stay here, except that an execution defining ``ex.projects_input(cell, s, flags) -> bool`` may answer
+True, promising that its ``sequence_forward`` runs that direction (asked only where one call
+runs the whole direction) and projects the input itself: ``s["gx"]`` is then absent and ``s["x"]``, ``s["w_ih_T"]`` (with ``stored_weights``:
 absent, ``w["w_ih"]`` as stored) and ``s["bias"]`` (the folded bias or None) are there
 instead (the cpu execution projects a few time steps at a time into a buffer that stays in
 cache, or each step inside its recurrent GEMM).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from .cells import product, state_slot, zero_stride
@@ -61,9 +71,127 @@ def _slots(T, reverse, n=None):
     return steps if n is None else [(t, p % n, q % n) for t, p, q in steps]
 
 
-def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
+# -- windows and recompute segments (docs/design.md, "Recompute") ---------------------------
+#: rows (time steps x batch rows) of one window: the unit of the whole-sequence GEMMs,
+#: unless the execution says otherwise (``ex.window_rows``; the kernel executions take larger
+#: windows, see gpulstm.backends.kernel_loop)
+WINDOW_ROWS = 2048
+
+
+def window_rows(ex):
+    """The rows of one window on execution ``ex``: its ``window_rows``, else
+    :data:`WINDOW_ROWS`."""
+    return int(getattr(ex, "window_rows", None) or WINDOW_ROWS)
+
+
+def window_steps(T, B, rows=None):
+    """C, the time steps of one window of a direction of ``T`` steps and ``B`` rows: enough
+    rows (``C * B >= rows``, default :data:`WINDOW_ROWS`) for an efficient GEMM, at most
+    ``T``. Chosen from the shape (and the execution) alone, never from the recompute setting:
+    the input projection, the weight gradients, dx and the bias sums run window by window
+    (window i: steps [i C, (i + 1) C), aligned to absolute time), accumulated in the
+    backward's processing order, with or without recompute; that is what makes recompute's
+    gradients bitwise the same."""
+    rows = WINDOW_ROWS if rows is None else rows
+    return max(1, min(int(T), -(-int(rows) // max(int(B), 1))))
+
+
+_RECOMPUTE = "recompute must be False, None, True or an int >= 1 (time steps per segment)"
+
+
+def check_recompute(recompute):
+    """``recompute`` validated: None (off: False or None), True (segments of ceil(sqrt(T))
+    steps) or an int k >= 1 (segments of k steps); TypeError / ValueError otherwise."""
+    if recompute is None or recompute is False:
+        return None
+    if recompute is True:
+        return True
+    if isinstance(recompute, bool) or not isinstance(recompute, numbers.Integral):
+        raise TypeError(f"{_RECOMPUTE}; got {type(recompute).__name__} {recompute!r}")
+    if recompute < 1:
+        raise ValueError(f"{_RECOMPUTE}; got {recompute!r}")
+    return int(recompute)
+
+
+def segment_steps(recompute, T, B, rows=None):
+    """Steps per recompute segment of a direction of ``T`` steps and ``B`` rows, or None (no
+    recompute, or one segment would hold the whole sequence: nothing to save). True:
+    ceil(sqrt(T)); an int k: k; either rounded up to a multiple of the window
+    (:func:`window_steps`), so that every segment starts on a window boundary."""
+    rc = check_recompute(recompute)
+    if rc is None or T < 1:
+        return None
+    C = window_steps(T, B, rows)
+    k = math.isqrt(T - 1) + 1 if rc is True else rc
+    k = -(-k // C) * C
+    return k if k < T else None
+
+
+def _windows(T, C):
+    """[(a, b)]: the windows of ``T`` steps (C each, the last one shorter) in time order."""
+    return [(a, min(a + C, T)) for a in range(0, T, C)]
+
+
+def _clip_lengths(xp, lengths, a, b):
+    """The lengths of the steps [a, b) as a sequence of their own: the kernels and loops run
+    step t where t < L, i.e. local step t - a where t - a < L - a (either direction)."""
+    return xp.clip(lengths - a, 0, b - a).astype(lengths.dtype)
+
+
+_STEP_KEYS = ("x", "gx", "gates", "Y", "dY", "dGx", "dGh")  # [T, ...] per-step buffers
+_STATE_KEYS = ("S",)  # [T+1, ...] state histories
+
+
+def _view(ex, cell, d, a, b):
+    """The saved or gradient dict ``d`` restricted to the steps [a, b): per-step buffers
+    ([T, ...], also the cell's :attr:`~gpulstm.cells.Cell.step_buffers`) sliced to [a, b),
+    state histories (``S``, the cell's ``state_buffers``) to slots [a, b] (the step at local
+    time t then reads and writes its usual slots), ``L`` clipped; everything else (weights,
+    constants, the carried gradients dh / dc) shared."""
+    v = dict(d)
+    done = {}  # id -> its slice: a buffer under two names (LSTM: dGh is dGx) stays one
+    for keys, end in ((_STEP_KEYS + tuple(cell.step_buffers), b),
+                      (_STATE_KEYS + tuple(cell.state_buffers), b + 1)):
+        for k in keys:
+            if v.get(k) is not None:
+                if id(d[k]) not in done:
+                    done[id(d[k])] = d[k][a:end]
+                v[k] = done[id(d[k])]
+    if d.get("L") is not None:
+        v["L"] = _clip_lengths(ex.xp, d["L"], a, b)
+    v.pop("graph_lease", None)  # a CUDA-graph arena holds a whole direction, not a window
+    return v
+
+
+def _sliced(cell):
+    return set(_STEP_KEYS + tuple(cell.step_buffers) + _STATE_KEYS + tuple(cell.state_buffers))
+
+
+def _merge_back(cell, d, v):
+    """Entries an execution rebound (not wrote in place) in the window view ``v``: back into
+    ``d`` (the shared ones: dh, dc, ...; sliced buffers are written in place)."""
+    skip = _sliced(cell) | {"L"}
+    for k, val in v.items():
+        if k not in skip and d.get(k) is not val:
+            d[k] = val
+
+
+def _exact(ex, phase):
+    """Whether the execution's ``sequence_forward`` (``phase`` "forward") or
+    ``sequence_backward`` ("backward") over consecutive windows of a direction give the same
+    bits as one call over the whole direction (its ``forward_segment_exact`` /
+    ``backward_segment_exact``): then the engine calls it once per direction (or recompute
+    segment); otherwise once per window, with or without recompute."""
+    return bool(getattr(ex, phase + "_segment_exact", False))
+
+
+def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True, window=None):
     """One direction of one layer. x [T,B,I]; h0 [B,Hs]; c0 [B,H] (LSTM) or None;
     lengths int32 [B] (the backend's array). Returns (y [T,B,Hs], saved dict).
+
+    ``window``: the steps of one window (:func:`window_steps` of the whole sequence; a
+    recompute segment passes the whole sequence's). The input projection runs window by
+    window; so does the execution's time loop unless it is ``segment_exact``.
 
     With ``save=False`` (inference) nothing is kept per time step but the output: the gate
     activations go to one [B,width] slot that every step overwrites (``s["gates"]`` is a
@@ -75,12 +203,16 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     The dict then serves only :func:`final_states`."""
     xp = ex.xp
     T, B, I = x.shape
+    C = window_steps(T, B, window_rows(ex)) if window is None else window
     GH = w["w_ih"].shape[0]
     H = GH // cell.gates
     Hs = cell.state_size(w)
     dt = x.dtype
     s = {"x": x, "L": lengths, "reverse": reverse}
     run = getattr(ex, "sequence_forward", None)
+    wins = _windows(T, C)
+    # one loop call for the whole direction, or one per window (see _exact)
+    whole = not save or len(wins) <= 1 or run is None or _exact(ex, "forward")
     # contiguous transposed weights: BLAS through matmul(out=) wants them (a strided view
     # makes NumPy fall back to a slow loop); one copy per call, outside the time loop, unless
     # the execution's own loop reads the weights as stored
@@ -102,22 +234,36 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     s["Y"] = xp.empty((T, B, Hs), dt)
     flags = cell.flags(w)
     bias = cell.fold_bias(xp, w)
-    own = getattr(ex, "projects_input", None)
+    own = getattr(ex, "projects_input", None) if whole else None
     if own is not None and own(cell, s, flags):
         s["bias"] = bias  # the execution's loop projects x itself
         if not stored:
             s["w_ih_T"] = ex.transposed(w["w_ih"])
     else:
-        # the input projection of every time step in one GEMM, the folded bias added
+        # the input projection, one GEMM per window, the folded bias added
         gx = xp.empty((T, B, GH), dt)
-        ex.linear(x.reshape(T * B, I), ex.transposed(w["w_ih"]), bias, out=gx.reshape(T * B, GH))
+        w_ih_T = ex.transposed(w["w_ih"])
+        for a, b in wins:
+            ex.linear(x[a:b].reshape((b - a) * B, I), w_ih_T, bias,
+                      out=gx[a:b].reshape((b - a) * B, GH))
         s["gx"] = gx
     s["gh"] = xp.empty((B, GH), dt)
-    if run is None or not run(cell, w, s, flags):
+
+    def stepwise(d, n):
         if dense and "w_hh_T" not in s:  # the execution declined: the stepwise GEMMs need it
             s["w_hh_T"] = ex.transposed(w["w_hh"])
-        for t, prev, nxt in _slots(T, reverse, s["S"].shape[0]):
-            cell.step_forward(ex, w, s, t, prev, nxt, flags)
+        d["w_hh_T"] = s.get("w_hh_T")
+        for t, prev, nxt in _slots(n, reverse, d["S"].shape[0]):
+            cell.step_forward(ex, w, d, t, prev, nxt, flags)
+
+    if whole:
+        if run is None or not run(cell, w, s, flags):
+            stepwise(s, T)
+    else:
+        for a, b in (wins[::-1] if reverse else wins):
+            v = _view(ex, cell, s, a, b)
+            if not run(cell, w, v, flags):
+                stepwise(v, b - a)
     transients = ("gx", "gh", "w_hh_T", "w_ih_T", "bias") + cell.forward_transients \
         + (() if save else ("gates",))
     for k in transients:  # backward needs none of them
@@ -125,9 +271,141 @@ def direction_forward(ex, cell, w, x, h0, c0, lengths, reverse, save=True):
     return s["Y"], s
 
 
+def _recompute_forward(ex, cell, w, x, h0, c0, lengths, reverse, K, C):
+    """One direction with recompute: the segments of ``K`` steps run in processing order,
+    each as :func:`direction_forward` of its own from the state the previous one left; only
+    the state at each segment's start is kept (and the output). Returns (y, saved dict)."""
+    xp = ex.xp
+    T = x.shape[0]
+    segs = [(a, min(a + K, T)) for a in range(0, T, K)]
+    if reverse:
+        segs = segs[::-1]
+    y = None
+    h, c = h0.copy(), None if c0 is None else c0.copy()
+    bounds = []
+    for a, b in segs:
+        bounds.append((h, c))
+        ys, sg = direction_forward(ex, cell, w, x[a:b], h, c, _clip_lengths(xp, lengths, a, b),
+                                   reverse, save=True, window=C)
+        if y is None:
+            y = xp.empty((T,) + ys.shape[1:], ys.dtype)
+        y[a:b] = ys
+        hn, cn = final_states(cell, sg)
+        h, c = hn.copy(), None if cn is None else cn.copy()
+        del sg, ys
+    s = {"x": x, "L": lengths, "reverse": reverse, "segments": segs, "bounds": bounds,
+         "window": C, "final": (h, c)}
+    return y, s
+
+
 def final_states(cell, s):
+    if "final" in s:  # recompute: kept by _recompute_forward
+        return s["final"]
     i = state_slot(s, 0 if s["reverse"] else s["x"].shape[0])
     return s["S"][i], (s["C"][i] if cell.has_cell_state else None)
+
+
+def _init_grads(ex, cell, w, s, T, dh_n, dc_n):
+    """The gradient dict of one direction's backward over ``T`` steps (the buffers of the
+    cell's :meth:`~gpulstm.cells.Cell.init_backward`)."""
+    xp = ex.xp
+    B, Hs = s["S"].shape[1:]
+    dt = s["S"].dtype
+    g = {"dY": None}
+    g["dh"] = xp.zeros((B, Hs), dt) if dh_n is None else dh_n.copy()
+    g["dGx"] = xp.empty((T, B, w["w_ih"].shape[0]), dt)
+    cell.init_backward(ex, w, s, g, dc_n)  # dGh, dc and the cell's own buffers
+    return g
+
+
+def _accumulate(xp, acc, part):
+    for k, v in part.items():
+        if v is None:
+            continue
+        if k in acc:
+            xp.add(acc[k], v, out=acc[k])
+        else:
+            acc[k] = v
+
+
+def _bptt(ex, cell, w, s, g, C, acc, dx, record=None):
+    """The reverse loop over the steps of ``s`` / ``g`` (a direction or a recompute segment
+    starting on a window boundary), then its windows' weight gradients accumulated into
+    ``acc`` and its dx written into ``dx`` [T,B,I], window by window in processing order."""
+    xp = ex.xp
+    x, reverse = s["x"], s["reverse"]
+    T, B, I = x.shape
+    GH = w["w_ih"].shape[0]
+    flags = cell.flags(w)
+    wins = _windows(T, C)
+    g["window"] = C
+    run = getattr(ex, "sequence_backward", None) if record is None else None
+    db = {}  # window index -> the execution's sum of dGx over the window (g["db"])
+
+    def stepwise(d, n):
+        for t, prev, nxt in reversed(_slots(n, reverse)):
+            if record is not None:
+                xp.add(d["dh"], d["dY"][t], out=record["dh"][t])
+                if cell.has_cell_state:
+                    record["dc"][t] = d["dc"]
+            cell.step_backward(ex, w, s if d is g else d, d, t, prev, nxt, flags)
+
+    if run is None:
+        stepwise(g, T)
+    elif _exact(ex, "backward") or len(wins) <= 1:
+        if run(cell, w, s, g, flags):
+            sums = g.pop("db", None)  # [windows, G*H]
+            if sums is not None:
+                db = {i: sums[i] for i in range(len(wins))}
+        else:
+            stepwise(g, T)
+    else:
+        for i in (range(len(wins)) if reverse else range(len(wins) - 1, -1, -1)):
+            a, b = wins[i]
+            sv, gv = _view(ex, cell, s, a, b), _view(ex, cell, g, a, b)
+            if run(cell, w, sv, gv, flags):
+                sums = gv.pop("db", None)
+                if sums is not None:
+                    db[i] = sums[0]
+            else:
+                for t, prev, nxt in reversed(_slots(b - a, reverse)):
+                    cell.step_backward(ex, w, sv, gv, t, prev, nxt, flags)
+            _merge_back(cell, g, gv)
+
+    # the windows' weight gradients and dx, in processing order
+    split = g["dGh"] is not g["dGx"]
+    for i in (range(len(wins)) if reverse else range(len(wins) - 1, -1, -1)):
+        a, b = wins[i]
+        rows = (b - a) * B
+        sv, gv = _view(ex, cell, s, a, b), _view(ex, cell, g, a, b)
+        dGx = gv["dGx"].reshape(rows, GH)
+        dGh = gv["dGh"].reshape(rows, GH)
+        s_prev = sv["S"][1:] if reverse else sv["S"][:-1]  # the state each time step read
+        xs = sv["x"].reshape(rows, I)
+        if "w_ih" in acc:  # the GEMMs add into the sums of the earlier windows
+            ex.matmul_acc(dGx.T, xs, out=acc["w_ih"])
+        else:
+            acc["w_ih"] = product(ex, dGx.T, xs)
+        acc["w_hh"] = cell.recurrent_grad(ex, dGh, s_prev.reshape(rows, s_prev.shape[2]),
+                                          out=acc.get("w_hh"))
+        part = {}
+        if w["b_ih"] is not None:
+            part["b_ih"] = db[i].copy() if i in db else dGx.sum(axis=0)
+            if split:
+                part["b_hh"] = dGh.sum(axis=0)
+        part.update(cell.window_grads(ex, w, sv, gv))
+        _accumulate(xp, acc, part)
+        ex.matmul(dGx, w["w_ih"], out=dx[a:b].reshape(rows, I))
+
+
+def _grads(ex, cell, w, s, g, acc):
+    grads = {"w_ih": acc.pop("w_ih"), "w_hh": acc.pop("w_hh"), "b_ih": acc.pop("b_ih", None)}
+    db = grads["b_ih"]
+    # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
+    grads["b_hh"] = acc.pop("b_hh", None if db is None else db.copy())
+    grads.update(acc)
+    grads.update(cell.extra_grads(ex, w, s, g))
+    return grads
 
 
 def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
@@ -136,57 +414,69 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
 
     With a dict ``record``, also stores the total gradient w.r.t. the state written at each
     time step: ``record["dh"]`` [T,B,Hs] = dL/dh_t and (LSTM) ``record["dc"]`` [T,B,H] = dL/dc_t
-    (for the gradient-flow probe; costs one copy per step)."""
-    xp = ex.xp
-    x, S, reverse = s["x"], s["S"], s["reverse"]
-    T, B, I = x.shape
-    GH = w["w_ih"].shape[0]
-    H = GH // cell.gates
-    Hs = S.shape[2]
-    dt = x.dtype
-    g = {"dY": dy}
-    g["dh"] = xp.zeros((B, Hs), dt) if dh_n is None else dh_n.copy()
-    g["dGx"] = xp.empty((T, B, GH), dt)
-    cell.init_backward(ex, w, s, g, dc_n)  # dGh, dc and the cell's own buffers
-    flags = cell.flags(w)
-    if record is not None:
-        record["dh"] = xp.empty((T, B, Hs), dt)
-        if cell.has_cell_state:
-            record["dc"] = xp.empty((T, B, H), dt)
-    run = getattr(ex, "sequence_backward", None) if record is None else None
-    done = run is not None and run(cell, w, s, g, flags)
-    for t, prev, nxt in () if done else reversed(_slots(T, reverse)):
+    (for the gradient-flow probe; costs one copy per step; not with recompute)."""
+    if "segments" in s:
         if record is not None:
-            xp.add(g["dh"], dy[t], out=record["dh"][t])
-            if cell.has_cell_state:
-                record["dc"][t] = g["dc"]
-        cell.step_backward(ex, w, s, g, t, prev, nxt, flags)
-
-    # whole-sequence weight gradients
-    TB = T * B
-    dGx = g["dGx"].reshape(TB, GH)
-    dGh = g["dGh"].reshape(TB, GH)
-    s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
-    db = g.get("db")  # the execution's loop may have summed it already
-    if db is None and w["b_ih"] is not None:
-        db = dGx.sum(axis=0)
-    grads = {
-        "w_ih": product(ex, dGx.T, x.reshape(TB, I)),
-        "w_hh": cell.recurrent_grad(ex, dGh, s_prev.reshape(TB, Hs)),
-        "b_ih": db,
-        # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
-        "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
-    }
-    grads.update(cell.extra_grads(ex, w, s, g))
-    dx = product(ex, dGx, w["w_ih"]).reshape(T, B, I)
-    return dx, g["dh"], g.get("dc"), grads
+            raise ValueError("record_state_grads needs every step's saved state, which a "
+                             "forward with recompute does not keep; run that forward with "
+                             "recompute=False to record the state gradients")
+        return _recompute_backward(ex, cell, w, s, dy, dh_n, dc_n)
+    xp = ex.xp
+    x = s["x"]
+    T, B, I = x.shape
+    g = _init_grads(ex, cell, w, s, T, dh_n, dc_n)
+    g["dY"] = dy
+    if record is not None:
+        record["dh"] = xp.empty((T, B, s["S"].shape[2]), x.dtype)
+        if cell.has_cell_state:
+            record["dc"] = xp.empty((T, B, g["dc"].shape[1]), x.dtype)
+    acc = {}
+    dx = xp.empty((T, B, I), x.dtype)
+    _bptt(ex, cell, w, s, g, window_steps(T, B, window_rows(ex)), acc, dx, record)
+    return dx, g["dh"], g.get("dc"), _grads(ex, cell, w, s, g, acc)
 
 
-def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize):
+def _recompute_backward(ex, cell, w, s, dy, dh_n, dc_n):
+    """BPTT of a direction saved by :func:`_recompute_forward`: the segments in reverse
+    processing order, each one's forward run again from its saved start state (the same
+    calls as the first time) and then its BPTT, dL/dh (and dL/dc) carried from one to the
+    next; the weight gradients accumulate window by window as without recompute."""
+    xp = ex.xp
+    x, L, reverse, C = s["x"], s["L"], s["reverse"], s["window"]
+    T, B, I = x.shape
+    K = max(b - a for a, b in s["segments"])
+    dx = xp.empty((T, B, I), x.dtype)
+    acc = {}
+    g = sg = None
+    for (a, b), (h, c) in reversed(list(zip(s["segments"], s["bounds"]))):
+        sg = None  # the previous segment's history goes before this one's is made
+        _, sg = direction_forward(ex, cell, w, x[a:b], h, c, _clip_lengths(xp, L, a, b),
+                                  reverse, save=True, window=C)
+        if g is None:
+            g = _init_grads(ex, cell, w, sg, K, dh_n, dc_n)
+        gs = _view(ex, cell, g, 0, b - a)
+        gs["dY"] = dy[a:b]
+        _bptt(ex, cell, w, sg, gs, C, acc, dx[a:b])
+        _merge_back(cell, g, gs)
+    return dx, g["dh"], g.get("dc"), _grads(ex, cell, w, sg, g, acc)
+
+
+def saved_bytes(cell, T, B, input_size, H, Hs, num_layers, D, itemsize, recompute=False,
+                rows=None):
     """Device bytes a stacked forward keeps for its backward (plus its largest transient, the
-    input projection of one direction): what an out-of-memory message reports."""
-    per_layer = D * cell.saved_elements(T, B, H, Hs) + T * B * D * Hs  # + concatenated/dropped-out layer output
-    return itemsize * (num_layers * per_layer + T * B * cell.gates * H)
+    input projection of one direction): what an out-of-memory message reports. With
+    ``recompute`` (``rows``: the execution's :func:`window_rows`): the layer outputs, one
+    state per segment, and one segment's history, projection and gradient (what its backward
+    makes again)."""
+    K = segment_steps(recompute, T, B, rows)
+    out = T * B * D * Hs  # the concatenated / dropped-out layer output
+    if K is None:
+        per_layer = D * cell.saved_elements(T, B, H, Hs) + out
+        return itemsize * (num_layers * per_layer + T * B * cell.gates * H)
+    starts = -(-T // K) * B * (Hs + (H if cell.has_cell_state else 0))
+    per_layer = D * starts + out
+    return itemsize * (num_layers * per_layer + cell.saved_elements(K, B, H, Hs)
+                       + 2 * K * B * cell.gates * H)  # + its projection and gradient
 
 
 @dataclass
@@ -198,6 +488,7 @@ class Context:
     saved: list = field(default_factory=list)
     masks: list = field(default_factory=list)  # dropout mask after each layer but the last
     state_grads: list = None  # [layer][direction] per-step dL/dh_t, dL/dc_t (when recorded)
+    recompute: object = None  # the forward's recompute setting (check_recompute)
 
     def pack(self, xp):
         """(skeleton, arrays): every array saved (``saved`` and ``masks``, not ``params``),
@@ -284,7 +575,8 @@ def dropout_mask(ex, rng, shape, p, dtype):
     return ex.asarray(keep * scale, dtype)
 
 
-def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=True):
+def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=True,
+            recompute=False):
     """Stacked (multi-layer, optionally bidirectional) forward.
 
     params [L][D] weight dicts; x [T,B,I]; h0 [L*D,B,Hs]; c0 [L*D,B,H] or None;
@@ -293,20 +585,34 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
     every backend).
     ``save=False`` (inference) keeps no history for a backward: no per-step gates, and
     ``ctx.saved`` is None (:func:`backward` then raises).
+    ``recompute`` (checkpointed BPTT; ignored with ``save=False``): False / None keeps every
+    step's history; True keeps only the states at the starts of segments of ceil(sqrt(T))
+    steps, an int k of k steps (either rounded up to a multiple of the window,
+    :func:`segment_steps`), and :func:`backward` runs each segment's forward again before its
+    BPTT: O(sqrt(T)) memory for the history instead of O(T), about one forward more of time,
+    the same outputs and gradients to the bit.
     Returns (y [T,B,D*Hs], h_n, c_n, ctx).
     """
     xp = ex.xp
     D = len(params[0])
-    ctx = Context(cell, params)
+    rc = check_recompute(recompute)
+    ctx = Context(cell, params, recompute=rc)
     h_n, c_n = [], []
+    T, B = x.shape[0], x.shape[1]
+    rows = window_rows(ex)
+    K = segment_steps(rc, T, B, rows) if save else None
+    C = window_steps(T, B, rows)
     # inference never reads x again: no private copy
     inp = private_input(ex, x, lengths) if save else x
     for layer, dirs in enumerate(params):
         ys, saved = [], []
         for d, w in enumerate(dirs):
             k = layer * D + d
-            y, s = direction_forward(ex, cell, w, inp, h0[k], None if c0 is None else c0[k],
-                                     lengths, reverse=d == 1, save=save)
+            args = (ex, cell, w, inp, h0[k], None if c0 is None else c0[k], lengths, d == 1)
+            if K is None:
+                y, s = direction_forward(*args, save=save, window=C)
+            else:
+                y, s = _recompute_forward(*args, K, C)
             hn, cn = final_states(cell, s)
             h_n.append(hn)
             c_n.append(cn)
@@ -346,8 +652,12 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None, record_state_grads=False):
     dc0 = [None] * (L * D)
     grads = [[None] * D for _ in range(L)]
     ctx.state_grads = [[{} if record_state_grads else None for _ in range(D)] for _ in range(L)]
+    if record_state_grads and ctx.saved and "segments" in ctx.saved[0][0]:
+        raise ValueError("record_state_grads needs every step's saved state, which a forward "
+                         "with recompute does not keep; run that forward with "
+                         "recompute=False to record the state gradients")
     for layer in range(L - 1, -1, -1):
-        Hs = ctx.saved[layer][0]["S"].shape[2]
+        Hs = cell.state_size(params[layer][0])
         dx = None
         for d in range(D):
             k = layer * D + d

@@ -214,7 +214,7 @@ def _library():
 # argument kinds: p pointer, i int, l long
 _SIGS = {
     "lstm_forward": "iiippippppiipppplpii",
-    "lstm_backward": "iiippippppppppii",
+    "lstm_backward": "iiippippppppppiii",
     "gru_forward": "iiippppiipplpi",
     "gru_backward": "iiippippppppi",
     "rnn_forward": "iiipppiippii",
@@ -287,7 +287,7 @@ def activations(x):
 
 
 _INT, _OUT, _IN, _GATES, _STRIDE, _DB, _INPUT, _KONST, _OPT = range(9)
-_SCALARS = ("T", "B", "H", "reverse", "slots", "flags", "threads")
+_SCALARS = ("T", "B", "H", "reverse", "slots", "flags", "threads", "window")
 _SPECIAL = {"gates": _GATES, "gates_stride": _STRIDE, "db": _DB, "input": _INPUT,
             "konst": _KONST, "C": _OPT, "dc": _OPT}
 _compiled_specs = {}
@@ -326,6 +326,10 @@ class CpuExecution(HostExecution):
 
     ring_states = True  # an inference forward keeps its states in a ring of 2 slots (engine)
     stored_weights = True  # the loops pack W_hh (and W_ih) transposed from the model's layout
+    #: a loop over part of a direction (a recompute segment) gives the bits of those steps of
+    #: one loop over the whole (engine: one call per direction or segment, not per window;
+    #: tests/test_recompute.py checks it)
+    forward_segment_exact = backward_segment_exact = True
 
     def __init__(self, lib):
         super().__init__("cpu", numpy_pointwise)
@@ -470,10 +474,13 @@ class CpuExecution(HostExecution):
         a = dict(s, **g)
         a["w_hh"] = w["w_hh"]
         a["db"] = None
+        window = int(g.get("window") or T)
         if "db" in cell.cpu_backward_args and w["b_ih"] is not None:
-            # the bias gradient, summed while each step's dG is in cache (engine: g["db"])
-            a["db"] = np.empty(g["dGx"].shape[2], S.dtype)
-        ints = dict(T=T, B=B, H=H, reverse=s["reverse"], flags=flags, threads=_num_threads)
+            # the bias gradient, summed per window of the engine while each step's dG is in
+            # cache (engine: g["db"], [windows, G*H])
+            a["db"] = np.empty((-(-T // window), g["dGx"].shape[2]), S.dtype)
+        ints = dict(T=T, B=B, H=H, reverse=s["reverse"], flags=flags, threads=_num_threads,
+                    window=window)
         args, keep = self._args(cell, cell.cpu_backward_args, a, ints)
         f(*args)
         del keep

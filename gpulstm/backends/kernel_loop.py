@@ -186,6 +186,15 @@ class KernelLoop(ExecutionOptions):
     :meth:`with_algo` returns a copy of the execution with another one."""
 
     algo = "auto"
+    #: the engine's windows (gpulstm.engine, "Recompute"): the forward kernels read each
+    #: step's state from memory, so a forward over part of a direction gives those steps'
+    #: bits (one call per direction or recompute segment); a backward's last step adds
+    #: dG W_hh by a GEMM where a longer loop's kernel adds it itself, so the engine runs the
+    #: backward window by window, with or without recompute, on windows of ``window_rows``
+    #: rows (large: one launch of a persistent kernel per window)
+    forward_segment_exact = True
+    backward_segment_exact = False
+    window_rows = 65536
     #: capture the fused loop into CUDA graphs (:meth:`with_graphs`)
     graphs = False
     _graph_pool = None

@@ -896,19 +896,24 @@ static void lstm_forward(int T, int B, int H, const LstmInput<R>& in, const R* w
   });
 }
 
-// db (null: not asked for) [G]: the bias gradient, the sum of dG over all steps and rows,
-// accumulated while each step's dG is in L1 (NumPy's column sum of the [T*B, G] array after
-// the loop read it back from memory: 2 % of a T = 1000, B = 8 training step). Row b sums its
-// steps in processing order into its own row of rowsum [B, G], then the rows add up in
-// order b = 0..B-1: the bits do not depend on the thread split.
+// db (null: not asked for) [ceil(T / window), G]: the bias gradient, per window of ``window``
+// steps (window i: steps [i * window, (i + 1) * window), the engine's windows, which it adds
+// up in its own order) the sum of dG over the window's steps and rows, accumulated while each
+// step's dG is in L1 (NumPy's column sum of the [T*B, G] array after the loop read it back
+// from memory: 2 % of a T = 1000, B = 8 training step). Row b sums its steps in processing
+// order into its own row of rowsum [windows, B, G], then the rows add up in order
+// b = 0..B-1: the bits depend neither on the thread split nor on where a call's steps start
+// (a call over a window-aligned part of the sequence gives those windows' sums to the bit).
 template <class R, bool pp, bool nf>
 static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int reverse,
                           const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
-                          R* dc_io, R* dG, R* db, int nthreads) {
+                          R* dc_io, R* dG, R* db, int window, int nthreads) {
   constexpr int FL = (pp ? LSTM_PEEPHOLE : 0) | (nf ? LSTM_NO_FORGET : 0);
   const int G = 4 * H;
   Steps st{T, reverse, T + 1};
-  std::vector<R> rowsum(db ? (size_t)B * G : 0, R(0));
+  window = window > 0 ? window : std::max(T, 1);
+  const int nwin = (T + window - 1) / window;
+  std::vector<R> rowsum(db ? (size_t)nwin * B * G : 0, R(0));
   for_row_blocks(B, (double)T * B * G * H, nthreads, [&](int b0, int b1) {
     LoopWeights<R> pw;  // each thread its own copy (for_row_blocks)
     pack_loop_weights<R, 2>(pw, whh, H, G, H, T, B);
@@ -924,7 +929,7 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
         R* dc = dc_io + (long)b * H;
         R* dg = dG + ((long)t * B + b) * G;
         const bool act = t < L[b];
-        R* sb = db ? rowsum.data() + (long)b * G : nullptr;
+        R* sb = db ? rowsum.data() + ((long)(t / window) * B + b) * G : nullptr;
         if (!act) {  // past the row's end: a zero gate gradient, dh and dc carried
           std::fill(dg, dg + G, R(0));
           continue;
@@ -945,9 +950,13 @@ static void lstm_backward(int T, int B, int H, const R* whh, const int* L, int r
     }
   });
   if (db) {
-    std::copy(rowsum.begin(), rowsum.begin() + G, db);
-    for (int b = 1; b < B; ++b)
-      for (int k = 0; k < G; ++k) db[k] += rowsum[(long)b * G + k];
+    for (int w = 0; w < nwin; ++w) {
+      const R* rs = rowsum.data() + (long)w * B * G;
+      R* dw = db + (long)w * G;
+      std::copy(rs, rs + G, dw);
+      for (int b = 1; b < B; ++b)
+        for (int k = 0; k < G; ++k) dw[k] += rs[(long)b * G + k];
+    }
   }
 }
 
@@ -973,9 +982,9 @@ static void lstm_forward_any(int T, int B, int H, const LstmInput<R>& in, const 
 template <class R>
 static void lstm_backward_any(int T, int B, int H, const R* whh, const int* L, int reverse,
                               const R* C, const R* peep, const R* gates, const R* dY, R* dh_io,
-                              R* dc_io, R* dG, R* db, int flags, int nthreads) {
+                              R* dc_io, R* dG, R* db, int window, int flags, int nthreads) {
   GL_LSTM_DISPATCH(lstm_backward, T, B, H, whh, L, reverse, C, peep, gates, dY, dh_io, dc_io, dG,
-                   db, nthreads)
+                   db, window, nthreads)
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -1236,8 +1245,9 @@ static void cell_backward(int T, int B, int H, const R* whh, const int* L, int r
                         peep, gates, gts, Y, flags, nt); }                                      \
   GL_EXPORT void lstm_backward_##SUF(int T, int B, int H, const R* whh, const int* L, int rev, \
       const R* C, const R* peep, const R* gates, const R* dY, R* dh, R* dc, R* dG, R* db,      \
-      int flags, int nt) {                                                                      \
-    lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, db, flags, nt); } \
+      int window, int flags, int nt) {                                                          \
+    lstm_backward_any<R>(T, B, H, whh, L, rev, C, peep, gates, dY, dh, dc, dG, db, window,      \
+                         flags, nt); }                                                          \
   GL_EXPORT void gru_forward_##SUF(int T, int B, int H, const R* gx, const R* whh,            \
       const R* b_hn, const int* L, int rev, int slots, R* S, R* gates, long gts, R* Y, int nt) { \
     gru_forward<R>(T, B, H, gx, whh, b_hn, L, rev, slots, S, gates, gts, Y, nt); }              \
