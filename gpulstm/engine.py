@@ -500,19 +500,26 @@ class Context:
             if isinstance(v, xp.ndarray):
                 arrays.append(v)
                 return _Slot(len(arrays) - 1)
+            if isinstance(v, (list, tuple)):  # recompute's segment start states
+                return type(v)(put(e) for e in v)
             return v
 
         saved = [[{k: put(v) for k, v in s.items()} for s in dirs] for dirs in self.saved]
-        return (saved, [put(m) for m in self.masks]), arrays
+        return (saved, [put(m) for m in self.masks], self.recompute), arrays
 
     @classmethod
     def unpack(cls, skeleton, arrays, cell, params):
         def get(v):
-            return arrays[v.i] if isinstance(v, _Slot) else v
+            if isinstance(v, _Slot):
+                return arrays[v.i]
+            if isinstance(v, (list, tuple)):
+                return type(v)(get(e) for e in v)
+            return v
 
-        saved, masks = skeleton
+        saved, masks, recompute = skeleton
         return cls(cell, params, [[{k: get(v) for k, v in s.items()} for s in dirs]
-                                  for dirs in saved], [get(m) for m in masks])
+                                  for dirs in saved], [get(m) for m in masks],
+                   recompute=recompute)
 
 
 class _Slot:

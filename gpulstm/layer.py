@@ -32,6 +32,7 @@ import numpy as np
 
 from . import engine
 from ._checks import check_array, check_bool, check_int, check_lengths
+from .engine import check_recompute  # noqa: F401  (the faces' check of recompute=)
 
 #: the engine's short names -> torch's parameter name stems
 WEIGHT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -169,10 +170,12 @@ class LayerSpec:
         return [nested[layer][d][short] for layer, dirs in enumerate(self._layout)
                 for d, shorts in enumerate(dirs) for short in shorts]
 
-    def saved_bytes(self, T, B, itemsize):
-        """Bytes a training forward keeps for its backward (the memory guard's figure)."""
+    def saved_bytes(self, T, B, itemsize, recompute=False, rows=None):
+        """Bytes a training forward keeps for its backward (the memory guard's figure; with
+        ``recompute``, :func:`gpulstm.engine.saved_bytes`'s segment figure)."""
         return engine.saved_bytes(self.cell, T, B, self.input_size, self.hidden_size,
-                                  self.state_size, self.num_layers, self.num_directions, itemsize)
+                                  self.state_size, self.num_layers, self.num_directions, itemsize,
+                                  recompute, rows)
 
     # -- the checks of one call (shapes and dtypes: arrays and tensors alike) -------------------
     def check_input(self, name, x, dtype, batch_first=False):
@@ -248,7 +251,7 @@ class Reserve:
 
 
 def forward(ex, spec, weights, x, h0=None, c0=None, lengths=None, *, dropout=0.0, rng=None,
-            save=True):
+            save=True, recompute=False):
     """The stacked layers of ``spec`` on the execution ``ex``.
 
     ``weights`` in :attr:`LayerSpec.params` order; ``x`` [T,B,I], ``h0`` [L*D,B,Hs] and
@@ -256,7 +259,10 @@ def forward(ex, spec, weights, x, h0=None, c0=None, lengths=None, *, dropout=0.0
     states None for zeros; ``lengths`` int32 NumPy [B] (checked) or None; ``dropout`` between
     layers with masks from ``rng`` (:func:`gpulstm.engine.dropout_mask`); ``save=False``
     (inference) keeps nothing for a backward (whose :class:`Reserve` then says so when
-    differentiated). Returns (y [T,B,D*Hs], h_n, c_n or None, reserve)."""
+    differentiated); ``recompute`` (False, True or steps per segment: checkpointed BPTT,
+    :func:`gpulstm.engine.forward`) keeps only segment start states for the backward to run
+    again, the same gradients bit for bit. Returns (y [T,B,D*Hs], h_n, c_n or None,
+    reserve)."""
     xp = ex.xp
     T, B = x.shape[0], x.shape[1]
     dt = x.dtype
@@ -270,10 +276,11 @@ def forward(ex, spec, weights, x, h0=None, c0=None, lengths=None, *, dropout=0.0
         y = xp.zeros((T, 0, spec.output_size), dt)
         return y, h0.copy(), (None if c0 is None else c0.copy()), Reserve(spec, None, (T, 0))
     lens = ex.asarray(np.full(B, T, np.int32) if lengths is None else lengths, np.int32)
-    need = spec.saved_bytes(T, B, dt.itemsize)
+    rc = recompute if save else False
+    need = spec.saved_bytes(T, B, dt.itemsize, rc, engine.window_rows(ex))
     with ex.memory_guard(need, f"{spec.owner} forward (T={T}, B={B}, H={spec.hidden_size})"):
         y, h_n, c_n, ctx = engine.forward(ex, spec.cell, spec.nest(weights), x, h0, c0, lens,
-                                          dropout, rng, save=save)
+                                          dropout, rng, save=save, recompute=rc)
     return y, h_n, c_n, Reserve(spec, ctx, (T, B))
 
 
@@ -290,7 +297,7 @@ def backward(ex, reserve, dy, dh_n=None, dc_n=None, record_state_grads=False):
         dh0 = xp.zeros(spec.state_shape("h", 0), dt)
         dc0 = xp.zeros(spec.state_shape("c", 0), dt) if spec.has_cell_state else None
         return dx, dh0, dc0, [xp.zeros(p.shape, dt) for p in spec.params], None
-    need = spec.saved_bytes(T, B, dy.dtype.itemsize)
+    need = spec.saved_bytes(T, B, dy.dtype.itemsize, ctx.recompute, engine.window_rows(ex))
     with ex.memory_guard(need, f"{spec.owner} backward (T={T}, B={B}, H={spec.hidden_size})"):
         dx, dh0, dc0, grads = engine.backward(ex, ctx, dy, dh_n, dc_n, record_state_grads)
     return dx, dh0, dc0, spec.flatten(grads), (ctx.state_grads if record_state_grads else None)

@@ -66,13 +66,15 @@ class _RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, backend="auto",
-                 dtype="float32", seed=None, algo="auto", allow_tf32=False, cuda_graphs=False):
+                 dtype="float32", seed=None, algo="auto", allow_tf32=False, cuda_graphs=False,
+                 recompute=False):
         self._spec = LayerSpec(self._make_cell(), input_size, hidden_size, num_layers, bias,
                                bidirectional, proj_size, owner=type(self).__name__,
                                step=self._step_cell)
         self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = dropout  # validated by the property
         warn_dropout(self.dropout, self.num_layers)
+        self.recompute = recompute  # validated by the property
         self.dtype = check_dtype_name(dtype)
         seed = check_seed(seed)
         # algo: the time loop (backends.kernel_loop); allow_tf32: the GEMMs' compute type
@@ -114,6 +116,21 @@ class _RNNBase:
         object.__setattr__(self, "ex", self.ex.with_tf32(check_bool("allow_tf32", allow)))
 
     @property
+    def recompute(self):
+        """Checkpointed BPTT (like ``torch.utils.checkpoint``): False (default) keeps every
+        step's gates and states for the backward; True keeps only the states at the starts of
+        segments of about sqrt(T) steps, an int k segments of about k steps (rounded up to the
+        engine's windows), and the backward runs each segment's forward again: O(sqrt(T))
+        memory, about one more forward of time, the same gradients bit for bit. May be
+        changed at any time (it applies from the next forward)."""
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value):
+        engine.check_recompute(value)
+        self._recompute = value
+
+    @property
     def dropout(self):
         """Probability of zeroing each output of every layer but the last (training only)."""
         return self._dropout
@@ -153,6 +170,7 @@ class _RNNBase:
         self.__dict__.update(state)
         self.__dict__.pop("_ctx", None)  # saved before the reserve (always None in a pickle)
         self.__dict__.setdefault("_reserve", None)
+        self.__dict__.setdefault("_recompute", False)  # saved before recompute existed
         if "_spec" not in state:  # saved before the LayerSpec: its fields were attributes
             d = self.__dict__
             d.pop("_key_list", None)
@@ -288,7 +306,7 @@ class _RNNBase:
         y, h_n, c_n, self._reserve = layer.forward(
             ex, spec, self._flat(copy=self.training), x, h0, c0, lens,
             dropout=self.dropout if self.training else 0.0, rng=self._dropout_stream,
-            save=self.training)
+            save=self.training, recompute=self.recompute)
         self._out_shape = (T, B, spec.output_size)
         self._unbatched = not batched
         if not batched:

@@ -60,6 +60,7 @@ from .backends.kernel_loop import check_algo
 from . import cells as _cells  # the engine's cell math (not torch's public cell modules)
 from .init import check_init, initialize
 from .layer import LayerSpec, Shaped, warn_dropout
+from .layer import check_recompute as engine_check_recompute
 
 __all__ = ["LSTM", "GRU", "RNN", "CIFG", "IndRNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -128,20 +129,20 @@ def _op_key(module):
     registered operators take): the layer's spec (:meth:`gpulstm.layer.LayerSpec.key`),
     backend and algo. (The dropout probability travels as a number: torch.compile may trace
     a float attribute as a symbolic value.)"""
-    return repr((module._spec.key(), module.backend, module.algo))
+    return repr((module._spec.key(), module.backend, module.algo, module.recompute))
 
 
 @functools.lru_cache(maxsize=256)
 def _parse_key(key):
-    spec_key, backend, algo = ast.literal_eval(key)
-    return LayerSpec.from_key(spec_key), backend, algo
+    spec_key, backend, algo, recompute = ast.literal_eval(key)
+    return LayerSpec.from_key(spec_key), backend, algo, recompute
 
 
 class _Call:
     """The fixed arguments of one forward: execution, layer spec, lengths, dropout."""
 
     def __init__(self, key, device, lengths, dropout, ex=None):
-        self.spec, backend, algo = _parse_key(key)
+        self.spec, backend, algo, self.recompute = _parse_key(key)
         self.dropout = dropout
         self.ex = _execution(backend, algo, device) if ex is None else ex
         self.bridge = _Bridge(self.ex, device)
@@ -154,7 +155,7 @@ class _Call:
         y, h_n, c_n, reserve = layer.forward(
             self.ex, self.spec, [b.array(w) for w in weights], b.array(x), b.array(h0),
             b.array(c0), self.lengths, dropout=self.dropout,
-            rng=_TorchUniform(b) if self.dropout else None, save=save)
+            rng=_TorchUniform(b) if self.dropout else None, save=save, recompute=self.recompute)
         return b.tensor(y), b.tensor(h_n), None if c_n is None else b.tensor(c_n), reserve
 
     def backward(self, reserve, dy, dh_n, dc_n):
@@ -387,7 +388,8 @@ class _Module(torch.nn.Module):
 
     def __init__(self, cell, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
-                 dtype=None, *, backend=None, algo="auto", cuda_graphs=False, init=None):
+                 dtype=None, *, backend=None, algo="auto", cuda_graphs=False, init=None,
+                 recompute=False):
         super().__init__()
         spec = LayerSpec(cell, input_size, hidden_size, num_layers, bias, bidirectional,
                          proj_size, owner=type(self).__name__, step=self._step)
@@ -401,6 +403,8 @@ class _Module(torch.nn.Module):
         warn_dropout(self.dropout, self.num_layers)
         self.algo = check_algo(algo)  # the time loop, as gpulstm.LSTM's (backends.kernel_loop)
         self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
+        engine_check_recompute(recompute)  # checkpointed BPTT, as gpulstm.LSTM's recompute=
+        self.recompute = recompute
         if backend is not None and backend != "auto":
             ex = get_backend(backend, algo)  # an unknown or unusable backend fails here
             if self.cuda_graphs:
@@ -492,7 +496,7 @@ class _Module(torch.nn.Module):
         else:
             defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
                         "dropout": 0.0, "bidirectional": False, "backend": None, "algo": "auto",
-                        "cuda_graphs": False}
+                        "cuda_graphs": False, "recompute": False}
         defaults.update(self._option_defaults)
         opts = [f"{k}={getattr(self, k)!r}" for k, v in defaults.items() if getattr(self, k) != v]
         return ", ".join([f"{self.input_size}, {self.hidden_size}", *opts])
@@ -650,14 +654,14 @@ class LSTM(_Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend=None, algo="auto", cuda_graphs=False, forget_bias=None, init="default",
-                 t_max=None, forget_gate=True, peephole=False):
+                 backend=None, algo="auto", cuda_graphs=False, recompute=False, forget_bias=None,
+                 init="default", t_max=None, forget_gate=True, peephole=False):
         t_max = check_init(init, t_max, ("default", "chrono"))
         cell = _cells.LSTMCell(forget_gate=check_bool("forget_gate", forget_gate),
                                peephole=check_bool("peephole", peephole))
         super().__init__(cell, "LSTM", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, device, dtype, backend=backend,
-                         algo=algo, cuda_graphs=cuda_graphs,
+                         algo=algo, cuda_graphs=cuda_graphs, recompute=recompute,
                          init=_bias_init(bias, forget_bias=forget_bias, t_max=t_max))
 
     @property
@@ -687,10 +691,10 @@ class CIFG(_Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 algo="auto", cuda_graphs=False, proj_size=0):
+                 algo="auto", cuda_graphs=False, recompute=False, proj_size=0):
         super().__init__(_cells.CIFGCell(), "CIFG", input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, proj_size, device, dtype, backend=backend,
-                         algo=algo, cuda_graphs=cuda_graphs)
+                         algo=algo, cuda_graphs=cuda_graphs, recompute=recompute)
 
     forward = LSTM.forward
 
@@ -702,10 +706,10 @@ class GRU(_Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-                 algo="auto", cuda_graphs=False, proj_size=0, update_bias=None):
+                 algo="auto", cuda_graphs=False, recompute=False, proj_size=0, update_bias=None):
         super().__init__(_cells.GRUCell(), "GRU", input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, proj_size, device, dtype, backend=backend,
-                         algo=algo, cuda_graphs=cuda_graphs,
+                         algo=algo, cuda_graphs=cuda_graphs, recompute=recompute,
                          init=_bias_init(bias, update_bias=update_bias))
 
     def forward(self, input, hx=None):
@@ -720,7 +724,8 @@ class RNN(_Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend=None, algo="auto", cuda_graphs=False, proj_size=0, init="default"):
+                 backend=None, algo="auto", cuda_graphs=False, recompute=False, proj_size=0,
+                 init="default"):
         check_nonlinearity(nonlinearity)
         if not isinstance(init, str) or init not in ("default", "identity"):
             raise ValueError(f"init must be 'default' or 'identity'; got {init!r}")
@@ -728,7 +733,8 @@ class RNN(_Layer):
         super().__init__(_cells.RNNCell(nonlinearity), "RNN_" + nonlinearity.upper(),
                          input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, backend=backend, algo=algo,
-                         cuda_graphs=cuda_graphs, init={"identity": init == "identity"})
+                         cuda_graphs=cuda_graphs, recompute=recompute,
+                         init={"identity": init == "identity"})
 
     forward = GRU.forward
 
@@ -742,12 +748,13 @@ class IndRNN(_Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend=None, algo="auto", cuda_graphs=False, proj_size=0):
+                 backend=None, algo="auto", cuda_graphs=False, recompute=False, proj_size=0):
         check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(_cells.IndRNNCell(nonlinearity), "IndRNN", input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
-                         dtype, backend=backend, algo=algo, cuda_graphs=cuda_graphs)
+                         dtype, backend=backend, algo=algo, cuda_graphs=cuda_graphs,
+                         recompute=recompute)
 
     forward = GRU.forward
 

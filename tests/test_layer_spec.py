@@ -65,7 +65,7 @@ def test_every_option_of_one_face_is_on_the_other(name):
             np_opts |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs", "args"}
     if name.endswith("Cell"):  # the step cells: one layer, one direction, no dropout
         np_opts -= {"num_layers", "batch_first", "dropout", "bidirectional", "proj_size", "algo",
-                    "cuda_graphs"}
+                    "cuda_graphs", "recompute"}
     if name not in ("LSTM",):
         np_opts -= {"proj_size"}  # refused by the spec on both faces
     if name != "GRU":
