@@ -145,6 +145,8 @@ def build_inputs(src: Path):
     """The files the library of ``src`` is compiled from, all in its cache key: the source and
     the headers it includes (the cells' pointwise math in kernels/cells/, the option flags)."""
     kernels = src.parent.parent
+    if not (kernels / "cells").is_dir():  # a source outside the kernels tree (tests)
+        return [src]
     return [src, kernels / "kernel_flags.cuh", *sorted((kernels / "cells").glob("*.cuh"))]
 
 
@@ -163,15 +165,17 @@ def _build(src: Path) -> Path:
     """The verified library of ``src`` in the cache (gpulstm/buildcache.py: private
     directory, digest checked before loading, compiled once under a lock)."""
     cxx = buildcache.compiler()
-    text = "\0".join(f.read_text() for f in build_inputs(src))
+    inputs = build_inputs(src)
+    text = "\0".join(f.read_text() for f in inputs)
+    cells = cell_flags() if len(inputs) > 1 else []  # the kernels' source: every cell's loops
     cflags, ldflags, blas = _blas()
     isa = isa_flags()
-    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, *cell_flags(),
+    key = hashlib.sha256("\0".join([text, *FLAGS, *isa, *cells,
                                      buildcache.compiler_identity(cxx), blas]).encode()
                          ).hexdigest()[:32]
 
     def compile(out: Path) -> None:
-        cmd = [cxx, *FLAGS, *isa, *cflags, *cell_flags(), "-o", str(out), str(src), *ldflags]
+        cmd = [cxx, *FLAGS, *isa, *cflags, *cells, "-o", str(out), str(src), *ldflags]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BackendUnavailable(f"backend 'cpu': compiling {src} failed ({' '.join(cmd)}), "
