@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import lowp
 from .cells import product, state_slot, zero_stride
 
 
@@ -169,13 +170,13 @@ def direction_backward(ex, cell, w, s, dy, dh_n, dc_n, record=None):
     s_prev = S[1:] if reverse else S[:-1]  # the state each time step read
     db = g.get("db")  # the execution's loop may have summed it already
     if db is None and w["b_ih"] is not None:
-        db = dGx.sum(axis=0)
+        db = lowp.total(dGx, 0)  # accumulated in float32 for bfloat16
     grads = {
         "w_ih": product(ex, dGx.T, x.reshape(TB, I)),
         "w_hh": cell.recurrent_grad(ex, dGh, s_prev.reshape(TB, Hs)),
         "b_ih": db,
         # LSTM and RNN: the same gradient (dGh is dGx); one reduction, not two
-        "b_hh": None if db is None else (db.copy() if dGh is dGx else dGh.sum(axis=0)),
+        "b_hh": None if db is None else (db.copy() if dGh is dGx else lowp.total(dGh, 0)),
     }
     grads.update(cell.extra_grads(ex, w, s, g))
     dx = product(ex, dGx, w["w_ih"]).reshape(T, B, I)
@@ -263,6 +264,7 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
     ``ctx.saved`` is None (:func:`backward` then raises).
     Returns (y [T,B,D*Hs], h_n, c_n, ctx).
     """
+    ex = lowp.execution_for(ex, x.dtype)  # bfloat16: float32 compute on the host (gpulstm.lowp)
     xp = ex.xp
     D = len(params[0])
     ctx = Context(cell, params)
@@ -306,6 +308,7 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None, record_state_grads=False):
             "backward() needs the history a training forward saves, but the last forward ran "
             "in inference mode (eval(), i.e. save=False) and saved nothing; call train() "
             "before the forward you want to differentiate")
+    ex = lowp.execution_for(ex, dy.dtype)
     xp = ex.xp
     cell, params = ctx.cell, ctx.params
     D = len(params[0])

@@ -186,6 +186,7 @@ class KernelLoop(ExecutionOptions):
     :meth:`with_algo` returns a copy of the execution with another one."""
 
     algo = "auto"
+    bf16_storage = False  # the kernels read float32/float64 (gpulstm.lowp refuses bfloat16)
     #: capture the fused loop into CUDA graphs (:meth:`with_graphs`)
     graphs = False
     _graph_pool = None

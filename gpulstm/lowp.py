@@ -1,0 +1,218 @@
+"""bfloat16 storage with float32 compute (the mixed precision of torch autocast).
+
+With ``dtype="bfloat16"`` the weights, inputs, outputs, saved states and gates, and the
+per-step gradient buffers are ``ml_dtypes.bfloat16`` NumPy arrays; every GEMM and every
+pointwise step widens its bf16 operands to float32, computes in float32 and rounds once (to
+nearest, ties to even) when it stores its result. Sums over time and batch (bias and
+peephole gradients) accumulate in float32 and are rounded once. Weight gradients are
+returned in the parameter dtype (bf16), as torch's autograd returns a bf16 parameter's
+``.grad``: each is one float32-accumulated GEMM or sum, rounded once.
+
+On the host executions (``numpy``, ``cpu``) this is :class:`StorageExecution`, a view of the
+execution that the engine takes for a bf16 forward or backward (:func:`execution_for`): it
+runs the engine's stepwise loop (the compiled loops of ``cpu`` and the kernel loops are
+float32/float64 only), its GEMMs are the execution's own float32 GEMMs on widened copies,
+and its pointwise steps the reference's (:mod:`gpulstm.backends.numpy_pointwise`) on widened
+copies, written back rounded. Executions without bf16 support (``cupy``, ``emulated``: their
+kernels read float32/float64) are refused with one ValueError naming those that have it.
+
+Nothing here changes a float32 or float64 run: every helper returns its argument as it is for
+those dtypes.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+BF16_NAME = "bfloat16"
+F32 = np.dtype(np.float32)
+
+
+def bfloat16():
+    """The NumPy dtype of ``ml_dtypes.bfloat16`` (imported on first use). Raises TypeError
+    naming the package where it is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise TypeError("dtype 'bfloat16' needs the ml_dtypes package (pip install ml_dtypes), "
+                        "which is not installed") from e
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bf16(dtype):
+    """True for the bfloat16 dtype (``ml_dtypes.bfloat16``; by name, so nothing is imported
+    for the other dtypes)."""
+    try:
+        return np.dtype(dtype).name == BF16_NAME
+    except TypeError:
+        return False
+
+
+def compute_dtype(dtype):
+    """The dtype arithmetic runs in for storage ``dtype``: float32 for bfloat16, else
+    ``dtype`` itself."""
+    return F32 if is_bf16(dtype) else np.dtype(dtype)
+
+
+def widen(a):
+    """``a`` as float32 (a new array) when it is bfloat16; anything else as it is (the same
+    object: a float32 or float64 caller's bits and buffers are untouched)."""
+    dt = getattr(a, "dtype", None)
+    if dt is not None and dt.name == BF16_NAME:
+        return a.astype(F32)
+    return a
+
+
+def store(a, dtype):
+    """``a`` rounded to storage ``dtype`` (nearest, ties to even: ml_dtypes' conversion);
+    ``a`` itself when it has that dtype already."""
+    dtype = np.dtype(dtype)
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+def total(a, axis):
+    """``a.sum(axis)`` accumulated in float32 for bfloat16 ``a`` and rounded once (NumPy's
+    own bf16 sum would round after every addition); plain ``a.sum(axis)`` otherwise."""
+    if a.dtype.name == BF16_NAME:
+        return a.sum(axis=axis, dtype=F32).astype(a.dtype)
+    return a.sum(axis=axis)
+
+
+#: the arguments each reference pointwise step writes (in/out ones included), by the names of
+#: :mod:`gpulstm.backends.numpy_pointwise`'s signatures: copied back, rounded, after the step
+WRITES = {
+    "lstm_forward": ("gates", "c_next", "h_next", "y"),
+    "lstm_backward": ("dh_next", "dgates", "dc_next"),
+    "lstm_proj_forward": ("h_next", "y"),
+    "lstm_proj_backward": ("dh_next", "dhr"),
+    "gru_forward": ("gates", "h_next", "y"),
+    "gru_backward": ("dh_next", "dgx", "dgh"),
+    "rnn_forward": ("h_next", "y"),
+    "rnn_backward": ("dh_next", "dgates"),
+}
+
+
+class WidenedPointwise:
+    """The pointwise steps of ``base`` (a module of float32/float64 steps with the reference's
+    signatures) for bf16 buffers: each call widens every bf16 array argument to a float32
+    copy (one copy per distinct array object, so an argument passed twice stays one buffer),
+    runs the float32 step, and writes the arguments the step writes (:data:`WRITES`) back,
+    rounded once. Calls without bf16 arguments go to ``base`` as they are."""
+
+    def __init__(self, base):
+        self.base = base
+        self._fns = {}
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self._fns[name] = self._wrap(name, getattr(self.base, name))
+        return fn
+
+    @staticmethod
+    def _wrap(name, f):
+        if name not in WRITES:
+            return f
+        params = list(inspect.signature(f).parameters)
+        writes = tuple(params.index(p) for p in WRITES[name])
+
+        def step(*args):
+            copies = {}
+            wide = []
+            for a in args:
+                if getattr(a, "dtype", None) is not None and a.dtype.name == BF16_NAME:
+                    c = copies.get(id(a))
+                    if c is None:
+                        c = copies[id(a)] = (a, a.astype(F32))
+                    wide.append(c[1])
+                else:
+                    wide.append(a)
+            if not copies:
+                return f(*args)
+            f(*wide)
+            done = set()
+            for i in writes:
+                a = args[i]
+                if id(a) in copies and id(a) not in done:
+                    done.add(id(a))
+                    a[...] = copies[id(a)][1]  # rounded to nearest even by ml_dtypes
+        step.__name__ = name
+        step.__doc__ = f.__doc__
+        return step
+
+
+#: attributes of the base execution a bf16 view does not show: the compiled / kernel time
+#: loops (float32/float64 only), so the engine runs its stepwise loop
+_HIDDEN = frozenset({"sequence_forward", "sequence_backward", "projects_input", "stored_weights",
+                     "ring_states", "with_graphs"})
+
+
+class StorageExecution:
+    """A host execution with bfloat16 storage and float32 compute (see the module's
+    docstring). Everything not defined here is the base execution's."""
+
+    def __init__(self, base):
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "pw", WidenedPointwise(base.pw))
+
+    def __getattr__(self, name):
+        if name in _HIDDEN:
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _f32(self, out):
+        return out if out.dtype == F32 else np.empty(out.shape, F32)
+
+    def matmul(self, a, b, out):
+        tmp = self._f32(out)
+        self.base.matmul(widen(a), widen(b), out=tmp)
+        if tmp is not out:
+            out[...] = tmp
+
+    def matmul_acc(self, a, b, out):
+        tmp = widen(out) if out.dtype.name == BF16_NAME else out
+        self.base.matmul_acc(widen(a), widen(b), out=tmp)
+        if tmp is not out:
+            out[...] = tmp
+
+    def linear(self, a, b, bias, out):
+        tmp = self._f32(out)
+        self.base.linear(widen(a), widen(b), None if bias is None else widen(bias), out=tmp)
+        if tmp is not out:
+            out[...] = tmp
+
+    def __repr__(self):
+        return f"<gpulstm execution {self.base.name!r}, bfloat16 storage>"
+
+
+def supports_bf16(ex):
+    """Whether execution ``ex`` runs ``dtype='bfloat16'`` (its ``bf16_storage`` flag)."""
+    return bool(getattr(ex, "bf16_storage", False))
+
+
+def bf16_backends():
+    """Names of the backends whose executions run bfloat16."""
+    return ("numpy", "cpu")
+
+
+def check_execution(ex, dtype):
+    """ValueError unless ``ex`` can run ``dtype`` (only bfloat16 is limited); what a face
+    calls when it is built, before any parameter is made."""
+    if is_bf16(dtype) and not isinstance(ex, StorageExecution) and not supports_bf16(ex):
+        raise ValueError(
+            f"dtype='bfloat16' runs on the backends {', '.join(map(repr, bf16_backends()))} "
+            f"(bf16 storage, float32 compute); backend {getattr(ex, 'name', ex)!r} has no "
+            f"bfloat16 kernels: use one of those, or dtype='float32'")
+
+
+def execution_for(ex, dtype):
+    """The execution the engine runs for storage ``dtype``: ``ex`` itself for float32 and
+    float64; for bfloat16 its :class:`StorageExecution` view (ValueError where ``ex`` has no
+    bfloat16 support, see :func:`check_execution`)."""
+    if not is_bf16(dtype) or isinstance(ex, StorageExecution):
+        return ex
+    check_execution(ex, dtype)
+    return StorageExecution(ex)
