@@ -27,6 +27,8 @@ import numpy as np
 
 BF16_NAME = "bfloat16"
 F32 = np.dtype(np.float32)
+#: elements of the float32 block a bf16 GEMM widens at a time (1 MiB; see StorageExecution)
+CHUNK = 1 << 18
 
 
 def bfloat16():
@@ -163,26 +165,55 @@ class StorageExecution:
             raise AttributeError(name)
         return getattr(self.base, name)
 
-    def _f32(self, out):
-        return out if out.dtype == F32 else np.empty(out.shape, F32)
+    def _gemm(self, a, b, out, accumulate, bias=None):
+        """out (+)= a @ b (+ bias) in float32, rounded once into ``out``, by the base
+        execution's float32 GEMMs on widened copies taken a block at a time: a float32
+        temporary holds at most about CHUNK elements beyond the weights, so a whole-sequence
+        GEMM (the input projection, dW = dG^T x, dx) never widens a whole [T*B, *] operand (it
+        would double the bf16 peak). A reduction over T*B (the weight gradients) is split along
+        its inner dimension and accumulated in one float32 result; the others by row blocks."""
+        base = self.base
+        M, K = a.shape
+        N = b.shape[1]
+        if K > M and K * max(M, N) > CHUNK:  # dW = dG^T x: blocks of the T*B reduction
+            step = max(1, CHUNK // max(M, N, 1))
+            acc = widen(out) if accumulate else None
+            for k0 in range(0, K, step):
+                wa, wb = widen(a[:, k0:k0 + step]), widen(b[k0:k0 + step])
+                if acc is None:
+                    acc = np.empty((M, N), F32)
+                    base.matmul(wa, wb, out=acc)
+                else:
+                    base.matmul_acc(wa, wb, out=acc)
+            if bias is not None:
+                acc += widen(bias)
+            out[...] = acc
+            return
+        wb = widen(b)
+        wbias = None if bias is None else widen(bias)
+        step = max(1, CHUNK // max(K, N, 1)) if M * max(K, N) > CHUNK else max(M, 1)
+        for m0 in range(0, M, step):
+            rows = slice(m0, m0 + step)
+            wa = widen(a[rows])
+            if accumulate:
+                tmp = out[rows].astype(F32)
+                base.matmul_acc(wa, wb, out=tmp)
+            else:
+                tmp = np.empty((wa.shape[0], N), F32)
+                if wbias is None:
+                    base.matmul(wa, wb, out=tmp)
+                else:
+                    base.linear(wa, wb, wbias, out=tmp)
+            out[rows] = tmp
 
     def matmul(self, a, b, out):
-        tmp = self._f32(out)
-        self.base.matmul(widen(a), widen(b), out=tmp)
-        if tmp is not out:
-            out[...] = tmp
+        self._gemm(a, b, out, False)
 
     def matmul_acc(self, a, b, out):
-        tmp = widen(out) if out.dtype.name == BF16_NAME else out
-        self.base.matmul_acc(widen(a), widen(b), out=tmp)
-        if tmp is not out:
-            out[...] = tmp
+        self._gemm(a, b, out, True)
 
     def linear(self, a, b, bias, out):
-        tmp = self._f32(out)
-        self.base.linear(widen(a), widen(b), None if bias is None else widen(bias), out=tmp)
-        if tmp is not out:
-            out[...] = tmp
+        self._gemm(a, b, out, False, bias)
 
     def __repr__(self):
         return f"<gpulstm execution {self.base.name!r}, bfloat16 storage>"
