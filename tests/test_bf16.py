@@ -365,8 +365,9 @@ def test_blocked_bf16_gemms_keep_the_bound(monkeypatch):
 
 def test_bf16_halves_the_saved_bytes_and_the_peak():
     """What the forward keeps for the backward is half the float32 bytes, and the training
-    step's peak (tracemalloc: NumPy's allocations) at most 0.65x (measured 0.61x here, T=400, B=16, H=64; 0.52x at T=1000,
-    B=16, H=I=128: the float32 blocks of the GEMMs and the per-step widened copies)."""
+    step's peak (tracemalloc: NumPy's allocations) at most 0.65x (measured 0.61x here, T=400,
+    B=16, H=64; 0.52x at T=1000, B=16, H=I=128; the rest: the float32 blocks of the GEMMs and
+    the per-step widened copies)."""
     import tracemalloc
     row = {}
     for dt in ("float32", "bfloat16"):
