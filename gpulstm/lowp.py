@@ -157,8 +157,10 @@ class StorageExecution:
     docstring). Everything not defined here is the base execution's."""
 
     def __init__(self, base):
-        object.__setattr__(self, "base", base)
-        object.__setattr__(self, "pw", WidenedPointwise(base.pw))
+        self.base = base
+        # an execution with bf16 kernels (emulated: kernels/gpulstm_common.cuh's gl_bf16) runs
+        # its own pointwise steps on the bf16 buffers; the others the float32 steps on copies
+        self.pw = base.pw if getattr(base, "bf16_kernels", False) else WidenedPointwise(base.pw)
 
     def __getattr__(self, name):
         if name in _HIDDEN:
@@ -215,6 +217,13 @@ class StorageExecution:
     def linear(self, a, b, bias, out):
         self._gemm(a, b, out, False, bias)
 
+    def dropout_mask(self, shape, p, seed, offset, dtype):
+        """The float32 keep mask of the Philox stream (the same bits on every execution),
+        rounded once to ``dtype`` (its scale 1 / (1 - p) to the nearest bf16)."""
+        if not is_bf16(dtype):
+            return self.base.dropout_mask(shape, p, seed, offset, dtype)
+        return store(self.base.dropout_mask(shape, p, seed, offset, F32), dtype)
+
     def __repr__(self):
         return f"<gpulstm execution {self.base.name!r}, bfloat16 storage>"
 
@@ -226,7 +235,7 @@ def supports_bf16(ex):
 
 def bf16_backends():
     """Names of the backends whose executions run bfloat16."""
-    return ("numpy", "cpu")
+    return ("numpy", "cpu", "emulated")
 
 
 def check_execution(ex, dtype):
