@@ -8,13 +8,16 @@ peephole gradients) accumulate in float32 and are rounded once. Weight gradients
 returned in the parameter dtype (bf16), as torch's autograd returns a bf16 parameter's
 ``.grad``: each is one float32-accumulated GEMM or sum, rounded once.
 
-On the host executions (``numpy``, ``cpu``) this is :class:`StorageExecution`, a view of the
-execution that the engine takes for a bf16 forward or backward (:func:`execution_for`): it
-runs the engine's stepwise loop (the compiled loops of ``cpu`` and the kernel loops are
-float32/float64 only), its GEMMs are the execution's own float32 GEMMs on widened copies,
-and its pointwise steps the reference's (:mod:`gpulstm.backends.numpy_pointwise`) on widened
-copies, written back rounded. Executions without bf16 support (``cupy``, ``emulated``: their
-kernels read float32/float64) are refused with one ValueError naming those that have it.
+The engine runs a bf16 forward or backward on :class:`StorageExecution`, a view of the
+execution (:func:`execution_for`): it runs the engine's stepwise loop (the cpu execution's
+compiled loop and the fused / persistent kernels are float32/float64 only), its GEMMs are the
+execution's own float32 GEMMs on widened copies (a block at a time: :data:`CHUNK`), and its
+pointwise steps are the execution's bf16 kernels where it has them (``emulated``: the stepwise
+kernels compiled for ``gl_bf16`` storage with float compute, kernels/gpulstm_common.cuh), else
+the reference's (:mod:`gpulstm.backends.numpy_pointwise`) on widened copies, written back
+rounded (``numpy``, ``cpu``). Executions without bf16 support (``cupy``: CuPy has no bf16
+arrays, its GEMMs would need cuBLAS's bf16 path) are refused with one ValueError naming
+those that have it.
 
 Nothing here changes a float32 or float64 run: every helper returns its argument as it is for
 those dtypes.
