@@ -458,6 +458,23 @@ def test_bf16_halves_the_saved_bytes_and_the_peak():
     assert row["bfloat16"][1] <= 0.65 * row["float32"][1], row
 
 
+def test_the_bf16_benchmark_runs_once():
+    """bench/lowp.py (asv): every method at the first shape, numpy, both dtypes."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import lowp as bench_lowp
+    cls = bench_lowp.Bf16VsFloat32
+    assert len(cls.params) == len(cls.param_names)
+    for dtype in cls.params[3]:
+        b = cls()
+        args = (cls.params[0][0], "lstm", "numpy", dtype)
+        b.setup(*args)
+        assert b.m.dtype == np.dtype(BF16 if dtype == "bfloat16" else dtype)
+        for name in ("time_forward", "time_training", "peakmem_training"):
+            getattr(b, name)(*args)
+
+
 if __name__ == "__main__":  # the measurement behind BOUND
     import sys
     Ts = [int(t) for t in sys.argv[1:]] or [10, 100, 1000]
