@@ -65,9 +65,11 @@ ALL_KERNELS = KERNELS + RNG_KERNELS
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: bfloat16 storage (float compute; ``gl_bf16`` of kernels/gpulstm_common.cuh): the stepwise
-#: pointwise kernels only (the time-loop and random-number kernels are float32/float64)
+#: pointwise kernels and the fused time-loop kernels (the persistent and random-number kernels
+#: are float32/float64 only)
 BF16_CTYPE = "gl_bf16"
 BF16_KERNELS = KERNELS
+BF16_LOOP_KERNELS = ("fused_forward", "fused_backward")
 #: NVRTC options of every compile (CuPy adds the architecture and ``-ftz=true`` itself).
 #: No fast-math: results must match the NumPy reference to rounding.
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -90,10 +92,12 @@ def name_expression(kernel, dtype, cell=None):
     ``"fused_forward<LstmCell, float>"``."""
     if str(dtype) == "bfloat16" and kernel in BF16_KERNELS and cell is None:
         return f"{kernel}<{BF16_CTYPE}>"
+    if str(dtype) == "bfloat16" and kernel in BF16_LOOP_KERNELS and cell in cell_structs():
+        return f"{kernel}<{cell}, {BF16_CTYPE}>"
     try:
         ctype = CTYPES[str(dtype)]
     except KeyError:
-        bf = " (bfloat16: the stepwise kernels " + ", ".join(BF16_KERNELS) + ")"
+        bf = " (bfloat16: " + ", ".join(BF16_KERNELS + BF16_LOOP_KERNELS) + ")"
         raise TypeError(f"kernels exist for dtypes {tuple(CTYPES)}{bf}; got {dtype!s} for "
                         f"{kernel!r}") from None
     if kernel in LOOP_KERNELS:
@@ -113,6 +117,8 @@ def name_expression(kernel, dtype, cell=None):
 def name_expressions():
     return (tuple(name_expression(k, d) for k in ALL_KERNELS for d in CTYPES)
             + tuple(name_expression(k, "bfloat16") for k in BF16_KERNELS)
+            + tuple(name_expression(k, "bfloat16", c) for k in BF16_LOOP_KERNELS
+                    for c in cell_structs())
             + tuple(name_expression(k, d, c) for k in LOOP_KERNELS for c in cell_structs()
                     for d in CTYPES))
 

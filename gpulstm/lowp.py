@@ -24,6 +24,7 @@ those dtypes.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -170,7 +171,9 @@ class WidenedPointwise:
 
 
 #: attributes of the base execution a bf16 view does not show: the compiled / kernel time
-#: loops (float32/float64 only), so the engine runs its stepwise loop
+#: loops (float32/float64 only, unless the base says ``bf16_loops``), so the engine runs its
+#: stepwise loop
+_LOOPS = frozenset({"sequence_forward", "sequence_backward"})
 _HIDDEN = frozenset({"sequence_forward", "sequence_backward", "projects_input", "stored_weights",
                      "ring_states", "with_graphs"})
 
@@ -186,6 +189,10 @@ class StorageExecution:
         self.pw = base.pw if getattr(base, "bf16_kernels", False) else WidenedPointwise(base.pw)
 
     def __getattr__(self, name):
+        if name in _LOOPS and getattr(self.base, "bf16_loops", False):
+            # the base's bf16 time loop (emulated: the fused kernels), run with this view as
+            # self: the GEMMs it calls (dL/dh_0) are this view's, widened
+            return functools.partial(getattr(type(self.base), name), self)
         if name in _HIDDEN:
             raise AttributeError(name)
         return getattr(self.base, name)
