@@ -10,7 +10,8 @@ returned in the parameter dtype (bf16), as torch's autograd returns a bf16 param
 
 The engine runs a bf16 forward or backward on :class:`StorageExecution`, a view of the
 execution (:func:`execution_for`): it runs the engine's stepwise loop (the cpu execution's
-compiled loop and the fused / persistent kernels are float32/float64 only), its GEMMs are the
+compiled loop and the persistent kernels are float32/float64 only; an execution with
+``bf16_loops``, emulated, runs its fused bf16 kernels), its GEMMs are the
 execution's own float32 GEMMs on widened copies (a block at a time: :data:`CHUNK`), and its
 pointwise steps are the execution's bf16 kernels where it has them (``emulated``: the stepwise
 kernels compiled for ``gl_bf16`` storage with float compute, kernels/gpulstm_common.cuh), else

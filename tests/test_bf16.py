@@ -245,6 +245,38 @@ def test_bf16_same_on_every_execution(backend):
             assert rel_err(b[k], a[k].astype(np.float32)) <= 0.02, (case[0], k)
 
 
+@pytest.mark.parametrize("algo", ["fused", "persistent"])
+def test_bf16_emulated_time_loops(algo, monkeypatch):
+    """The emulated fused kernels in bf16 (float shared memory and sums, gl_bf16 buffers;
+    "persistent" runs them too: the persistent kernels are float32/float64 only): the fused
+    kernels really launch, every case within its bound of float32 (NaN-poisoned buffers), and
+    within 0.02 of the stepwise bf16 loop (the recurrent product's summation order differs:
+    measured identical bits at T=20)."""
+    from conftest import backend_or_skip
+    from gpulstm.backends.kernel_pointwise import KernelPointwise
+    backend_or_skip("emulated")
+    launched = set()
+    orig = KernelPointwise.kernel
+
+    def kernel(self, name, dtype, cell=None):
+        if np.dtype(dtype) == BF16:
+            launched.add(name)
+        return orig(self, name, dtype, cell)
+    monkeypatch.setattr(KernelPointwise, "kernel", kernel)
+    for case in CASES + RELU_CASES:
+        cid, cls, kw, wl = case
+        launched.clear()
+        got, want = pair((cid, cls, dict(kw, algo=algo), wl), "emulated", 30, 1, poison=True)
+        ran = set(launched)
+        check_pair(got, want, f"{cid} {algo}", relu=case in RELU_CASES)
+        ref, _ = pair((cid, cls, dict(kw, algo="stepwise"), wl), "emulated", 30, 1)
+        for k in ref:
+            assert rel_err(got[k], ref[k].astype(np.float32)) <= 0.02, (cid, k)
+        if not kw.get("proj_size"):  # the projection runs stepwise (no fused kernel)
+            assert {"fused_forward", "fused_backward"} <= ran, (cid, sorted(ran))
+            assert not any("persistent" in n for n in ran), cid
+
+
 def _kernel_cases(rng, B=37, H=29):
     """(name, args, indices of the written arguments) of every stepwise pointwise step with
     bf16 inputs (scaled to reach the activations' tails) and NaN-poisoned outputs."""
