@@ -12,13 +12,18 @@ import numbers
 
 import numpy as np
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16")
 
 
 def check_dtype_name(dtype):
-    """A dtype name or object -> np.dtype, one of DTYPES; None means float32 (torch's default)."""
+    """A dtype name or object -> np.dtype, one of DTYPES; None means float32 (torch's default).
+    "bfloat16" (or ``ml_dtypes.bfloat16``) -> ``ml_dtypes.bfloat16``'s dtype: bf16 storage,
+    float32 compute (:mod:`gpulstm.lowp`)."""
     if dtype is None:
         return np.dtype("float32")
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        from .lowp import bfloat16
+        return bfloat16()
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -112,7 +117,7 @@ def check_array(name, a, shape, dtype):
     """``a`` (any array of the backend's module) must have exactly ``shape`` and ``dtype``.
     ``shape`` entries of None match any size; the description names the axes."""
     dt = _dtype_of(name, a)
-    if dt.kind != "f":
+    if dt.kind != "f" and dt.name != "bfloat16":
         raise TypeError(f"{name} must be a floating-point array of dtype {dtype.name}; got dtype {dt}")
     if dt != dtype:
         raise TypeError(f"{name} must have dtype {dtype.name} (the module's dtype); got {dt} "

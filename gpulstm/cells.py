@@ -18,6 +18,7 @@ with ``Hs = P`` when projecting and ``H`` otherwise. State buffers ``S`` (hidden
 from __future__ import annotations
 
 from .kernel_flags import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
+from .lowp import compute_dtype, store, total, widen
 
 
 class Cell:
@@ -166,7 +167,7 @@ class Cell:
         """Bias added to the whole-sequence input projection (None without bias)."""
         if w["b_ih"] is None:
             return None
-        return w["b_ih"] + w["b_hh"]
+        return widen(w["b_ih"]) + widen(w["b_hh"])  # bfloat16: summed in float32
 
     def saved_width(self, H):
         """Columns of the per-step saved gate buffer (0: nothing beyond the states)."""
@@ -270,11 +271,12 @@ class LSTMCell(Cell):
         if w.get("peep") is not None:
             C, d = s["C"], g["dGx"]
             c_prev, c_new = (C[1:], C[:-1]) if s["reverse"] else (C[:-1], C[1:])
-            out["peep"] = ex.xp.stack([
-                (d[..., :H] * c_prev).sum(axis=(0, 1)),
-                (d[..., H:2 * H] * c_prev).sum(axis=(0, 1)),
-                (d[..., 3 * H:] * c_new).sum(axis=(0, 1)),
-            ])
+            c_prev, c_new, dt = widen(c_prev), widen(c_new), d.dtype  # bf16: f32 sums
+            out["peep"] = store(ex.xp.stack([
+                (widen(d[..., :H]) * c_prev).sum(axis=(0, 1)),
+                (widen(d[..., H:2 * H]) * c_prev).sum(axis=(0, 1)),
+                (widen(d[..., 3 * H:]) * c_new).sum(axis=(0, 1)),
+            ]), dt)
         return out
 
     def saved_elements(self, T, B, H, Hs):
@@ -333,8 +335,8 @@ class GRUCell(Cell):
         if w["b_ih"] is None:
             return None
         H = w["b_ih"].shape[0] // 3
-        b = w["b_ih"].copy()
-        b[:2 * H] += w["b_hh"][:2 * H]
+        b = w["b_ih"].astype(compute_dtype(w["b_ih"].dtype))  # a copy (float32 for bfloat16)
+        b[:2 * H] += widen(w["b_hh"][:2 * H])
         return b
 
     def saved_width(self, H):
@@ -430,31 +432,34 @@ class CIFGCell(LSTMCell):
         xp, S, C = ex.xp, s["S"], s["C"]
         ex.matmul(S[prev], s["w_hh_T"], out=s["gh"])
         H = C.shape[2]
-        a = s["gx"][t] + s["gh"]
+        # widen: bfloat16 buffers are read as float32 (a no-op for float32/float64)
+        a = widen(s["gx"][t]) + widen(s["gh"])
+        c_prev, h_prev = widen(C[prev]), widen(S[prev])
         gates = s["gates"][t]
-        gates[:, :H] = 1 / (1 + xp.exp(-a[:, :H]))  # f
-        gates[:, H:2 * H] = xp.tanh(a[:, H:2 * H])  # g
-        gates[:, 2 * H:] = 1 / (1 + xp.exp(-a[:, 2 * H:]))  # o
-        f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
-        c = f * C[prev] + (1 - f) * g
+        f = 1 / (1 + xp.exp(-a[:, :H]))
+        g = xp.tanh(a[:, H:2 * H])
+        o = 1 / (1 + xp.exp(-a[:, 2 * H:]))
+        gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:] = f, g, o
+        c = f * c_prev + (1 - f) * g
         h = o * xp.tanh(c)
         act = self._active(xp, s["L"], t)
         if act is None:
             C[nxt], S[nxt], s["Y"][t] = c, h, h
         else:
-            C[nxt] = xp.where(act, c, C[prev])
-            S[nxt] = xp.where(act, h, S[prev])
+            C[nxt] = xp.where(act, c, c_prev)
+            S[nxt] = xp.where(act, h, h_prev)
             s["Y"][t] = xp.where(act, h, 0)
 
     def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
         xp = ex.xp
-        gates, c, c_prev = s["gates"][t], s["C"][nxt], s["C"][prev]
+        gates, c, c_prev = widen(s["gates"][t]), widen(s["C"][nxt]), widen(s["C"][prev])
         H = c.shape[1]
         f, gg, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
         tc = xp.tanh(c)
-        dh = g["dh"] + g["dY"][t]
+        dh = widen(g["dh"]) + widen(g["dY"][t])
         dao = dh * tc * o * (1 - o)
-        dc = g["dc"] + dh * o * (1 - tc * tc)
+        dc_next = widen(g["dc"])
+        dc = dc_next + dh * o * (1 - tc * tc)
         daf = dc * (c_prev - gg) * f * (1 - f)
         dag = dc * (1 - f) * (1 - gg * gg)
         dcp = dc * f
@@ -466,7 +471,7 @@ class CIFGCell(LSTMCell):
             g["dc"][...] = dcp
             g["dh"][...] = 0
         else:
-            g["dc"][...] = xp.where(act, dcp, g["dc"])
+            g["dc"][...] = xp.where(act, dcp, dc_next)
             g["dh"][...] = xp.where(act, 0, g["dh"])
         ex.matmul_acc(d, w["w_hh"], out=g["dh"])
 
@@ -505,7 +510,7 @@ class IndRNNCell(Cell):
         return w["w_hh"].shape[0]
 
     def recurrent_grad(self, ex, dGh, s_prev, out=None):
-        part = (dGh * s_prev).sum(axis=0)
+        part = store((widen(dGh) * widen(s_prev)).sum(axis=0), dGh.dtype)  # bf16: f32 sum
         if out is None:
             return part
         out += part
@@ -525,24 +530,25 @@ class IndRNNCell(Cell):
 
     def step_forward(self, ex, w, s, t, prev, nxt, flags):
         xp, S = ex.xp, s["S"]
-        h = self._act(xp, s["gx"][t] + s["u"] * S[prev])
+        h_prev = widen(S[prev])  # bfloat16 read as float32 (no-op otherwise)
+        h = self._act(xp, widen(s["gx"][t]) + widen(s["u"]) * h_prev)
         act = CIFGCell._active(xp, s["L"], t)
         if act is None:
             S[nxt], s["Y"][t] = h, h
         else:
-            S[nxt] = xp.where(act, h, S[prev])
+            S[nxt] = xp.where(act, h, h_prev)
             s["Y"][t] = xp.where(act, h, 0)
 
     def step_backward(self, ex, w, s, g, t, prev, nxt, flags):
         xp = ex.xp
-        h = s["S"][nxt]
-        dh = g["dh"] + g["dY"][t]
+        h, u = widen(s["S"][nxt]), widen(s["u"])
+        dh = widen(g["dh"]) + widen(g["dY"][t])
         # torch's convention at 0 (relu) and the kernels' (gl_rnn_act_grad): NaN propagates
         da = xp.where(h <= 0, 0, dh) if self.nonlinearity == "relu" else dh * (1 - h * h)
         act = CIFGCell._active(xp, s["L"], t)
         if act is None:
             g["dGx"][t] = da
-            g["dh"][...] = da * s["u"]
+            g["dh"][...] = da * u
         else:
             g["dGx"][t] = xp.where(act, da, 0)
-            g["dh"][...] = xp.where(act, da * s["u"], g["dh"])
+            g["dh"][...] = xp.where(act, da * u, g["dh"])

@@ -58,6 +58,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from . import lowp
 from .cells import product, state_slot, zero_stride
 
 
@@ -390,9 +391,10 @@ def _bptt(ex, cell, w, s, g, C, acc, dx, record=None):
                                           out=acc.get("w_hh"))
         part = {}
         if w["b_ih"] is not None:
-            part["b_ih"] = db[i].copy() if i in db else dGx.sum(axis=0)
+            # bfloat16: each window's sum accumulated in float32 (lowp.total)
+            part["b_ih"] = db[i].copy() if i in db else lowp.total(dGx, 0)
             if split:
-                part["b_hh"] = dGh.sum(axis=0)
+                part["b_hh"] = lowp.total(dGh, 0)
         part.update(cell.window_grads(ex, w, sv, gv))
         _accumulate(xp, acc, part)
         ex.matmul(dGx, w["w_ih"], out=dx[a:b].reshape(rows, I))
@@ -600,6 +602,7 @@ def forward(ex, cell, params, x, h0, c0, lengths, dropout=0.0, rng=None, save=Tr
     the same outputs and gradients to the bit.
     Returns (y [T,B,D*Hs], h_n, c_n, ctx).
     """
+    ex = lowp.execution_for(ex, x.dtype)  # bfloat16: float32 compute on the host (gpulstm.lowp)
     xp = ex.xp
     D = len(params[0])
     rc = check_recompute(recompute)
@@ -651,6 +654,7 @@ def backward(ex, ctx, dy, dh_n=None, dc_n=None, record_state_grads=False):
             "backward() needs the history a training forward saves, but the last forward ran "
             "in inference mode (eval(), i.e. save=False) and saved nothing; call train() "
             "before the forward you want to differentiate")
+    ex = lowp.execution_for(ex, dy.dtype)
     xp = ex.xp
     cell, params = ctx.cell, ctx.params
     D = len(params[0])

@@ -64,6 +64,12 @@ RNG_KERNELS = (
 ALL_KERNELS = KERNELS + RNG_KERNELS
 #: NumPy dtype name -> C++ template argument
 CTYPES = {"float32": "float", "float64": "double"}
+#: bfloat16 storage (float compute; ``gl_bf16`` of kernels/gpulstm_common.cuh): the stepwise
+#: pointwise kernels and the fused time-loop kernels (the persistent and random-number kernels
+#: are float32/float64 only)
+BF16_CTYPE = "gl_bf16"
+BF16_KERNELS = KERNELS
+BF16_LOOP_KERNELS = ("fused_forward", "fused_backward")
 #: NVRTC options of every compile (CuPy adds the architecture and ``-ftz=true`` itself).
 #: No fast-math: results must match the NumPy reference to rounding.
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -84,10 +90,16 @@ def name_expression(kernel, dtype, cell=None):
     """``("lstm_forward", "float32")`` -> ``"lstm_forward<float>"``; a time-loop kernel takes
     the cell struct: ``("fused_forward", "float32", "LstmCell")`` ->
     ``"fused_forward<LstmCell, float>"``."""
+    if str(dtype) == "bfloat16" and kernel in BF16_KERNELS and cell is None:
+        return f"{kernel}<{BF16_CTYPE}>"
+    if str(dtype) == "bfloat16" and kernel in BF16_LOOP_KERNELS and cell in cell_structs():
+        return f"{kernel}<{cell}, {BF16_CTYPE}>"
     try:
         ctype = CTYPES[str(dtype)]
     except KeyError:
-        raise TypeError(f"kernels exist for dtypes {tuple(CTYPES)}; got {dtype!s}") from None
+        bf = " (bfloat16: " + ", ".join(BF16_KERNELS + BF16_LOOP_KERNELS) + ")"
+        raise TypeError(f"kernels exist for dtypes {tuple(CTYPES)}{bf}; got {dtype!s} for "
+                        f"{kernel!r}") from None
     if kernel in LOOP_KERNELS:
         structs = cell_structs()
         if cell not in structs:
@@ -104,6 +116,9 @@ def name_expression(kernel, dtype, cell=None):
 
 def name_expressions():
     return (tuple(name_expression(k, d) for k in ALL_KERNELS for d in CTYPES)
+            + tuple(name_expression(k, "bfloat16") for k in BF16_KERNELS)
+            + tuple(name_expression(k, "bfloat16", c) for k in BF16_LOOP_KERNELS
+                    for c in cell_structs())
             + tuple(name_expression(k, d, c) for k in LOOP_KERNELS for c in cell_structs()
                     for d in CTYPES))
 

@@ -26,21 +26,23 @@ struct GlCudaMath {
   static __device__ __forceinline__ T tanh(const T x) { return gl_tanh(x); }
 };
 
-template <class Cell, typename T>
+// S: the buffers' storage type (float, double, or gl_bf16 with float compute: gl_compute).
+template <class Cell, typename S>
 __device__ __forceinline__ void gl_cell_forward_at(
-    const int k, const T* gx, const T* gh, const T* konst, const T* c_prev, const T* h_prev,
-    const int* lengths, const int t, T* saved, T* c_next, T* h_next, T* y, const int B,
+    const int k, const S* gx, const S* gh, const S* konst, const S* c_prev, const S* h_prev,
+    const int* lengths, const int t, S* saved, S* c_next, S* h_next, S* y, const int B,
     const int H, const int flags) {
+  using T = typename gl_compute<S>::type;
   (void)B;
   const int b = k / H;
   const int j = k - b * H;
   const int gi = b * Cell::G * H + j;
-  const T cp = Cell::HAS_C ? c_prev[k] : T(0);
-  const T hp = h_prev[k];
+  const T cp = Cell::HAS_C ? T(c_prev[k]) : T(0);
+  const T hp = T(h_prev[k]);
   T c = cp, h = T(0);
-  Cell::template forward<GlCudaMath, T>(gx + gi, Cell::DENSE ? gh + gi : gx + gi, H,
-                                        konst + j, H, cp, hp, flags,
-                                        saved + b * Cell::SAVED * H + j, H, c, h);
+  Cell::template forward<GlCudaMath, T, S>(gx + gi, Cell::DENSE ? gh + gi : gx + gi, H,
+                                           konst + j, H, cp, hp, flags,
+                                           saved + b * Cell::SAVED * H + j, H, c, h);
   const bool act = active(lengths, b, t);
   if (Cell::HAS_C) c_next[k] = act ? c : cp;
   if (flags & LSTM_PROJ) {
@@ -51,11 +53,12 @@ __device__ __forceinline__ void gl_cell_forward_at(
   }
 }
 
-template <class Cell, typename T>
+template <class Cell, typename S>
 __device__ __forceinline__ void gl_cell_backward_at(
-    const int k, const T* saved, const T* c, const T* c_prev, const T* h, const T* h_prev,
-    const T* dh_in, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
-    const T* konst, T* dgx, T* dgh, const int B, const int H, const int flags) {
+    const int k, const S* saved, const S* c, const S* c_prev, const S* h, const S* h_prev,
+    const S* dh_in, S* dh_next, const S* dy, S* dc_next, const int* lengths, const int t,
+    const S* konst, S* dgx, S* dgh, const int B, const int H, const int flags) {
+  using T = typename gl_compute<S>::type;
   (void)B;
   const int b = k / H;
   const int j = k - b * H;
@@ -67,13 +70,14 @@ __device__ __forceinline__ void gl_cell_backward_at(
     return;  // dc_next and dh_next pass through unchanged
   }
   const bool proj = flags & LSTM_PROJ;
-  const T dh = proj ? dh_in[k] : dh_next[k] + dy[k];
-  T dc = Cell::HAS_C ? dc_next[k] : T(0);
+  const T dh = proj ? T(dh_in[k]) : T(dh_next[k]) + T(dy[k]);
+  T dc = Cell::HAS_C ? T(dc_next[k]) : T(0);
   T dhp = T(0);
-  Cell::template backward<GlCudaMath, T>(
-      saved + b * Cell::SAVED * H + j, H, konst + j, H, Cell::HAS_C ? c[k] : T(0),
-      Cell::HAS_C ? c_prev[k] : T(0), Cell::BWD_H ? h[k] : T(0), Cell::BWD_HP ? h_prev[k] : T(0),
-      dh, dc, flags, dgx + gi, Cell::SPLIT_DGH ? dgh + gi : dgx + gi, H, dhp);
+  Cell::template backward<GlCudaMath, T, S>(
+      saved + b * Cell::SAVED * H + j, H, konst + j, H, Cell::HAS_C ? T(c[k]) : T(0),
+      Cell::HAS_C ? T(c_prev[k]) : T(0), Cell::BWD_H ? T(h[k]) : T(0),
+      Cell::BWD_HP ? T(h_prev[k]) : T(0), dh, dc, flags, dgx + gi,
+      Cell::SPLIT_DGH ? dgh + gi : dgx + gi, H, dhp);
   if (Cell::HAS_C) dc_next[k] = dc;
   if (!proj) dh_next[k] = dhp;
 }

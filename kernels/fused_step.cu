@@ -53,6 +53,16 @@ __device__ __forceinline__ T gl_load_cg(const T* p) {
   return __ldcg(p);
 #endif
 }
+// bf16 storage: __ldcg has no overload for a struct; load its 16 bits
+__device__ __forceinline__ gl_bf16 gl_load_cg(const gl_bf16* p) {
+#ifdef GPULSTM_EMULATED
+  return *p;
+#else
+  gl_bf16 v;
+  v.bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
+  return v;
+#endif
+}
 
 // acc[g] = sum_{k < K} left[b * ldl + k] * right[k * ldr + col + g * gstride] for g < NG,
 // complete in the thread (x, y, 0) of element (b, j), b = R blockIdx.y + y. Every thread of
@@ -64,9 +74,11 @@ __device__ __forceinline__ T gl_load_cg(const T* p) {
 // slices of U units; slice s sums the columns c = s, s + S, ... of each chunk for ALL R rows,
 // loading each weight once per block and step. The partial sums then meet in shared memory,
 // one row at a time, and the owner of (b, j) adds them in slice order.
-template <typename T, int NG>
+// St: the operands' storage type; T = gl_compute<St>::type: shared memory, the partial sums
+// and acc (float for gl_bf16: the product of bf16 operands accumulates in float).
+template <typename St, int NG, typename T = typename gl_compute<St>::type>
 __device__ __forceinline__ void fused_row_product(
-    FusedShared<T>& sh, const T* left, const int ldl, const int K, const T* right,
+    FusedShared<T>& sh, const St* left, const int ldl, const int K, const St* right,
     const int ldr, const int col, const int gstride, const int B, const bool col_ok,
     T* acc) {
   const int U = blockDim.x, R = blockDim.y;
@@ -83,17 +95,17 @@ __device__ __forceinline__ void fused_row_product(
   for (int k0 = 0; k0 < K; k0 += FUSED_TILE) {
     for (int i = lin; i < R * FUSED_TILE; i += nthreads) {
       const int r = i / FUSED_TILE, c = i - r * FUSED_TILE;
-      sh.tile[r][c] = (r < rows && k0 + c < K) ? gl_load_cg(left + (b0 + r) * ldl + k0 + c)
+      sh.tile[r][c] = (r < rows && k0 + c < K) ? T(gl_load_cg(left + (b0 + r) * ldl + k0 + c))
                                                : T(0);
     }
     __syncthreads();
     if (col_ok) {
       const int n = K - k0 < FUSED_TILE ? K - k0 : FUSED_TILE;
       for (int c = s; c < n; c += S) {
-        const T* rp = right + (k0 + c) * ldr + col;
+        const St* rp = right + (k0 + c) * ldr + col;
         T w[NG];
 #pragma unroll
-        for (int g = 0; g < NG; ++g) w[g] = rp[g * gstride];
+        for (int g = 0; g < NG; ++g) w[g] = T(rp[g * gstride]);
 #pragma unroll
         for (int r = 0; r < FUSED_ROWS; ++r) {
           if (r < rows) {
@@ -134,22 +146,22 @@ __device__ __forceinline__ void fused_row_product(
 // backward) or the block's resident copy in shared memory. A cell without a dense recurrence
 // (Cell::DENSE false) has no product: its step is the pointwise one alone.
 
-template <class Cell, typename T>
+template <class Cell, typename S, typename T = typename gl_compute<S>::type>
 __device__ __forceinline__ void gl_step_forward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const int gstride,
-    const T* gx, const T* konst, const T* c_prev, const T* h_prev, const int* lengths,
-    const int t, T* gh, T* saved, T* c_next, T* h_next, T* y, const int B, const int H,
+    FusedShared<T>& sh, const S* right, const int ldr, const int col, const int gstride,
+    const S* gx, const S* konst, const S* c_prev, const S* h_prev, const int* lengths,
+    const int t, S* gh, S* saved, S* c_next, S* h_next, S* y, const int B, const int H,
     const int flags) {
   constexpr int G = Cell::G;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[G];
   if (Cell::DENSE)
-    fused_row_product<T, G>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
+    fused_row_product<S, G>(sh, h_prev, H, H, right, ldr, col, gstride, B, j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   if (Cell::DENSE)
     for (int g = 0; g < G; ++g) gh[b * G * H + g * H + j] = acc[g];
-  gl_cell_forward_at<Cell, T>(b * H + j, gx, gh, konst, c_prev, h_prev, lengths, t, saved,
+  gl_cell_forward_at<Cell, S>(b * H + j, gx, gh, konst, c_prev, h_prev, lengths, t, saved,
                               c_next, h_next, y, B, H, flags);
 }
 
@@ -159,23 +171,23 @@ __device__ __forceinline__ void gl_step_forward(
 // j] first -- exactly the stepwise loop's matmul_acc -- then the pointwise backward of (b, j).
 // After the last step the caller adds dG W_hh once more (dL/dh_0).
 
-template <class Cell, typename T>
+template <class Cell, typename S, typename T = typename gl_compute<S>::type>
 __device__ __forceinline__ void gl_step_backward(
-    FusedShared<T>& sh, const T* right, const int ldr, const int col, const T* dg_prev,
-    const int has_prev, const T* saved, const T* c, const T* c_prev, const T* h,
-    const T* h_prev, T* dh_next, const T* dy, T* dc_next, const int* lengths, const int t,
-    const T* konst, T* dgx, T* dgh, const int B, const int H, const int flags) {
+    FusedShared<T>& sh, const S* right, const int ldr, const int col, const S* dg_prev,
+    const int has_prev, const S* saved, const S* c, const S* c_prev, const S* h,
+    const S* h_prev, S* dh_next, const S* dy, S* dc_next, const int* lengths, const int t,
+    const S* konst, S* dgx, S* dgh, const int B, const int H, const int flags) {
   constexpr int GH = Cell::G;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int b = blockIdx.y * blockDim.y + threadIdx.y;
   T acc[1];
   if (Cell::DENSE)
-    fused_row_product<T, 1>(sh, dg_prev, GH * H, has_prev ? GH * H : 0, right, ldr, col, 0, B,
+    fused_row_product<S, 1>(sh, dg_prev, GH * H, has_prev ? GH * H : 0, right, ldr, col, 0, B,
                             j < H, acc);
   if (!(b < B && j < H) || threadIdx.z) return;
   const int k = b * H + j;
-  if (Cell::DENSE && has_prev) dh_next[k] = dh_next[k] + acc[0];
-  gl_cell_backward_at<Cell, T>(k, saved, c, c_prev, h, h_prev, dh_next, dh_next, dy, dc_next,
+  if (Cell::DENSE && has_prev) dh_next[k] = T(dh_next[k]) + acc[0];
+  gl_cell_backward_at<Cell, S>(k, saved, c, c_prev, h, h_prev, dh_next, dh_next, dy, dc_next,
                                lengths, t, konst, dgx, dgh, B, H, flags);
 }
 
@@ -198,7 +210,7 @@ __global__ void fused_forward(
     T* h_next,        // [B,H] out: h_t
     T* y,             // [B,H] out: y_t
     const int B, const int H, const int flags) {
-  __shared__ FusedShared<T> sh;
+  __shared__ FusedShared<typename gl_compute<T>::type> sh;  // float for gl_bf16 storage
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
   gl_step_forward<Cell, T>(sh, w_hh_T, Cell::G * H, j, H, gx, konst, c_prev, h_prev, lengths,
                            t, gh, saved, c_next, h_next, y, B, H, flags);
@@ -222,7 +234,7 @@ __global__ void fused_backward(
     T* dgx,             // [B,GH] out: gradient of the input projection
     T* dgh,             // [B,GH] out: gradient of the hidden projection (SPLIT_DGH)
     const int B, const int H, const int flags) {
-  __shared__ FusedShared<T> sh;
+  __shared__ FusedShared<typename gl_compute<T>::type> sh;
   const int j = blockIdx.x * FUSED_TILE + threadIdx.x;
   gl_step_backward<Cell, T>(sh, w_hh, H, j, dg_prev, has_prev, saved, c, c_prev, h, h_prev,
                             dh_next, dy, dc_next, lengths, t, konst, dgx, dgh, B, H, flags);

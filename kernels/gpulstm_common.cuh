@@ -43,6 +43,39 @@ __device__ __forceinline__ T gl_sigmoid(T x) {
   return T(1) / (T(1) + gl_exp(-x));
 }
 
+// bfloat16 storage (dtype "bfloat16": gpulstm/lowp.py): 1 sign, 8 exponent, 7 mantissa bits,
+// the upper half of a float32. The kernels' own type, so the sources still need no CUDA
+// header (cuda_bf16.h's __nv_bfloat16 has the same 2-byte layout: cuBLAS and torch read the
+// same buffers). It converts to float implicitly and has no arithmetic of its own, so an
+// expression of gl_bf16 values runs in float (the built-in operators) and a store to a gl_bf16
+// rounds once: to nearest, ties to even (ml_dtypes' rounding); NaN stays a quiet NaN,
+// overflow gives inf.
+__device__ __forceinline__ unsigned short gl_bf16_bits(const float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (unsigned short)(u >> 16);
+}
+
+struct gl_bf16 {
+  unsigned short bits;
+  gl_bf16() = default;
+  __device__ __forceinline__ gl_bf16(const float f) : bits(gl_bf16_bits(f)) {}
+  __device__ __forceinline__ operator float() const {
+    return __uint_as_float((unsigned)bits << 16);
+  }
+};
+
+// The type a kernel computes in for storage type S: float for gl_bf16, else S itself.
+template <typename S>
+struct gl_compute {
+  using type = S;
+};
+template <>
+struct gl_compute<gl_bf16> {
+  using type = float;
+};
+
 // Row b is active at time t while its sequence runs: t < lengths[b].
 __device__ __forceinline__ bool active(const int* lengths, int b, int t) {
   return t < lengths[b];

@@ -41,7 +41,7 @@ __global__ void lstm_proj_backward(
   if (k >= B * H) return;
   const int b = k / H;
   if (active(lengths, b, t)) {
-    dhr[k] = dh_next[k] + dy[k];
+    dhr[k] = T(dh_next[k]) + T(dy[k]);  // float for bf16 storage (gl_bf16 converts)
     dh_next[k] = T(0);
   } else {
     dhr[k] = T(0);

@@ -142,9 +142,14 @@ def test_source_is_self_contained(source):
                          source.code), k
     structs = cell_structs()
     assert {"LstmCell", "GruCell", "RnnCell", "CifgCell", "IndRnnCell"} <= set(structs)
+    # float and double for every kernel, plus the bfloat16 storage of the stepwise and the two
+    # fused kernels
     assert len(source.name_expressions) == 2 * (len(KERNELS) + len(RNG_KERNELS)
-                                                 + len(LOOP_KERNELS) * len(structs))
+                                                 + len(LOOP_KERNELS) * len(structs)) \
+        + len(KERNELS) + 2 * len(structs)
     assert "fused_forward<CifgCell, double>" in source.name_expressions
+    assert "lstm_forward<gl_bf16>" in source.name_expressions
+    assert "fused_backward<IndRnnCell, gl_bf16>" in source.name_expressions
 
 
 def test_a_cell_header_dropped_in_kernels_cells_is_compiled_into_the_loop_kernels(tmp_path):

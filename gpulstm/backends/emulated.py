@@ -27,6 +27,14 @@ class EmulatedExecution(KernelLoop, HostExecution):
     (kernel, grid, block, argument bytes: the same pointers), replayed as recorded
     (:class:`gpulstm.emulator.EmulatedGraph`)."""
 
+    #: dtype='bfloat16' runs the kernels compiled for gl_bf16 storage (float compute;
+    #: kernels/gpulstm_common.cuh) through gpulstm.lowp.StorageExecution: float32 GEMMs on
+    #: widened copies; the stepwise kernels, and the fused time loop (algo "auto", "fused";
+    #: "persistent" runs fused: the persistent kernels are float32/float64 only)
+    bf16_storage = True
+    bf16_kernels = True
+    bf16_loops = True
+
     def matmul(self, a, b, out):
         if self.allow_tf32:
             a, b = tf32_round(a), tf32_round(b)

@@ -195,6 +195,7 @@ class KernelLoop(ExecutionOptions):
     forward_segment_exact = True
     backward_segment_exact = False
     window_rows = 65536
+    bf16_storage = False  # the kernels read float32/float64 (gpulstm.lowp refuses bfloat16)
     #: capture the fused loop into CUDA graphs (:meth:`with_graphs`)
     graphs = False
     _graph_pool = None
@@ -330,6 +331,8 @@ class KernelLoop(ExecutionOptions):
             return "stepwise"
         if self.algo == "auto" and 4 * H * H >= 2**31:
             return "stepwise"  # past the fused kernels' int weight index (_check_int_index)
+        if itemsize == 2:  # bfloat16 storage: fused kernels only (kernel_source.BF16_LOOP_KERNELS)
+            return "fused"
         if self.algo in ("auto", "persistent") and T * 4 * B * H < 2**31:
             fits = persistent_plan(B, H, cell.gates, itemsize, *self._limits()) is not None
             if fits and (self.algo == "persistent" or B <= PERSISTENT_MAX_BATCH):

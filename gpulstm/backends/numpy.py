@@ -15,6 +15,7 @@ class HostExecution(ExecutionOptions):
     the flag on the CPU too)."""
 
     xp = np
+    bf16_storage = True  # through gpulstm.lowp.StorageExecution (the engine's stepwise loop)
 
     def __init__(self, name, pw):
         self.name = name

@@ -16,6 +16,9 @@ class ExecutionOptions:
     #: (``cupy``; ``emulated`` rounds the same way on the CPU; ``numpy`` and ``cpu`` compute
     #: full float32 whatever the flag, as torch does on the CPU)
     allow_tf32 = False
+    #: runs ``dtype='bfloat16'`` (bf16 storage, float32 compute: :mod:`gpulstm.lowp`); the
+    #: host executions do, the kernel executions (their kernels read float32/float64) not yet
+    bf16_storage = False
 
     def with_tf32(self, allow):
         """This execution with ``allow_tf32`` set (a shallow copy; the same object when

@@ -48,7 +48,9 @@
 // do not survive a grid barrier (dynamic shared memory does). A block that exits while others
 // wait at the grid barrier is reported as a deadlock (it would hang on a GPU).
 //
-// Not supported (compile error or runtime error, never silently wrong): half/bfloat16,
+// Not supported (compile error or runtime error, never silently wrong): CUDA's half/bfloat16
+// types (cuda_fp16.h, cuda_bf16.h; gpulstm's kernels carry their own 2-byte gl_bf16 in
+// kernels/gpulstm_common.cuh, plain C++ over __float_as_uint/__uint_as_float below),
 // cooperative groups (the header; see gpulstm_emu_grid_sync), __match_*/__reduce_* warp intrinsics, textures,
 // inline PTX, more than GPULSTM_EMU_MAX_WARP_MASKS distinct masks used by one warp in
 // one block. __CUDA_ARCH__ is not defined; GPULSTM_EMULATED is defined to 1.

@@ -41,6 +41,10 @@
 //           dL/dh_{t-1} (the caller adds dgh W_hh for DENSE cells)
 // M is the math policy: M::sigmoid(x), M::tanh(x) for float and double (GlCudaMath on the
 // device; the cpu loop passes its vectorisable one).
+// T is the compute type of the values, S (default T) the storage type of the buffers the
+// pointers address: the bf16 kernels pass S = gl_bf16 (kernels/gpulstm_common.cuh) with
+// T = float, so every read widens (gl_bf16 converts to float implicitly and has no arithmetic
+// of its own: the built-in float operators apply) and every store rounds once.
 #ifndef GPULSTM_CELL_COMMON_CUH
 #define GPULSTM_CELL_COMMON_CUH
 

@@ -15,9 +15,9 @@ struct GruCell {
   static constexpr bool HAS_C = false, DENSE = true, SPLIT_DGH = true;
   static constexpr bool BWD_H = false, BWD_HP = true;
 
-  template <class M, class T>
-  static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,
-                                 const T cp, const T hp, const int flags, T* saved,
+  template <class M, class T, class S = T>
+  static GPULSTM_HD void forward(const S* gx, const S* gh, const int gs, const S* k, const int ks,
+                                 const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)ks, (void)cp, (void)flags, (void)c;
     const T r = M::sigmoid(gx[0] + gh[0]);
@@ -31,10 +31,10 @@ struct GruCell {
     saved[3 * ss] = hn;
   }
 
-  template <class M, class T>
-  static GPULSTM_HD void backward(const T* saved, const int ss, const T* k, const int ks,
+  template <class M, class T, class S = T>
+  static GPULSTM_HD void backward(const S* saved, const int ss, const S* k, const int ks,
                                   const T c, const T cp, const T h, const T hp, const T dh,
-                                  T& dc, const int flags, T* dgx, T* dgh, const int gs, T& dhp) {
+                                  T& dc, const int flags, S* dgx, S* dgh, const int gs, T& dhp) {
     (void)k, (void)ks, (void)c, (void)cp, (void)h, (void)dc, (void)flags;
     const T r = saved[0];
     const T z = saved[ss];

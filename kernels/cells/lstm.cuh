@@ -17,9 +17,9 @@ struct LstmCell {
   static constexpr bool HAS_C = true, DENSE = true, SPLIT_DGH = false;
   static constexpr bool BWD_H = false, BWD_HP = false;
 
-  template <class M, class T>
-  static GPULSTM_HD void forward(const T* gx, const T* gh, const int gs, const T* k, const int ks,
-                                 const T cp, const T hp, const int flags, T* saved,
+  template <class M, class T, class S = T>
+  static GPULSTM_HD void forward(const S* gx, const S* gh, const int gs, const S* k, const int ks,
+                                 const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)hp;
     T ai = gx[0] + gh[0];
@@ -43,10 +43,10 @@ struct LstmCell {
     saved[3 * ss] = o;
   }
 
-  template <class M, class T>
-  static GPULSTM_HD void backward(const T* saved, const int ss, const T* k, const int ks,
+  template <class M, class T, class S = T>
+  static GPULSTM_HD void backward(const S* saved, const int ss, const S* k, const int ks,
                                   const T c, const T cp, const T h, const T hp, const T dh,
-                                  T& dc, const int flags, T* dgx, T* dgh, const int gs, T& dhp) {
+                                  T& dc, const int flags, S* dgx, S* dgh, const int gs, T& dhp) {
     (void)h, (void)hp, (void)dgh;
     const T i = saved[0];
     const T f = saved[ss];
