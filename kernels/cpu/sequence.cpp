@@ -1054,7 +1054,7 @@ static void gru_backward(int T, int B, int H, const R* whh, const int* L, int re
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R c = R(0), dhp;
-          GruCell::backward<CpuMath, R>(gt + j, H, nullptr, 0, R(0), R(0), R(0), hp[j],
+          GruCell::backward<CpuMath, R>(gt + j, H, (const R*)nullptr, 0, R(0), R(0), R(0), hp[j],
                                         dh[j] + dy[j], c, 0, dx + j, dhh + j, H, dhp);
           dh[j] = dhp;
         }
@@ -1091,8 +1091,8 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R c = R(0), h;  // NaN stays NaN (the header's relu)
-          RnnCell::forward<CpuMath, R>(ar + j, z + j, 1, nullptr, 0, R(0), hp[j], FL, nullptr, 0,
-                                       c, h);
+          RnnCell::forward<CpuMath, R>(ar + j, z + j, 1, (const R*)nullptr, 0, R(0), hp[j], FL,
+                                       (R*)nullptr, 0, c, h);
           hnx[j] = act ? h : hp[j];
           y[j] = act ? h : R(0);
         }
@@ -1124,8 +1124,9 @@ static void rnn_backward(int T, int B, int H, const R* whh, const int* L, int re
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R c = R(0), dhp;  // torch's gradient at NaN (the header's)
-          RnnCell::backward<CpuMath, R>(nullptr, 0, nullptr, 0, R(0), R(0), h[j], R(0),
-                                        dh[j] + dy[j], c, FL, dg + j, dg + j, 1, dhp);
+          RnnCell::backward<CpuMath, R>((const R*)nullptr, 0, (const R*)nullptr, 0, R(0), R(0),
+                                        h[j], R(0), dh[j] + dy[j], c, FL, dg + j, dg + j, 1,
+                                        dhp);
           dh[j] = dhp;
         }
       }
