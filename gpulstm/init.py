@@ -32,6 +32,8 @@ import re
 
 import numpy as np
 
+from .lowp import is_bf16
+
 __all__ = ["initialize", "check_init", "MODES"]
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -110,7 +112,7 @@ def initialize(params, mode, hidden_size, *, forget_bias=None, t_max=None, updat
         if b.shape != (_GATES[mode] * H,):
             raise ValueError(f"params[{key!r}] has shape {b.shape}; expected "
                              f"({_GATES[mode]} * hidden_size,) = ({_GATES[mode] * H},) for {mode}")
-        if b.dtype.kind != "f":
+        if b.dtype.kind != "f" and not is_bf16(b.dtype):
             raise TypeError(f"params[{key!r}] must be a floating-point array; got {b.dtype}")
         ih = "_ih_" in key
         if forget_bias is not None or update_bias is not None:

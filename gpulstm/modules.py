@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from . import engine, layer
+from . import engine, layer, lowp
 from ._checks import (check_array, check_bool, check_dropout, check_dtype_name,
                       check_nonlinearity, check_seed, host_memory_guard)
 from .backends import BackendUnavailable, get_backend, with_graphs
@@ -79,6 +79,7 @@ class _RNNBase:
         seed = check_seed(seed)
         # algo: the time loop (backends.kernel_loop); allow_tf32: the GEMMs' compute type
         self.ex = get_backend(backend, algo).with_tf32(check_bool("allow_tf32", allow_tf32))
+        lowp.check_execution(self.ex, self.dtype)  # bfloat16 only where it runs, said now
         self.algo = algo
         self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
         if self.cuda_graphs:  # the fused loop captured into CUDA graphs (backends.graphs)
@@ -242,7 +243,7 @@ class _RNNBase:
         new = {}
         for key, shape in expected.items():
             a = _to_numpy(state_dict[key])
-            if a.dtype.kind not in "fiu" or a.dtype == bool:
+            if (a.dtype.kind not in "fiu" and not lowp.is_bf16(a.dtype)) or a.dtype == bool:
                 raise TypeError(f"state_dict[{key!r}] must be a real numeric array; got dtype {a.dtype}")
             if a.shape != shape:
                 raise ValueError(f"state_dict[{key!r}] must have shape {shape}; got {a.shape}")

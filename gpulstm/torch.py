@@ -29,7 +29,8 @@ side are then copied there and the results copied back to the input's device. Th
 torch's own matmuls do: when ``torch.backends.cuda.matmul.allow_tf32`` is set (off by default;
 read at every forward; it matters on the cupy backend only).
 
-Only float32 and float64 are supported. ``import gpulstm`` does not import this module (nor
+float32, float64 and bfloat16 (storage; float32 compute, on the cpu/numpy backends) are
+supported. ``import gpulstm`` does not import this module (nor
 torch); ``import gpulstm.torch`` does.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import layer
+from . import layer, lowp
 from ._checks import check_array, check_bool, check_dropout, check_dtype_name, check_nonlinearity
 from .backends import BackendUnavailable, get_backend, with_graphs
 from .backends.kernel_loop import check_algo
@@ -87,6 +88,11 @@ class _Bridge:
         if t is None:
             return None
         t = t.detach()
+        if t.dtype == torch.bfloat16:  # NumPy has no bf16: the same bits as ml_dtypes'
+            if not self.host:
+                lowp.check_execution(self.ex, lowp.bfloat16())  # cupy: refused, with the reason
+            t = t if t.device.type == "cpu" else t.cpu()
+            return t.view(torch.int16).numpy().view(lowp.bfloat16())
         if self.host:
             return (t if t.device.type == "cpu" else t.cpu()).numpy()
         if t.device.type == "cuda":
@@ -96,7 +102,10 @@ class _Bridge:
     def tensor(self, a, move=True):
         """The array as a tensor without a copy; with ``move``, on the inputs' device (saved
         activations stay where the execution computes)."""
-        t = torch.from_numpy(a) if self.host else torch.from_dlpack(a)
+        if self.host and lowp.is_bf16(a.dtype):  # ml_dtypes' bf16 -> torch's, no copy
+            t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(a) if self.host else torch.from_dlpack(a)
         return t if not move or t.device == self.device else t.to(self.device)
 
     @contextlib.contextmanager
@@ -344,10 +353,13 @@ def _shaped(name, t):
     """A tensor's shape and NumPy dtype, for the layer's shared checks."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype == torch.bfloat16:  # ml_dtypes' bfloat16 (NumPy has none of its own)
+        return Shaped(tuple(t.shape), lowp.bfloat16())
     try:
         dt = np.dtype(str(t.dtype).removeprefix("torch."))
     except TypeError:
-        raise TypeError(f"{name} must have dtype float32 or float64; got {t.dtype}") from None
+        raise TypeError(f"{name} must have dtype float32, float64 or bfloat16; got "
+                        f"{t.dtype}") from None
     return Shaped(tuple(t.shape), dt)
 
 
