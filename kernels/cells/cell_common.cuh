@@ -58,4 +58,22 @@
 #endif
 #endif
 
+// gl_preact<M>(a, b): a gate's pre-activation gx + gh, as the headers form it. A math policy
+// may declare ``static constexpr bool presummed = true``: its caller's GEMM has already added
+// gx into the buffer it passes as gx (the cpu loop's recurrent GEMM starts from gx), and the
+// pre-activation is that value alone (the caller passes the same pointer as gh; the load is
+// dead). Policies without the member (the device's, the tests') get a + b.
+template <class...>
+struct gl_void { typedef void type; };
+template <class M, class = void>
+struct gl_presummed { static constexpr bool value = false; };
+template <class M>
+struct gl_presummed<M, typename gl_void<decltype(M::presummed)>::type> {
+  static constexpr bool value = M::presummed;
+};
+template <class M, class T>
+GPULSTM_HD T gl_preact(const T a, const T b) {
+  return gl_presummed<M>::value ? a : a + b;
+}
+
 #endif  // GPULSTM_CELL_COMMON_CUH

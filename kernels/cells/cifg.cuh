@@ -20,9 +20,9 @@ struct CifgCell {
                                  const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)k, (void)ks, (void)hp, (void)flags;
-    const T f = M::sigmoid(gx[0] + gh[0]);
-    const T g = M::tanh(gx[gs] + gh[gs]);
-    const T o = M::sigmoid(gx[2 * gs] + gh[2 * gs]);
+    const T f = M::sigmoid(gl_preact<M>(T(gx[0]), T(gh[0])));
+    const T g = M::tanh(gl_preact<M>(T(gx[gs]), T(gh[gs])));
+    const T o = M::sigmoid(gl_preact<M>(T(gx[2 * gs]), T(gh[2 * gs])));
     c = f * cp + (T(1) - f) * g;
     h = o * M::tanh(c);
     saved[0] = f;

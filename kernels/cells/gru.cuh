@@ -20,8 +20,8 @@ struct GruCell {
                                  const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)ks, (void)cp, (void)flags, (void)c;
-    const T r = M::sigmoid(gx[0] + gh[0]);
-    const T z = M::sigmoid(gx[gs] + gh[gs]);
+    const T r = M::sigmoid(gl_preact<M>(T(gx[0]), T(gh[0])));
+    const T z = M::sigmoid(gl_preact<M>(T(gx[gs]), T(gh[gs])));
     const T hn = gh[2 * gs] + k[0];
     const T n = M::tanh(gx[2 * gs] + r * hn);
     h = n + z * (hp - n);

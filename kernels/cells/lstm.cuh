@@ -22,10 +22,10 @@ struct LstmCell {
                                  const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)hp;
-    T ai = gx[0] + gh[0];
-    T af = gx[gs] + gh[gs];
-    const T ag = gx[2 * gs] + gh[2 * gs];
-    T ao = gx[3 * gs] + gh[3 * gs];
+    T ai = gl_preact<M>(T(gx[0]), T(gh[0]));
+    T af = gl_preact<M>(T(gx[gs]), T(gh[gs]));
+    const T ag = gl_preact<M>(T(gx[2 * gs]), T(gh[2 * gs]));
+    T ao = gl_preact<M>(T(gx[3 * gs]), T(gh[3 * gs]));
     if (flags & LSTM_PEEPHOLE) {
       ai = ai + k[0] * cp;
       af = af + k[ks] * cp;

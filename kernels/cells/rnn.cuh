@@ -27,7 +27,7 @@ struct RnnCell {
                                  const T cp, const T hp, const int flags, S* saved,
                                  const int ss, T& c, T& h) {
     (void)gs, (void)k, (void)ks, (void)cp, (void)hp, (void)saved, (void)ss, (void)c;
-    h = gl_rnn_act<M>(gx[0] + gh[0], flags);
+    h = gl_rnn_act<M>(gl_preact<M>(T(gx[0]), T(gh[0])), flags);
   }
 
   template <class M, class T, class S = T>

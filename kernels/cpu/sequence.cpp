@@ -653,15 +653,11 @@ struct CpuMath {
   static inline R tanh(R x) { return vtanh<R>(x); }
 };
 
-// Zeros for a header's hidden-side pre-activations gh where the loop's GEMM has already added
-// gx into ``a`` (its initial value): the header's gx + gh is then a + 0 (the same number; a
-// zero's sign may differ). n elements, per thread, grown as needed.
-template <class R>
-static const R* zeros(long n) {
-  static thread_local std::vector<R> z;
-  if ((long)z.size() < n) z.assign((size_t)n, R(0));
-  return z.data();
-}
+// The policy of the loops whose recurrent GEMM starts from gx (LSTM, RNN): ``a`` already holds
+// gx + gh, which the header takes as it is (gl_preact; the loops pass ``a`` for gx and gh)
+struct CpuMathPresummed : CpuMath {
+  static constexpr bool presummed = true;
+};
 
 // ---- LSTM ---------------------------------------------------------------------------------
 // One time step of the LSTM pointwise forward for batch row b and units [j0, j1): ``a`` the
@@ -680,15 +676,14 @@ static inline void lstm_point(int B, int H, int t, int p, int n, int b, int j0, 
   R* hn = S + ((long)n * B + b) * H;
   R* y = Y + ((long)t * B + b) * H;
   R* gt = gates + (long)t * gates_ts + (long)b * G;
-  const R* z = zeros<R>(4 * gs) - ja;
   const R* a0 = a - ja;
   const bool act = t < L[b];
 #pragma omp simd
   for (int j = j0; j < j1; ++j) {
     const R c0 = cp[j];
     R c, h;
-    LstmCell::forward<CpuMath, R>(a0 + j, z + j, gs, peep + j, H, c0, hp[j], FL, gt + j, H, c,
-                                  h);
+    LstmCell::forward<CpuMathPresummed, R>(a0 + j, a0 + j, gs, peep + j, H, c0, hp[j], FL,
+                                           gt + j, H, c, h);
     cn[j] = act ? c : c0;
     hn[j] = act ? h : hp[j];
     y[j] = act ? h : R(0);
@@ -1077,7 +1072,6 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
     const int rows = b1 - b0;
     std::vector<R> abuf((size_t)rows * H);
     R* a = abuf.data();
-    const R* z = zeros<R>(H);
     for (int s = 0; s < T; ++s) {
       const int t = st.t(s), p = st.prev(t), n = st.nxt(t);
       gemm_add<R>(S + ((long)p * B + b0) * H, H, nullptr, 0, gx + ((long)t * B + b0) * H, H, a, H,
@@ -1091,8 +1085,8 @@ static void rnn_forward(int T, int B, int H, const R* gx, const R* whh, const in
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
           R c = R(0), h;  // NaN stays NaN (the header's relu)
-          RnnCell::forward<CpuMath, R>(ar + j, z + j, 1, (const R*)nullptr, 0, R(0), hp[j], FL,
-                                       (R*)nullptr, 0, c, h);
+          RnnCell::forward<CpuMathPresummed, R>(ar + j, ar + j, 1, (const R*)nullptr, 0, R(0),
+                                                hp[j], FL, (R*)nullptr, 0, c, h);
           hnx[j] = act ? h : hp[j];
           y[j] = act ? h : R(0);
         }
