@@ -675,3 +675,23 @@ def test_outputs_are_written_whole_or_not_at_all(df, tmp_path, monkeypatch):
             raise Boom
     assert (out / "report.md").read_bytes() == before["report.md"]
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_memory_vs_T_plot_of_the_recompute_benchmark(tmp_path):
+    """The report's memory-vs-T figure: traced and process peaks of RecomputeMemory against T,
+    one line per recompute setting; refused (ValueError) without such rows."""
+    import pandas as pd
+    from gpulstm.report.plots import plot_memory_vs_T
+    rows = []
+    for T, full, rc in [(1000, 11.3, 6.6), (10000, 112.4, 16.8), (100000, 1124.0, 127.0)]:
+        for flag, v in ((False, full), (True, rc)):
+            rows.append({"machine": "m", "benchmark": "recompute.RecomputeMemory.track_traced_peak_mib",
+                         "T": T, "recompute": flag, "value": v, "status": "ok"})
+            rows.append({"machine": "m", "benchmark": "recompute.RecomputeMemory.peakmem_training_step",
+                         "T": T, "recompute": flag, "value": (200 + v) * 2**20, "status": "ok"})
+    fig = plot_memory_vs_T(pd.DataFrame(rows), tmp_path / "memory_vs_T.png")
+    assert (tmp_path / "memory_vs_T.png").stat().st_size > 1000
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2 and sorted(tuple(ln.get_ydata()) for ln in lines)[0] == (6.6, 16.8, 127.0)
+    with pytest.raises(ValueError, match="no RecomputeMemory rows"):
+        plot_memory_vs_T(pd.DataFrame(rows[:2]), tmp_path / "x.png")

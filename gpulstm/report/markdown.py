@@ -20,7 +20,7 @@ import pandas as pd
 from .._files import atomic_write
 from . import escape as esc
 from .escape import printable
-from .plots import plot_ratio_vs_T, plot_time_vs_T
+from .plots import plot_memory_vs_T, plot_ratio_vs_T, plot_time_vs_T
 from .speed import machine_ratios, speed_table
 from .tables import latest
 
@@ -254,6 +254,8 @@ def _plots():
 
     return [(plot_time_vs_T, "time_vs_T.png", "Time per call vs T"),
             (plot_ratio_vs_T, "ratio_vs_T.png", "Time ratio vs PyTorch against T"),
+            (plot_memory_vs_T, "memory_vs_T.png", "Training memory vs T, with and without "
+             "recompute"),
             (plot_updates_to_criterion_of, "updates_to_criterion.png",
              "Long-range memory: updates to criterion vs lag"),
             (plot_gradient_flow, "gradient_flow.png", "Gradient flow at initialisation")]

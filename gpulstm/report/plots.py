@@ -14,7 +14,7 @@ from .._files import atomic_write
 from .escape import mpl_label
 from .results import param_columns
 
-__all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "cell_colors"]
+__all__ = ["plot_time_vs_T", "plot_ratio_vs_T", "plot_memory_vs_T", "cell_colors"]
 
 
 def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
@@ -187,3 +187,44 @@ def plot_ratio_vs_T(df: pd.DataFrame, path):
                              "time ratio vs PyTorch against T", path, ref_line=1.0)
     except ValueError as exc:
         raise ValueError(f"plot_ratio_vs_T: {exc}") from None
+
+
+#: the recompute benchmark's memory columns: (benchmark name ending, axis label)
+_MEMORY = (("RecomputeMemory.track_traced_peak_mib", "traced peak (MiB, tracemalloc)"),
+           ("RecomputeMemory.peakmem_training_step", "process peak (MiB, RSS)"))
+
+
+def plot_memory_vs_T(df: pd.DataFrame, path):
+    """Peak memory of a training step against sequence length T, with and without
+    ``recompute`` (bench/recompute.py, RecomputeMemory): the traced peak (the arrays NumPy
+    allocates: what recompute changes) and the process's peak (interpreter and libraries
+    included), log-log, one line per machine and recompute setting. Raises ``ValueError``
+    without such rows over two T or more."""
+    if "benchmark" not in df.columns or "T" not in df.columns:
+        raise ValueError("plot_memory_vs_T: the DataFrame has no benchmark/T columns")
+    ok = _ok(df)
+    panels = []
+    for suffix, label in _MEMORY:
+        rows = ok[ok["benchmark"].str.endswith(suffix) & ok["value"].notna()]
+        if rows["T"].nunique() >= 2:
+            panels.append((rows, label, suffix))
+    if not panels:
+        raise ValueError("plot_memory_vs_T: no RecomputeMemory rows over two T or more")
+    fig, axes = _figure(len(panels))
+    for ax, (rows, label, suffix) in zip(axes, panels):
+        scale = 2.0 ** -20 if suffix.endswith("peakmem_training_step") else 1.0  # bytes -> MiB
+        for (machine, rc), line in rows.groupby(["machine", rows["recompute"].astype(str)]):
+            line = line.sort_values("T")
+            ax.plot(line["T"].astype(float), line["value"].astype(float) * scale, marker="o",
+                    linestyle="-" if rc in ("False", "None") else "--",
+                    label=mpl_label(f"{machine}, recompute={rc}"))
+        _log_x(ax, rows["T"])
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(mpl_label(label))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(mpl_label(f"training step memory vs T, with and without recompute "
+                           f"({_machines(panels[0][0])})"))
+    _save(fig, path)
+    return fig
