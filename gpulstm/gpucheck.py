@@ -81,6 +81,12 @@ NO_GRAPHS = ("IndRNN",)
 DRY_CASES = tuple(c[:3] + (4, 3, 5, 11, c[7]) for c in CASES)
 #: the algorithms checked ("+graphs": the fused loop captured into CUDA graphs and replayed)
 ALGOS = ("stepwise", "fused", "fused+graphs", "persistent", "auto")
+#: recompute on the device (the engine's checkpointed BPTT): outputs and every gradient the
+#: same bits as without it, with the execution's windows shrunk to 2 steps so that a small
+#: problem has several windows and several 4-step segments
+RECOMPUTE_CASES = (("lstm-2layer-bidir", "LSTM", {"num_layers": 2, "bidirectional": True}),
+                   ("gru", "GRU", {}), ("cifg", "CIFG", {}))
+RECOMPUTE_IMPLS = ("stepwise", "fused", "persistent")
 #: max |ours - ref| / max(1, max |ref|) allowed, per dtype of ours
 THRESHOLD = {"float32": 1e-4, "float64": 1e-10}
 
@@ -492,6 +498,35 @@ def _check_case(ctx, case, dtype, impl, ref):
     return row, launches
 
 
+def _check_recompute(ctx, cid, cls, kw, impl):
+    """One recompute row: ``impl`` of ``cls`` trained with recompute=4 and without, float32,
+    windows of 2 steps (several windows and segments on a small problem): every output and
+    gradient must be the same bits (the engine's claim, tests/test_recompute.py)."""
+    import copy
+    T, B, I, H = (12, 3, 4, 8) if ctx.dry else (64, 8, 32, 64)
+    row = dict(case=cid, cls=cls, kw=kw, T=T, B=B, I=I, H=H, dtype="float32", impl=impl,
+               check="recompute=4 vs recompute=False, bitwise (windows of 2 steps)")
+    try:
+        got = {}
+        for rc in (False, 4):
+            m = _build(cls, I, H, kw, ctx.backend, "float32", impl, seed=5)
+            ex = copy.copy(m.ex)
+            ex.window_rows = 2 * B  # windows of 2 steps
+            object.__setattr__(m, "ex", ex)
+            m.recompute = rc
+            p = _problem(np.random.default_rng(11), m, T, B, I, True)
+            got[rc] = run_ours(m, p, "float32")
+        differ = sorted(k for k in got[False]
+                        if not np.array_equal(got[False][k], got[4][k], equal_nan=True))
+        row.update(ok=not differ, differ=differ, worst=0.0 if not differ else None)
+        if differ:
+            row["error"] = f"recompute changed the bits of {differ}"
+    except Exception as e:  # recorded, and the next case runs
+        row.update(ok=False, error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc()[-4000:])
+    return row
+
+
 def section_correctness(ctx):
     rows, launches = [], {}
     cases = DRY_CASES if ctx.dry else CASES
@@ -516,6 +551,18 @@ def section_correctness(ctx):
                 "error": "max|ours - ref| / max(1, max|ref|), per output; null = NaN/inf",
                 "poisoned": True, "rows": rows})
             _write_json(ctx.out, "launches.json", launches)
+    for cid, cls, kw in RECOMPUTE_CASES:  # after every algorithm's numbers
+        for impl in RECOMPUTE_IMPLS:
+            if ctx.left() < 3:
+                row = dict(case=cid, dtype="float32", impl=impl, check="recompute", ok=False,
+                           error="section time spent before this case")
+            else:
+                row = _check_recompute(ctx, cid, cls, kw, impl)
+            rows.append(row)
+            print(f"recompute/{cid}/{impl:26s} {'ok' if row['ok'] else 'FAILED'} "
+                  f"{row.get('error', '')}")
+            doc = _read_json(Path(ctx.out) / "correctness.json") or {}
+            _write_json(ctx.out, "correctness.json", {**doc, "rows": rows})
     return 0 if rows and all(r["ok"] for r in rows) else 1
 
 

@@ -66,7 +66,13 @@ def test_dry_run_checks_every_cell_and_algorithm(dry_out):
     for case in gpucheck.DRY_CASES:
         for impl in gpucheck.ALGOS + ("persistent+limited",):
             assert (case[0], "float32", impl) in got
+    recompute = [r for r in rows if r.get("check", "").startswith("recompute")]
+    assert {(r["case"], r["impl"]) for r in recompute} == {
+        (c[0], impl) for c in gpucheck.RECOMPUTE_CASES for impl in gpucheck.RECOMPUTE_IMPLS}
+    assert all(r["ok"] and r["differ"] == [] for r in recompute), recompute
     for r in rows:
+        if r in recompute:
+            continue
         assert r["ok"] and r["worst"] < gpucheck.THRESHOLD[r["dtype"]]
         for q in ("y", "h_n", "dx", "dh0", "grad.weight_hh_l0"):
             assert r["vs_float64"][q] is not None
@@ -331,3 +337,16 @@ def test_env_section_on_a_stand_in_gpu(tmp_path, monkeypatch):
     assert tf32["matmul"] is False and tf32["cudnn"] is False
     # torch here has no CUDA: no cuDNN reference, a problem, the section fails
     assert rc == 1 and any("no CUDA device" in p for p in env["problems"])
+
+
+def test_recompute_row_fails_when_recompute_changes_the_bits(monkeypatch):
+    """The check can fail: claiming that the kernel loops' backward over part of a direction
+    gives the whole loop's bits (it does not: at a window's edge the last step's product is a
+    GEMM) makes recompute differ, and the row says which arrays."""
+    import types
+    from gpulstm.backends import kernel_loop
+    ctx = types.SimpleNamespace(dry=True, backend="emulated")
+    assert gpucheck._check_recompute(ctx, "gru", "GRU", {}, "fused")["ok"]
+    monkeypatch.setattr(kernel_loop.KernelLoop, "backward_segment_exact", True)
+    row = gpucheck._check_recompute(ctx, "gru", "GRU", {}, "fused")
+    assert not row["ok"] and row["differ"] and "recompute changed the bits" in row["error"]
