@@ -570,9 +570,12 @@ class DropoutStream:
 def dropout_mask(ex, rng, shape, p, dtype):
     """The scaled keep mask (1 / (1 - p) where kept, 0 elsewhere; all 0 for p = 1, as torch)
     of ``shape``. ``rng`` a :class:`DropoutStream`: drawn by the execution from Philox (on the
-    device for the kernel executions). Any other ``rng`` is a host generator whose
-    ``random(shape)`` gives uniforms in [0, 1) (``gpulstm.torch`` draws torch's), kept where
-    >= p and uploaded."""
+    device for the kernel executions). An ``rng`` with ``mask(shape, p, dtype)`` draws the
+    scaled mask itself, as an array of ``ex`` (``gpulstm.torch``: from torch's generator).
+    Any other ``rng`` is a host generator whose ``random(shape)`` gives uniforms in [0, 1),
+    kept where >= p and uploaded."""
+    if hasattr(rng, "mask"):
+        return rng.mask(shape, p, dtype)
     if isinstance(rng, DropoutStream):
         n = 1
         for d in shape:

