@@ -18,7 +18,7 @@ with ``Hs = P`` when projecting and ``H`` otherwise. State buffers ``S`` (hidden
 from __future__ import annotations
 
 from .kernel_flags import LSTM_NO_FORGET, LSTM_PEEPHOLE, LSTM_PROJ, RNN_RELU
-from .lowp import compute_dtype, store, total, widen
+from .lowp import compute_dtype, store, widen
 
 
 class Cell:

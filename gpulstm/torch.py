@@ -46,7 +46,6 @@ import contextlib
 import functools
 import math
 import itertools
-import warnings
 import weakref
 from typing import Optional
 
