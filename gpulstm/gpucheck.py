@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lowp import is_bf16
+
 #: the only files a run writes into OUT (at most 8 come back from the device)
 FILES = ("manifest.json", "env.json", "correctness.json", "algos.json", "launches.json",
          "sanitizer.txt", "summary.txt", "log.txt")
@@ -180,8 +182,8 @@ class _Recorded:
 
 
 class PoisonXP:
-    """The array module with ``empty`` returning NaN-filled float arrays: an element the
-    kernels never write shows as NaN."""
+    """The array module with ``empty`` returning NaN-filled float arrays (bfloat16 ones too):
+    an element the kernels never write shows as NaN."""
 
     def __init__(self, xp):
         self._xp = xp
@@ -191,7 +193,7 @@ class PoisonXP:
 
     def empty(self, shape, dtype=float):
         a = self._xp.empty(shape, dtype)
-        if a.dtype.kind == "f":
+        if a.dtype.kind == "f" or is_bf16(a.dtype):
             a.fill(float("nan"))
         return a
 

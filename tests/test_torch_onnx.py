@@ -31,6 +31,18 @@ class Model(torch.nn.Module):
         return (self.head(y), *(h if isinstance(h, tuple) else (h,)))
 
 
+def export_run(m, x, states, hx, path, dynamo):
+    """torch.onnx.export of ``m`` on (x, hx) to ``path``, then onnxruntime on x and the state
+    tensors: (the graph's operator types, onnxruntime's outputs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x, hx), str(path), dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return ops, sess.run(None, dict(zip(names, [t.numpy() for t in (x, *states)])))
+
+
 def export_and_run(cell, tmp_path, dynamo, seed, **opts):
     cls, kw, onnx_op = CELLS[cell]
     torch.manual_seed(seed)
@@ -40,14 +52,7 @@ def export_and_run(cell, tmp_path, dynamo, seed, **opts):
     x = torch.randn((B, T, 3) if rnn.batch_first else (T, B, 3))
     states = [torch.randn(LD, B, 4) for _ in range(2 if cell == "lstm" else 1)]
     hx = tuple(states) if cell == "lstm" else states[0]
-    path = tmp_path / f"{cell}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (x, hx), str(path), dynamo=dynamo)
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    got = sess.run(None, dict(zip(names, [t.numpy() for t in (x, *states)])))
+    ops, got = export_run(m, x, states, hx, tmp_path / f"{cell}.onnx", dynamo)
     with torch.no_grad():
         want = m(x, hx)
     return ops, onnx_op, got, want
@@ -126,15 +131,8 @@ def test_step_cells_export_and_match_torch(cell, bias, dynamo, tmp_path):
     xs = torch.randn(3, 2, 3)
     states = [torch.randn(2, 4) for _ in range(2 if cell == "lstm" else 1)]
     hx = tuple(states) if cell == "lstm" else states[0]
-    path = tmp_path / f"{cell}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (xs, hx), str(path), dynamo=dynamo)
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    ops, got = export_run(m, xs, states, hx, tmp_path / f"{cell}.onnx", dynamo)
     assert not any(op.startswith("gpulstm") for op in ops), ops
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    got = sess.run(None, dict(zip(names, [t.numpy() for t in (xs, *states)])))
     with torch.no_grad():
         want = m(xs, hx)
         # and the eager module (gpulstm's engine) agrees with torch.nn's cell on these weights
